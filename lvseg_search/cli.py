@@ -1,0 +1,156 @@
+"""The ``lvseg-search`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lvseg_search import __version__
+from lvseg_search.errors import UserError
+
+log = logging.getLogger("lvseg_search")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports usage errors as one line and exit code 2, like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return n
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from lvseg_search.prepare import prepare
+
+    m = prepare(args.input, args.out, layout=args.layout, images=args.images,
+                myocardium=args.myocardium, pseudonymize=args.pseudonymize,
+                salt=args.salt or os.environ.get("LVSEG_SALT"),
+                allow_mixed_sizes=args.allow_mixed_sizes,
+                accept_image_level_split=args.accept_image_level_split,
+                overwrite=args.overwrite, progress=not args.quiet)
+    print(f"prepared {m['n_patients']} patients, {m['n_slices']} labelled slices "
+          f"({m['source_layout']} layout) -> {args.out}")
+    for p in m["patients"]:
+        print(f"  {p['patient_id']}: {p['slices']} slices"
+              + (f", {p['unlabelled_images_skipped']} unlabelled images skipped"
+                 if p["unlabelled_images_skipped"] else ""))
+    if m["leakage_prone"]:
+        print("warning: no patient ids in this data; any split is image-level and its "
+              "scores are leakage-prone")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from lvseg_search.phantom import synth
+
+    ids = synth(args.out, args.patients, seed=args.seed, size=args.size, phases=args.phases,
+                overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote a {len(ids)}-patient phantom (link.csv layout) -> {args.out}")
+    return 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from lvseg_search import manifest, splits
+
+    m = manifest.load(args.data)
+    counts = {p["patient_id"]: p["slices"] for p in m["patients"]}
+    test_ids = [s for s in args.test_ids.split(",") if s] if args.test_ids else None
+    result = splits.make_splits(counts, args.folds, test_patients=args.test_patients,
+                                test_ids=test_ids, seed=args.seed)
+    out = args.out or Path(args.data) / splits.FILENAME
+    splits.save(out, result)
+    print(f"{len(result['folds'])} patient-grouped folds, {len(result['test'])} test "
+          f"patient(s) -> {out}")
+    for k, fold in enumerate(result["folds"]):
+        print(f"  fold {k}: val {', '.join(fold['val'])}")
+    if result["test"]:
+        print(f"  test: {', '.join(result['test'])}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lvseg_search.demo import run_demo
+
+    return run_demo(args.out, seed=args.seed, overwrite=args.overwrite)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Builds the argument parser with all sub-commands."""
+    parser = _Parser(prog="lvseg-search", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("prepare", help="DICOM + contours -> per-patient TFRecord shards")
+    p.add_argument("input", type=Path, help="data folder (or a lab .tfrecords file)")
+    p.add_argument("--out", type=Path, required=True, help="output data folder")
+    p.add_argument("--layout", choices=["linkcsv", "challenge", "lab"],
+                   help="input layout (default: detected)")
+    p.add_argument("--images", type=Path,
+                   help="images root of the 2009 challenge layout (default: INPUT)")
+    p.add_argument("--myocardium", action="store_true",
+                   help="add class 2 (myocardium) from o-contours; keeps frames with both")
+    p.add_argument("--pseudonymize", action="store_true",
+                   help="replace patient ids by salted hashes")
+    p.add_argument("--salt", help="salt for --pseudonymize (or $LVSEG_SALT; default random)")
+    p.add_argument("--allow-mixed-sizes", action="store_true",
+                   help="accept images of different sizes (then set --image-size to train)")
+    p.add_argument("--accept-image-level-split", action="store_true",
+                   help="accept lab TFRecords without patient ids (leakage-prone)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("synth", help="write a synthetic cardiac MRI phantom (DICOM + contours)")
+    p.add_argument("--patients", type=_positive, default=6)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="image rows and columns")
+    p.add_argument("--phases", type=int, default=2, help="cardiac phases per slice (>= 2)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("split", help="patient-grouped K-fold splits -> splits.json")
+    p.add_argument("data", type=Path, help="prepared data folder")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--test-patients", type=int, default=0,
+                   help="hold out this many random patients for the final test")
+    p.add_argument("--test-ids", help="comma-separated patient ids to hold out instead")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="splits file (default: DATA/splits.json)")
+    p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("demo", help="the whole job on a synthetic phantom")
+    p.add_argument("--out", type=Path, default=Path("results/demo"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit code (2 for user errors)."""
+    logging.basicConfig(level=logging.INFO, format="lvseg-search: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"lvseg-search: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lvseg-search: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""``manifest.json``: the fingerprint of a prepared data folder."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lvseg_search import __version__
+from lvseg_search.errors import UserError
+from lvseg_search.ingest import Slice, slice_spacing_mm
+from lvseg_search.shards import SCHEMA_VERSION, SUFFIX
+
+FILENAME = "manifest.json"
+CLASS_NAMES = {0: "background", 1: "lv_blood_pool", 2: "myocardium"}
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {}
+    return {"min": float(values.min()), "max": float(values.max()),
+            "mean": float(values.mean()), "std": float(values.std())}
+
+
+def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium: bool,
+          pseudonymized: bool, leakage_prone: bool = False,
+          unlabelled: dict[str, int] | None = None) -> dict[str, Any]:
+    """Builds the manifest of a prepared data folder.
+
+    Args:
+        slices_by_patient: Slices written, per (possibly pseudonymized) patient id.
+        layout: Input layout name.
+        myocardium: Whether class 2 was written.
+        pseudonymized: Whether patient ids are salted hashes.
+        leakage_prone: True for data without patient ids (image-level splits only).
+        unlabelled: DICOM images without contours, per patient, not written.
+
+    Returns:
+        The manifest as a JSON-ready dict.
+    """
+    patients = []
+    all_pixels = []
+    class_counts = np.zeros(3 if myocardium else 2, dtype=np.int64)
+    sizes = set()
+    for pid, slices in slices_by_patient.items():
+        spacing = np.array([s.pixel_spacing_mm for s in slices], dtype=np.float64)
+        for s in slices:
+            sizes.add(s.image.shape)
+            all_pixels.append(s.image.ravel())
+            class_counts += np.bincount(s.mask.ravel(), minlength=class_counts.size)[
+                : class_counts.size]
+        patients.append({
+            "patient_id": pid,
+            "shard": pid + SUFFIX,
+            "slices": len(slices),
+            "slice_positions": len({s.slice_index for s in slices}),
+            "phases": len({s.phase_index for s in slices}),
+            "unlabelled_images_skipped": int((unlabelled or {}).get(pid, 0)),
+            "image_size": list(slices[0].image.shape),
+            "pixel_spacing_mm": [float(x) for x in np.nanmedian(spacing, axis=0)]
+            if np.isfinite(spacing).any() else None,
+            "slice_thickness_mm": float(slices[0].slice_thickness_mm)
+            if np.isfinite(slices[0].slice_thickness_mm) else None,
+            "slice_spacing_mm": (lambda v: v if np.isfinite(v) else None)(
+                slice_spacing_mm(slices)),
+        })
+    pixels = np.concatenate(all_pixels).astype(np.float64)
+    p1, p99 = np.percentile(pixels, [1, 99])
+    total = int(class_counts.sum())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "package": "lvseg-search",
+        "package_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "source_layout": layout,
+        "classes": {str(k): v for k, v in CLASS_NAMES.items() if k < class_counts.size},
+        "pseudonymized": pseudonymized,
+        "leakage_prone": leakage_prone,
+        "n_patients": len(patients),
+        "n_slices": int(sum(p["slices"] for p in patients)),
+        "image_sizes": sorted([list(s) for s in sizes]),
+        "intensity": {**_stats(pixels), "p1": float(p1), "p99": float(p99)},
+        "class_balance": {CLASS_NAMES[k]: (float(c) / total if total else 0.0)
+                          for k, c in enumerate(class_counts)},
+        "patients": patients,
+    }
+
+
+def load(data_dir: Path) -> dict[str, Any]:
+    """Reads and checks ``manifest.json`` of a prepared data folder.
+
+    Raises:
+        UserError: The manifest is missing, not JSON, or of another schema version.
+    """
+    path = Path(data_dir) / FILENAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; is {data_dir} a folder written by "
+                        "'lvseg-search prepare'?") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable manifest ({exc.__class__.__name__}); run "
+                        "'lvseg-search prepare' again") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path}: schema version {manifest.get('schema_version')!r}, this "
+                        f"version reads {SCHEMA_VERSION}; run 'lvseg-search prepare' again")
+    return manifest

@@ -1,0 +1,173 @@
+"""``tf.data`` input pipeline over shard files: parse -> normalize -> resize -> cache
+-> shuffle -> augment -> batch -> prefetch. Deterministic for a given seed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from lvseg_search import manifest as manifest_mod
+from lvseg_search import shards
+from lvseg_search._tf import tf
+from lvseg_search.errors import UserError
+
+NORMALIZATIONS = ("zscore", "minmax", "percentile")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How images become training batches.
+
+    Attributes:
+        image_size: Resize to this many rows and columns; None keeps the stored size.
+        normalization: Per-image normalization, one of ``NORMALIZATIONS``.
+        batch_size: Images per batch.
+        augment: Apply random flips, rotations, scales and intensity changes.
+        max_rotation_deg: Largest rotation, degrees.
+        max_scale: Largest relative zoom in or out.
+        intensity: Largest relative gain and offset change.
+        cache: Cache normalized, resized images in memory after the first epoch.
+        shuffle: Shuffle examples each epoch.
+        shuffle_buffer: Shuffle buffer size.
+        seed: Seed for shuffling and augmentation.
+    """
+
+    image_size: int | None = None
+    normalization: str = "zscore"
+    batch_size: int = 8
+    augment: bool = False
+    max_rotation_deg: float = 10.0
+    max_scale: float = 0.1
+    intensity: float = 0.1
+    cache: bool = True
+    shuffle: bool = False
+    shuffle_buffer: int = 2048
+    seed: int = 0
+
+    def training(self) -> PipelineConfig:
+        """The same configuration with shuffling and augmentation on."""
+        return replace(self, augment=True, shuffle=True)
+
+
+def _normalize(image, method: str):
+    t = tf()
+    x = t.cast(image, t.float32)
+    if method == "zscore":
+        mean, var = t.nn.moments(x, axes=[0, 1])
+        return (x - mean) / (t.sqrt(var) + 1e-6)
+    if method == "minmax":
+        lo, hi = t.reduce_min(x), t.reduce_max(x)
+        return (x - lo) / (hi - lo + 1e-6)
+    flat = t.sort(t.reshape(x, [-1]))
+    n = t.cast(t.size(flat) - 1, t.float32)
+    lo = t.gather(flat, t.cast(t.round(0.01 * n), t.int32))
+    hi = t.gather(flat, t.cast(t.round(0.99 * n), t.int32))
+    return (t.clip_by_value(x, lo, hi) - lo) / (hi - lo + 1e-6)
+
+
+def _prepare(example, config: PipelineConfig):
+    t = tf()
+    image = _normalize(example["image"], config.normalization)[..., None]
+    mask = example["mask"][..., None]
+    if config.image_size:
+        size = [config.image_size, config.image_size]
+        image = t.image.resize(image, size, method="bilinear")
+        mask = t.cast(t.image.resize(mask, size, method="nearest"), t.uint8)
+    return image, mask
+
+
+def _augment(pair, rand, config: PipelineConfig):
+    t = tf()
+    image, mask = pair
+    seeds = t.random.experimental.stateless_split(t.stack([rand, t.constant(config.seed,
+                                                                            t.int64)]), 6)
+
+    def u(i, lo, hi):
+        return t.random.stateless_uniform([], seeds[i], lo, hi)
+
+    flip_lr, flip_ud = u(0, 0.0, 1.0) < 0.5, u(1, 0.0, 1.0) < 0.5
+    image = t.cond(flip_lr, lambda: t.reverse(image, [1]), lambda: image)
+    mask = t.cond(flip_lr, lambda: t.reverse(mask, [1]), lambda: mask)
+    image = t.cond(flip_ud, lambda: t.reverse(image, [0]), lambda: image)
+    mask = t.cond(flip_ud, lambda: t.reverse(mask, [0]), lambda: mask)
+    theta = u(2, -1.0, 1.0) * config.max_rotation_deg * math.pi / 180
+    scale = 1.0 + u(3, -config.max_scale, config.max_scale)
+    h, w = t.shape(image)[0], t.shape(image)[1]
+    cy, cx = (t.cast(h, t.float32) - 1) / 2, (t.cast(w, t.float32) - 1) / 2
+    # Output pixel -> input pixel: rotate by -theta and shrink by 1/scale about the centre.
+    a0, a1 = t.cos(theta) / scale, t.sin(theta) / scale
+    b0, b1 = -t.sin(theta) / scale, t.cos(theta) / scale
+    transform = t.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy,
+                         0.0, 0.0])[None]
+
+    def warp(x, interpolation):
+        return t.raw_ops.ImageProjectiveTransformV3(
+            images=x[None], transforms=transform, output_shape=t.stack([h, w]),
+            fill_value=0.0, interpolation=interpolation, fill_mode="NEAREST")[0]
+
+    image = warp(image, "BILINEAR")
+    mask = t.cast(warp(t.cast(mask, t.float32), "NEAREST"), t.uint8)
+    image = image * (1.0 + u(4, -config.intensity, config.intensity)) + u(
+        5, -config.intensity, config.intensity)
+    return image, mask
+
+
+def make_dataset(files: Sequence[Path], config: PipelineConfig):
+    """Builds the batched dataset of ``(image float32 [B,H,W,1], mask uint8 [B,H,W,1])``.
+
+    Args:
+        files: Shard files.
+        config: Pipeline settings.
+
+    Returns:
+        A ``tf.data.Dataset``.
+
+    Raises:
+        UserError: Unknown normalization or empty file list.
+    """
+    t = tf()
+    if config.normalization not in NORMALIZATIONS:
+        raise UserError(f"--normalization: unknown {config.normalization!r}; choose one of "
+                        f"{', '.join(NORMALIZATIONS)}")
+    if not files:
+        raise UserError("no shard files given to the input pipeline")
+    ds = shards.dataset(list(files)).map(
+        t.autograph.experimental.do_not_convert(lambda ex: _prepare(ex, config)),
+        num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
+    if config.cache:
+        ds = ds.cache()
+    if config.shuffle:
+        ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+    if config.augment:
+        rand = t.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
+        ds = t.data.Dataset.zip((ds, rand)).map(
+            lambda pair, r: _augment(pair, r, config),
+            num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(config.batch_size).prefetch(t.data.AUTOTUNE)
+    options = t.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+def patient_files(data_dir: Path, patients: Sequence[str], config: PipelineConfig) -> list[Path]:
+    """Shard files of ``patients`` in a prepared data folder, checked against its manifest.
+
+    Raises:
+        UserError: A patient is unknown, a shard is bad, or image sizes differ and no
+            image size is set.
+    """
+    manifest = manifest_mod.load(data_dir)
+    by_id = {p["patient_id"]: p for p in manifest["patients"]}
+    if len(manifest["image_sizes"]) > 1 and not config.image_size:
+        raise UserError(f"{Path(data_dir) / manifest_mod.FILENAME}: images come in several "
+                        "sizes; set --image-size")
+    files = []
+    for pid in patients:
+        if pid not in by_id:
+            raise UserError(f"{data_dir}: patient {pid} is not in the manifest")
+        path = Path(data_dir) / by_id[pid]["shard"]
+        shards.check_shard(path)
+        files.append(path)
+    return files

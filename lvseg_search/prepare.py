@@ -1,0 +1,93 @@
+"""``lvseg-search prepare``: input layout -> per-patient shards + ``manifest.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from pathlib import Path
+from typing import Any
+
+from lvseg_search import atomic, layouts, legacy, manifest, shards
+from lvseg_search.errors import UserError
+from lvseg_search.ingest import Slice, load_patients, pseudonym
+
+
+def _pseudonymize(slices_by_patient: dict[str, list[Slice]], originals: dict[str, str],
+                  salt: str) -> dict[str, list[Slice]]:
+    out = {}
+    for pid, slices in slices_by_patient.items():
+        new = pseudonym(pid, salt)
+        names = [n for n in (pid, originals.get(pid)) if n]
+        renamed = []
+        for s in slices:
+            source = s.source
+            for name in names:
+                source = source.replace(name, new)
+            renamed.append(dataclasses.replace(s, patient_id=new, source=source))
+        out[new] = renamed
+    return out
+
+
+def prepare(input_path: Path, out: Path, *, layout: str | None = None,
+            images: Path | None = None, myocardium: bool = False,
+            pseudonymize: bool = False, salt: str | None = None,
+            allow_mixed_sizes: bool = False, accept_image_level_split: bool = False,
+            overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Ingests DICOM + contours (or lab TFRecords) into shards and a manifest.
+
+    Args:
+        input_path: Data folder (or a lab ``.tfrecords`` file).
+        out: Output data folder; written atomically.
+        layout: ``linkcsv``, ``challenge`` or ``lab``; detected when None.
+        images: Images root of the challenge layout (default: ``input_path``).
+        myocardium: Add class 2 (myocardium) from o-contours.
+        pseudonymize: Replace patient ids by salted hashes.
+        salt: Salt for pseudonyms; random (and never stored) when None.
+        allow_mixed_sizes: Accept images of different sizes.
+        accept_image_level_split: Accept lab TFRecords without patient ids.
+        overwrite: Replace a non-empty ``out``.
+        progress: Show a progress bar.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        UserError: Bad input or options (see the design's "Bad input").
+    """
+    input_path = Path(input_path)
+    layout = layout or layouts.detect_layout(input_path)
+    if not input_path.exists():
+        raise UserError(f"{input_path}: input does not exist")
+    unlabelled: dict[str, int] = {}
+    originals: dict[str, str] = {}
+    if layout == "lab":
+        if myocardium:
+            raise UserError("--myocardium: the lab's TFRecords hold LV labels only; drop it")
+        slices_by_patient = legacy.lab_slices(input_path, accept_image_level_split)
+    else:
+        if layout == "linkcsv":
+            patients = layouts.discover_linkcsv(input_path)
+        elif layout == "challenge":
+            patients = layouts.discover_challenge(input_path, images)
+        else:
+            raise UserError(f"--layout: unknown layout {layout!r}; choose one of "
+                            f"{', '.join(layouts.LAYOUTS)}")
+        unlabelled = {p.patient_id: p.unlabelled_images for p in patients}
+        originals = {p.patient_id: p.original_id for p in patients}
+        slices_by_patient = load_patients(patients, [p for p in (images, input_path) if p],
+                                          myocardium=myocardium,
+                                          allow_mixed_sizes=allow_mixed_sizes,
+                                          progress=progress)
+    if pseudonymize:
+        salt = salt or secrets.token_hex(16)
+        renamed = _pseudonymize(slices_by_patient, originals, salt)
+        unlabelled = {pseudonym(k, salt): v for k, v in unlabelled.items()}
+        slices_by_patient = renamed
+    result = manifest.build(slices_by_patient, layout, myocardium=myocardium,
+                            pseudonymized=pseudonymize, leakage_prone=layout == "lab",
+                            unlabelled=unlabelled)
+    with atomic.output_dir(out, overwrite=overwrite) as tmp:
+        for pid, slices in slices_by_patient.items():
+            shards.write_shard(tmp / f"{pid}{shards.SUFFIX}", slices)
+        atomic.write_json(tmp / manifest.FILENAME, result)
+    return result
