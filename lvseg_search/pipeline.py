@@ -1,5 +1,6 @@
 """``tf.data`` input pipeline over shard files: parse -> normalize -> resize -> cache
--> shuffle -> augment -> batch -> prefetch. Deterministic for a given seed."""
+-> shuffle -> batch -> augment (per image, vectorized over the batch) -> prefetch.
+Deterministic for a given seed."""
 
 from __future__ import annotations
 
@@ -78,40 +79,43 @@ def _prepare(example, config: PipelineConfig):
     return image, mask
 
 
-def _augment(pair, rand, config: PipelineConfig):
+def _augment(images, masks, rand, config: PipelineConfig):
+    """Augments a whole batch at once (one vectorized warp), each image with its own draw."""
     t = tf()
-    image, mask = pair
-    seeds = t.random.experimental.stateless_split(t.stack([rand, t.constant(config.seed,
-                                                                            t.int64)]), 6)
+    seeds = t.random.experimental.stateless_split(
+        t.stack([rand, t.constant(config.seed, t.int64)]), 6)
+    b = t.shape(images)[0]
 
-    def u(i, lo, hi):
-        return t.random.stateless_uniform([], seeds[i], lo, hi)
+    def u(i, lo, hi, shape=None):
+        return t.random.stateless_uniform(shape if shape is not None else [b], seeds[i], lo, hi)
 
-    flip_lr, flip_ud = u(0, 0.0, 1.0) < 0.5, u(1, 0.0, 1.0) < 0.5
-    image = t.cond(flip_lr, lambda: t.reverse(image, [1]), lambda: image)
-    mask = t.cond(flip_lr, lambda: t.reverse(mask, [1]), lambda: mask)
-    image = t.cond(flip_ud, lambda: t.reverse(image, [0]), lambda: image)
-    mask = t.cond(flip_ud, lambda: t.reverse(mask, [0]), lambda: mask)
     theta = u(2, -1.0, 1.0) * config.max_rotation_deg * math.pi / 180
     scale = 1.0 + u(3, -config.max_scale, config.max_scale)
-    h, w = t.shape(image)[0], t.shape(image)[1]
+    h, w = t.shape(images)[1], t.shape(images)[2]
     cy, cx = (t.cast(h, t.float32) - 1) / 2, (t.cast(w, t.float32) - 1) / 2
     # Output pixel -> input pixel: rotate by -theta and shrink by 1/scale about the centre.
     a0, a1 = t.cos(theta) / scale, t.sin(theta) / scale
     b0, b1 = -t.sin(theta) / scale, t.cos(theta) / scale
-    transform = t.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy,
-                         0.0, 0.0])[None]
+    a2, b2 = cx - a0 * cx - a1 * cy, cy - b0 * cx - b1 * cy
+    # Flips are folded into the same transform (x -> w-1-x, y -> h-1-y): the warp is the
+    # costly op on CPU, so each image is resampled once.
+    sx = t.where(u(0, 0.0, 1.0) < 0.5, -1.0, 1.0)
+    sy = t.where(u(1, 0.0, 1.0) < 0.5, -1.0, 1.0)
+    tx, ty = (1 - sx) * cx, (1 - sy) * cy
+    zeros = t.zeros_like(a0)
+    transforms = t.stack([a0 * sx, a1 * sy, a0 * tx + a1 * ty + a2,
+                          b0 * sx, b1 * sy, b0 * tx + b1 * ty + b2, zeros, zeros], axis=1)
 
     def warp(x, interpolation):
         return t.raw_ops.ImageProjectiveTransformV3(
-            images=x[None], transforms=transform, output_shape=t.stack([h, w]),
-            fill_value=0.0, interpolation=interpolation, fill_mode="NEAREST")[0]
+            images=x, transforms=transforms, output_shape=t.stack([h, w]),
+            fill_value=0.0, interpolation=interpolation, fill_mode="NEAREST")
 
-    image = warp(image, "BILINEAR")
-    mask = t.cast(warp(t.cast(mask, t.float32), "NEAREST"), t.uint8)
-    image = image * (1.0 + u(4, -config.intensity, config.intensity)) + u(
-        5, -config.intensity, config.intensity)
-    return image, mask
+    images = warp(images, "BILINEAR")
+    masks = t.cast(warp(t.cast(masks, t.float32), "NEAREST"), t.uint8)
+    gain = 1.0 + u(4, -config.intensity, config.intensity, [b, 1, 1, 1])
+    offset = u(5, -config.intensity, config.intensity, [b, 1, 1, 1])
+    return images * gain + offset, masks
 
 
 def make_dataset(files: Sequence[Path], config: PipelineConfig):
@@ -140,12 +144,14 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig):
         ds = ds.cache()
     if config.shuffle:
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(config.batch_size)
     if config.augment:
         rand = t.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
         ds = t.data.Dataset.zip((ds, rand)).map(
-            lambda pair, r: _augment(pair, r, config),
+            t.autograph.experimental.do_not_convert(
+                lambda pair, r: _augment(pair[0], pair[1], r, config)),
             num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(config.batch_size).prefetch(t.data.AUTOTUNE)
+    ds = ds.prefetch(t.data.AUTOTUNE)
     options = t.data.Options()
     options.deterministic = True
     return ds.with_options(options)

@@ -1,0 +1,158 @@
+"""Every bad input of the design: one clear line naming the file, exit code 2, no
+traceback, nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+
+from lvseg_search.cli import main
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def _assert_clean_failure(code, err, out_dir, *needles):
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lvseg-search: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    assert not out_dir.exists()
+    assert not list(out_dir.parent.glob(f".{out_dir.name}*")), "temporary output left behind"
+
+
+ICONTOUR = "contourfiles/SYN-1/i-contours/IM-0001-0001-icontour-manual.txt"
+
+
+def test_not_a_dicom_file(phantom_copy, tmp_path, capsys):
+    bad = phantom_copy / "dicoms/SYN0001/1.dcm"
+    bad.write_bytes(b"this is not DICOM at all")
+    out = tmp_path / "out"
+    _assert_clean_failure(*_run(capsys, "prepare", phantom_copy, "--out", out), out,
+                          str(bad), "not a DICOM file")
+
+
+def test_dicom_without_an_image(phantom_copy, tmp_path, capsys):
+    bad = phantom_copy / "dicoms/SYN0001/1.dcm"
+    ds = pydicom.dcmread(bad)
+    del ds.PixelData
+    ds.save_as(bad)
+    out = tmp_path / "out"
+    _assert_clean_failure(*_run(capsys, "prepare", phantom_copy, "--out", out), out,
+                          str(bad), "unreadable DICOM image")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("10 10\n20 20\n", "a polygon needs at least 3"),
+    ("10 10\n20 nan\n15 30\n", "not a finite number"),
+    ("10 10\n20 10\n15 90\n", "outside the 48x48 image"),
+])
+def test_bad_contour(phantom_copy, tmp_path, capsys, text, needle):
+    (phantom_copy / ICONTOUR).write_text(text)
+    out = tmp_path / "out"
+    _assert_clean_failure(*_run(capsys, "prepare", phantom_copy, "--out", out), out,
+                          ICONTOUR.split("/")[-1], needle)
+
+
+def test_contour_without_matching_image(phantom_copy, tmp_path, capsys):
+    (phantom_copy / "dicoms/SYN0001/1.dcm").unlink()
+    out = tmp_path / "out"
+    _assert_clean_failure(*_run(capsys, "prepare", phantom_copy, "--out", out), out,
+                          "IM-0001-0001-icontour-manual.txt", "has no matching image")
+
+
+def test_mixed_image_sizes(phantom_copy, tmp_path, capsys):
+    path = phantom_copy / "dicoms/SYN0002/1.dcm"
+    ds = pydicom.dcmread(path)
+    ds.PixelData = np.zeros((48, 40), "<i2").tobytes()
+    ds.Columns = 40
+    ds.save_as(path)
+    out = tmp_path / "out"
+    _assert_clean_failure(*_run(capsys, "prepare", phantom_copy, "--out", out), out,
+                          str(path), "--allow-mixed-sizes")
+
+
+def test_patient_folder_with_no_contours(phantom_copy, tmp_path, capsys):
+    extra = phantom_copy / "dicoms/SYN0099"
+    extra.mkdir()
+    out = tmp_path / "out"
+    _assert_clean_failure(*_run(capsys, "prepare", phantom_copy, "--out", out), out,
+                          str(extra), "patient folder has no contours")
+
+
+def test_listed_patient_without_contour_files(phantom_copy, tmp_path, capsys):
+    for f in (phantom_copy / "contourfiles/SYN-2/i-contours").iterdir():
+        f.unlink()
+    out = tmp_path / "out"
+    _assert_clean_failure(*_run(capsys, "prepare", phantom_copy, "--out", out), out,
+                          "SYN-2", "no i-contour files")
+
+
+def test_unknown_layout_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    _assert_clean_failure(*_run(capsys, "prepare", tmp_path / "empty", "--out", out), out,
+                          "no known layout")
+
+
+def test_existing_output_is_not_clobbered(small_phantom, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, err = _run(capsys, "prepare", small_phantom, "--out", out)
+    assert code == 2 and "--overwrite" in err and (out / "keep.txt").read_text() == "mine"
+
+
+def test_more_folds_than_patients(small_phantom, tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["prepare", str(small_phantom), "--out", str(data), "--quiet"]) == 0
+    code, err = _run(capsys, "split", data, "--folds", "5")
+    assert code == 2 and "--folds: 5 folds need at least 5 patients" in err
+    assert not (data / "splits.json").exists()
+
+
+def test_tfrecord_with_the_wrong_schema(small_phantom, tmp_path, capsys):
+    from lvseg_search import shards
+    from lvseg_search.errors import UserError
+    from lvseg_search.legacy import write_lab_tfrecords
+
+    data = tmp_path / "data"
+    assert main(["prepare", str(small_phantom), "--out", str(data), "--quiet"]) == 0
+    shard = data / "SYN0001.tfrecord"
+    write_lab_tfrecords(shard, [(np.zeros((4, 4), np.int16), np.zeros((4, 4), np.uint8))])
+    with pytest.raises(UserError, match="not a schema-1 lvseg-search shard"):
+        shards.check_shard(shard)
+    shard.write_bytes(b"garbage that is no TFRecord")
+    with pytest.raises(UserError, match="not a TFRecord file"):
+        shards.check_shard(shard)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    code, err = _run(capsys, "split", data, "--folds", "2")
+    assert code == 2 and "schema version 99" in err and "manifest.json" in err
+
+
+def test_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["prepare"])
+    assert info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_real_process_exit_code_and_no_traceback(phantom_copy, tmp_path):
+    (phantom_copy / ICONTOUR).write_text("1 1\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "lvseg_search", "prepare", str(phantom_copy),
+                           "--out", str(out), "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lvseg-search")]
+    assert len(errors) == 1 and "at least 3" in errors[0]
+    assert "Traceback" not in proc.stderr and not out.exists()
