@@ -78,6 +78,21 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from lvseg_search.search import run_search
+
+    test_ids = [s for s in args.test_ids.split(",") if s] if args.test_ids else None
+    run_search(args.data, args.out, args.space, overwrite=args.overwrite,
+               splits_file=args.splits, verbose=not args.quiet, folds=args.folds,
+               test_patients=args.test_patients, test_ids=test_ids,
+               max_epochs=args.max_epochs, factor=args.factor,
+               hyperband_iterations=args.iterations, image_size=args.image_size,
+               batch_size=args.batch_size, normalization=args.normalization,
+               seed=args.seed, precision=args.precision, jit=args.jit,
+               max_trials=args.max_trials)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lvseg_search.demo import run_demo
 
@@ -129,6 +144,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="splits file (default: DATA/splits.json)")
     p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("search", help="cross-validated Hyperband search over a space")
+    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    p.add_argument("--space", default="quick",
+                   help="search space: quick, default, lab or a .toml file (default quick)")
+    p.add_argument("--out", type=Path, required=True, help="run folder, e.g. results/NAME")
+    p.add_argument("--folds", type=int, help="cross-validation folds (space default or 3)")
+    p.add_argument("--test-patients", type=int, default=0,
+                   help="hold out this many random patients; they never enter the search")
+    p.add_argument("--test-ids", help="comma-separated patient ids to hold out instead")
+    p.add_argument("--splits", type=Path, help="use this splits.json instead")
+    p.add_argument("--max-epochs", type=int, help="Hyperband's largest epoch budget")
+    p.add_argument("--factor", type=int, help="Hyperband's reduction factor")
+    p.add_argument("--iterations", type=int, help="Hyperband iterations")
+    p.add_argument("--max-trials", type=int,
+                   help="stop after this many trials (default: Hyperband's full schedule)")
+    p.add_argument("--image-size", type=int, help="train on SIZE x SIZE images")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--normalization", choices=["zscore", "minmax", "percentile"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="float32",
+                   choices=["float32", "mixed_float16", "mixed_bfloat16"])
+    p.add_argument("--jit", action="store_true", help="compile train steps with XLA")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh instead of resuming the search in --out")
+    p.add_argument("--quiet", action="store_true", help="print only the final table")
+    p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("demo", help="the whole job on a synthetic phantom")
     p.add_argument("--out", type=Path, default=Path("results/demo"))

@@ -62,7 +62,7 @@ def _heart(rng: np.random.Generator, size: int) -> Heart:
         spacing_mm=float(rng.uniform(1.25, 1.45) * 256 / size),
         thickness_mm=float(rng.choice([8.0, 10.0])),
         centre=tuple(size / 2 + rng.uniform(-0.1, 0.1, 2) * size),
-        drift=tuple(rng.uniform(-0.6, 0.6, 2) * 256 / size),
+        drift=tuple(rng.uniform(-0.6, 0.6, 2) * size / 256),
         angle=float(rng.uniform(0, 2 * np.pi)),
         endo_mm=float(rng.uniform(21, 29)),
         ecc=float(rng.uniform(0.8, 1.0)),

@@ -118,12 +118,14 @@ def _augment(images, masks, rand, config: PipelineConfig):
     return images * gain + offset, masks
 
 
-def make_dataset(files: Sequence[Path], config: PipelineConfig):
+def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int | None = None):
     """Builds the batched dataset of ``(image float32 [B,H,W,1], mask uint8 [B,H,W,1])``.
 
     Args:
         files: Shard files.
         config: Pipeline settings.
+        n_examples: Number of examples in ``files`` when known (from the manifest); it
+            lets Keras know the epoch length without a counting pass.
 
     Returns:
         A ``tf.data.Dataset``.
@@ -140,6 +142,8 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig):
     ds = shards.dataset(list(files)).map(
         t.autograph.experimental.do_not_convert(lambda ex: _prepare(ex, config)),
         num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
+    if n_examples is not None:
+        ds = ds.apply(t.data.experimental.assert_cardinality(n_examples))
     if config.cache:
         ds = ds.cache()
     if config.shuffle:
@@ -160,6 +164,8 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig):
 def patient_files(data_dir: Path, patients: Sequence[str], config: PipelineConfig) -> list[Path]:
     """Shard files of ``patients`` in a prepared data folder, checked against its manifest.
 
+    Use :func:`patient_slices` for their number of examples.
+
     Raises:
         UserError: A patient is unknown, a shard is bad, or image sizes differ and no
             image size is set.
@@ -177,3 +183,9 @@ def patient_files(data_dir: Path, patients: Sequence[str], config: PipelineConfi
         shards.check_shard(path)
         files.append(path)
     return files
+
+
+def patient_slices(data_dir: Path, patients: Sequence[str]) -> int:
+    """Number of slices (examples) of ``patients``, from the manifest."""
+    by_id = {p["patient_id"]: p["slices"] for p in manifest_mod.load(data_dir)["patients"]}
+    return sum(by_id[p] for p in patients)

@@ -1,0 +1,136 @@
+"""Search overhead and memory across trials.
+
+1. A 10-trial cross-validated search on the real Sunnybrook shards: wall time over
+   time spent inside training batches (target <= 1.3). With --stock, the same 10
+   trials through stock keras-tuner Hyperband (one train/val split) for comparison.
+2. Process RSS after trials 1, 10, 50 and 100 of a 100-trial search of tiny models
+   (target: growth <= 5% from trial 10 to 100).
+
+    python benchmarks/search_overhead.py [--data ../shared/data/sunnybrook-subset]
+        [--trials 10] [--memory-trials 100] [--stock]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from lvseg_search.phantom import synth
+from lvseg_search.prepare import prepare
+from lvseg_search.search import run_search
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook-subset"
+
+TINY_SPACE = """
+[hyperparameters]
+architecture = { values = ["encoder_decoder"] }
+depth = { values = [1, 2] }
+base_filters = { values = [4, 8] }
+kernel_size = { values = [3] }
+convs_per_stage = { values = [1] }
+downsampling = { values = ["max_pool", "strided_conv"] }
+decoder = { values = ["unet", "transposed"] }
+normalization = { values = ["batch"] }
+dropout = { values = [0.0] }
+activation = { values = ["relu"] }
+loss = { values = ["crossentropy_dice"] }
+optimizer = { values = ["adam"] }
+learning_rate = { min = 1e-4, max = 1e-2, sampling = "log" }
+"""
+
+
+def overhead(data_dir: Path, tmp: Path, trials: int, image_size: int) -> dict:
+    summary = run_search(data_dir, tmp / "overhead", "quick", folds=3, max_epochs=3, factor=3,
+                         hyperband_iterations=2, max_trials=trials, image_size=image_size,
+                         batch_size=8, seed=0, verbose=False)
+    return summary
+
+
+def stock_overhead(data_dir: Path, tmp: Path, trials: int, image_size: int) -> tuple[float, float]:
+    """The same budget through stock keras-tuner Hyperband on fold 0 only."""
+    import keras
+    import keras_tuner
+
+    from lvseg_search import manifest, splits
+    from lvseg_search.hypermodel import SegmentationHyperModel
+    from lvseg_search.pipeline import PipelineConfig, make_dataset, patient_files, patient_slices
+    from lvseg_search.space import load_space
+
+    m = manifest.load(data_dir)
+    split = splits.make_splits({p["patient_id"]: p["slices"] for p in m["patients"]}, 3, seed=0)
+    config = PipelineConfig(image_size=image_size, batch_size=8, seed=0)
+    tr, va = split["folds"][0]["train"], split["folds"][0]["val"]
+    train = make_dataset(patient_files(data_dir, tr, config), config.training(),
+                         patient_slices(data_dir, tr))
+    val = make_dataset(patient_files(data_dir, va, config), config, patient_slices(data_dir, va))
+
+    class Timer(keras.callbacks.Callback):
+        seconds = 0.0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            Timer.seconds += time.perf_counter() - self._t
+
+    tuner = keras_tuner.Hyperband(
+        SegmentationHyperModel(load_space("quick"), image_size), objective=keras_tuner.Objective(
+            "val_dice", "max"), max_epochs=3, factor=3, hyperband_iterations=2,
+        directory=str(tmp), project_name="stock", seed=0)
+    tuner.oracle.max_trials = trials
+    start = time.perf_counter()
+    tuner.search(train, validation_data=val, callbacks=[Timer()], verbose=0)
+    return time.perf_counter() - start, Timer.seconds
+
+
+def memory(tmp: Path, trials: int) -> list[dict]:
+    synth(tmp / "phantom", 4, seed=0, size=32, progress=False)
+    prepare(tmp / "phantom", tmp / "tiny", progress=False)
+    space = tmp / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    summary = run_search(tmp / "tiny", tmp / "memory", str(space), folds=2, max_epochs=1,
+                         factor=3, hyperband_iterations=trials, max_trials=trials,
+                         image_size=32, batch_size=8, seed=0, verbose=False)
+    return summary["trial_log"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--memory-trials", type=int, default=100)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--stock", action="store_true",
+                        help="also time stock keras-tuner Hyperband on the same budget")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        data = tmp / "real"
+        prepare(args.data, data, progress=False)
+        s = overhead(data, tmp, args.trials, args.image_size)
+        n = len(s["completed"]) + len(s["failed"])
+        print(f"[overhead] {n} trials x 3 folds, real shards at {args.image_size}px: "
+              f"wall {s['wall_seconds']:.1f} s, inside training batches "
+              f"{s['batch_seconds']:.1f} s, ratio {s['wall_seconds'] / s['batch_seconds']:.2f}")
+        if args.stock:
+            wall, batches = stock_overhead(data, tmp, args.trials, args.image_size)
+            print(f"[overhead] stock keras-tuner, {args.trials} trials on one split: wall "
+                  f"{wall:.1f} s, inside training batches {batches:.1f} s, ratio "
+                  f"{wall / batches:.2f}")
+        if not args.skip_memory:
+            log = memory(tmp, args.memory_trials)
+            marks = [m for m in (1, 10, 50, 100) if m <= len(log)]
+            rss = {m: log[m - 1]["rss_mib"] for m in marks}
+            print("[memory] RSS after trial " + ", ".join(f"{m}: {rss[m]:.0f} MiB"
+                                                         for m in marks))
+            if 10 in rss and marks[-1] > 10:
+                growth = (rss[marks[-1]] / rss[10] - 1) * 100
+                print(f"[memory] growth from trial 10 to {marks[-1]}: {growth:+.1f}% "
+                      f"({(rss[marks[-1]] - rss[10]) / (marks[-1] - 10):+.2f} MiB per trial)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""``lvseg-search search``: a cross-validated Hyperband search into ``results/NAME``.
+
+Layout of a run folder::
+
+    search.json        the resolved options (a re-run with the same options resumes)
+    splits.json        the patient-grouped folds and held-out test patients
+    tuner/             keras-tuner's project: oracle.json, trial_<id>/trial.json and,
+                       per fold, trial_<id>/fold_<k>/{checkpoint.weights.h5,result.json}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lvseg_search import atomic, manifest, splits
+from lvseg_search.errors import UserError
+from lvseg_search.space import SearchSpace, check_image_size, load_space
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+SEARCH_FILE = "search.json"
+PROJECT = "tuner"
+DEFAULTS = {"max_epochs": 9, "factor": 3, "hyperband_iterations": 1, "image_size": 128,
+            "batch_size": 8, "folds": 3, "normalization": "zscore"}
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Resolved options of one search (command line over space defaults over ours)."""
+
+    data: str
+    space: str
+    space_digest: str
+    folds: int
+    test_patients: int
+    test_ids: tuple[str, ...]
+    max_epochs: int
+    factor: int
+    hyperband_iterations: int
+    image_size: int
+    batch_size: int
+    normalization: str
+    seed: int
+    precision: str
+    jit: bool
+    max_trials: int | None
+
+
+def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptions:
+    """Merges command-line values (None = not given) with the space's and our defaults.
+
+    Raises:
+        UserError: An option is out of range.
+    """
+    merged = {key: given.get(key) if given.get(key) is not None
+              else space.search.get(key, default) for key, default in DEFAULTS.items()}
+    for key in ("max_epochs", "image_size", "batch_size", "hyperband_iterations"):
+        if merged[key] < 1:
+            opt = "--iterations" if key == "hyperband_iterations" else f"--{key.replace('_', '-')}"
+            raise UserError(f"{opt}: {merged[key]} must be at least 1")
+    if given.get("max_trials") is not None and given["max_trials"] < 1:
+        raise UserError(f"--max-trials: {given['max_trials']} must be at least 1")
+    if merged["factor"] < 2:
+        raise UserError(f"--factor: {merged['factor']} must be at least 2")
+    precision = given.get("precision") or "float32"
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision: unknown {precision!r}; choose {', '.join(PRECISIONS)}")
+    check_image_size(space, merged["image_size"])
+    return SearchOptions(
+        data=str(Path(data).resolve()), space=str(space.path), space_digest=space.digest,
+        test_patients=int(given.get("test_patients") or 0),
+        test_ids=tuple(given.get("test_ids") or ()), seed=int(given.get("seed") or 0),
+        precision=precision, jit=bool(given.get("jit")), max_trials=given.get("max_trials"),
+        **merged)
+
+
+def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
+                 splits_file: Path | None) -> dict[str, Any]:
+    """Creates or resumes a run folder; returns its splits."""
+    m = manifest.load(Path(options.data))
+    counts = {p["patient_id"]: p["slices"] for p in m["patients"]}
+    record = out / SEARCH_FILE
+    if record.is_file() and not overwrite:
+        previous = json.loads(record.read_text(encoding="utf-8"))
+        changed = [k for k, v in asdict(options).items()
+                   if json.dumps(previous.get(k)) != json.dumps(v)]
+        if changed:
+            raise UserError(f"{out}: holds a search with other options ({', '.join(changed)}); "
+                            "re-run with the same options to resume, or choose another "
+                            "--out, or pass --overwrite")
+        return splits.load(out / splits.FILENAME, list(counts))
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
+                        "another folder or pass --overwrite")
+    if overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    if splits_file is not None:
+        split = splits.load(splits_file, list(counts))
+    else:
+        split = splits.make_splits(counts, options.folds, test_patients=options.test_patients,
+                                   test_ids=options.test_ids, seed=options.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    splits.save(out / splits.FILENAME, split)
+    atomic.write_json(record, asdict(options))
+    return split
+
+
+def run_search(data: Path, out: Path, space: str = "quick", *, overwrite: bool = False,
+               splits_file: Path | None = None, verbose: bool = True,
+               **given: Any) -> dict[str, Any]:
+    """Runs (or resumes) a cross-validated Hyperband search.
+
+    Args:
+        data: Prepared data folder.
+        out: Run folder (``results/NAME``).
+        space: Search space name or ``.toml`` path.
+        overwrite: Start afresh even if ``out`` holds a search.
+        splits_file: Use these splits instead of making new ones.
+        verbose: Print progress.
+        **given: Search options (see ``SearchOptions``); None means "not given".
+
+    Returns:
+        A summary: trials (completed, failed), the best trial, wall and batch seconds.
+
+    Raises:
+        UserError: Bad data, options or run folder.
+    """
+    import keras
+
+    from lvseg_search.cv import CrossValidation
+    from lvseg_search.hypermodel import SegmentationHyperModel
+    from lvseg_search.pipeline import PipelineConfig
+    from lvseg_search.tuner import CVHyperband
+
+    start = time.perf_counter()
+    sp = load_space(space)
+    options = resolve_options(sp, data, **given)
+    out = Path(out)
+    split = _prepare_run(out, options, overwrite, splits_file)
+    m = manifest.load(Path(options.data))
+    keras.mixed_precision.set_dtype_policy(options.precision)
+    config = PipelineConfig(image_size=options.image_size, normalization=options.normalization,
+                            batch_size=options.batch_size, seed=options.seed)
+    cv = CrossValidation(Path(options.data), split, config)
+    hypermodel = SegmentationHyperModel(sp, options.image_size, num_classes=len(m["classes"]),
+                                        jit_compile=options.jit)
+    tuner = CVHyperband(cv, seed=options.seed, verbose=verbose, hypermodel=hypermodel,
+                        max_epochs=options.max_epochs, factor=options.factor,
+                        hyperband_iterations=options.hyperband_iterations,
+                        directory=str(out), project_name=PROJECT)
+    # A cap on Hyperband's own schedule, for a fixed budget.
+    tuner.oracle.max_trials = options.max_trials
+    if verbose:
+        print(f"search: space {sp.name}, {cv.n_folds} patient-grouped folds, "
+              f"{len(split['test'])} held-out test patient(s), max {options.max_epochs} "
+              f"epochs, factor {options.factor}, images {options.image_size}px -> {out}",
+              flush=True)
+    try:
+        tuner.search(verbose=0)
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
+            raise
+        raise UserError(f"{out}: {tuner.oracle.max_consecutive_failed_trials} trials in a row "
+                        "failed; check the data and the space (last error: "
+                        f"{str(exc).strip().splitlines()[-1]})") from None
+    summary = summarize(tuner)
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["batch_seconds"] = tuner.batch_seconds
+    summary["trial_log"] = tuner.trial_log
+    print_top(summary, cv.n_folds)
+    return summary
+
+
+def summarize(tuner) -> dict[str, Any]:
+    """Completed trials (best first) and failed ones, from the tuner's oracle."""
+    trials = list(tuner.oracle.trials.values())
+    completed = sorted((t for t in trials if t.status == "COMPLETED" and t.score is not None),
+                       key=lambda t: t.score, reverse=True)
+    rows = []
+    for t in completed:
+        metrics = {name: t.metrics.get_last_value(name) for name in t.metrics.metrics}
+        rows.append({"trial_id": t.trial_id, "score": t.score, "metrics": metrics,
+                     "hyperparameters": dict(t.hyperparameters.values)})
+    failed = [{"trial_id": t.trial_id, "status": t.status, "message": t.message}
+              for t in trials if t.status in ("FAILED", "INVALID")]
+    return {"completed": rows, "failed": failed, "n_trials": len(trials)}
+
+
+def print_top(summary: dict[str, Any], n_folds: int, top: int = 5) -> None:
+    """Prints the best trials as a table."""
+    rows = summary["completed"][:top]
+    print(f"\n{len(summary['completed'])} trials completed, {len(summary['failed'])} failed. "
+          f"Top {len(rows)} by CV Dice:")
+    print(f"{'trial':>6} {'CV Dice':>15} {'folds':>{6 * n_folds}} {'epochs':>6}  network")
+    for r in rows:
+        m, hp = r["metrics"], r["hyperparameters"]
+        folds = " ".join(f"{m.get(f'val_dice_fold_{k}', float('nan')):.3f}"
+                         for k in range(n_folds))
+        net = ("lab FCN" if hp["architecture"] == "lab_fcn" else
+               f"depth {hp['depth']} x{hp['base_filters']} k{hp['kernel_size']} "
+               f"{hp['decoder']} {hp['downsampling']} {hp['loss']} lr {hp['learning_rate']:.1e}")
+        print(f"{r['trial_id']:>6} {r['score']:>7.3f} +- {m.get('val_dice_std', 0):.3f} "
+              f"{folds:>{6 * n_folds}} {int(m.get('best_epoch', 0)):>6}  {net}")

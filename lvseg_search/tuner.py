@@ -1,0 +1,251 @@
+"""Cross-validated Hyperband: keras-tuner's Hyperband oracle, with every trial trained
+and scored on each fold of a patient-grouped split.
+
+Stock keras-tuner keeps one checkpoint per trial; with K folds a promoted trial must
+continue *each fold's* model. So each fold writes its own checkpoint and result, and a
+promoted trial's fold k resumes from its parent's fold k. A killed search re-runs only
+the fold in progress: finished folds are read back from their result files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner
+import numpy as np
+from keras_tuner.errors import FailedTrialError
+
+from lvseg_search import atomic
+from lvseg_search.cv import CrossValidation
+
+CHECKPOINT = "checkpoint.weights.h5"
+RESULT = "result.json"
+
+
+class _FoldMonitor(keras.callbacks.Callback):
+    """Times training batches, stops on a NaN loss, and prints one line per epoch."""
+
+    def __init__(self, describe, total_epochs: int):
+        super().__init__()
+        self.describe = describe
+        self.total_epochs = total_epochs
+        self.batch_seconds = 0.0
+        self.nan_epoch: int | None = None
+        self._t0 = 0.0
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_seconds += time.perf_counter() - self._t0
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nan_epoch = self._epoch
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.describe is not None:
+            print(f"{self.describe()} epoch {epoch + 1}/{self.total_epochs}  "
+                  f"loss {logs.get('loss', float('nan')):.4f}  "
+                  f"dice {logs.get('dice', float('nan')):.3f}  "
+                  f"val_dice {logs.get('val_dice', float('nan')):.3f}", flush=True)
+
+
+def rss_mib() -> float:
+    """Resident memory of this process now, in MiB (peak RSS where /proc is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fold_dir(trial_dir: Path, k: int) -> Path:
+    """Folder of fold ``k`` inside a trial folder."""
+    return Path(trial_dir) / f"fold_{k}"
+
+
+def read_fold_result(trial_dir: Path, k: int) -> dict[str, Any] | None:
+    """The saved result of fold ``k`` of a trial, or None when it did not finish."""
+    path = fold_dir(trial_dir, k) / RESULT
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cv_score(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Scores a trial from its fold results.
+
+    The epoch is chosen once for all folds (the epoch with the best mean validation
+    Dice), so the score is that of one training recipe, not of K separately picked
+    epochs; that epoch count is what ``export`` retrains for.
+
+    Returns:
+        ``val_dice`` (mean over folds), ``val_dice_std``, ``val_dice_fold_<k>`` and
+        ``best_epoch`` (1-based number of epochs trained).
+    """
+    curves = np.array([r["history"]["val_dice"] for r in results], dtype=np.float64)
+    mean = curves.mean(axis=0)
+    best = int(np.nanargmax(mean))
+    metrics = {"val_dice": float(mean[best]), "val_dice_std": float(curves[:, best].std()),
+               "best_epoch": float(results[0]["initial_epoch"] + best + 1)}
+    for r, value in zip(results, curves[:, best], strict=True):
+        metrics[f"val_dice_fold_{r['fold']}"] = float(value)
+    return metrics
+
+
+class CVHyperband(keras_tuner.Hyperband):
+    """Hyperband whose trials are scored by K-fold cross-validation.
+
+    Args:
+        cv: The folds (training and validation pipelines).
+        seed: Seed for weight initialization.
+        verbose: Print progress (trial, fold, epoch, best CV Dice so far).
+        **kwargs: Passed to ``keras_tuner.Hyperband`` (hypermodel, max_epochs, factor,
+            hyperband_iterations, directory, project_name, ...).
+    """
+
+    def __init__(self, cv: CrossValidation, seed: int = 0, verbose: bool = True, **kwargs):
+        kwargs.setdefault("objective", keras_tuner.Objective("val_dice", direction="max"))
+        kwargs.setdefault("max_consecutive_failed_trials", 8)
+        super().__init__(seed=seed, **kwargs)
+        self.cv = cv
+        self.seed = seed
+        self.verbose = verbose
+        self.batch_seconds = 0.0  # time inside training batches, this process
+        self.trial_log: list[dict[str, Any]] = []  # per finished trial: id, status, RSS
+
+    def _build_hypermodel(self, hp):
+        # Hyperband's own override loads the parent's single checkpoint here; with
+        # cross-validation each fold loads its own parent checkpoint in run_trial.
+        return keras_tuner.Tuner._build_hypermodel(self, hp)
+
+    def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+        hp = trial.hyperparameters
+        epochs = int(hp.values["tuner/epochs"])
+        initial = int(hp.values["tuner/initial_epoch"])
+        parent = hp.values.get("tuner/trial_id")
+        trial_dir = Path(self.get_trial_dir(trial.trial_id))
+        results: list[dict[str, Any]] = []
+        model, initial_state = None, None
+        for k in range(self.cv.n_folds):
+            done = read_fold_result(trial_dir, k)
+            if done is not None:
+                results.append(done)
+                continue
+            if model is None:
+                keras.utils.set_random_seed(self.seed * 100003 + int(trial.trial_id))
+                model = self._try_build(hp)
+                model.optimizer.build(model.trainable_variables)
+                initial_state = ([v.numpy() for v in model.weights],
+                                 [v.numpy() for v in model.optimizer.variables])
+            else:
+                # One model per trial, reset per fold: building and tracing a model
+                # costs more than a small trial's training.
+                for v, value in zip(model.weights, initial_state[0], strict=True):
+                    v.assign(value)
+                for v, value in zip(model.optimizer.variables, initial_state[1], strict=True):
+                    v.assign(value)
+            results.append(self._run_fold(trial, model, k, epochs, initial, parent, trial_dir))
+        del model, initial_state
+        return cv_score(results)
+
+    def _run_fold(self, trial, model, k: int, epochs: int, initial: int,
+                  parent: str | None, trial_dir: Path) -> dict[str, Any]:
+        out = fold_dir(trial_dir, k)
+        out.mkdir(parents=True, exist_ok=True)
+        resumed_from = None
+        if parent is not None:
+            source = fold_dir(Path(self.get_trial_dir(parent)), k) / CHECKPOINT
+            model.load_weights(str(source))
+            resumed_from = f"trial_{parent}/fold_{k}/{CHECKPOINT}"
+        train, val = self.cv.fold(k)
+
+        def describe():
+            return (f"trial {trial.trial_id} fold {k + 1}/{self.cv.n_folds}"
+                    f" | best CV Dice {self._best_so_far()}")
+
+        monitor = _FoldMonitor(describe if self.verbose else None, epochs)
+        start = time.perf_counter()
+        try:
+            history = model.fit(train, validation_data=val, epochs=epochs,
+                                initial_epoch=initial, callbacks=[monitor], shuffle=False,
+                                verbose=0)
+        except Exception as exc:  # noqa: BLE001 - classify, then re-raise
+            if isinstance(exc, MemoryError) or "ResourceExhausted" in type(exc).__name__:
+                raise FailedTrialError(f"fold {k}: out of memory ({type(exc).__name__}); "
+                                       "the search goes on with smaller models") from None
+            raise
+        finally:
+            self.batch_seconds += monitor.batch_seconds
+        if monitor.nan_epoch is not None:
+            raise FailedTrialError(f"fold {k}: loss became NaN or infinite in epoch "
+                                   f"{monitor.nan_epoch + 1}")
+        tmp = out / f".{os.getpid()}.{CHECKPOINT}"
+        model.save_weights(str(tmp))
+        os.replace(tmp, out / CHECKPOINT)
+        result = {
+            "fold": k,
+            "initial_epoch": initial,
+            "epochs": epochs,
+            "resumed_from": resumed_from,
+            "train_patients": self.cv.patients(k, "train"),
+            "val_patients": self.cv.patients(k, "val"),
+            "history": {name: [float(v) for v in values]
+                        for name, values in history.history.items()},
+            "train_seconds": time.perf_counter() - start,
+            "batch_seconds": monitor.batch_seconds,
+            "parameters": int(model.count_params()),
+        }
+        # The result is written last: it marks the fold done for a resumed search.
+        atomic.write_json(out / RESULT, result)
+        return result
+
+    def _best_so_far(self) -> str:
+        best = self.oracle.get_best_trials(1)
+        if not best or best[0].score is None:
+            return "-"
+        return f"{best[0].score:.3f} (trial {best[0].trial_id})"
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        if self.verbose:
+            v = trial.hyperparameters.values
+            shown = ", ".join(f"{k}={v[k]:.2g}" if isinstance(v[k], float) else f"{k}={v[k]}"
+                              for k in v if not k.startswith("tuner/"))
+            origin = (f", continues trial {v['tuner/trial_id']}" if "tuner/trial_id" in v
+                      else "")
+            print(f"trial {trial.trial_id}: epochs {v['tuner/initial_epoch']}->"
+                  f"{v['tuner/epochs']} (bracket {v['tuner/bracket']}, round "
+                  f"{v['tuner/round']}{origin}) {shown}", flush=True)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        self.trial_log.append({"trial_id": trial.trial_id, "status": trial.status,
+                               "rss_mib": rss_mib(), "batch_seconds": self.batch_seconds})
+        if self.verbose:
+            t = self.oracle.get_trial(trial.trial_id)
+            if t.status == "COMPLETED":
+                m = t.metrics
+                folds = " ".join(f"{m.get_last_value(f'val_dice_fold_{k}'):.3f}"
+                                 for k in range(self.cv.n_folds))
+                print(f"trial {t.trial_id} done: CV Dice {t.score:.3f} +- "
+                      f"{m.get_last_value('val_dice_std'):.3f} (folds {folds}) | best "
+                      f"{self._best_so_far()}", flush=True)
+            else:
+                reason = (t.message or "").strip().splitlines()
+                print(f"trial {t.trial_id} {t.status.lower()}: "
+                      f"{reason[-1] if reason else 'no reason given'}", flush=True)

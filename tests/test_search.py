@@ -1,0 +1,181 @@
+"""Cross-validated Hyperband: per-fold checkpoints, promotion, leakage, failures."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lvseg_search import splits
+from lvseg_search.search import run_search
+from lvseg_search.tuner import CHECKPOINT, RESULT
+
+TINY = Path(__file__).parent / "spaces" / "tiny.toml"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from lvseg_search.phantom import synth
+    from lvseg_search.prepare import prepare
+
+    root = tmp_path_factory.mktemp("search")
+    synth(root / "phantom", 5, seed=11, size=32, progress=False)
+    prepare(root / "phantom", root / "data", progress=False)
+    return root / "data"
+
+
+def _trial_dirs(out):
+    return {p.name.removeprefix("trial_"): p for p in (out / "tuner").glob("trial_*")}
+
+
+def test_two_fold_search_keeps_folds_apart_and_resumes_promotions(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    summary = run_search(tiny_data, out, str(TINY), folds=2, test_patients=1, max_epochs=2,
+                         factor=2, image_size=32, batch_size=4, seed=1, verbose=False)
+    split = splits.load(out / "splits.json")
+    assert len(split["folds"]) == 2 and len(split["test"]) == 1
+    completed = summary["completed"]
+    assert len(completed) >= 4 and not summary["failed"]
+    promoted = 0
+    for row in completed:
+        tdir = _trial_dirs(out)[row["trial_id"]]
+        scores = []
+        for k in range(2):
+            fold = tdir / f"fold_{k}"
+            assert (fold / CHECKPOINT).is_file()
+            result = json.loads((fold / RESULT).read_text())
+            assert result["fold"] == k
+            train, val = set(result["train_patients"]), set(result["val_patients"])
+            assert train and val and not train & val
+            assert not (train | val) & set(split["test"])
+            assert sorted(val) == split["folds"][k]["val"]
+            hp = row["hyperparameters"]
+            assert result["initial_epoch"] == hp["tuner/initial_epoch"]
+            assert len(result["history"]["val_dice"]) == hp["tuner/epochs"] - hp[
+                "tuner/initial_epoch"]
+            if "tuner/trial_id" in hp:
+                parent = hp["tuner/trial_id"]
+                assert result["resumed_from"] == f"trial_{parent}/fold_{k}/{CHECKPOINT}"
+                assert (out / "tuner" / result["resumed_from"]).is_file()
+                parent_result = json.loads((out / "tuner" / f"trial_{parent}" / f"fold_{k}"
+                                            / RESULT).read_text())
+                assert parent_result["epochs"] == result["initial_epoch"]
+                promoted += 1
+            else:
+                assert result["resumed_from"] is None
+            scores.append(row["metrics"][f"val_dice_fold_{k}"])
+        assert row["score"] == pytest.approx(sum(scores) / 2, abs=1e-6)
+    assert promoted >= 2  # one promoted trial, two folds
+
+
+def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
+    from lvseg_search.errors import UserError
+
+    out = tmp_path / "run"
+    run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2, image_size=32,
+               batch_size=4, verbose=False)
+    with pytest.raises(UserError, match="other options"):
+        run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, factor=2, image_size=32,
+                   batch_size=4, verbose=False)
+
+
+def test_out_of_memory_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_path,
+                                                                     monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    fit = keras.Model.fit
+
+    def fit_or_oom(self, *args, **kwargs):
+        # Stand-in for a GPU running out of memory on the larger networks.
+        if self.count_params() > 3000:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_or_oom)
+    summary = run_search(tiny_data, tmp_path / "run", str(TINY), folds=2, max_epochs=2,
+                         factor=2, image_size=32, batch_size=4, seed=3, verbose=False)
+    assert summary["failed"] and summary["completed"]
+    assert all("out of memory" in f["message"] for f in summary["failed"])
+
+
+def test_nan_loss_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_path):
+    summary = run_search(tiny_data, tmp_path / "run", str(Path(__file__).parent / "spaces"
+                                                          / "diverging.toml"),
+                         folds=2, max_epochs=2, factor=2, image_size=32, batch_size=4, seed=0,
+                         verbose=False)
+    failed_lrs = set()
+    for f in summary["failed"]:
+        assert "NaN" in f["message"]
+    trials = {t["trial_id"]: t for t in summary["completed"]}
+    assert trials and summary["failed"]
+    assert all(t["hyperparameters"]["learning_rate"] == 0.01 for t in trials.values())
+    for f in summary["failed"]:
+        trial = json.loads((tmp_path / "run" / "tuner" / f"trial_{f['trial_id']}"
+                            / "trial.json").read_text())
+        failed_lrs.add(trial["hyperparameters"]["values"]["learning_rate"])
+    assert failed_lrs == {1000.0}
+
+
+def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
+           "--space", str(TINY), "--out", str(out), "--folds", "3", "--max-epochs", "2",
+           "--factor", "2", "--image-size", "32", "--batch-size", "4", "--quiet"]
+    marker = out / "tuner" / "trial_0001" / "fold_0" / RESULT
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the search never finished a fold of its second trial"
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("tuner/trial_*/fold_*/" + RESULT)}
+    assert len(finished) < 15  # killed before the end
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for path, stamp in finished.items():
+        assert path.stat().st_mtime_ns == stamp, f"{path} was trained again"
+    trials = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/trial.json")]
+    assert len(trials) == 5 and all(t["status"] == "COMPLETED" for t in trials)
+    assert len(list(out.glob("tuner/trial_*/fold_*/" + RESULT))) == 15
+
+
+def test_search_command_on_the_real_subset(real_prepared, tmp_path, capsys):
+    from lvseg_search.cli import main
+
+    out = tmp_path / "run"
+    assert main(["search", "--data", str(real_prepared), "--space", str(TINY), "--out",
+                 str(out), "--folds", "3", "--max-epochs", "1", "--image-size", "32",
+                 "--batch-size", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "fold 3/3" in printed and "epoch 1/1" in printed and "best CV Dice" in printed
+    assert "1 trials completed, 0 failed" in printed
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("tuner/trial_*/fold_*/"
+                                                                  + RESULT))]
+    assert len(results) == 3
+    assert sorted(v for r in results for v in r["val_patients"]) == [
+        "SCD0000101", "SCD0000201", "SCD0000301"]
+
+
+def test_demo_runs_every_stage(tmp_path, monkeypatch, capsys):
+    from lvseg_search import demo
+
+    monkeypatch.setitem(demo.DEMO, "patients", 4)
+    monkeypatch.setitem(demo.DEMO, "phases", 2)
+    monkeypatch.setitem(demo.DEMO, "size", 32)
+    monkeypatch.setitem(demo.DEMO, "image_size", 32)
+    monkeypatch.setitem(demo.DEMO, "folds", 2)
+    monkeypatch.setitem(demo.DEMO, "test_patients", 1)
+    monkeypatch.setitem(demo.DEMO, "max_epochs", 1)
+    assert demo.run_demo(tmp_path / "demo") == 0
+    printed = capsys.readouterr().out
+    for stage in ("[1/3] synth", "[2/3] prepare", "[3/3] search", "best trial"):
+        assert stage in printed
+    assert (tmp_path / "demo" / "data" / "manifest.json").is_file()
+    assert len(splits.load(tmp_path / "demo" / "search" / "splits.json")["test"]) == 1

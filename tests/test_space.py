@@ -1,0 +1,80 @@
+"""Search-space files: the shipped ones load; bad ones get one clear line."""
+
+import keras_tuner as kt
+import pytest
+
+from lvseg_search.cli import main
+from lvseg_search.errors import UserError
+from lvseg_search.space import HYPERPARAMETERS, check_image_size, load_space
+
+GOOD = "\n".join(f"{name} = {{ values = [{value}] }}" for name, value in [
+    ("architecture", '"encoder_decoder"'), ("depth", 2), ("base_filters", 8),
+    ("kernel_size", 3), ("convs_per_stage", 1), ("downsampling", '"max_pool"'),
+    ("decoder", '"unet"'), ("normalization", '"batch"'), ("dropout", 0.0),
+    ("activation", '"relu"'), ("loss", '"dice"'), ("optimizer", '"adam"'),
+    ("learning_rate", 0.001)])
+
+
+@pytest.mark.parametrize("name", ["quick", "default", "lab"])
+def test_shipped_spaces_load_and_declare_every_hyperparameter(name):
+    space = load_space(name)
+    assert set(space.params) == set(HYPERPARAMETERS)
+    hp = kt.HyperParameters()
+    values = space.register(hp)
+    assert set(values) == set(HYPERPARAMETERS)
+
+
+def test_lab_space_is_the_lab_fcn_only():
+    space = load_space("lab")
+    assert space.params["architecture"].values == ("lab_fcn",)
+
+
+def _write(tmp_path, body):
+    path = tmp_path / "space.toml"
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("[hyperparameters]\n" + GOOD + "\nwidth = { values = [3] }", "unknown hyperparameter 'width'"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }", "depth = { values = [] }"),
+     "empty 'values' list"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }",
+                                          "depth = { min = 4, max = 2 }"), "empty range"),
+    ("[hyperparameters]\n" + GOOD.replace('"max_pool"', '"avg_pool"'), "unknown value 'avg_pool'"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }\n", ""), "depth missing"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\nepochs = 3", "unknown [search] key 'epochs'"),
+    ("colour = 1\n[hyperparameters]\n" + GOOD, "unknown key(s) colour"),
+    ("[hyperparameters\n", "not valid TOML"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }",
+                                          "depth = { values = [2], max = 3 }"), "mixes"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }",
+                                          "depth = { min = 1, max = 3, stride = 1 }"),
+     "unknown key(s) stride"),
+])
+def test_bad_space_files_are_refused(tmp_path, body, needle):
+    path = _write(tmp_path, body)
+    with pytest.raises(UserError) as info:
+        load_space(path)
+    assert needle in str(info.value) and str(path) in str(info.value)
+
+
+def test_bad_space_through_the_command_line(tmp_path, capsys):
+    path = _write(tmp_path, "[hyperparameters]\n" + GOOD + "\nwidth = { values = [3] }")
+    out = tmp_path / "run"
+    code = main(["search", "--data", str(tmp_path), "--space", str(path), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "unknown hyperparameter" in err
+    assert not out.exists()
+
+
+def test_unknown_space_name(capsys, tmp_path):
+    code = main(["search", "--data", str(tmp_path), "--space", "huge", "--out",
+                 str(tmp_path / "run")])
+    assert code == 2 and "no search space 'huge'" in capsys.readouterr().err
+
+
+def test_image_size_must_fit_the_deepest_network():
+    with pytest.raises(UserError, match="not divisible by 16"):
+        check_image_size(load_space("lab"), 100)
+    check_image_size(load_space("quick"), 64)
