@@ -48,6 +48,20 @@ def overhead(data_dir: Path, tmp: Path, trials: int, image_size: int) -> dict:
     return summary
 
 
+def breakdown(run: Path) -> str:
+    """Sums the per-fold timings the tuner records."""
+    import json
+
+    totals = {"fit": 0.0, "batches": 0.0, "validation": 0.0, "checkpoint+result": 0.0}
+    for p in run.glob("tuner/trial_*/fold_*/result.json"):
+        r = json.loads(p.read_text())
+        totals["fit"] += r["fit_seconds"]
+        totals["batches"] += r["batch_seconds"]
+        totals["validation"] += r["val_seconds"]
+        totals["checkpoint+result"] += r["train_seconds"] - r["fit_seconds"]
+    return ", ".join(f"{k} {v:.1f} s" for k, v in totals.items())
+
+
 def stock_overhead(data_dir: Path, tmp: Path, trials: int, image_size: int) -> tuple[float, float]:
     """The same budget through stock keras-tuner Hyperband on fold 0 only."""
     import keras
@@ -105,16 +119,20 @@ def main() -> None:
     parser.add_argument("--stock", action="store_true",
                         help="also time stock keras-tuner Hyperband on the same budget")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data = tmp / "real"
         prepare(args.data, data, progress=False)
-        s = overhead(data, tmp, args.trials, args.image_size)
-        n = len(s["completed"]) + len(s["failed"])
-        print(f"[overhead] {n} trials x 3 folds, real shards at {args.image_size}px: "
-              f"wall {s['wall_seconds']:.1f} s, inside training batches "
-              f"{s['batch_seconds']:.1f} s, ratio {s['wall_seconds'] / s['batch_seconds']:.2f}")
+        if not args.skip_overhead:
+            s = overhead(data, tmp, args.trials, args.image_size)
+            n = len(s["completed"]) + len(s["failed"])
+            print(f"[overhead] {n} trials x 3 folds, real shards at {args.image_size}px: "
+                  f"wall {s['wall_seconds']:.1f} s, inside training batches "
+                  f"{s['batch_seconds']:.1f} s, ratio "
+                  f"{s['wall_seconds'] / s['batch_seconds']:.2f}")
+            print("[overhead] where the rest went: " + breakdown(tmp / "overhead"))
         if args.stock:
             wall, batches = stock_overhead(data, tmp, args.trials, args.image_size)
             print(f"[overhead] stock keras-tuner, {args.trials} trials on one split: wall "

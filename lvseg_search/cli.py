@@ -83,7 +83,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     test_ids = [s for s in args.test_ids.split(",") if s] if args.test_ids else None
     run_search(args.data, args.out, args.space, overwrite=args.overwrite,
-               splits_file=args.splits, verbose=not args.quiet, folds=args.folds,
+               splits_file=args.splits, verbose=not args.quiet, chief=args.chief,
+               worker=args.worker, tuner_id=args.tuner_id, gpu=args.gpu,
+               strategy=args.strategy, connect_timeout=args.connect_timeout, folds=args.folds,
                test_patients=args.test_patients, test_ids=test_ids,
                max_epochs=args.max_epochs, factor=args.factor,
                hyperband_iterations=args.iterations, image_size=args.image_size,
@@ -146,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_split)
 
     p = sub.add_parser("search", help="cross-validated Hyperband search over a space")
-    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    p.add_argument("--data", type=Path,
+                   help="prepared data folder (workers: default from the run folder)")
     p.add_argument("--space", default="quick",
                    help="search space: quick, default, lab or a .toml file (default quick)")
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. results/NAME")
@@ -170,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh instead of resuming the search in --out")
     p.add_argument("--quiet", action="store_true", help="print only the final table")
+    g = p.add_argument_group("distributed search (keras-tuner chief/worker mode)")
+    g.add_argument("--chief", metavar="HOST:PORT",
+                   help="serve the oracle here; workers run the trials (':PORT' = loopback)")
+    g.add_argument("--worker", metavar="HOST:PORT", help="take trials from this chief")
+    g.add_argument("--tuner-id", help="this worker's id; reuse it to resume its trial")
+    g.add_argument("--gpu", help="pin this process to GPU(s), e.g. 0 or 0,1")
+    g.add_argument("--strategy", choices=["none", "mirrored"],
+                   help="mirrored: train each fold model over all visible GPUs")
+    g.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds a worker waits for its chief (default 30)")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("demo", help="the whole job on a synthetic phantom")

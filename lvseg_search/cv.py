@@ -3,7 +3,7 @@ fold of the saved splits, built once and reused (cached) by every trial."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,13 @@ class CrossValidation:
         data_dir: Prepared data folder.
         splits: Loaded ``splits.json`` contents.
         config: Pipeline settings (training folds get shuffling and augmentation).
+        replicas: Model replicas fed by each batch (mirrored strategy).
     """
 
     data_dir: Path
     splits: dict[str, Any]
     config: PipelineConfig
+    replicas: int = 1
     _datasets: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _files: dict[str, Path] = field(default_factory=dict, repr=False)
 
@@ -43,13 +45,38 @@ class CrossValidation:
         return [self._files[p] for p in patients]
 
     def fold(self, k: int):
-        """``(train, val)`` datasets of fold ``k``; validation is neither shuffled nor
-        augmented."""
+        """``(train, val)`` datasets of fold ``k``. Validation is neither shuffled nor
+        augmented, and uses larger batches, since it keeps no gradients."""
         if k not in self._datasets:
             train_ids, val_ids = self.patients(k, "train"), self.patients(k, "val")
-            train = make_dataset(self._shards(train_ids), self.config.training(),
-                                 patient_slices(self.data_dir, train_ids))
-            val = make_dataset(self._shards(val_ids), self.config,
-                               patient_slices(self.data_dir, val_ids))
+            n_train = patient_slices(self.data_dir, train_ids)
+            n_val = patient_slices(self.data_dir, val_ids)
+            train_config = self.config.training()
+            val_config = replace(self.config, batch_size=self.config.batch_size * 4)
+            if self.replicas > 1:
+                # Every batch must split evenly over the replicas: training drops its
+                # last short batch, validation picks a size that loses the fewest images.
+                train_config = replace(train_config, drop_remainder=True)
+                size, drop = _val_batch_size(n_val, val_config.batch_size, self.replicas)
+                val_config = replace(val_config, batch_size=size, drop_remainder=drop)
+            train = make_dataset(self._shards(train_ids), train_config, n_train)
+            val = make_dataset(self._shards(val_ids), val_config, n_val)
             self._datasets[k] = (train, val)
         return self._datasets[k]
+
+
+def _val_batch_size(n: int, batch: int, replicas: int) -> tuple[int, bool]:
+    """A validation batch size for a mirrored model: ``(size, drop_remainder)``.
+
+    tf.distribute splits every batch into per-replica chunks, and Keras needs those
+    chunks equal, so sizes are multiples of ``replicas``; a size that divides ``n``
+    keeps every image, otherwise the one dropping the fewest images is used.
+    """
+    best = replicas
+    for chunk in range(max(1, batch // replicas), 0, -1):
+        size = chunk * replicas
+        if n % size == 0:
+            return size, False
+        if n % size < n % best:
+            best = size
+    return best, True

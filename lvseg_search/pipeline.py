@@ -33,6 +33,8 @@ class PipelineConfig:
         shuffle: Shuffle examples each epoch.
         shuffle_buffer: Shuffle buffer size.
         seed: Seed for shuffling and augmentation.
+        drop_remainder: Drop a last, smaller batch (keeps every replica of a mirrored
+            model fed).
     """
 
     image_size: int | None = None
@@ -46,6 +48,7 @@ class PipelineConfig:
     shuffle: bool = False
     shuffle_buffer: int = 2048
     seed: int = 0
+    drop_remainder: bool = False
 
     def training(self) -> PipelineConfig:
         """The same configuration with shuffling and augmentation on."""
@@ -148,7 +151,7 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int 
         ds = ds.cache()
     if config.shuffle:
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_size)
+    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
     if config.augment:
         rand = t.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
         ds = t.data.Dataset.zip((ds, rand)).map(

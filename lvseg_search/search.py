@@ -11,8 +11,9 @@ Layout of a run folder::
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,52 +111,119 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
     return split
 
 
-def run_search(data: Path, out: Path, space: str = "quick", *, overwrite: bool = False,
+def _load_run(out: Path, data: Path | None) -> tuple[SearchOptions, dict[str, Any]]:
+    """Options and splits of an existing run folder (for workers)."""
+    record = out / SEARCH_FILE
+    if not record.is_file():
+        raise UserError(f"{record}: not found; start the chief with the same --out first "
+                        "(the results folder must be shared with the workers)")
+    stored = json.loads(record.read_text(encoding="utf-8"))
+    options = SearchOptions(**{**stored, "test_ids": tuple(stored["test_ids"])})
+    if load_space(options.space).digest != options.space_digest:
+        raise UserError(f"{options.space}: the search space file differs from the chief's; "
+                        "workers must see the same file")
+    if data is not None:
+        options = replace(options, data=str(Path(data).resolve()))
+    m = manifest.load(Path(options.data))
+    return options, splits.load(out / splits.FILENAME, [p["patient_id"] for p in m["patients"]])
+
+
+def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite: bool = False,
                splits_file: Path | None = None, verbose: bool = True,
+               chief: str | None = None, worker: str | None = None,
+               tuner_id: str | None = None, gpu: str | None = None,
+               strategy: str | None = None, connect_timeout: float = 30.0,
                **given: Any) -> dict[str, Any]:
     """Runs (or resumes) a cross-validated Hyperband search.
 
     Args:
-        data: Prepared data folder.
-        out: Run folder (``results/NAME``).
+        data: Prepared data folder (workers read it from the run folder when None).
+        out: Run folder (``results/NAME``), shared by the chief and its workers.
         space: Search space name or ``.toml`` path.
         overwrite: Start afresh even if ``out`` holds a search.
         splits_file: Use these splits instead of making new ones.
         verbose: Print progress.
+        chief: ``HOST:PORT`` to serve the oracle on (this process runs no trial).
+        worker: ``HOST:PORT`` of the chief to take trials from.
+        tuner_id: This worker's id (default: host name and process id).
+        gpu: Pin this process to these GPU(s) (``CUDA_VISIBLE_DEVICES``).
+        strategy: ``mirrored`` to train each fold model over all visible GPUs.
+        connect_timeout: Seconds a worker waits for its chief.
         **given: Search options (see ``SearchOptions``); None means "not given".
 
     Returns:
-        A summary: trials (completed, failed), the best trial, wall and batch seconds.
+        A summary: trials (completed, failed), wall and batch seconds, per-trial log.
 
     Raises:
-        UserError: Bad data, options or run folder.
+        UserError: Bad data, options or run folder, or an unreachable chief.
     """
+    from lvseg_search import distribute
+
+    start = time.perf_counter()
+    out = Path(out)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    role = "chief" if chief else "worker" if worker else distribute.role_from_environment()
+    if chief and worker:
+        raise UserError("--chief and --worker: a process is one or the other")
+    if chief:
+        host, port = distribute.parse_address(chief, "--chief", distribute.LOOPBACK)
+        distribute.check_port_free(host, port)
+        distribute.configure("chief", host, port)
+        print(f"chief: serving the oracle on {host}:{port}"
+              + (" (loopback only: pass --chief 0.0.0.0:PORT to accept other machines)"
+                 if host.startswith("127.") or host == "localhost" else ""), flush=True)
+    elif worker:
+        host, port = distribute.parse_address(worker, "--worker")
+        distribute.wait_for_chief(host, port, connect_timeout)
+        tuner_id = distribute.configure("worker", host, port, tuner_id)
+    if role == "worker":
+        options, split = _load_run(out, data)
+        sp = load_space(options.space)
+    else:
+        sp = load_space(space)
+        if data is None:
+            raise UserError("--data: required (only workers read it from the run folder)")
+        options = resolve_options(sp, data, **given)
+        split = _prepare_run(out, options, overwrite, splits_file)
+    summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy,
+                      is_chief=role == "chief")
+    summary["wall_seconds"] = time.perf_counter() - start
+    if role != "worker":
+        print_top(summary, len(split["folds"]))
+    return summary
+
+
+def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str, Any], *,
+            verbose: bool, strategy: str | None, is_chief: bool) -> dict[str, Any]:
     import keras
 
     from lvseg_search.cv import CrossValidation
+    from lvseg_search.distribute import make_strategy
     from lvseg_search.hypermodel import SegmentationHyperModel
     from lvseg_search.pipeline import PipelineConfig
     from lvseg_search.tuner import CVHyperband
 
-    start = time.perf_counter()
-    sp = load_space(space)
-    options = resolve_options(sp, data, **given)
-    out = Path(out)
-    split = _prepare_run(out, options, overwrite, splits_file)
     m = manifest.load(Path(options.data))
     keras.mixed_precision.set_dtype_policy(options.precision)
+    dist = make_strategy(strategy)
+    replicas = dist.num_replicas_in_sync if dist is not None else 1
+    if replicas > 1:
+        print(f"mirrored strategy over {replicas} devices: batch size {options.batch_size} "
+              f"per replica, {options.batch_size * replicas} per step", flush=True)
     config = PipelineConfig(image_size=options.image_size, normalization=options.normalization,
-                            batch_size=options.batch_size, seed=options.seed)
-    cv = CrossValidation(Path(options.data), split, config)
+                            batch_size=options.batch_size * replicas, seed=options.seed)
+    cv = CrossValidation(Path(options.data), split, config, replicas=replicas)
     hypermodel = SegmentationHyperModel(sp, options.image_size, num_classes=len(m["classes"]),
                                         jit_compile=options.jit)
     tuner = CVHyperband(cv, seed=options.seed, verbose=verbose, hypermodel=hypermodel,
                         max_epochs=options.max_epochs, factor=options.factor,
                         hyperband_iterations=options.hyperband_iterations,
-                        directory=str(out), project_name=PROJECT)
-    # A cap on Hyperband's own schedule, for a fixed budget.
-    tuner.oracle.max_trials = options.max_trials
-    if verbose:
+                        distribution_strategy=dist, directory=str(out), project_name=PROJECT)
+    if is_chief or not hasattr(tuner.oracle, "stub"):
+        # A cap on Hyperband's own schedule, for a fixed budget (the oracle owns it).
+        tuner.oracle.max_trials = options.max_trials
+    if verbose and not is_chief:
         print(f"search: space {sp.name}, {cv.n_folds} patient-grouped folds, "
               f"{len(split['test'])} held-out test patient(s), max {options.max_epochs} "
               f"epochs, factor {options.factor}, images {options.image_size}px -> {out}",
@@ -165,20 +233,21 @@ def run_search(data: Path, out: Path, space: str = "quick", *, overwrite: bool =
     except RuntimeError as exc:
         if "consecutive failures" not in str(exc):
             raise
-        raise UserError(f"{out}: {tuner.oracle.max_consecutive_failed_trials} trials in a row "
-                        "failed; check the data and the space (last error: "
-                        f"{str(exc).strip().splitlines()[-1]})") from None
-    summary = summarize(tuner)
-    summary["wall_seconds"] = time.perf_counter() - start
+        raise UserError(f"{out}: too many trials in a row failed; check the data and the "
+                        f"space (last error: {str(exc).strip().splitlines()[-1]})") from None
+    summary = summarize(out)
     summary["batch_seconds"] = tuner.batch_seconds
     summary["trial_log"] = tuner.trial_log
-    print_top(summary, cv.n_folds)
+    summary["replicas"] = replicas
     return summary
 
 
-def summarize(tuner) -> dict[str, Any]:
-    """Completed trials (best first) and failed ones, from the tuner's oracle."""
-    trials = list(tuner.oracle.trials.values())
+def summarize(out: Path) -> dict[str, Any]:
+    """Completed trials (best first) and failed ones, read from the run folder (so the
+    chief, a worker or a later ``report`` all see the same search)."""
+    from keras_tuner.engine.trial import Trial
+
+    trials = [Trial.load(str(p)) for p in sorted((Path(out) / PROJECT).glob("trial_*/trial.json"))]
     completed = sorted((t for t in trials if t.status == "COMPLETED" and t.score is not None),
                        key=lambda t: t.score, reverse=True)
     rows = []

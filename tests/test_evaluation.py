@@ -1,0 +1,68 @@
+"""Scores on shapes with known answers."""
+
+import math
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from lvseg_search.evaluation import (
+    average_perpendicular_distance,
+    dice,
+    hausdorff_mm,
+    score_image,
+    volume_dice,
+)
+
+
+def _disc(centre, radius, shape=(200, 200)):
+    mask = np.zeros(shape, bool)
+    mask[disk(centre, radius, shape=shape)] = True
+    return mask
+
+
+def test_square_against_itself():
+    sq = np.zeros((32, 32), bool)
+    sq[8:20, 10:22] = True
+    s = score_image(sq, sq, (1.5, 1.5))
+    assert s == {"dice": 1.0, "apd_mm": 0.0, "hausdorff_mm": 0.0, "good_contour": 1.0}
+
+
+def test_two_offset_discs():
+    r, d, spacing = 40.0, 10.0, 0.5
+    a, b = _disc((100, 100), r), _disc((100, 100 + d), r)
+    # Dice: lens area of two equal circles over their summed areas.
+    lens = 2 * r**2 * math.acos(d / (2 * r)) - d / 2 * math.sqrt(4 * r**2 - d**2)
+    assert dice(a, b) == pytest.approx(lens / (math.pi * r**2), abs=0.01)
+    # Hausdorff between equal circles offset by d is d (here in mm).
+    assert hausdorff_mm(a, b, (spacing, spacing)) == pytest.approx(d * spacing, abs=0.6)
+    # APD: mean over circle A of | |p - c_B| - r |.
+    theta = np.linspace(0, 2 * np.pi, 100000, endpoint=False)
+    expected = np.mean(np.abs(np.hypot(r * np.cos(theta) - d, r * np.sin(theta)) - r))
+    apd = average_perpendicular_distance(a, b, (spacing, spacing))
+    assert apd == pytest.approx(expected * spacing, abs=0.3)
+    assert score_image(a, b, (spacing, spacing))["good_contour"] == 1.0
+    far = _disc((100, 100 + 30), r)  # 15 mm off: APD about 9.5 mm
+    assert score_image(a, far, (spacing, spacing))["good_contour"] == 0.0
+
+
+def test_spacing_is_per_axis():
+    sq = np.zeros((40, 40), bool)
+    sq[10:30, 10:30] = True
+    down = np.roll(sq, 2, axis=0)  # two rows down
+    right = np.roll(sq, 2, axis=1)  # two columns right
+    assert hausdorff_mm(sq, down, (3.0, 1.0)) == pytest.approx(6.0, abs=0.01)
+    assert hausdorff_mm(sq, right, (3.0, 1.0)) == pytest.approx(2.0, abs=0.01)
+
+
+def test_empty_masks():
+    empty = np.zeros((16, 16), bool)
+    blob = empty.copy()
+    blob[4:9, 4:9] = True
+    both = score_image(empty, empty, (1.0, 1.0))
+    assert both["dice"] == 1.0 and math.isnan(both["apd_mm"]) and math.isnan(both["good_contour"])
+    missed = score_image(empty, blob, (1.0, 1.0))
+    assert missed["dice"] == 0.0 and missed["good_contour"] == 0.0
+    assert math.isnan(missed["hausdorff_mm"])
+    assert volume_dice([empty, blob], [empty, blob]) == 1.0
+    assert volume_dice([empty, empty], [blob, blob]) == 0.0
