@@ -103,7 +103,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser with all sub-commands."""
-    parser = _Parser(prog="lvseg-search", description=__doc__)
+    parser = _Parser(prog="lvseg-search", description=(
+        "Find the best left-ventricle segmentation network for cardiac MRI: prepare "
+        "DICOM + contours, split patients, run a cross-validated Hyperband search. "
+        "Start with 'lvseg-search demo'."))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

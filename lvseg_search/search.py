@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -97,8 +98,6 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
         raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
                         "another folder or pass --overwrite")
     if overwrite and out.exists():
-        import shutil
-
         shutil.rmtree(out)
     if splits_file is not None:
         split = splits.load(splits_file, list(counts))
@@ -163,21 +162,19 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
     out = Path(out)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    role = "chief" if chief else "worker" if worker else distribute.role_from_environment()
     if chief and worker:
         raise UserError("--chief and --worker: a process is one or the other")
     if chief:
         host, port = distribute.parse_address(chief, "--chief", distribute.LOOPBACK)
         distribute.check_port_free(host, port)
         distribute.configure("chief", host, port)
-        print(f"chief: serving the oracle on {host}:{port}"
-              + (" (loopback only: pass --chief 0.0.0.0:PORT to accept other machines)"
-                 if host.startswith("127.") or host == "localhost" else ""), flush=True)
     elif worker:
         host, port = distribute.parse_address(worker, "--worker")
-        distribute.wait_for_chief(host, port, connect_timeout)
-        tuner_id = distribute.configure("worker", host, port, tuner_id)
+        distribute.configure("worker", host, port, tuner_id)
+    role = distribute.role_from_environment()
     if role == "worker":
+        distribute.wait_for_chief(os.environ[distribute.ENV_IP],
+                                  int(os.environ[distribute.ENV_PORT]), connect_timeout)
         options, split = _load_run(out, data)
         sp = load_space(options.space)
     else:
@@ -186,6 +183,11 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
             raise UserError("--data: required (only workers read it from the run folder)")
         options = resolve_options(sp, data, **given)
         split = _prepare_run(out, options, overwrite, splits_file)
+    if role == "chief":
+        host = os.environ[distribute.ENV_IP]
+        print(f"chief: serving the oracle on {host}:{os.environ[distribute.ENV_PORT]}"
+              + (" (loopback only: pass --chief 0.0.0.0:PORT to accept other machines)"
+                 if host.startswith("127.") or host == "localhost" else ""), flush=True)
     summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy,
                       is_chief=role == "chief")
     summary["wall_seconds"] = time.perf_counter() - start

@@ -178,28 +178,33 @@ class CVHyperband(keras_tuner.Hyperband):
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         results: list[dict[str, Any]] = []
         model, initial_state = None, None
-        for k in range(self.cv.n_folds):
-            done = read_fold_result(trial_dir, k)
-            if done is not None:
-                results.append(done)
-                continue
-            if model is None:
-                keras.utils.set_random_seed(self.seed * 100003 + int(trial.trial_id))
-                model = self._try_build(hp)
-                with maybe_distribute(self.distribution_strategy):
-                    model.optimizer.build(model.trainable_variables)
-                initial_state = ([v.numpy() for v in model.weights],
-                                 [v.numpy() for v in model.optimizer.variables])
-            else:
-                # One model per trial, reset per fold: building and tracing a model
-                # costs more than a small trial's training.
-                for v, value in zip(model.weights, initial_state[0], strict=True):
-                    v.assign(value)
-                for v, value in zip(model.optimizer.variables, initial_state[1], strict=True):
-                    v.assign(value)
-            results.append(self._run_fold(trial, model, k, epochs, initial, parent, trial_dir))
-        del model, initial_state
-        release_memory()
+        try:
+            for k in range(self.cv.n_folds):
+                done = read_fold_result(trial_dir, k)
+                if done is not None:
+                    results.append(done)
+                    continue
+                if model is None:
+                    keras.utils.set_random_seed(self.seed * 100003 + int(trial.trial_id))
+                    model = self._try_build(hp)
+                    with maybe_distribute(self.distribution_strategy):
+                        model.optimizer.build(model.trainable_variables)
+                    initial_state = ([v.numpy() for v in model.weights],
+                                     [v.numpy() for v in model.optimizer.variables])
+                else:
+                    # One model per trial, reset per fold: building and tracing a model
+                    # costs more than a small trial's training.
+                    for v, value in zip(model.weights, initial_state[0], strict=True):
+                        v.assign(value)
+                    for v, value in zip(model.optimizer.variables, initial_state[1],
+                                        strict=True):
+                        v.assign(value)
+                results.append(self._run_fold(trial, model, k, epochs, initial, parent,
+                                              trial_dir))
+        finally:
+            # Failed trials too: the next trial starts from a clean session.
+            del model, initial_state
+            release_memory()
         return cv_score(results)
 
     def _run_fold(self, trial, model, k: int, epochs: int, initial: int,
