@@ -17,7 +17,16 @@ from typing import Any
 
 from lvseg_search.errors import UserError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+def _spaces_dir() -> Path:
+    """The shipped spaces: the repository's search_spaces/, which a regular install
+    copies into the package (lvseg_search/search_spaces)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "search_spaces"
+    return installed if installed.is_dir() else here.parent / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 
 # name -> (kind, allowed choices or (lowest, highest))
 HYPERPARAMETERS: dict[str, tuple[str, Any]] = {

@@ -50,3 +50,15 @@ def phantom_copy(small_phantom, tmp_path) -> Path:
     dst = tmp_path / "input"
     shutil.copytree(small_phantom, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A 5-patient, 32x32 phantom, prepared: small enough for whole searches in tests."""
+    from lvseg_search.phantom import synth
+    from lvseg_search.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny")
+    synth(root / "phantom", 5, seed=11, size=32, progress=False)
+    prepare(root / "phantom", root / "data", progress=False)
+    return root / "data"

@@ -8,22 +8,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from lvseg_search.tuner import RESULT
 
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from lvseg_search.phantom import synth
-    from lvseg_search.prepare import prepare
-
-    root = tmp_path_factory.mktemp("dist")
-    synth(root / "phantom", 4, seed=5, size=32, progress=False)
-    prepare(root / "phantom", root / "data", progress=False)
-    return root / "data"
 
 
 def _free_port() -> int:

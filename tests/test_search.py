@@ -12,15 +12,6 @@ from lvseg_search.tuner import CHECKPOINT, RESULT
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from lvseg_search.phantom import synth
-    from lvseg_search.prepare import prepare
-
-    root = tmp_path_factory.mktemp("search")
-    synth(root / "phantom", 5, seed=11, size=32, progress=False)
-    prepare(root / "phantom", root / "data", progress=False)
-    return root / "data"
 
 
 def _trial_dirs(out):
