@@ -18,6 +18,10 @@ FILENAME = "manifest.json"
 CLASS_NAMES = {0: "background", 1: "lv_blood_pool", 2: "myocardium"}
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
 def _stats(values: np.ndarray) -> dict[str, float]:
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -63,10 +67,8 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
             "image_size": list(slices[0].image.shape),
             "pixel_spacing_mm": [float(x) for x in np.nanmedian(spacing, axis=0)]
             if np.isfinite(spacing).any() else None,
-            "slice_thickness_mm": float(slices[0].slice_thickness_mm)
-            if np.isfinite(slices[0].slice_thickness_mm) else None,
-            "slice_spacing_mm": (lambda v: v if np.isfinite(v) else None)(
-                slice_spacing_mm(slices)),
+            "slice_thickness_mm": _finite_or_none(float(slices[0].slice_thickness_mm)),
+            "slice_spacing_mm": _finite_or_none(slice_spacing_mm(slices)),
         })
     pixels = np.concatenate(all_pixels).astype(np.float64)
     p1, p99 = np.percentile(pixels, [1, 99])

@@ -110,21 +110,24 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
     return split
 
 
-def _load_run(out: Path, data: Path | None) -> tuple[SearchOptions, dict[str, Any]]:
-    """Options and splits of an existing run folder (for workers)."""
+def _load_run(out: Path, data: Path | None) -> tuple[SearchOptions, SearchSpace,
+                                                     dict[str, Any]]:
+    """Options, space and splits of an existing run folder (for workers)."""
     record = out / SEARCH_FILE
     if not record.is_file():
         raise UserError(f"{record}: not found; start the chief with the same --out first "
                         "(the results folder must be shared with the workers)")
     stored = json.loads(record.read_text(encoding="utf-8"))
     options = SearchOptions(**{**stored, "test_ids": tuple(stored["test_ids"])})
-    if load_space(options.space).digest != options.space_digest:
+    sp = load_space(options.space)
+    if sp.digest != options.space_digest:
         raise UserError(f"{options.space}: the search space file differs from the chief's; "
                         "workers must see the same file")
     if data is not None:
         options = replace(options, data=str(Path(data).resolve()))
     m = manifest.load(Path(options.data))
-    return options, splits.load(out / splits.FILENAME, [p["patient_id"] for p in m["patients"]])
+    return options, sp, splits.load(out / splits.FILENAME,
+                                     [p["patient_id"] for p in m["patients"]])
 
 
 def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite: bool = False,
@@ -175,8 +178,7 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
     if role == "worker":
         distribute.wait_for_chief(os.environ[distribute.ENV_IP],
                                   int(os.environ[distribute.ENV_PORT]), connect_timeout)
-        options, split = _load_run(out, data)
-        sp = load_space(options.space)
+        options, sp, split = _load_run(out, data)
     else:
         sp = load_space(space)
         if data is None:
