@@ -101,6 +101,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, seed=args.seed, overwrite=args.overwrite)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lvseg_search.report import write_report
+
+    write_report(args.run, args.out, overlays=not args.no_overlays)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from lvseg_search.export import export
+
+    export(args.run, args.out, ensemble=args.ensemble, epochs=args.epochs,
+           trial_id=args.trial, onnx=not args.no_onnx, overwrite=args.overwrite)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from lvseg_search.predict import predict
+
+    predict(args.model, args.dicom, args.out, overlays=not args.no_overlays,
+            overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser with all sub-commands."""
     parser = _Parser(prog="lvseg-search", description=(
@@ -188,6 +211,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a worker waits for its chief (default 30)")
     p.set_defaults(func=_cmd_search)
 
+    p = sub.add_parser("report", help="rank a search's trials: CSV, Markdown, HTML, HParams")
+    p.add_argument("run", type=Path, help="the search's run folder (results/NAME)")
+    p.add_argument("--out", type=Path, help="folder for the report files (default: RUN)")
+    p.add_argument("--no-overlays", action="store_true",
+                   help="skip the contour overlays (they rebuild the best trial's models)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="best trial -> SavedModel, .keras, TFLite, model card")
+    p.add_argument("run", type=Path, help="the search's run folder (results/NAME)")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--ensemble", action="store_true",
+                   help="average the trial's fold models instead of retraining")
+    p.add_argument("--epochs", type=int,
+                   help="retrain for this many epochs (default: the trial's best epoch)")
+    p.add_argument("--trial", help="export this trial id instead of the best")
+    p.add_argument("--no-onnx", action="store_true", help="skip ONNX even if tf2onnx is here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="segment DICOM images: masks, areas, volumes, EF")
+    p.add_argument("model", type=Path, help="model folder written by 'lvseg-search export'")
+    p.add_argument("dicom", type=Path, help="a DICOM file, or a folder (one study per folder)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_cmd_predict)
+
     p = sub.add_parser("demo", help="the whole job on a synthetic phantom")
     p.add_argument("--out", type=Path, default=Path("results/demo"))
     p.add_argument("--seed", type=int, default=0)
@@ -198,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code (2 for user errors)."""
-    logging.basicConfig(level=logging.INFO, format="lvseg-search: %(message)s")
+    # Ours at INFO; libraries (TensorFlow's asset messages and the like) only warnings.
+    logging.basicConfig(level=logging.WARNING, format="lvseg-search: %(message)s")
+    log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

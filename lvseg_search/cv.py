@@ -27,6 +27,7 @@ class CrossValidation:
     replicas: int = 1
     _datasets: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _files: dict[str, Path] = field(default_factory=dict, repr=False)
+    _val_images: dict[int, list[Any]] = field(default_factory=dict, repr=False)
 
     @property
     def n_folds(self) -> int:
@@ -63,6 +64,16 @@ class CrossValidation:
             val = make_dataset(self._shards(val_ids), val_config, n_val)
             self._datasets[k] = (train, val)
         return self._datasets[k]
+
+
+    def val_images(self, k: int) -> list[Any]:
+        """Fold ``k``'s validation patients as stored (raw pixels, masks, spacing), for
+        scoring at full resolution; read once and kept."""
+        if k not in self._val_images:
+            from lvseg_search.scoring import load_patients
+
+            self._val_images[k] = load_patients(self.data_dir, self.patients(k, "val"))
+        return self._val_images[k]
 
 
 def _val_batch_size(n: int, batch: int, replicas: int) -> tuple[int, bool]:

@@ -41,7 +41,7 @@ def pseudonym(patient_id: str, salt: str) -> str:
     return "P" + hashlib.sha256(f"{salt}\x00{patient_id}".encode()).hexdigest()[:12]
 
 
-def _indices(images: list[DicomImage]) -> list[tuple[int, int]]:
+def frame_indices(images: list[DicomImage]) -> list[tuple[int, int]]:
     """Slice and phase index of each frame.
 
     Sunnybrook numbers frames slice * phases + phase + 1 with CardiacNumberOfImages
@@ -118,7 +118,7 @@ def load_patients(patients: Iterable[PatientSource], roots: Sequence[Path],
             raise UserError(f"patient {patient.patient_id}: no frame has both i- and "
                             "o-contours, needed by --myocardium; drop the option or the patient")
         slices = []
-        for (image, mask, path), (s, ph) in zip(items, _indices([i[0] for i in items]),
+        for (image, mask, path), (s, ph) in zip(items, frame_indices([i[0] for i in items]),
                                                 strict=True):
             slices.append(Slice(
                 patient_id=patient.patient_id, image=image.pixels, mask=mask,

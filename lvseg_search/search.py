@@ -6,6 +6,7 @@ Layout of a run folder::
     splits.json        the patient-grouped folds and held-out test patients
     tuner/             keras-tuner's project: oracle.json, trial_<id>/trial.json and,
                        per fold, trial_<id>/fold_<k>/{checkpoint.weights.h5,result.json}
+    tensorboard/       HParams config, one session per finished trial, fold curves
 """
 
 from __future__ import annotations
@@ -190,8 +191,7 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
         print(f"chief: serving the oracle on {host}:{os.environ[distribute.ENV_PORT]}"
               + (" (loopback only: pass --chief 0.0.0.0:PORT to accept other machines)"
                  if host.startswith("127.") or host == "localhost" else ""), flush=True)
-    summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy,
-                      is_chief=role == "chief")
+    summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy, role=role)
     summary["wall_seconds"] = time.perf_counter() - start
     if role != "worker":
         print_top(summary, len(split["folds"]))
@@ -199,9 +199,10 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
 
 
 def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str, Any], *,
-            verbose: bool, strategy: str | None, is_chief: bool) -> dict[str, Any]:
+            verbose: bool, strategy: str | None, role: str | None) -> dict[str, Any]:
     import keras
 
+    from lvseg_search import hparams
     from lvseg_search.cv import CrossValidation
     from lvseg_search.distribute import make_strategy
     from lvseg_search.hypermodel import SegmentationHyperModel
@@ -223,7 +224,12 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
     tuner = CVHyperband(cv, seed=options.seed, verbose=verbose, hypermodel=hypermodel,
                         max_epochs=options.max_epochs, factor=options.factor,
                         hyperband_iterations=options.hyperband_iterations,
-                        distribution_strategy=dist, directory=str(out), project_name=PROJECT)
+                        distribution_strategy=dist, directory=str(out), project_name=PROJECT,
+                        tensorboard_dir=out / hparams.DIRNAME)
+    is_chief = role == "chief"
+    logdir = out / hparams.DIRNAME
+    if role != "worker" and not any(logdir.glob("events.out.tfevents.*")):
+        hparams.write_config(logdir, sp, cv.n_folds, options.max_epochs)
     if is_chief or not hasattr(tuner.oracle, "stub"):
         # A cap on Hyperband's own schedule, for a fixed budget (the oracle owns it).
         tuner.oracle.max_trials = options.max_trials

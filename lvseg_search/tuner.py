@@ -25,8 +25,10 @@ import numpy as np
 from keras_tuner.engine.tuner import maybe_distribute
 from keras_tuner.errors import FailedTrialError
 
-from lvseg_search import atomic
+from lvseg_search import atomic, hparams
 from lvseg_search.cv import CrossValidation
+from lvseg_search.scoring import score_patients
+from lvseg_search.serving import make_predictor
 
 CHECKPOINT = "checkpoint.weights.h5"
 RESULT = "result.json"
@@ -132,7 +134,28 @@ def cv_score(results: list[dict[str, Any]]) -> dict[str, float]:
                "best_epoch": float(results[0]["initial_epoch"] + best + 1)}
     for r, value in zip(results, curves[:, best], strict=True):
         metrics[f"val_dice_fold_{r['fold']}"] = float(value)
+    # Contour distances of the fold models as saved (last epoch), averaged over folds.
+    for key in EVALUATION_METRICS:
+        values = [r["evaluation"][key] for r in results
+                  if not math.isnan(r.get("evaluation", {}).get(key, math.nan))]
+        if values:
+            metrics[key] = float(np.mean(values))
+    metrics["parameters"] = float(results[0].get("parameters", 0))
     return metrics
+
+
+EVALUATION_METRICS = ("apd_mm", "hausdorff_mm", "good_contours_pct")
+
+
+def hparams_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A trial's metrics under the names of its TensorBoard HParams session."""
+    out = {"cv_dice": metrics.get("val_dice"), "cv_dice_std": metrics.get("val_dice_std")}
+    for key, value in metrics.items():
+        if key.startswith("val_dice_fold_"):
+            out[f"dice_fold_{key.rsplit('_', 1)[1]}"] = value
+        elif key in (*EVALUATION_METRICS, "best_epoch", "parameters"):
+            out[key] = value
+    return {k: v for k, v in out.items() if v is not None}
 
 
 class CVHyperband(keras_tuner.Hyperband):
@@ -142,17 +165,20 @@ class CVHyperband(keras_tuner.Hyperband):
         cv: The folds (training and validation pipelines).
         seed: Seed for weight initialization.
         verbose: Print progress (trial, fold, epoch, best CV Dice so far).
+        tensorboard_dir: Write each finished trial's HParams session and fold curves here.
         **kwargs: Passed to ``keras_tuner.Hyperband`` (hypermodel, max_epochs, factor,
             hyperband_iterations, directory, project_name, ...).
     """
 
-    def __init__(self, cv: CrossValidation, seed: int = 0, verbose: bool = True, **kwargs):
+    def __init__(self, cv: CrossValidation, seed: int = 0, verbose: bool = True,
+                 tensorboard_dir: Path | None = None, **kwargs):
         kwargs.setdefault("objective", keras_tuner.Objective("val_dice", direction="max"))
         kwargs.setdefault("max_consecutive_failed_trials", 8)
         super().__init__(seed=seed, **kwargs)
         self.cv = cv
         self.seed = seed
         self.verbose = verbose
+        self.tensorboard_dir = tensorboard_dir
         self.batch_seconds = 0.0  # time inside training batches, this process
         self.trial_log: list[dict[str, Any]] = []  # per finished trial: id, status, RSS
 
@@ -242,6 +268,12 @@ class CVHyperband(keras_tuner.Hyperband):
         tmp = out / f".{os.getpid()}.{CHECKPOINT}"
         model.save_weights(str(tmp))
         os.replace(tmp, out / CHECKPOINT)
+        # Full-resolution scores with physical units, by the same code as the export.
+        t_eval = time.perf_counter()
+        config = self.cv.config
+        predict = make_predictor([model], config.image_size, config.normalization)
+        _, evaluation = score_patients(predict, self.cv.val_images(k))
+        eval_seconds = time.perf_counter() - t_eval
         result = {
             "fold": k,
             "tuner_id": self.tuner_id,
@@ -256,7 +288,9 @@ class CVHyperband(keras_tuner.Hyperband):
             "fit_seconds": fit_seconds,
             "batch_seconds": monitor.batch_seconds,
             "val_seconds": monitor.val_seconds,
+            "eval_seconds": eval_seconds,
             "parameters": int(model.count_params()),
+            "evaluation": evaluation,
         }
         # The result is written last: it marks the fold done for a resumed search.
         atomic.write_json(out / RESULT, result)
@@ -284,8 +318,14 @@ class CVHyperband(keras_tuner.Hyperband):
         super().on_trial_end(trial)
         self.trial_log.append({"trial_id": trial.trial_id, "status": trial.status,
                                "rss_mib": rss_mib(), "batch_seconds": self.batch_seconds})
+        t = self.oracle.get_trial(trial.trial_id)
+        if self.tensorboard_dir is not None and t.status == "COMPLETED":
+            trial_dir = Path(self.get_trial_dir(t.trial_id))
+            folds = [read_fold_result(trial_dir, k) for k in range(self.cv.n_folds)]
+            metrics = {name: t.metrics.get_last_value(name) for name in t.metrics.metrics}
+            hparams.write_trial(self.tensorboard_dir, t.trial_id, t.hyperparameters.values,
+                                hparams_metrics(metrics), [f for f in folds if f])
         if self.verbose:
-            t = self.oracle.get_trial(trial.trial_id)
             if t.status == "COMPLETED":
                 m = t.metrics
                 folds = " ".join(f"{m.get_last_value(f'val_dice_fold_{k}'):.3f}"

@@ -1,0 +1,337 @@
+"""``lvseg-search export results/NAME --out MODEL_DIR``: the best configuration of a
+search as a deployable model.
+
+The best trial is retrained on every non-test patient for its best epoch count (or its
+fold models are averaged, ``--ensemble``), scored on the held-out test patients, and
+written as a SavedModel with a serving signature, a ``.keras`` file, a TFLite model
+(and ONNX when tf2onnx is installed), each checked against the Keras model on the same
+inputs, plus ``model_card.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lvseg_search import __version__, atomic
+from lvseg_search import manifest as manifest_mod
+from lvseg_search.errors import UserError
+from lvseg_search.run import Run, best_trial, load_run
+
+SAVED_MODEL = "saved_model"
+KERAS_FILE = "model.keras"
+TFLITE_FILE = "model.tflite"
+ONNX_FILE = "model.onnx"
+CARD = "model_card.json"
+PARITY_TOLERANCE = 1e-4  # float32 formats must agree with the Keras model this closely
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """SHA-256 over the prepared shards (names and bytes, in patient order)."""
+    m = manifest_mod.load(Path(data_dir))
+    digest = hashlib.sha256()
+    for p in sorted(m["patients"], key=lambda p: p["patient_id"]):
+        digest.update(p["shard"].encode())
+        digest.update(hashlib.sha256((Path(data_dir) / p["shard"]).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {"lvseg-search": __version__, "python": platform.python_version()}
+    for name in ("tensorflow", "keras", "keras-tuner", "numpy", "tf2onnx", "onnxruntime"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def retrain(run: Run, trial, epochs: int, verbose: bool = True):
+    """Trains a trial's configuration on all non-test patients (training augmentation,
+    the search's seed) and returns the network."""
+    import keras
+
+    from lvseg_search.pipeline import PipelineConfig, make_dataset, patient_files, patient_slices
+
+    patients = sorted({p for fold in run.splits["folds"] for p in fold["train"] + fold["val"]})
+    o = run.options
+    config = PipelineConfig(image_size=o.image_size, normalization=o.normalization,
+                            batch_size=o.batch_size, seed=o.seed).training()
+    data = make_dataset(patient_files(run.data_dir, patients, config), config,
+                        patient_slices(run.data_dir, patients))
+    keras.utils.set_random_seed(o.seed * 100003 + int(trial.trial_id))
+    model = run.build_network(trial.trial_id)
+
+    class _Progress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if verbose:
+                print(f"export: retrain epoch {epoch + 1}/{epochs}  loss "
+                      f"{logs['loss']:.4f}  dice {logs['dice']:.3f}", flush=True)
+
+    model.fit(data, epochs=epochs, callbacks=[_Progress()], shuffle=False, verbose=0)
+    return model, patients
+
+
+def _probe_inputs(patients: list[Any]) -> list[np.ndarray]:
+    """Inputs the formats are compared on: stored images (test patients, else
+    validation ones) and one odd-sized random image, each its own batch of 1..4."""
+    rng = np.random.default_rng(0)
+    batches: list[np.ndarray] = []
+    for p in patients[:2]:
+        if p.images.dtype != object:
+            batches.append(p.images[: min(4, len(p.images))])
+    batches.append(rng.integers(0, 1200, (1, 97, 131)).astype(np.int16))
+    return batches
+
+
+def check_parity(reference, candidates: dict[str, Any],
+                 batches: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Runs every format on the same inputs as the Keras model.
+
+    Args:
+        reference: The Keras serving model.
+        candidates: Format name -> function from raw batch to ``{"probabilities", "mask"}``.
+        batches: Raw int16 batches.
+
+    Returns:
+        Per format: ``max_abs_diff`` of the probabilities and ``mask_mismatch_pixels``.
+
+    Raises:
+        UserError: A format differs by more than ``PARITY_TOLERANCE``.
+    """
+    expected = [{k: np.asarray(v) for k, v in reference(b).items()} for b in batches]
+    report = {}
+    for name, run_format in candidates.items():
+        diff, mismatch = 0.0, 0
+        for b, ref in zip(batches, expected, strict=True):
+            got = run_format(b)
+            probs = np.asarray(got["probabilities"])
+            if probs.shape != ref["probabilities"].shape:
+                raise UserError(f"{name}: output shape {probs.shape} differs from the Keras "
+                                f"model's {ref['probabilities'].shape}")
+            diff = max(diff, float(np.abs(probs - ref["probabilities"]).max()))
+            mismatch += int((np.asarray(got["mask"]) != ref["mask"]).sum())
+        report[name] = {"max_abs_diff": diff, "mask_mismatch_pixels": mismatch}
+        if diff > PARITY_TOLERANCE:
+            raise UserError(f"{name}: exported model differs from the Keras model by {diff:.2e} "
+                            f"(> {PARITY_TOLERANCE:g}); nothing was written")
+    return report
+
+
+def tflite_runner(path: Path):
+    """A function running the TFLite model's serving signature on one raw batch."""
+    import warnings
+
+    from lvseg_search._tf import tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the interpreter's move to LiteRT is announced
+        interpreter = tf().lite.Interpreter(model_path=str(path), num_threads=1)
+    runner = interpreter.get_signature_runner("serving_default")
+    return lambda raw: runner(raw=np.asarray(raw, np.int16))
+
+
+def saved_model_runner(path: Path):
+    """A function running the SavedModel's ``serving_default`` signature."""
+    from lvseg_search._tf import tf
+
+    t = tf()
+    loaded = t.saved_model.load(str(path))
+    serve = loaded.signatures["serving_default"]
+    return lambda raw: {k: v.numpy() for k, v in serve(raw=t.constant(raw, t.int16)).items()}
+
+
+def _write_onnx(saved_model: Path, out: Path) -> tuple[Any, str]:
+    """Converts the SavedModel to ONNX when tf2onnx is installed; returns a runner
+    (or None) and what happened."""
+    try:
+        import onnxruntime
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        return None, "skipped: install the 'onnx' extra (tf2onnx, onnxruntime)"
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
+         "--signature_def", "serving_default", "--opset", "17", "--output", str(out)],
+        capture_output=True, text=True)
+    if result.returncode != 0 or not out.is_file():
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        return None, f"failed: {lines[-1] if lines else 'tf2onnx gave no reason'}"
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(out), options,
+                                           providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def run_onnx(raw):
+        values = session.run(None, {session.get_inputs()[0].name: np.asarray(raw, np.int16)})
+        named = dict(zip(names, values, strict=True))
+        return {"probabilities": next(v for k, v in named.items() if "prob" in k),
+                "mask": next(v for k, v in named.items() if "mask" in k)}
+
+    return run_onnx, "written"
+
+
+def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | None = None,
+           trial_id: str | None = None, onnx: bool = True, overwrite: bool = False,
+           verbose: bool = True) -> dict[str, Any]:
+    """Exports the best (or a chosen) trial of a search.
+
+    Args:
+        run_dir: The search's run folder.
+        out: The model folder to write.
+        ensemble: Average the trial's fold models instead of retraining.
+        epochs: Retrain for this many epochs (default: the trial's best epoch count).
+        trial_id: Export this trial instead of the best.
+        onnx: Also write ONNX when tf2onnx is installed.
+        overwrite: Replace an existing model folder.
+        verbose: Print progress.
+
+    Returns:
+        The model card.
+
+    Raises:
+        UserError: No completed trial, an unknown trial, a bad option, or an exported
+            format that disagrees with the Keras model.
+    """
+    import keras
+
+    from lvseg_search.scoring import load_patients, score_patients
+    from lvseg_search.serving import build_serving_model
+
+    start = time.perf_counter()
+    run = load_run(run_dir)
+    if trial_id is not None:
+        trial = run.trials.get(trial_id)
+        if trial is None or trial.status != "COMPLETED":
+            raise UserError(f"--trial: {trial_id} is not a completed trial of {run.path}")
+    else:
+        trial = best_trial(run)
+    metrics = {name: trial.metrics.get_last_value(name) for name in trial.metrics.metrics}
+    best_epoch = int(metrics.get("best_epoch", 1))
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs: {epochs} must be at least 1")
+    if ensemble and epochs is not None:
+        raise UserError("--epochs and --ensemble: the fold models are used as trained; "
+                        "choose one")
+    o = run.options
+    keras.mixed_precision.set_dtype_policy("float32")  # exported formats are float32
+    with atomic.output_dir(out, overwrite=overwrite) as tmp:
+        if ensemble:
+            networks = [run.fold_network(trial.trial_id, k) for k in range(run.n_folds)]
+            trained_on = sorted({p for f in run.splits["folds"] for p in f["train"]})
+            training = {"mode": "ensemble", "models": run.n_folds,
+                        "epochs": int(trial.hyperparameters.values.get("tuner/epochs", 0))}
+            if verbose:
+                print(f"export: ensemble of trial {trial.trial_id}'s {run.n_folds} fold models",
+                      flush=True)
+        else:
+            n = epochs or best_epoch
+            if verbose:
+                print(f"export: retraining trial {trial.trial_id} on all non-test patients "
+                      f"for {n} epochs", flush=True)
+            network, trained_on = retrain(run, trial, n, verbose)
+            networks = [network]
+            training = {"mode": "retrain", "epochs": n}
+        training["patients"] = trained_on
+        model = build_serving_model(networks, o.image_size, o.normalization)
+
+        def keras_run(raw):
+            return {k: np.asarray(v) for k, v in model(np.asarray(raw, np.int16)).items()}
+
+        test = None
+        if run.splits["test"]:
+            test_patients = load_patients(run.data_dir, run.splits["test"])
+            rows, summary = score_patients(keras_run, test_patients)
+            per_patient = {p: float(np.mean([r["dice"] for r in rows if r["patient_id"] == p]))
+                           for p in run.splits["test"]}
+            test = {"patients": run.splits["test"], **summary, "dice_per_patient": per_patient}
+            probe_patients = test_patients
+            if verbose:
+                print(f"export: test patients {', '.join(run.splits['test'])}: Dice "
+                      f"{summary['dice']:.3f}, APD {summary['apd_mm']:.2f} mm, good contours "
+                      f"{summary['good_contours_pct']:.0f}%", flush=True)
+        else:
+            probe_patients = load_patients(run.data_dir, run.splits["folds"][0]["val"][:1])
+
+        model.save(tmp / KERAS_FILE)
+        model.export(str(tmp / SAVED_MODEL), format="tf_saved_model", verbose=False)
+        from lvseg_search._tf import tf
+
+        converter = tf().lite.TFLiteConverter.from_saved_model(str(tmp / SAVED_MODEL))
+        (tmp / TFLITE_FILE).write_bytes(converter.convert())
+        reloaded = keras.models.load_model(tmp / KERAS_FILE, safe_mode=True)
+        candidates = {
+            "saved_model": saved_model_runner(tmp / SAVED_MODEL),
+            "keras_file": lambda raw: {k: np.asarray(v) for k, v in
+                                       reloaded(np.asarray(raw, np.int16)).items()},
+            "tflite": tflite_runner(tmp / TFLITE_FILE),
+        }
+        onnx_status = "not requested"
+        if onnx:
+            runner, onnx_status = _write_onnx(tmp / SAVED_MODEL, tmp / ONNX_FILE)
+            if runner is not None:
+                candidates["onnx"] = runner
+        parity = check_parity(keras_run, candidates, _probe_inputs(probe_patients))
+        if verbose:
+            for name, r in parity.items():
+                print(f"export: {name}: max |probability difference| {r['max_abs_diff']:.2e}, "
+                      f"{r['mask_mismatch_pixels']} mask pixel(s) differ", flush=True)
+        card = _model_card(run, trial, metrics, training, test, parity, onnx_status, tmp)
+        atomic.write_json(tmp / CARD, card)
+    if verbose:
+        print(f"export: done in {time.perf_counter() - start:.0f} s -> {out}")
+    return card
+
+
+def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, Any],
+                test: dict[str, Any] | None, parity: dict[str, Any], onnx_status: str,
+                folder: Path) -> dict[str, Any]:
+    m = manifest_mod.load(run.data_dir)
+    o = run.options
+    hp = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+    files = {name: {"bytes": (folder / name).stat().st_size}
+             for name in (KERAS_FILE, TFLITE_FILE, ONNX_FILE) if (folder / name).is_file()}
+    files[SAVED_MODEL + "/"] = {"signature": "serving_default"}
+    return {
+        "model_card_version": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "task": "left-ventricle blood pool segmentation of short-axis cine cardiac MRI",
+        "search": {"run": run.path.name, "space": Path(o.space).stem, "trial": trial.trial_id,
+                   "folds": run.n_folds, "max_epochs": o.max_epochs, "factor": o.factor,
+                   "seed": o.seed, "precision_in_search": o.precision},
+        "hyperparameters": hp,
+        "cross_validation": {
+            "dice_mean": metrics.get("val_dice"), "dice_std": metrics.get("val_dice_std"),
+            "dice_per_fold": [metrics.get(f"val_dice_fold_{k}") for k in range(run.n_folds)],
+            "best_epoch": int(metrics.get("best_epoch", 0)),
+            "apd_mm": metrics.get("apd_mm"), "hausdorff_mm": metrics.get("hausdorff_mm"),
+            "good_contours_pct": metrics.get("good_contours_pct")},
+        "training": training,
+        "test": test,
+        "data": {"fingerprint_sha256": data_fingerprint(run.data_dir),
+                 "source_layout": m.get("source_layout"), "patients": len(m["patients"]),
+                 "slices": m.get("n_slices"), "classes": m.get("classes"),
+                 "pseudonymized": m.get("pseudonymized")},
+        "input": {"name": "raw", "dtype": "int16", "shape": ["batch", "height", "width"],
+                  "meaning": "raw stored DICOM pixel values of short-axis MR frames, any size; "
+                             "all images of one batch share a size",
+                  "preprocessing_inside": f"per-image {o.normalization} normalization, "
+                                          f"bilinear resize to {o.image_size}x{o.image_size}"},
+        "outputs": {"probabilities": "float32 [batch, height, width], LV probability at the "
+                                     "input size",
+                    "mask": "uint8 [batch, height, width], 1 = LV blood pool"},
+        "formats": files,
+        "onnx": onnx_status,
+        "parity_max_abs_diff": parity,
+        "versions": _versions(),
+        "limitations": "trained on the patients and scanners of the prepared data only; "
+                       "not a medical device",
+    }

@@ -1,0 +1,158 @@
+"""Scoring a segmenter on prepared patients at their stored resolution: per-image Dice,
+APD, Hausdorff and good contours, per-patient volume Dice, and their summary.
+
+Predictions come from the deployable model (``serving``), so a fold's validation
+scores, the export's test scores and ``predict`` all run the same preprocessing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lvseg_search import manifest as manifest_mod
+from lvseg_search import shards
+from lvseg_search.errors import UserError
+from lvseg_search.evaluation import score_image, volume_dice
+
+LV = 1
+
+
+@dataclass
+class PatientImages:
+    """One patient's labelled slices, as stored (raw int16 pixels, masks, spacing)."""
+
+    patient_id: str
+    images: np.ndarray  # int16 [N, H, W]
+    masks: np.ndarray  # uint8 [N, H, W]
+    spacing_mm: np.ndarray  # float [N, 2] (row, col)
+    slice_index: np.ndarray  # int [N]
+    phase_index: np.ndarray  # int [N]
+
+
+def load_patients(data_dir: Path, patients: Sequence[str]) -> list[PatientImages]:
+    """Reads patients' shards from a prepared data folder.
+
+    Raises:
+        UserError: A patient is not in the manifest or its shard is bad.
+    """
+    by_id = {p["patient_id"]: p for p in manifest_mod.load(Path(data_dir))["patients"]}
+    out = []
+    for pid in patients:
+        if pid not in by_id:
+            raise UserError(f"{data_dir}: patient {pid} is not in the manifest; was the "
+                            "data folder prepared again since the search?")
+        records = shards.read_shard(Path(data_dir) / by_id[pid]["shard"])
+        out.append(PatientImages(
+            patient_id=pid,
+            images=_stack([r["image"] for r in records], np.int16),
+            masks=_stack([r["mask"] for r in records], np.uint8),
+            spacing_mm=np.array([r["pixel_spacing_mm"] for r in records], dtype=np.float64),
+            slice_index=np.array([int(r["slice_index"]) for r in records]),
+            phase_index=np.array([int(r["phase_index"]) for r in records]),
+        ))
+    return out
+
+
+def _stack(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    shapes = {a.shape for a in arrays}
+    if len(shapes) == 1:
+        return np.stack(arrays).astype(dtype)
+    out = np.empty(len(arrays), dtype=object)  # mixed sizes: one array per image
+    for i, a in enumerate(arrays):
+        out[i] = a.astype(dtype)
+    return out
+
+
+def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: np.ndarray,
+            batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Runs a segmenter over images, in batches of equal-size images.
+
+    Args:
+        predict: Maps raw int16 ``[B, H, W]`` to ``{"probabilities", "mask"}``.
+        images: ``[N, H, W]`` int16, or an object array of differently sized images.
+        batch_size: Images per call.
+
+    Returns:
+        LV probabilities and masks, shaped like ``images``.
+    """
+    if images.dtype != object:
+        probs, masks = [], []
+        for i in range(0, len(images), batch_size):
+            out = predict(images[i:i + batch_size])
+            probs.append(np.asarray(out["probabilities"]))
+            masks.append(np.asarray(out["mask"]))
+        return np.concatenate(probs), np.concatenate(masks)
+    probs = np.empty(len(images), dtype=object)
+    masks = np.empty(len(images), dtype=object)
+    for i, image in enumerate(images):
+        out = predict(image[None])
+        probs[i], masks[i] = np.asarray(out["probabilities"])[0], np.asarray(out["mask"])[0]
+    return probs, masks
+
+
+def score_masks(pred: np.ndarray, patient: PatientImages) -> tuple[list[dict[str, Any]], float]:
+    """Scores predicted masks of one patient's slices against its expert masks.
+
+    Returns:
+        Per-image rows (patient, slice, phase and the scores of ``score_image``) and the
+        patient's volume Dice.
+    """
+    truth = [m == LV for m in patient.masks]
+    rows = []
+    for i in range(len(patient.images)):
+        scores = score_image(pred[i].astype(bool), truth[i], patient.spacing_mm[i])
+        rows.append({"patient_id": patient.patient_id,
+                     "slice_index": int(patient.slice_index[i]),
+                     "phase_index": int(patient.phase_index[i]), **scores})
+    return rows, volume_dice([m.astype(bool) for m in pred], truth)
+
+
+def score_patients(predict: Callable[[np.ndarray], dict[str, Any]],
+                   patients: Sequence[PatientImages]) -> tuple[list[dict[str, Any]],
+                                                               dict[str, float]]:
+    """Scores a segmenter on patients.
+
+    Args:
+        predict: Maps raw int16 ``[B, H, W]`` to ``{"probabilities", "mask"}``.
+        patients: Patients from :func:`load_patients`.
+
+    Returns:
+        Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize`).
+    """
+    rows: list[dict[str, Any]] = []
+    volumes: dict[str, float] = {}
+    for p in patients:
+        _, pred = segment(predict, p.images)
+        patient_rows, volumes[p.patient_id] = score_masks(pred, p)
+        rows += patient_rows
+    return rows, summarize(rows, volumes)
+
+
+def summarize(rows: Sequence[dict[str, Any]],
+              volumes: dict[str, float] | None = None) -> dict[str, float]:
+    """Summary of per-image scores: mean Dice, mean APD and Hausdorff (mm, over images
+    where both contours exist), good contours (% of images with a contour to judge),
+    mean per-patient volume Dice, and the number of images."""
+
+    def mean(key: str) -> float:
+        values = [r[key] for r in rows if not math.isnan(r[key])]
+        return float(np.mean(values)) if values else math.nan
+
+    good = mean("good_contour")
+    out = {"dice": mean("dice"), "apd_mm": mean("apd_mm"), "hausdorff_mm": mean("hausdorff_mm"),
+           "good_contours_pct": good * 100 if not math.isnan(good) else math.nan,
+           "images": float(len(rows))}
+    if volumes:
+        out["patient_dice"] = float(np.mean(list(volumes.values())))
+    return out
+
+
+def manifest_classes(data_dir: Path) -> int:
+    """Number of classes (with background) in a prepared data folder."""
+    return len(manifest_mod.load(Path(data_dir))["classes"])

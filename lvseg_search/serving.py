@@ -1,0 +1,175 @@
+"""The deployable model: raw stored pixel values ``[batch, H, W]`` of any size in, LV
+probabilities and mask at the input size out.
+
+The search trains networks on normalized ``S x S`` images; this wraps one (or an
+ensemble of several) with the same per-image normalization and resizing the training
+pipeline applies, so every exported format (SavedModel, ``.keras``, TFLite) and
+``predict`` run exactly one code path. ``keras.ops`` only: the wrapper is plain Keras
+and loads with ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers, ops
+
+NORMALIZATIONS = ("zscore", "minmax", "percentile")
+EPS = 1e-6  # the same epsilon as the training pipeline's normalization
+
+
+@keras.saving.register_keras_serializable(package="lvseg_search")
+class Preprocess(layers.Layer):
+    """Per-image normalization and bilinear resize to the network's input size, as in
+    the training pipeline (``pipeline._prepare``).
+
+    Args:
+        image_size: Rows and columns the network takes.
+        normalization: ``zscore``, ``minmax`` or ``percentile`` (1st to 99th).
+    """
+
+    def __init__(self, image_size: int, normalization: str = "zscore", **kwargs):
+        super().__init__(**kwargs)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}")
+        self.image_size = int(image_size)
+        self.normalization = normalization
+
+    def call(self, raw):
+        x = ops.cast(raw, "float32")
+        if self.normalization == "zscore":
+            mean = ops.mean(x, axis=(1, 2), keepdims=True)
+            var = ops.mean(ops.square(x - mean), axis=(1, 2), keepdims=True)
+            x = (x - mean) / (ops.sqrt(var) + EPS)
+        elif self.normalization == "minmax":
+            lo = ops.min(x, axis=(1, 2), keepdims=True)
+            hi = ops.max(x, axis=(1, 2), keepdims=True)
+            x = (x - lo) / (hi - lo + EPS)
+        else:
+            flat = ops.sort(ops.reshape(x, (ops.shape(x)[0], -1)), axis=-1)
+            n = ops.cast(ops.shape(flat)[1] - 1, "float32")
+            lo = ops.take(flat, ops.cast(ops.round(0.01 * n), "int32"), axis=1)
+            hi = ops.take(flat, ops.cast(ops.round(0.99 * n), "int32"), axis=1)
+            lo = ops.reshape(lo, (-1, 1, 1))
+            hi = ops.reshape(hi, (-1, 1, 1))
+            x = (ops.clip(x, lo, hi) - lo) / (hi - lo + EPS)
+        size = (self.image_size, self.image_size)
+        # expand_dims, not x[..., None]: TFLite has no strided slice that adds an axis.
+        return ops.image.resize(ops.expand_dims(x, -1), size, interpolation="bilinear")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.image_size, self.image_size, 1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "image_size": self.image_size,
+                "normalization": self.normalization}
+
+
+def _interpolation_matrix(out_size, in_size: int):
+    """``[out, in]`` weights of bilinear resampling with half-pixel centres (the
+    convention of ``tf.image.resize`` and ``jax.image.resize``)."""
+    scale = in_size / ops.cast(out_size, "float32")
+    coord = (ops.cast(ops.arange(out_size), "float32") + 0.5) * scale - 0.5
+    coord = ops.clip(coord, 0.0, in_size - 1.0)
+    lower = ops.floor(coord)
+    frac = ops.expand_dims(coord - lower, -1)
+    lower = ops.cast(lower, "int32")
+    upper = ops.minimum(lower + 1, in_size - 1)
+    return (ops.one_hot(lower, in_size) * (1.0 - frac)
+            + ops.one_hot(upper, in_size) * frac)
+
+
+def resize_bilinear(images, height, width):
+    """Bilinear resize of ``[B, S, S, C]`` to a size known only at run time.
+
+    Written by hand because ``keras.ops.image.resize`` checks its size with Python
+    comparisons, which a symbolic (traced) output size cannot pass. Resampling is
+    separable, so it is two small matrix products.
+    """
+    rows = _interpolation_matrix(height, images.shape[1])
+    cols = _interpolation_matrix(width, images.shape[2])
+    return ops.einsum("hs,bstc,wt->bhwc", rows, images, cols)
+
+
+@keras.saving.register_keras_serializable(package="lvseg_search")
+class RestoreSize(layers.Layer):
+    """Class probabilities ``[B, S, S, C]`` -> the LV class's probability resized back to
+    the raw input's ``[B, H, W]``, and its arg-max mask (uint8, 1 = LV).
+
+    Args:
+        class_id: The LV class (1: blood pool).
+    """
+
+    def __init__(self, class_id: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.class_id = int(class_id)
+
+    def call(self, probabilities, raw):
+        shape = ops.shape(raw)
+        full = resize_bilinear(ops.cast(probabilities, "float32"), shape[1], shape[2])
+        lv = full[..., self.class_id]
+        # A comparison with the per-pixel maximum rather than argmax: TensorFlow's argmax
+        # lowers to bit operations that TFLite's builtin ops lack.
+        mask = ops.cast(ops.greater_equal(lv, ops.max(full, axis=-1)), "uint8")
+        return lv, mask
+
+    def compute_output_shape(self, probabilities_shape, raw_shape):
+        shape = (raw_shape[0], raw_shape[1], raw_shape[2])
+        return shape, shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_id": self.class_id}
+
+
+def build_serving_model(networks: Sequence[keras.Model], image_size: int,
+                        normalization: str, class_id: int = 1) -> keras.Model:
+    """Wraps trained networks into the deployable model.
+
+    Args:
+        networks: One network, or several whose probabilities are averaged (an ensemble
+            of fold models).
+        image_size: The networks' input rows and columns.
+        normalization: The per-image normalization used in training.
+        class_id: The LV class.
+
+    Returns:
+        A model from ``raw`` int16 ``[B, H, W]`` to ``{"probabilities": float32 [B, H, W],
+        "mask": uint8 [B, H, W]}``.
+    """
+    raw = keras.Input((None, None), dtype="int16", name="raw")
+    x = Preprocess(image_size, normalization, name="preprocess", dtype="float32")(raw)
+    outputs = [net(x) for net in networks]
+    probs = outputs[0] if len(outputs) == 1 else layers.Average(name="ensemble")(outputs)
+    lv, mask = RestoreSize(class_id, name="restore_size", dtype="float32")(probs, raw)
+    return keras.Model(raw, {"probabilities": lv, "mask": mask}, name="lvseg")
+
+
+def make_predictor(networks: Sequence[keras.Model], image_size: int, normalization: str,
+                   class_id: int = 1):
+    """The serving model's computation as a plain function, run eagerly.
+
+    Scoring a fold model this way builds no wrapper model and traces no graph, which
+    keeps the search's per-trial cost and memory down.
+
+    Args:
+        networks: As for :func:`build_serving_model`.
+        image_size: The networks' input rows and columns.
+        normalization: The per-image normalization used in training.
+        class_id: The LV class.
+
+    Returns:
+        A function from raw int16 ``[B, H, W]`` to numpy ``{"probabilities", "mask"}``.
+    """
+    pre = Preprocess(image_size, normalization, dtype="float32")
+    post = RestoreSize(class_id, dtype="float32")
+
+    def predict(raw) -> dict:
+        raw = ops.convert_to_tensor(raw, dtype="int16")
+        x = pre(raw)
+        outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
+        probs = outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs), axis=0)
+        lv, mask = post(probs, raw)
+        return {"probabilities": ops.convert_to_numpy(lv), "mask": ops.convert_to_numpy(mask)}
+
+    return predict
