@@ -91,7 +91,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                hyperband_iterations=args.iterations, image_size=args.image_size,
                batch_size=args.batch_size, normalization=args.normalization,
                seed=args.seed, precision=args.precision, jit=args.jit,
-               max_trials=args.max_trials)
+               max_trials=args.max_trials, recycle_every=args.recycle_every or None)
     return 0
 
 
@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh instead of resuming the search in --out")
     p.add_argument("--quiet", action="store_true", help="print only the final table")
+    p.add_argument("--recycle-every", type=int, default=10, metavar="N",
+                   help="run trials in a fresh process every N trials, which keeps memory "
+                        "flat (default 10; 0: one process)")
     g = p.add_argument_group("distributed search (keras-tuner chief/worker mode)")
     g.add_argument("--chief", metavar="HOST:PORT",
                    help="serve the oracle here; workers run the trials (':PORT' = loopback)")

@@ -1,12 +1,17 @@
-"""``lvseg-search demo``: the whole job on a synthetic phantom, no download needed."""
+"""``lvseg-search demo``: the whole job on a synthetic phantom, no download needed:
+synth -> prepare -> search -> report -> export -> predict."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+from lvseg_search.export import export
 from lvseg_search.phantom import synth
+from lvseg_search.predict import predict
 from lvseg_search.prepare import prepare
+from lvseg_search.report import write_report
 from lvseg_search.search import run_search
 
 # Sized to finish in well under 10 minutes on 2 CPU cores.
@@ -16,11 +21,12 @@ DEMO = {"patients": 10, "phases": 4, "size": 128, "image_size": 64, "folds": 3,
 
 
 def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> int:
-    """Runs synth -> prepare -> search (quick space) into ``out``; prints where
-    everything went.
+    """Runs synth -> prepare -> search (quick space) -> report -> export -> predict into
+    ``out``; prints where everything went.
 
     Args:
-        out: Demo folder (``phantom/``, ``data/`` and ``search/`` go inside).
+        out: Demo folder (``phantom/``, ``data/``, ``search/``, ``model/`` and
+            ``predictions/`` go inside).
         seed: Seed of the phantom, splits and search.
         overwrite: Replace the outputs of an earlier demo.
 
@@ -30,24 +36,37 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> int:
     start = time.perf_counter()
     out = Path(out)
     phantom, data, search = out / "phantom", out / "data", out / "search"
+    model, predictions = out / "model", out / "predictions"
     synth(phantom, DEMO["patients"], seed=seed, size=DEMO["size"], phases=DEMO["phases"],
           overwrite=overwrite)
-    print(f"[1/3] synth: {DEMO['patients']}-patient cardiac MRI phantom (DICOM + contours) "
+    print(f"[1/6] synth: {DEMO['patients']}-patient cardiac MRI phantom (DICOM + contours) "
           f"-> {phantom}", flush=True)
     m = prepare(phantom, data, overwrite=overwrite)
-    print(f"[2/3] prepare: {m['n_slices']} labelled slices in {m['n_patients']} per-patient "
+    print(f"[2/6] prepare: {m['n_slices']} labelled slices in {m['n_patients']} per-patient "
           f"shards -> {data}", flush=True)
-    print("[3/3] search: cross-validated Hyperband over the 'quick' space", flush=True)
+    print("[3/6] search: cross-validated Hyperband over the 'quick' space", flush=True)
     summary = run_search(data, search, "quick", overwrite=overwrite, seed=seed,
                          folds=DEMO["folds"], test_patients=DEMO["test_patients"],
                          max_epochs=DEMO["max_epochs"], factor=DEMO["factor"],
                          image_size=DEMO["image_size"])
+    print("\n[4/6] report: ranking, plots, TensorBoard HParams", flush=True)
+    write_report(search)
+    print("\n[5/6] export: retrain the best network, check every format", flush=True)
+    card = export(search, model, overwrite=overwrite)
+    test_ids = json.loads((search / "splits.json").read_text())["test"]
+    print(f"\n[6/6] predict: held-out patient {test_ids[0]}, straight from DICOM", flush=True)
+    predict(model, phantom / "dicoms" / test_ids[0], predictions, overwrite=overwrite)
     best = summary["completed"][0] if summary["completed"] else None
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
     print(f"  phantom DICOM + contours: {phantom}")
     print(f"  shards + manifest.json:   {data}")
     print(f"  search (splits, trials):  {search}")
+    print(f"  report:                   {search / 'report.html'}")
+    print(f"  TensorBoard:              tensorboard --logdir {search / 'tensorboard'}")
+    print(f"  model + model card:       {model}")
+    print(f"  predictions:              {predictions}")
     if best:
-        print(f"  best trial {best['trial_id']}: CV Dice {best['score']:.3f} "
-              f"(synthetic data; held-out test patients untouched)")
+        print(f"  best trial {best['trial_id']}: CV Dice {best['score']:.3f} (synthetic data)")
+    if card.get("test"):
+        print(f"  held-out test patients:   Dice {card['test']['dice']:.3f}")
     return 0

@@ -11,6 +11,8 @@ Layout of a run folder::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -136,7 +138,7 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
                chief: str | None = None, worker: str | None = None,
                tuner_id: str | None = None, gpu: str | None = None,
                strategy: str | None = None, connect_timeout: float = 30.0,
-               **given: Any) -> dict[str, Any]:
+               recycle_every: int | None = None, **given: Any) -> dict[str, Any]:
     """Runs (or resumes) a cross-validated Hyperband search.
 
     Args:
@@ -152,6 +154,10 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
         gpu: Pin this process to these GPU(s) (``CUDA_VISIBLE_DEVICES``).
         strategy: ``mirrored`` to train each fold model over all visible GPUs.
         connect_timeout: Seconds a worker waits for its chief.
+        recycle_every: Run the trials in a fresh child process every this many trials
+            (None: all in this process). TensorFlow keeps every trained model's graphs
+            for the life of the process; a new process resumes the search from disk
+            and starts with none.
         **given: Search options (see ``SearchOptions``); None means "not given".
 
     Returns:
@@ -191,15 +197,103 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
         print(f"chief: serving the oracle on {host}:{os.environ[distribute.ENV_PORT]}"
               + (" (loopback only: pass --chief 0.0.0.0:PORT to accept other machines)"
                  if host.startswith("127.") or host == "localhost" else ""), flush=True)
-    summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy, role=role)
+    if recycle_every is not None and recycle_every < 1:
+        raise UserError(f"--recycle-every: {recycle_every} must be at least 1 (or 0: never)")
+    if recycle_every and role is None:
+        summary = _search_recycled(out, sp, options, split, verbose=verbose, strategy=strategy,
+                                   every=recycle_every)
+    else:
+        summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy,
+                          role=role)
     summary["wall_seconds"] = time.perf_counter() - start
     if role != "worker":
         print_top(summary, len(split["folds"]))
     return summary
 
 
+def _search_chunk(queue, out: Path, sp: SearchSpace, options: SearchOptions,
+                  split: dict[str, Any], verbose: bool, strategy: str | None, budget: int,
+                  first: bool, parent_pid: int) -> None:
+    """A child process's share of a recycled search; reports back through ``queue``."""
+    import traceback
+
+    _die_with_parent(parent_pid)
+    try:
+        summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy,
+                          role=None, trial_budget=budget, header=first)
+        queue.put({"recycle": summary["recycle"], "batch_seconds": summary["batch_seconds"],
+                   "trial_log": summary["trial_log"], "replicas": summary["replicas"]})
+    except UserError as exc:
+        queue.put({"user_error": str(exc)})
+    except BaseException:  # noqa: BLE001 - reported by the parent
+        queue.put({"error": traceback.format_exc()})
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Asks Linux to kill this process when its parent dies (a killed ``search`` must
+    not leave its trial running on); elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _search_recycled(out: Path, sp: SearchSpace, options: SearchOptions,
+                     split: dict[str, Any], *, verbose: bool, strategy: str | None,
+                     every: int) -> dict[str, Any]:
+    """Runs the search ``every`` trials per child process until Hyperband is done.
+
+    keras-tuner's own loop runs in each child; the run folder carries the oracle's
+    state from one child to the next (the same resume as after a kill).
+    """
+    import multiprocessing
+    import queue as queue_mod
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, no inherited graphs
+    total: dict[str, Any] = {"batch_seconds": 0.0, "trial_log": [], "replicas": 1}
+    first = True
+    while True:
+        channel = ctx.Queue()
+        proc = ctx.Process(target=_search_chunk, args=(channel, out, sp, options, split,
+                                                      verbose, strategy, every, first,
+                                                      os.getpid()))
+        proc.start()
+        message = None
+        while message is None:
+            try:
+                message = channel.get(timeout=0.5)
+            except queue_mod.Empty:
+                if not proc.is_alive() and channel.empty():
+                    break
+        proc.join()
+        if message is None:
+            raise UserError(f"{out}: the search process stopped (exit code {proc.exitcode}, "
+                            "out of memory?); re-run the same command to resume")
+        if "user_error" in message:
+            raise UserError(message["user_error"])
+        if "error" in message:
+            raise RuntimeError(f"search process failed:\n{message['error']}")
+        total["batch_seconds"] += message["batch_seconds"]
+        total["trial_log"] += message["trial_log"]
+        total["replicas"] = message["replicas"]
+        if not message["recycle"]:
+            break
+        first = False
+        if verbose:
+            print(f"(fresh search process after {every} trials: it frees the graphs "
+                  "TensorFlow keeps of every trained model; resuming)", flush=True)
+    summary = summarize(out)
+    summary.update(total)
+    return summary
+
+
 def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str, Any], *,
-            verbose: bool, strategy: str | None, role: str | None) -> dict[str, Any]:
+            verbose: bool, strategy: str | None, role: str | None,
+            trial_budget: int | None = None, header: bool = True) -> dict[str, Any]:
     import keras
 
     from lvseg_search import hparams
@@ -221,11 +315,13 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
     cv = CrossValidation(Path(options.data), split, config, replicas=replicas)
     hypermodel = SegmentationHyperModel(sp, options.image_size, num_classes=len(m["classes"]),
                                         jit_compile=options.jit)
-    tuner = CVHyperband(cv, seed=options.seed, verbose=verbose, hypermodel=hypermodel,
-                        max_epochs=options.max_epochs, factor=options.factor,
-                        hyperband_iterations=options.hyperband_iterations,
-                        distribution_strategy=dist, directory=str(out), project_name=PROJECT,
-                        tensorboard_dir=out / hparams.DIRNAME)
+    # keras-tuner announces a resume with a bare print; ours below says more.
+    with contextlib.redirect_stdout(io.StringIO()):
+        tuner = CVHyperband(cv, seed=options.seed, verbose=verbose, hypermodel=hypermodel,
+                            max_epochs=options.max_epochs, factor=options.factor,
+                            hyperband_iterations=options.hyperband_iterations,
+                            distribution_strategy=dist, directory=str(out), project_name=PROJECT,
+                            tensorboard_dir=out / hparams.DIRNAME, trial_budget=trial_budget)
     is_chief = role == "chief"
     logdir = out / hparams.DIRNAME
     if role != "worker" and not any(logdir.glob("events.out.tfevents.*")):
@@ -233,11 +329,14 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
     if is_chief or not hasattr(tuner.oracle, "stub"):
         # A cap on Hyperband's own schedule, for a fixed budget (the oracle owns it).
         tuner.oracle.max_trials = options.max_trials
-    if verbose and not is_chief:
+    if verbose and not is_chief and header:
         print(f"search: space {sp.name}, {cv.n_folds} patient-grouped folds, "
               f"{len(split['test'])} held-out test patient(s), max {options.max_epochs} "
               f"epochs, factor {options.factor}, images {options.image_size}px -> {out}",
               flush=True)
+        done = len(list((out / PROJECT).glob("trial_*/trial.json")))
+        if done:
+            print(f"resuming: {done} trial(s) already in {out / PROJECT}", flush=True)
     try:
         tuner.search(verbose=0)
     except RuntimeError as exc:
@@ -249,6 +348,7 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
     summary["batch_seconds"] = tuner.batch_seconds
     summary["trial_log"] = tuner.trial_log
     summary["replicas"] = replicas
+    summary["recycle"] = tuner.recycle
     return summary
 
 

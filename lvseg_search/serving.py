@@ -139,6 +139,10 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
     """
     raw = keras.Input((None, None), dtype="int16", name="raw")
     x = Preprocess(image_size, normalization, name="preprocess", dtype="float32")(raw)
+    if len(networks) > 1:
+        # Fold models share one name; the ensemble needs each under its own.
+        networks = [keras.Model(net.input, net.output, name=f"{net.name}_{k}")
+                    for k, net in enumerate(networks)]
     outputs = [net(x) for net in networks]
     probs = outputs[0] if len(outputs) == 1 else layers.Average(name="ensemble")(outputs)
     lv, mask = RestoreSize(class_id, name="restore_size", dtype="float32")(probs, raw)

@@ -166,12 +166,15 @@ class CVHyperband(keras_tuner.Hyperband):
         seed: Seed for weight initialization.
         verbose: Print progress (trial, fold, epoch, best CV Dice so far).
         tensorboard_dir: Write each finished trial's HParams session and fold curves here.
+        trial_budget: Stop after this many trials in this process (``recycle`` is then
+            set), so that a fresh process can resume the search.
         **kwargs: Passed to ``keras_tuner.Hyperband`` (hypermodel, max_epochs, factor,
             hyperband_iterations, directory, project_name, ...).
     """
 
     def __init__(self, cv: CrossValidation, seed: int = 0, verbose: bool = True,
-                 tensorboard_dir: Path | None = None, **kwargs):
+                 tensorboard_dir: Path | None = None, trial_budget: int | None = None,
+                 **kwargs):
         kwargs.setdefault("objective", keras_tuner.Objective("val_dice", direction="max"))
         kwargs.setdefault("max_consecutive_failed_trials", 8)
         super().__init__(seed=seed, **kwargs)
@@ -179,8 +182,18 @@ class CVHyperband(keras_tuner.Hyperband):
         self.seed = seed
         self.verbose = verbose
         self.tensorboard_dir = tensorboard_dir
+        self.trial_budget = trial_budget
+        self.recycle = False  # stopped by the trial budget, not by the end of the search
         self.batch_seconds = 0.0  # time inside training batches, this process
         self.trial_log: list[dict[str, Any]] = []  # per finished trial: id, status, RSS
+
+    def pre_create_trial(self):
+        super().pre_create_trial()
+        if self.trial_budget is not None and len(self.trial_log) >= self.trial_budget:
+            # Stop through the oracle's own limit: its next trial comes back STOPPED and
+            # keras-tuner's loop ends; the oracle's state on disk is untouched.
+            self.recycle = True
+            self.oracle.max_trials = len(self.oracle.trials)
 
     def _try_build(self, hp):
         # The previous trial already released its session and memory (release_memory);
@@ -317,7 +330,8 @@ class CVHyperband(keras_tuner.Hyperband):
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
         self.trial_log.append({"trial_id": trial.trial_id, "status": trial.status,
-                               "rss_mib": rss_mib(), "batch_seconds": self.batch_seconds})
+                               "rss_mib": rss_mib(), "batch_seconds": self.batch_seconds,
+                               "pid": os.getpid()})
         t = self.oracle.get_trial(trial.trial_id)
         if self.tensorboard_dir is not None and t.status == "COMPLETED":
             trial_dir = Path(self.get_trial_dir(t.trial_id))

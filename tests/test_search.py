@@ -137,14 +137,14 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
     assert len(list(out.glob("tuner/trial_*/fold_*/" + RESULT))) == 15
 
 
-def test_search_command_on_the_real_subset(real_prepared, tmp_path, capsys):
+def test_search_command_on_the_real_subset(real_prepared, tmp_path, capfd):
     from lvseg_search.cli import main
 
     out = tmp_path / "run"
     assert main(["search", "--data", str(real_prepared), "--space", str(TINY), "--out",
                  str(out), "--folds", "3", "--max-epochs", "1", "--image-size", "32",
                  "--batch-size", "8"]) == 0
-    printed = capsys.readouterr().out
+    printed = capfd.readouterr().out  # trials run in a child process: read the real stdout
     assert "fold 3/3" in printed and "epoch 1/1" in printed and "best CV Dice" in printed
     assert "1 trials completed, 0 failed" in printed
     results = [json.loads(p.read_text()) for p in sorted(out.glob("tuner/trial_*/fold_*/"
@@ -166,7 +166,29 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(demo.DEMO, "max_epochs", 1)
     assert demo.run_demo(tmp_path / "demo") == 0
     printed = capsys.readouterr().out
-    for stage in ("[1/3] synth", "[2/3] prepare", "[3/3] search", "best trial"):
+    for stage in ("[1/6] synth", "[2/6] prepare", "[3/6] search", "[4/6] report",
+                  "[5/6] export", "[6/6] predict", "best trial", "held-out test patients"):
         assert stage in printed
     assert (tmp_path / "demo" / "data" / "manifest.json").is_file()
     assert len(splits.load(tmp_path / "demo" / "search" / "splits.json")["test"]) == 1
+    assert (tmp_path / "demo" / "search" / "report.html").is_file()
+    assert (tmp_path / "demo" / "model" / "model_card.json").is_file()
+    assert (tmp_path / "demo" / "predictions" / "studies.json").is_file()
+
+
+def test_recycled_search_runs_its_trials_in_fresh_processes(tiny_data, tmp_path):
+    import os
+
+    out = tmp_path / "run"
+    summary = run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, factor=2,
+                         image_size=32, batch_size=4, seed=1, verbose=False, recycle_every=2)
+    log = summary["trial_log"]
+    assert [t["trial_id"] for t in log] == ["0000", "0001", "0002", "0003", "0004"]
+    pids = [t["pid"] for t in log]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] and os.getpid() not in pids
+    assert len(summary["completed"]) == 5 and not summary["failed"]
+    # The promoted trial resumed from a checkpoint written by another process.
+    pid_of = {t["trial_id"]: t["pid"] for t in log}
+    promoted = [t for t in summary["completed"] if "tuner/trial_id" in t["hyperparameters"]]
+    assert any(pid_of[t["trial_id"]] != pid_of[t["hyperparameters"]["tuner/trial_id"]]
+               for t in promoted)

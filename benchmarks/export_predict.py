@@ -1,0 +1,116 @@
+"""Exported-model figures on the real Sunnybrook subset, from a finished search:
+parity of every format with the Keras model, single-image latency (median ms, one CPU
+thread) for the SavedModel, TFLite and ``model.predict``, and the ejection fraction of
+SCD0000101 (predicted on its whole short-axis stack, and from the expert contours).
+
+    lvseg-search prepare ../shared/data/sunnybrook-subset --out DATA
+    lvseg-search search --data DATA --space quick --out results/real --folds 3 --image-size 128
+    python benchmarks/export_predict.py results/real [--model MODEL_DIR] [--repeats 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook-subset"
+STUDY = "SCD0000101"
+
+
+def median_ms(fn, image: np.ndarray, repeats: int) -> float:
+    for _ in range(5):  # warm-up: first calls trace, allocate and pick kernels
+        fn(image)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(image)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def manual_ef(data_dir: Path) -> dict:
+    """EDV, ESV and EF of SCD0000101 from its expert contours (contoured slices only)."""
+    from lvseg_search.predict import stack_volumes
+    from lvseg_search.scoring import load_patients
+    from lvseg_search.shards import read_shard
+
+    [patient] = load_patients(data_dir, [STUDY])
+    records = read_shard(data_dir / f"{STUDY}.tfrecord")
+    normal = [np.cross(r["image_orientation"][:3], r["image_orientation"][3:]) for r in records]
+    positions = [float(np.dot(r["slice_position_mm"], n)) for r, n in zip(records, normal,
+                                                                             strict=True)]
+    rows = [{"slice_index": int(s), "phase_index": int(p),
+             "area_mm2": float((m == 1).sum() * sp[0] * sp[1])}
+            for s, p, m, sp in zip(patient.slice_index, patient.phase_index, patient.masks,
+                                   patient.spacing_mm, strict=True)]
+    return stack_volumes(rows, positions)[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished search on the real subset")
+    parser.add_argument("--model", type=Path, help="an exported model (default: export now)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Sunnybrook subset")
+    parser.add_argument("--repeats", type=int, default=100)
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    # One CPU thread for every runtime, as on a small deployment box.
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    from lvseg_search.dicom_io import read_image
+    from lvseg_search.export import export, saved_model_runner, tflite_runner
+    from lvseg_search.predict import predict
+    from lvseg_search.run import load_run
+
+    tmp = Path(tempfile.mkdtemp(prefix="lvseg-bench-"))
+    model_dir = args.model
+    if model_dir is None:
+        model_dir = tmp / "model"
+        export(args.run, model_dir)
+    card = json.loads((model_dir / "model_card.json").read_text())
+    print("\nparity with the Keras model (max |probability difference|, mask pixels differing):")
+    for name, r in card["parity_max_abs_diff"].items():
+        print(f"  {name:12s} {r['max_abs_diff']:.2e}  {r['mask_mismatch_pixels']}")
+    if card.get("test"):
+        t = card["test"]
+        print(f"held-out test patients: Dice {t['dice']:.3f}, APD {t['apd_mm']:.2f} mm, "
+              f"Hausdorff {t['hausdorff_mm']:.2f} mm, good contours {t['good_contours_pct']:.0f}%")
+
+    image = read_image(args.data / "dicoms" / STUDY / "1.dcm").pixels[None]
+    serve = saved_model_runner(model_dir / "saved_model")
+    lite = tflite_runner(model_dir / "model.tflite")
+    model = keras.models.load_model(model_dir / "model.keras", safe_mode=True)
+    h, w = image.shape[1:]
+    print(f"\nsingle-image latency, {h}x{w} int16 in, 1 CPU thread, median of {args.repeats}:")
+    for name, fn in (("SavedModel", serve), ("TFLite", lite),
+                     ("model.predict", lambda x: model.predict(x, verbose=0)),
+                     ("Keras call", lambda x: model(x))):
+        print(f"  {name:14s} {median_ms(fn, image, args.repeats):8.2f} ms")
+
+    print(f"\nejection fraction of {STUDY}:")
+    studies = predict(model_dir, args.data / "dicoms" / STUDY, tmp / "pred", overlays=False,
+                      verbose=False)
+    s = studies[STUDY]
+    print(f"  predicted, whole stack ({s['slices']} slices x {s['phases']} phases, "
+          f"{s['slice_spacing_mm']:.2f} mm apart): EDV {s['edv_ml']:.1f} ml, ESV "
+          f"{s['esv_ml']:.1f} ml, EF {100 * s['ejection_fraction']:.1f}%")
+    run = load_run(args.run)
+    manual = manual_ef(run.data_dir)
+    print(f"  expert contours ({manual['slices']} contoured slices x {manual['phases']} phases): "
+          f"EDV {manual['edv_ml']:.1f} ml, ESV {manual['esv_ml']:.1f} ml, "
+          f"EF {100 * manual['ejection_fraction']:.1f}%")
+    print(f"\nmodel: {model_dir}; predictions: {tmp / 'pred'}")
+
+
+if __name__ == "__main__":
+    main()

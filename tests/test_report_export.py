@@ -1,0 +1,238 @@
+"""search -> report -> export -> predict on tiny synthetic data, and the HParams logs
+read back with TensorBoard's own event reader."""
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lvseg_search.cli import main
+from lvseg_search.search import run_search
+
+TINY = Path(__file__).parent / "spaces" / "tiny.toml"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """A finished 2-fold search with one held-out test patient."""
+    out = tmp_path_factory.mktemp("search") / "run"
+    run_search(tiny_data, out, str(TINY), folds=2, test_patients=1, max_epochs=2, factor=2,
+               image_size=32, batch_size=4, seed=3, verbose=False)
+    return out
+
+
+def _hparams_logs(logdir: Path) -> tuple[object, dict[str, object], dict[str, dict]]:
+    """The experiment, each session's start info and each run's scalars, as TensorBoard
+    reads them from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.util import tensor_util
+
+    experiment, sessions, scalars = None, {}, {}
+    for run_dir in sorted({p.parent for p in logdir.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+        acc.Reload()
+        name = run_dir.relative_to(logdir).as_posix()
+        try:
+            content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        except KeyError:  # a fold's curves: scalars only
+            content = {}
+        for tag, data in content.items():
+            if tag == metadata.EXPERIMENT_TAG:
+                experiment = metadata.parse_experiment_plugin_data(data)
+            elif tag == metadata.SESSION_START_INFO_TAG:
+                sessions[name] = metadata.parse_session_start_info_plugin_data(data)
+        scalars[name] = {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+                               for e in acc.Tensors(tag)]
+                         for tag in acc.Tags()["tensors"] if not tag.startswith("_hparams_")}
+    return experiment, sessions, scalars
+
+
+def test_tensorboard_holds_the_space_the_metrics_and_one_session_per_trial(tiny_run):
+    from lvseg_search.run import completed_trials, load_run
+
+    experiment, sessions, scalars = _hparams_logs(tiny_run / "tensorboard")
+    assert experiment is not None
+    declared = {h.name: h for h in experiment.hparam_infos}
+    for name in ("depth", "base_filters", "decoder", "downsampling", "learning_rate", "loss",
+                 "epochs"):
+        assert name in declared
+    assert list(declared["depth"].domain_discrete.values) and declared["depth"]
+    assert declared["learning_rate"].domain_interval.min_value == pytest.approx(1e-3)
+    assert declared["learning_rate"].domain_interval.max_value == pytest.approx(1e-2)
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"cv_dice", "cv_dice_std", "dice_fold_0", "dice_fold_1", "apd_mm",
+            "hausdorff_mm"} <= metrics
+
+    run = load_run(tiny_run)
+    trials = completed_trials(run)
+    assert sorted(sessions) == sorted(f"trial_{t.trial_id}" for t in trials)
+    for t in trials:
+        name = f"trial_{t.trial_id}"
+        hp = sessions[name].hparams
+        assert hp["depth"].number_value == t.hyperparameters.values["depth"]
+        assert hp["decoder"].string_value == t.hyperparameters.values["decoder"]
+        assert hp["epochs"].number_value == t.hyperparameters.values["tuner/epochs"]
+        assert scalars[name]["cv_dice"][-1][1] == pytest.approx(t.score, abs=1e-6)
+        for k in range(2):
+            curve = scalars[f"{name}/fold_{k}"]["epoch_val_dice"]
+            result = run.fold_results(t.trial_id)[k]
+            assert [v for _, v in curve] == pytest.approx(result["history"]["val_dice"])
+            assert curve[-1][0] == t.hyperparameters.values["tuner/epochs"]
+
+
+def test_report_ranks_trials_and_embeds_its_plots(tiny_run, capsys):
+    assert main(["report", str(tiny_run)]) == 0
+    table = pd.read_csv(tiny_run / "report.csv")
+    assert list(table["cv_dice"]) == sorted(table["cv_dice"], reverse=True)
+    for column in ("cv_dice_std", "dice_fold_0", "dice_fold_1", "apd_mm", "hausdorff_mm",
+                   "good_contours_pct", "parameters", "best_epoch", "train_seconds",
+                   "learning_rate"):
+        assert column in table
+    assert (table["parameters"] > 0).all() and (table["apd_mm"] > 0).all()
+    assert table["good_contours_pct"].between(0, 100).all()
+    page = (tiny_run / "report.html").read_text()
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 3  # hyperparameters, learning curves, overlays
+    for data in images:
+        assert base64.b64decode(data).startswith(b"\x89PNG")
+    assert "src='http" not in page and "<script" not in page  # self-contained
+    md = (tiny_run / "report.md").read_text()
+    assert f"| 1 | {table['trial'][0]:04d} |" in md
+    assert "best: trial" in capsys.readouterr().out
+
+
+def test_report_on_an_interrupted_search_ranks_what_is_complete(tiny_run, tmp_path):
+    import shutil
+
+    from lvseg_search.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    # As if killed during trial 0001's second fold: its trial.json says RUNNING.
+    trial_json = run / "tuner" / "trial_0001" / "trial.json"
+    state = json.loads(trial_json.read_text())
+    state["status"], state["score"], state["metrics"] = "RUNNING", None, {"metrics": {}}
+    trial_json.write_text(json.dumps(state))
+    (run / "tuner" / "trial_0001" / "fold_1" / "result.json").unlink()
+    result = write_report(run, overlays=False, verbose=False)
+    assert "0001" not in set(result["table"]["trial"])
+    assert result["pending"] == [{"trial": "0001", "status": "running", "folds_done": "1/2",
+                                  "reason": ""}]
+    assert "running or interrupted" in (run / "report.md").read_text()
+
+
+def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
+    from lvseg_search.export import PARITY_TOLERANCE
+
+    model_dir = tmp_path / "model"
+    assert main(["export", str(tiny_run), "--out", str(model_dir)]) == 0
+    card = json.loads((model_dir / "model_card.json").read_text())
+    for name in ("saved_model", "keras_file", "tflite"):
+        assert card["parity_max_abs_diff"][name]["max_abs_diff"] <= PARITY_TOLERANCE
+    assert card["training"]["mode"] == "retrain"
+    assert card["training"]["epochs"] == card["cross_validation"]["best_epoch"]
+    split = json.loads((tiny_run / "splits.json").read_text())
+    assert sorted(card["training"]["patients"]) == sorted(
+        {p for f in split["folds"] for p in f["val"]})
+    assert card["test"]["patients"] == split["test"]
+    assert 0 <= card["test"]["dice"] <= 1 and card["data"]["fingerprint_sha256"]
+    assert card["input"]["dtype"] == "int16"
+
+    # The .keras file loads in safe mode and takes any image size.
+    import keras
+
+    model = keras.models.load_model(model_dir / "model.keras", safe_mode=True)
+    out = model(np.zeros((2, 40, 56), np.int16) + 100)
+    assert out["probabilities"].shape == (2, 40, 56) and out["mask"].shape == (2, 40, 56)
+
+    # predict on the held-out patient's study, read straight from DICOM.
+    phantom = tiny_data.parent / "phantom" / "dicoms" / split["test"][0]
+    pred = tmp_path / "pred"
+    assert main(["predict", str(model_dir), str(phantom), "--out", str(pred)]) == 0
+    areas = pd.read_csv(pred / "areas.csv")
+    n = len(list(phantom.glob("*.dcm")))
+    assert len(areas) == n == len(list((pred / "masks").rglob("*.npy")))
+    assert len(list((pred / "overlays").rglob("*.png"))) == n
+    first = areas.iloc[0]
+    mask = np.load(pred / "masks" / split["test"][0] / first["file"].replace(".dcm", ".npy"))
+    assert mask.sum() == first["lv_pixels"]
+    study = json.loads((pred / "studies.json").read_text())[split["test"][0]]
+    assert study["slice_spacing_mm"] == pytest.approx(10.0)
+    volumes = pd.read_csv(pred / "volumes.csv")
+    by_phase = areas.groupby("phase_index")["area_mm2"].sum() * 10.0 / 1000
+    assert list(volumes["volume_ml"]) == pytest.approx(list(by_phase))
+    if study["ejection_fraction"] is not None:
+        assert study["edv_ml"] == pytest.approx(volumes["volume_ml"].max())
+
+    # Bad inputs: one line, exit 2, nothing written.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "1.dcm").write_text("not an image")
+    for source, message in (("empty", "no .dcm files found"), ("junk", "not a DICOM file")):
+        capsys.readouterr()
+        assert main(["predict", str(model_dir), str(tmp_path / source), "--out",
+                     str(tmp_path / f"out-{source}")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert not (tmp_path / f"out-{source}").exists()
+
+
+def test_export_ensemble_averages_the_fold_models(tiny_run, tmp_path):
+    from lvseg_search.export import export
+
+    card = export(tiny_run, tmp_path / "model", ensemble=True, onnx=False, verbose=False)
+    assert card["training"]["mode"] == "ensemble" and card["training"]["models"] == 2
+    assert (tmp_path / "model" / "saved_model" / "saved_model.pb").is_file()
+    assert (tmp_path / "model" / "model.tflite").stat().st_size > 0
+
+
+def test_report_and_export_refuse_a_folder_without_a_search(tmp_path, capsys):
+    for argv in (["report", str(tmp_path)], ["export", str(tmp_path), "--out",
+                                              str(tmp_path / "m")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a search run folder" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_refuses_an_unknown_trial_and_writes_nothing(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "m"), "--trial", "9999"]) == 2
+    assert "--trial: 9999" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    assert not list(tmp_path.glob(".m.*"))
+
+
+def test_predict_refuses_bad_inputs(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "scans").mkdir()
+    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "scans"), "--out",
+                 str(tmp_path / "out")]) == 2
+    assert "no saved_model/ inside" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_subset_search_report_export_predict(real_prepared, real_subset, tmp_path):
+    """The whole chain on the three real patients (tiny budget): the SCD0000101 folder
+    is a whole short-axis stack, 10 mm apart along the normal (SliceLocation steps
+    6.72 mm there)."""
+    from lvseg_search.export import export
+    from lvseg_search.predict import predict
+    from lvseg_search.report import write_report
+
+    run = tmp_path / "run"
+    run_search(real_prepared, run, str(TINY), folds=3, max_epochs=1, image_size=32,
+               batch_size=8, max_trials=1, verbose=False)
+    report = write_report(run, verbose=False)
+    assert len(report["table"]) == 1 and report["files"]["html"].is_file()
+    card = export(run, tmp_path / "model", epochs=1, onnx=False, verbose=False)
+    assert card["test"] is None and len(card["training"]["patients"]) == 3
+    studies = predict(tmp_path / "model", real_subset / "dicoms" / "SCD0000101",
+                      tmp_path / "pred", overlays=False, verbose=False)
+    study = studies["SCD0000101"]
+    assert (study["images"], study["slices"], study["phases"]) == (240, 12, 20)
+    assert study["slice_spacing_mm"] == pytest.approx(10.0, abs=0.01)
