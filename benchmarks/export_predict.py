@@ -101,10 +101,29 @@ def main() -> None:
     studies = predict(model_dir, args.data / "dicoms" / STUDY, tmp / "pred", overlays=False,
                       verbose=False)
     s = studies[STUDY]
-    print(f"  predicted, whole stack ({s['slices']} slices x {s['phases']} phases, "
+    print(f"  predicted by the exported model, whole stack ({s['slices']} slices x "
+          f"{s['phases']} phases, "
           f"{s['slice_spacing_mm']:.2f} mm apart): EDV {s['edv_ml']:.1f} ml, ESV "
           f"{s['esv_ml']:.1f} ml, EF {100 * s['ejection_fraction']:.1f}%")
     run = load_run(args.run)
+    if run.splits["test"] != [STUDY]:
+        # The exported model trained on SCD0000101 unless it was held out; the fold model
+        # that validated on it never saw it, so it gives the honest estimate.
+        from lvseg_search.run import best_trial
+        from lvseg_search.serving import build_serving_model
+
+        trial = best_trial(run)
+        k = next(i for i, f in enumerate(run.splits["folds"]) if STUDY in f["val"])
+        fold_model = build_serving_model([run.fold_network(trial.trial_id, k)],
+                                         run.options.image_size, run.options.normalization)
+        held_out = tmp / "fold_model"
+        fold_model.export(str(held_out / "saved_model"), format="tf_saved_model",
+                          verbose=False)
+        s = predict(held_out, args.data / "dicoms" / STUDY, tmp / "pred_fold", overlays=False,
+                    verbose=False)[STUDY]
+        print(f"  predicted by trial {trial.trial_id}'s fold {k} model (never saw {STUDY}): "
+              f"EDV {s['edv_ml']:.1f} ml, ESV {s['esv_ml']:.1f} ml, "
+              f"EF {100 * s['ejection_fraction']:.1f}%")
     manual = manual_ef(run.data_dir)
     print(f"  expert contours ({manual['slices']} contoured slices x {manual['phases']} phases): "
           f"EDV {manual['edv_ml']:.1f} ml, ESV {manual['esv_ml']:.1f} ml, "

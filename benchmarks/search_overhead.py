@@ -4,10 +4,11 @@
    time spent inside training batches (target <= 1.3). With --stock, the same 10
    trials through stock keras-tuner Hyperband (one train/val split) for comparison.
 2. Process RSS after trials 1, 10, 50 and 100 of a 100-trial search of tiny models
-   (target: growth <= 5% from trial 10 to 100).
+   (target: growth <= 5% from trial 10 to 100), as the command line runs it: a fresh
+   process every --recycle-every trials (0: all in one process, to see the leak).
 
     python benchmarks/search_overhead.py [--data ../shared/data/sunnybrook-subset]
-        [--trials 10] [--memory-trials 100] [--stock]
+        [--trials 10] [--memory-trials 100] [--recycle-every 10] [--stock]
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ learning_rate = { min = 1e-4, max = 1e-2, sampling = "log" }
 """
 
 
-def overhead(data_dir: Path, tmp: Path, trials: int, image_size: int) -> dict:
+def overhead(data_dir: Path, tmp: Path, trials: int, image_size: int,
+             recycle: int | None) -> dict:
     summary = run_search(data_dir, tmp / "overhead", "quick", folds=3, max_epochs=3, factor=3,
                          hyperband_iterations=2, max_trials=trials, image_size=image_size,
-                         batch_size=8, seed=0, verbose=False)
+                         batch_size=8, seed=0, verbose=False, recycle_every=recycle)
     return summary
 
 
@@ -52,13 +54,16 @@ def breakdown(run: Path) -> str:
     """Sums the per-fold timings the tuner records."""
     import json
 
-    totals = {"fit": 0.0, "batches": 0.0, "validation": 0.0, "checkpoint+result": 0.0}
+    totals = {"fit": 0.0, "batches": 0.0, "validation": 0.0, "full-size scoring": 0.0,
+              "checkpoint+result": 0.0}
     for p in run.glob("tuner/trial_*/fold_*/result.json"):
         r = json.loads(p.read_text())
         totals["fit"] += r["fit_seconds"]
         totals["batches"] += r["batch_seconds"]
         totals["validation"] += r["val_seconds"]
-        totals["checkpoint+result"] += r["train_seconds"] - r["fit_seconds"]
+        totals["full-size scoring"] += r.get("eval_seconds", 0.0)
+        totals["checkpoint+result"] += (r["train_seconds"] - r["fit_seconds"]
+                                        - r.get("eval_seconds", 0.0))
     return ", ".join(f"{k} {v:.1f} s" for k, v in totals.items())
 
 
@@ -99,14 +104,15 @@ def stock_overhead(data_dir: Path, tmp: Path, trials: int, image_size: int) -> t
     return time.perf_counter() - start, Timer.seconds
 
 
-def memory(tmp: Path, trials: int) -> list[dict]:
+def memory(tmp: Path, trials: int, recycle: int | None) -> list[dict]:
     synth(tmp / "phantom", 4, seed=0, size=32, progress=False)
     prepare(tmp / "phantom", tmp / "tiny", progress=False)
     space = tmp / "tiny.toml"
     space.write_text(TINY_SPACE)
     summary = run_search(tmp / "tiny", tmp / "memory", str(space), folds=2, max_epochs=1,
                          factor=3, hyperband_iterations=trials, max_trials=trials,
-                         image_size=32, batch_size=8, seed=0, verbose=False)
+                         image_size=32, batch_size=8, seed=0, verbose=False,
+                         recycle_every=recycle)
     return summary["trial_log"]
 
 
@@ -118,15 +124,18 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--stock", action="store_true",
                         help="also time stock keras-tuner Hyperband on the same budget")
+    parser.add_argument("--recycle-every", type=int, default=10,
+                        help="fresh search process every N trials (0: one process)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
+    recycle = args.recycle_every or None
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data = tmp / "real"
         prepare(args.data, data, progress=False)
         if not args.skip_overhead:
-            s = overhead(data, tmp, args.trials, args.image_size)
+            s = overhead(data, tmp, args.trials, args.image_size, recycle)
             n = len(s["completed"]) + len(s["failed"])
             print(f"[overhead] {n} trials x 3 folds, real shards at {args.image_size}px: "
                   f"wall {s['wall_seconds']:.1f} s, inside training batches "
@@ -139,7 +148,7 @@ def main() -> None:
                   f"{wall:.1f} s, inside training batches {batches:.1f} s, ratio "
                   f"{wall / batches:.2f}")
         if not args.skip_memory:
-            log = memory(tmp, args.memory_trials)
+            log = memory(tmp, args.memory_trials, recycle)
             marks = [m for m in (1, 10, 50, 100) if m <= len(log)]
             rss = {m: log[m - 1]["rss_mib"] for m in marks}
             print("[memory] RSS after trial " + ", ".join(f"{m}: {rss[m]:.0f} MiB"
@@ -148,6 +157,10 @@ def main() -> None:
                 growth = (rss[marks[-1]] / rss[10] - 1) * 100
                 print(f"[memory] growth from trial 10 to {marks[-1]}: {growth:+.1f}% "
                       f"({(rss[marks[-1]] - rss[10]) / (marks[-1] - 10):+.2f} MiB per trial)")
+                peak = max(t["rss_mib"] for t in log[9:])
+                print(f"[memory] highest RSS after any of trials 10..{marks[-1]}: {peak:.0f} "
+                      f"MiB ({(peak / rss[10] - 1) * 100:+.1f}% over trial 10); "
+                      f"{len({t['pid'] for t in log})} search process(es)")
 
 
 if __name__ == "__main__":

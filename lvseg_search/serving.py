@@ -5,7 +5,8 @@ The search trains networks on normalized ``S x S`` images; this wraps one (or an
 ensemble of several) with the same per-image normalization and resizing the training
 pipeline applies, so every exported format (SavedModel, ``.keras``, TFLite) and
 ``predict`` run exactly one code path. ``keras.ops`` only: the wrapper is plain Keras
-and loads with ``safe_mode=True``.
+and loads with ``safe_mode=True`` once this module is imported (it registers the two
+layers below).
 """
 
 from __future__ import annotations
@@ -139,10 +140,12 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
     """
     raw = keras.Input((None, None), dtype="int16", name="raw")
     x = Preprocess(image_size, normalization, name="preprocess", dtype="float32")(raw)
-    if len(networks) > 1:
-        # Fold models share one name; the ensemble needs each under its own.
-        networks = [keras.Model(net.input, net.output, name=f"{net.name}_{k}")
-                    for k, net in enumerate(networks)]
+    # Uncompiled views of the trained networks (same layers and weights): the saved
+    # model then needs no loss or metric classes to load. Fold models share one name,
+    # so an ensemble names each apart.
+    networks = [keras.Model(net.input, net.output,
+                            name=net.name if len(networks) == 1 else f"{net.name}_{k}")
+                for k, net in enumerate(networks)]
     outputs = [net(x) for net in networks]
     probs = outputs[0] if len(outputs) == 1 else layers.Average(name="ensemble")(outputs)
     lv, mask = RestoreSize(class_id, name="restore_size", dtype="float32")(probs, raw)

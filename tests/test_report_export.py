@@ -132,8 +132,9 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     model_dir = tmp_path / "model"
     assert main(["export", str(tiny_run), "--out", str(model_dir)]) == 0
     card = json.loads((model_dir / "model_card.json").read_text())
-    for name in ("saved_model", "keras_file", "tflite"):
+    for name in ("saved_model", "keras_file", "tflite", "onnx"):  # tf2onnx: a test extra
         assert card["parity_max_abs_diff"][name]["max_abs_diff"] <= PARITY_TOLERANCE
+    assert (model_dir / "model.onnx").is_file() and card["onnx"] == "written"
     assert card["training"]["mode"] == "retrain"
     assert card["training"]["epochs"] == card["cross_validation"]["best_epoch"]
     split = json.loads((tiny_run / "splits.json").read_text())
@@ -143,12 +144,17 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     assert 0 <= card["test"]["dice"] <= 1 and card["data"]["fingerprint_sha256"]
     assert card["input"]["dtype"] == "int16"
 
-    # The .keras file loads in safe mode and takes any image size.
-    import keras
+    # The .keras file loads in safe mode in a fresh process, and takes any image size.
+    import subprocess
+    import sys
 
-    model = keras.models.load_model(model_dir / "model.keras", safe_mode=True)
-    out = model(np.zeros((2, 40, 56), np.int16) + 100)
-    assert out["probabilities"].shape == (2, 40, 56) and out["mask"].shape == (2, 40, 56)
+    code = ("import numpy as np, keras, lvseg_search.serving\n"
+            f"m = keras.models.load_model({str(model_dir / 'model.keras')!r}, safe_mode=True)\n"
+            "out = m(np.zeros((2, 40, 56), np.int16) + 100)\n"
+            "print(tuple(out['probabilities'].shape), tuple(out['mask'].shape))\n")
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr[-1500:]
+    assert fresh.stdout.strip() == "(2, 40, 56) (2, 40, 56)"
 
     # predict on the held-out patient's study, read straight from DICOM.
     phantom = tiny_data.parent / "phantom" / "dicoms" / split["test"][0]
