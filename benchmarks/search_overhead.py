@@ -44,10 +44,24 @@ learning_rate = { min = 1e-4, max = 1e-2, sampling = "log" }
 
 def overhead(data_dir: Path, tmp: Path, trials: int, image_size: int,
              recycle: int | None) -> dict:
-    summary = run_search(data_dir, tmp / "overhead", "quick", folds=3, max_epochs=3, factor=3,
-                         hyperband_iterations=2, max_trials=trials, image_size=image_size,
-                         batch_size=8, seed=0, verbose=False, recycle_every=recycle)
-    return summary
+    """Times the search as users run it: the command line in its own process (one
+    TensorFlow import, trials in a child process when recycling)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp / "overhead"
+    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(data_dir), "--space",
+           "quick", "--out", str(out), "--folds", "3", "--max-epochs", "3", "--factor", "3",
+           "--iterations", "2", "--max-trials", str(trials), "--image-size", str(image_size),
+           "--batch-size", "8", "--seed", "0", "--quiet", "--recycle-every", str(recycle or 0)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    results = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/fold_*/result.json")]
+    trials_done = len(list(out.glob("tuner/trial_*/trial.json")))
+    return {"wall_seconds": wall, "batch_seconds": sum(r["batch_seconds"] for r in results),
+            "trials": trials_done}
 
 
 def breakdown(run: Path) -> str:
@@ -136,8 +150,7 @@ def main() -> None:
         prepare(args.data, data, progress=False)
         if not args.skip_overhead:
             s = overhead(data, tmp, args.trials, args.image_size, recycle)
-            n = len(s["completed"]) + len(s["failed"])
-            print(f"[overhead] {n} trials x 3 folds, real shards at {args.image_size}px: "
+            print(f"[overhead] {s['trials']} trials x 3 folds, real shards at {args.image_size}px: "
                   f"wall {s['wall_seconds']:.1f} s, inside training batches "
                   f"{s['batch_seconds']:.1f} s, ratio "
                   f"{s['wall_seconds'] / s['batch_seconds']:.2f}")

@@ -28,6 +28,17 @@ from lvseg_search.ingest import frame_indices
 OVERLAY_COLOUR = np.array([255, 60, 40], dtype=np.float64)
 
 
+def _is_dicom_name(path: Path) -> bool:
+    """``.dcm`` files, and extension-less files with the DICOM preamble (as many
+    scanners and PACS exports write them)."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    if path.suffix:
+        return False
+    with open(path, "rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
 def find_dicoms(source: Path) -> dict[str, list[Path]]:
     """DICOM files under ``source`` grouped into studies (one per folder).
 
@@ -41,12 +52,12 @@ def find_dicoms(source: Path) -> dict[str, list[Path]]:
         raise UserError(f"{source}: no such DICOM file or folder")
     studies: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(source.rglob("*")):
-        if path.is_file() and path.suffix.lower() == ".dcm" and not path.name.startswith("."):
+        if path.is_file() and not path.name.startswith(".") and _is_dicom_name(path):
             rel = path.parent.relative_to(source).as_posix()
             studies[source.name if rel == "." else rel].append(path)
     if not studies:
-        raise UserError(f"{source}: no .dcm files found; point at a DICOM file or a folder "
-                        "of them")
+        raise UserError(f"{source}: no DICOM files found (.dcm, or extension-less files with "
+                        "the DICOM preamble); point at a DICOM file or a folder of them")
     return dict(studies)
 
 

@@ -179,7 +179,7 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "1.dcm").write_text("not an image")
-    for source, message in (("empty", "no .dcm files found"), ("junk", "not a DICOM file")):
+    for source, message in (("empty", "no DICOM files found"), ("junk", "not a DICOM file")):
         capsys.readouterr()
         assert main(["predict", str(model_dir), str(tmp_path / source), "--out",
                      str(tmp_path / f"out-{source}")]) == 2
