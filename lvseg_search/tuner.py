@@ -98,7 +98,10 @@ def release_memory() -> None:
     Without the trim, glibc keeps the fragments of every trial's graphs and RSS creeps
     up trial after trial even though nothing is referenced any more.
     """
-    keras.backend.clear_session()
+    try:
+        keras.backend.clear_session(free_memory=False)  # one collection below, not two
+    except TypeError:  # Keras before 3.4 has no free_memory and always collects
+        keras.backend.clear_session()
     gc.collect()
     _malloc_trim()
 
