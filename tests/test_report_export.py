@@ -175,6 +175,12 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     if study["ejection_fraction"] is not None:
         assert study["edv_ml"] == pytest.approx(volumes["volume_ml"].max())
 
+    # The phantom's DICOMs carry a patient name and birth date; no output does.
+    blob = b"".join(p.read_bytes() for folder in (tiny_run, model_dir, pred)
+                    for p in sorted(folder.rglob("*")) if p.is_file())
+    for needle in (b"Phantom", b"19700101"):
+        assert needle not in blob
+
     # Bad inputs: one line, exit 2, nothing written.
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk").mkdir()

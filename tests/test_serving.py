@@ -51,3 +51,25 @@ def test_no_ejection_fraction_without_a_whole_stack():
     areas = {(0, 0): 1000.0, (1, 0): 1500.0, (2, 0): 500.0, (0, 1): 400.0, (1, 1): 700.0}
     _, summary = stack_volumes(_rows(areas), [8.0 * s for s, _ in areas])
     assert summary["ejection_fraction"] is None and "whole short-axis stack" in summary["why_no_ef"]
+
+
+def test_parity_check_fails_a_format_that_differs():
+    from lvseg_search.errors import UserError
+    from lvseg_search.export import check_parity
+
+    batch = [np.zeros((1, 8, 8), np.int16)]
+
+    def reference(raw):
+        return {"probabilities": np.full(raw.shape, 0.25, np.float32),
+                "mask": np.zeros(raw.shape, np.uint8)}
+
+    def close(raw):
+        return {**reference(raw), "probabilities": reference(raw)["probabilities"] + 5e-5}
+
+    def off(raw):
+        return {**reference(raw), "probabilities": reference(raw)["probabilities"] + 2e-4}
+
+    report = check_parity(reference, {"close": close}, batch)
+    assert report["close"]["max_abs_diff"] == pytest.approx(5e-5, rel=1e-3)
+    with pytest.raises(UserError, match="off: exported model differs"):
+        check_parity(reference, {"close": close, "off": off}, batch)
