@@ -111,3 +111,38 @@ def write_trial(logdir: Path, trial_id: str, hyperparameters: dict[str, Any],
                     t.summary.scalar(f"epoch_{name}", value,
                                      step=result["initial_epoch"] + i + 1)
         writer.close()
+
+
+def read_logs(logdir: Path) -> tuple[Any, dict[str, Any], dict[str, dict[str, list]]]:
+    """Reads a log dir back with TensorBoard's own event reader and HParams parsers.
+
+    Args:
+        logdir: A run's TensorBoard folder.
+
+    Returns:
+        The HParams experiment (``None`` without a config), each session's start info
+        by run name (``trial_<id>``), and each run's scalars as ``{tag: [(step,
+        value), ...]}`` (sessions and their ``trial_<id>/fold_<k>`` curves).
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.util import tensor_util
+
+    experiment, sessions, scalars = None, {}, {}
+    for run_dir in sorted({p.parent for p in Path(logdir).rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+        acc.Reload()
+        name = run_dir.relative_to(logdir).as_posix()
+        try:
+            content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        except KeyError:  # a fold's curves: scalars only
+            content = {}
+        for tag, data in content.items():
+            if tag == metadata.EXPERIMENT_TAG:
+                experiment = metadata.parse_experiment_plugin_data(data)
+            elif tag == metadata.SESSION_START_INFO_TAG:
+                sessions[name] = metadata.parse_session_start_info_plugin_data(data)
+        scalars[name] = {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+                               for e in acc.Tensors(tag)]
+                         for tag in acc.Tags()["tensors"] if not tag.startswith("_hparams_")}
+    return experiment, sessions, scalars

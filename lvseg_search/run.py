@@ -11,7 +11,7 @@ from typing import Any
 from lvseg_search import manifest as manifest_mod
 from lvseg_search import splits as splits_mod
 from lvseg_search.errors import UserError
-from lvseg_search.search import PROJECT, SEARCH_FILE, SearchOptions
+from lvseg_search.search import PROJECT, SearchOptions, read_options
 from lvseg_search.space import SearchSpace, load_space
 from lvseg_search.tuner import CHECKPOINT, fold_dir, read_fold_result
 
@@ -105,12 +105,8 @@ def load_run(path: Path) -> Run:
     from keras_tuner.engine.trial import Trial
 
     path = Path(path)
-    record = path / SEARCH_FILE
-    if not record.is_file():
-        raise UserError(f"{path}: not a search run folder (no {SEARCH_FILE}); pass the "
-                        "--out folder of 'lvseg-search search'")
-    stored = json.loads(record.read_text(encoding="utf-8"))
-    options = SearchOptions(**{**stored, "test_ids": tuple(stored["test_ids"])})
+    options = read_options(path, "not a search run folder; pass the --out folder of "
+                                 "'lvseg-search search'")
     split = splits_mod.load(path / splits_mod.FILENAME)
     trials = {}
     for p in sorted((path / PROJECT).glob("trial_*/trial.json"),

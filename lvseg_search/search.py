@@ -113,15 +113,28 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
     return split
 
 
+def read_options(out: Path, missing: str) -> SearchOptions:
+    """The resolved options stored in a run folder.
+
+    Args:
+        out: The run folder.
+        missing: What to tell the user when the folder holds no search.
+
+    Raises:
+        UserError: No options file in ``out``.
+    """
+    record = Path(out) / SEARCH_FILE
+    if not record.is_file():
+        raise UserError(f"{out}: no {SEARCH_FILE} here; {missing}")
+    stored = json.loads(record.read_text(encoding="utf-8"))
+    return SearchOptions(**{**stored, "test_ids": tuple(stored["test_ids"])})
+
+
 def _load_run(out: Path, data: Path | None) -> tuple[SearchOptions, SearchSpace,
                                                      dict[str, Any]]:
     """Options, space and splits of an existing run folder (for workers)."""
-    record = out / SEARCH_FILE
-    if not record.is_file():
-        raise UserError(f"{record}: not found; start the chief with the same --out first "
-                        "(the results folder must be shared with the workers)")
-    stored = json.loads(record.read_text(encoding="utf-8"))
-    options = SearchOptions(**{**stored, "test_ids": tuple(stored["test_ids"])})
+    options = read_options(out, "start the chief with the same --out first (the results "
+                                "folder must be shared with the workers)")
     sp = load_space(options.space)
     if sp.digest != options.space_digest:
         raise UserError(f"{options.space}: the search space file differs from the chief's; "

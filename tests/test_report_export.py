@@ -25,37 +25,11 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
-def _hparams_logs(logdir: Path) -> tuple[object, dict[str, object], dict[str, dict]]:
-    """The experiment, each session's start info and each run's scalars, as TensorBoard
-    reads them from the event files."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import metadata
-    from tensorboard.util import tensor_util
-
-    experiment, sessions, scalars = None, {}, {}
-    for run_dir in sorted({p.parent for p in logdir.rglob("events.out.tfevents.*")}):
-        acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-        acc.Reload()
-        name = run_dir.relative_to(logdir).as_posix()
-        try:
-            content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
-        except KeyError:  # a fold's curves: scalars only
-            content = {}
-        for tag, data in content.items():
-            if tag == metadata.EXPERIMENT_TAG:
-                experiment = metadata.parse_experiment_plugin_data(data)
-            elif tag == metadata.SESSION_START_INFO_TAG:
-                sessions[name] = metadata.parse_session_start_info_plugin_data(data)
-        scalars[name] = {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
-                               for e in acc.Tensors(tag)]
-                         for tag in acc.Tags()["tensors"] if not tag.startswith("_hparams_")}
-    return experiment, sessions, scalars
-
-
 def test_tensorboard_holds_the_space_the_metrics_and_one_session_per_trial(tiny_run):
+    from lvseg_search.hparams import read_logs
     from lvseg_search.run import completed_trials, load_run
 
-    experiment, sessions, scalars = _hparams_logs(tiny_run / "tensorboard")
+    experiment, sessions, scalars = read_logs(tiny_run / "tensorboard")
     assert experiment is not None
     declared = {h.name: h for h in experiment.hparam_infos}
     for name in ("depth", "base_filters", "decoder", "downsampling", "learning_rate", "loss",
