@@ -3,7 +3,10 @@ the plots embedded in report.html (decoded as PNG), and the HParams experiment a
 sessions read back with TensorBoard's own event reader.
 
     lvseg-search report results/real
-    python benchmarks/report_check.py results/real
+    python benchmarks/report_check.py results/real [--serve]
+
+With --serve it also starts TensorBoard on the log dir and asks its HParams plugin, over
+HTTP as the dashboard does, for the experiment and the session groups.
 """
 
 from __future__ import annotations
@@ -14,9 +17,62 @@ import re
 from pathlib import Path
 
 
+def serve_and_query(logdir: Path) -> None:
+    """Starts TensorBoard on ``logdir`` and queries its HParams plugin like the browser."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+                             "--port", str(port), "--host", "127.0.0.1", "--load_fast=false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def post(route: str, body: dict) -> dict:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/data/plugin/hparams/{route}",
+            data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                experiment = post("experiment", {"experimentName": ""})
+                if experiment.get("hparamInfos"):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("TensorBoard did not serve the HParams experiment in 60 s")
+            time.sleep(1)
+        groups = post("session_groups", {
+            "experimentName": "", "startIndex": 0, "sliceSize": 1000,
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                "STATUS_RUNNING"],
+            "colParams": [{"metric": {"tag": "cv_dice"}, "order": "ORDER_DESC"}]})
+        print(f"\nTensorBoard HParams plugin (HTTP): {len(experiment['hparamInfos'])} "
+              f"hyperparameters, {len(experiment['metricInfos'])} metrics, "
+              f"{groups.get('totalSize')} session groups; top by cv_dice:")
+        for group in groups["sessionGroups"][:3]:
+            values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+            print(f"  {group['name']}: cv_dice {values.get('cv_dice', float('nan')):.3f}")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
+    parser.add_argument("--serve", action="store_true",
+                        help="also query a TensorBoard server's HParams plugin")
     args = parser.parse_args()
     for name in ("report.csv", "report.md", "report.html"):
         path = args.run / name
@@ -54,6 +110,8 @@ def main() -> None:
               f"depth {hp['depth'].number_value:.0f}, lr {hp['learning_rate'].number_value:.2e}, "
               f"epochs {hp['epochs'].number_value:.0f}, {len(folds)} fold curve runs of "
               f"{len(scalars[folds[0]]['epoch_val_dice']) if folds else 0} epochs")
+    if args.serve:
+        serve_and_query(args.run / "tensorboard")
 
 
 if __name__ == "__main__":
