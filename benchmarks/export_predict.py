@@ -36,15 +36,15 @@ def median_ms(fn, image: np.ndarray, repeats: int) -> float:
 
 def manual_ef(data_dir: Path) -> dict:
     """EDV, ESV and EF of SCD0000101 from its expert contours (contoured slices only)."""
+    from lvseg_search.dicom_io import normal_position_mm
     from lvseg_search.predict import stack_volumes
     from lvseg_search.scoring import load_patients
     from lvseg_search.shards import read_shard
 
     [patient] = load_patients(data_dir, [STUDY])
     records = read_shard(data_dir / f"{STUDY}.tfrecord")
-    normal = [np.cross(r["image_orientation"][:3], r["image_orientation"][3:]) for r in records]
-    positions = [float(np.dot(r["slice_position_mm"], n)) for r, n in zip(records, normal,
-                                                                             strict=True)]
+    positions = [normal_position_mm(r["slice_position_mm"], r["image_orientation"])
+                 for r in records]
     rows = [{"slice_index": int(s), "phase_index": int(p),
              "area_mm2": float((m == 1).sum() * sp[0] * sp[1])}
             for s, p, m, sp in zip(patient.slice_index, patient.phase_index, patient.masks,

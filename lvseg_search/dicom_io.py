@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,14 @@ class DicomImage:
     @property
     def normal_position_mm(self) -> float:
         """Position of the slice along its normal (ImagePositionPatient . normal)."""
-        o = np.asarray(self.image_orientation, dtype=np.float64)
-        normal = np.cross(o[:3], o[3:])
-        return float(np.dot(np.asarray(self.image_position), normal))
+        return normal_position_mm(self.image_position, self.image_orientation)
+
+
+def normal_position_mm(position: Sequence[float], orientation: Sequence[float]) -> float:
+    """ImagePositionPatient projected on the slice normal (the cross product of the two
+    ImageOrientationPatient direction cosines), in mm."""
+    o = np.asarray(orientation, dtype=np.float64)
+    return float(np.dot(np.asarray(position, dtype=np.float64), np.cross(o[:3], o[3:])))
 
 
 def _floats(ds: pydicom.Dataset, keyword: str, count: int, default: float) -> tuple[float, ...]:

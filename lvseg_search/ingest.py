@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lvseg_search.contours import rasterize, read_contour
-from lvseg_search.dicom_io import DicomImage, read_image
+from lvseg_search.dicom_io import DicomImage, normal_position_mm, read_image
 from lvseg_search.errors import UserError
 from lvseg_search.layouts import PatientSource
 
@@ -136,9 +136,19 @@ def load_patients(patients: Iterable[PatientSource], roots: Sequence[Path],
     return result
 
 
-def slice_spacing_mm(slices: list[Slice]) -> float:
-    """Spacing between slices along the slice normal (median step of distinct positions)."""
-    o = np.asarray(slices[0].image_orientation, dtype=np.float64)
-    normal = np.cross(o[:3], o[3:])
-    positions = np.unique(np.round([np.dot(s.image_position, normal) for s in slices], 3))
+def distinct_positions(positions_mm: Sequence[float]) -> np.ndarray:
+    """The distinct slice positions along the normal (to 0.01 mm), sorted."""
+    return np.unique(np.round(np.asarray(positions_mm, dtype=np.float64), 2))
+
+
+def spacing_along_normal(positions_mm: Sequence[float]) -> float:
+    """Spacing between slices: the median step between distinct positions along the
+    slice normal (NaN for a single slice)."""
+    positions = distinct_positions(positions_mm)
     return float(np.median(np.diff(positions))) if len(positions) > 1 else float("nan")
+
+
+def slice_spacing_mm(slices: list[Slice]) -> float:
+    """Spacing between slices along the slice normal (see :func:`spacing_along_normal`)."""
+    return spacing_along_normal([normal_position_mm(s.image_position, s.image_orientation)
+                                 for s in slices])

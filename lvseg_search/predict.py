@@ -11,7 +11,6 @@ the slice spacing (in the Sunnybrook sample it steps 6.72 mm for slices 10 mm ap
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,10 @@ import pandas as pd
 from scipy.ndimage import binary_erosion
 
 from lvseg_search import atomic
-from lvseg_search.dicom_io import DicomImage, read_image
+from lvseg_search.dicom_io import read_image
 from lvseg_search.errors import UserError
-from lvseg_search.ingest import frame_indices
+from lvseg_search.ingest import distinct_positions, frame_indices, spacing_along_normal
+from lvseg_search.scoring import segment
 
 OVERLAY_COLOUR = np.array([255, 60, 40], dtype=np.float64)
 
@@ -103,9 +103,9 @@ def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float]
         summary (slice spacing, ED/ES phases and volumes, ejection fraction, or why
         there is none).
     """
-    frame = pd.DataFrame(rows).assign(position_mm=normal_positions)
-    positions = np.unique(np.round(frame["position_mm"], 2))
-    spacing = float(np.median(np.diff(positions))) if len(positions) > 1 else math.nan
+    frame = pd.DataFrame(rows)
+    positions = distinct_positions(normal_positions)
+    spacing = spacing_along_normal(normal_positions)
     slices, phases = frame["slice_index"].nunique(), frame["phase_index"].nunique()
     volumes = (frame.groupby("phase_index")
                .agg(slices=("slice_index", "nunique"), area_mm2=("area_mm2", "sum"))
@@ -127,20 +127,6 @@ def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float]
                     "edv_ml": edv, "esv_ml": esv, "stroke_volume_ml": edv - esv,
                     "ejection_fraction": (edv - esv) / edv if edv > 0 else None})
     return volumes.drop(columns="area_mm2"), summary
-
-
-def _segment_study(serve, images: list[DicomImage], batch_size: int) -> list[np.ndarray]:
-    masks: list[np.ndarray | None] = [None] * len(images)
-    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, im in enumerate(images):
-        by_shape[im.pixels.shape].append(i)
-    for indices in by_shape.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            out = serve(np.stack([images[i].pixels for i in chunk]))
-            for i, mask in zip(chunk, np.asarray(out["mask"]), strict=True):
-                masks[i] = mask
-    return masks  # type: ignore[return-value]
 
 
 def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
@@ -175,7 +161,7 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
         for study, files in studies.items():
             images = [read_image(f) for f in files]
-            masks = _segment_study(serve, images, batch_size)
+            _, masks = segment(serve, [im.pixels for im in images], batch_size)
             indices = frame_indices(images)
             rows = []
             for path, im, mask, (s, ph) in zip(files, images, masks, indices, strict=True):

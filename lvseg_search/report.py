@@ -78,7 +78,7 @@ def plot_dice_vs_hyperparameters(run: Run, table: pd.DataFrame) -> str | None:
     """CV Dice against each hyperparameter that varies (one panel each), as base64 PNG."""
     import matplotlib.pyplot as plt
 
-    space = run.space()
+    space = run.space
     names = [p.name for p in space.params.values() if not p.fixed] + [hparams.EPOCHS]
     names = [n for n in names if n in table and table[n].nunique() > 0]
     if table.empty or not names:
@@ -308,7 +308,7 @@ def sync_tensorboard(run: Run) -> int:
     """
     logdir = run.path / hparams.DIRNAME
     if not any(logdir.glob("events.out.tfevents.*")):
-        hparams.write_config(logdir, run.space(), run.n_folds, run.options.max_epochs)
+        hparams.write_config(logdir, run.space, run.n_folds, run.options.max_epochs)
     written = 0
     for t in completed_trials(run):
         if (logdir / f"trial_{t.trial_id}").is_dir():

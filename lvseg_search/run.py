@@ -3,6 +3,7 @@ splits, trials and fold results, and the networks of a trial (for report and exp
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,20 +65,22 @@ class Run:
                        for name, values in history.items()}
         return history
 
+    @functools.cached_property
     def space(self) -> SearchSpace:
-        """The search space the run used."""
+        """The search space the run used (read once)."""
         return load_space(self.options.space)
 
+    @functools.cached_property
     def num_classes(self) -> int:
-        """Classes (with background) of the prepared data."""
+        """Classes (with background) of the prepared data (read once)."""
         return len(manifest_mod.load(self.data_dir)["classes"])
 
     def build_network(self, trial_id: str):
         """A freshly initialized, compiled network with a trial's hyperparameters."""
         from lvseg_search.hypermodel import SegmentationHyperModel
 
-        hypermodel = SegmentationHyperModel(self.space(), self.options.image_size,
-                                            num_classes=self.num_classes())
+        hypermodel = SegmentationHyperModel(self.space, self.options.image_size,
+                                            num_classes=self.num_classes)
         return hypermodel.build(self.trials[trial_id].hyperparameters.copy())
 
     def fold_network(self, trial_id: str, k: int):

@@ -8,6 +8,7 @@ scores, the export's test scores and ``predict`` all run the same preprocessing.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,34 +70,35 @@ def _stack(arrays: list[np.ndarray], dtype) -> np.ndarray:
     return out
 
 
-def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: np.ndarray,
-            batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Runs a segmenter over images, in batches of equal-size images.
+def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: Sequence[np.ndarray],
+            batch_size: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Runs a segmenter over 2-D images, batching those of equal size.
 
     Args:
         predict: Maps raw int16 ``[B, H, W]`` to ``{"probabilities", "mask"}``.
-        images: ``[N, H, W]`` int16, or an object array of differently sized images.
+        images: ``[N, H, W]`` int16, or any sequence of differently sized images.
         batch_size: Images per call.
 
     Returns:
-        LV probabilities and masks, shaped like ``images``.
+        Each image's LV probabilities and mask, in the order of ``images``.
     """
-    if images.dtype != object:
-        probs, masks = [], []
-        for i in range(0, len(images), batch_size):
-            out = predict(images[i:i + batch_size])
-            probs.append(np.asarray(out["probabilities"]))
-            masks.append(np.asarray(out["mask"]))
-        return np.concatenate(probs), np.concatenate(masks)
-    probs = np.empty(len(images), dtype=object)
-    masks = np.empty(len(images), dtype=object)
+    probs: list[Any] = [None] * len(images)
+    masks: list[Any] = [None] * len(images)
+    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, image in enumerate(images):
-        out = predict(image[None])
-        probs[i], masks[i] = np.asarray(out["probabilities"])[0], np.asarray(out["mask"])[0]
+        by_shape[np.shape(image)].append(i)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            out = predict(np.stack([images[i] for i in chunk]))
+            for i, p, m in zip(chunk, np.asarray(out["probabilities"]),
+                               np.asarray(out["mask"]), strict=True):
+                probs[i], masks[i] = p, m
     return probs, masks
 
 
-def score_masks(pred: np.ndarray, patient: PatientImages) -> tuple[list[dict[str, Any]], float]:
+def score_masks(pred: Sequence[np.ndarray],
+                patient: PatientImages) -> tuple[list[dict[str, Any]], float]:
     """Scores predicted masks of one patient's slices against its expert masks.
 
     Returns:
@@ -151,8 +153,3 @@ def summarize(rows: Sequence[dict[str, Any]],
     if volumes:
         out["patient_dice"] = float(np.mean(list(volumes.values())))
     return out
-
-
-def manifest_classes(data_dir: Path) -> int:
-    """Number of classes (with background) in a prepared data folder."""
-    return len(manifest_mod.load(Path(data_dir))["classes"])
