@@ -55,27 +55,54 @@ def contour_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
     return line * np.asarray(spacing_mm, dtype=float)[None, :]
 
 
-def _point_to_polyline(points: np.ndarray, polyline: np.ndarray,
-                       step_mm: float = 0.05) -> np.ndarray:
-    """Distance of each point to the closed polyline.
+class Reference:
+    """A manual contour prepared for repeated scoring: its points and a k-d tree over
+    the closed polyline resampled every ``step_mm``.
 
-    The polyline is resampled every ``step_mm`` and searched with a k-d tree, which
-    over-estimates the exact point-to-segment distance by at most ``step_mm / 2``
-    (0.025 mm, far below a pixel) and stays fast for the long, ragged contours of
-    untrained networks.
+    The tree over-estimates the exact point-to-segment distance by at most
+    ``step_mm / 2`` (0.025 mm, far below a pixel) and stays fast for the long, ragged
+    contours of untrained networks. A search scores every fold model of every trial
+    against the same manual contours, so they are traced and indexed once.
+
+    Args:
+        points: ``[N, 2]`` contour points in mm (empty: no contour).
+        step_mm: Resampling step along the polyline.
     """
+
+    def __init__(self, points: np.ndarray, step_mm: float = 0.05):
+        self.points = np.asarray(points, dtype=float)
+        self.tree = cKDTree(_densify(self.points, step_mm)) if len(self.points) else None
+
+    def distances(self, points: np.ndarray) -> np.ndarray:
+        """Distance (mm) of each of ``points`` to the closed polyline."""
+        return self.tree.query(points)[0]
+
+
+def _densify(polyline: np.ndarray, step_mm: float) -> np.ndarray:
+    """Points along the closed polyline, at most ``step_mm`` apart."""
     a = polyline
     b = np.roll(polyline, -1, axis=0)
     lengths = np.sqrt(((b - a) ** 2).sum(axis=1))
     counts = np.maximum(np.ceil(lengths / step_mm).astype(int), 1)
-    t = np.concatenate([np.arange(n) / n for n in counts])
-    start = np.repeat(a, counts, axis=0)
-    dense = start + t[:, None] * np.repeat(b - a, counts, axis=0)
-    return cKDTree(dense).query(points)[0]
+    seg = np.repeat(np.arange(len(a)), counts)
+    first = np.cumsum(counts) - counts
+    t = (np.arange(counts.sum()) - first[seg]) / counts[seg]
+    return a[seg] + t[:, None] * (b - a)[seg]
 
 
-def _apd(p: np.ndarray, t: np.ndarray) -> float:
-    return math.nan if len(p) == 0 or len(t) == 0 else float(_point_to_polyline(p, t).mean())
+def reference(truth: np.ndarray, spacing_mm: Sequence[float]) -> Reference:
+    """The manual mask's contour, prepared for :func:`score_image`."""
+    return Reference(contour_mm(truth, spacing_mm))
+
+
+def _point_to_polyline(points: np.ndarray, polyline: np.ndarray,
+                       step_mm: float = 0.05) -> np.ndarray:
+    """Distance of each point to the closed polyline (see :class:`Reference`)."""
+    return Reference(polyline, step_mm).distances(points)
+
+
+def _apd(p: np.ndarray, t: Reference) -> float:
+    return math.nan if len(p) == 0 or len(t.points) == 0 else float(t.distances(p).mean())
 
 
 def _hausdorff(p: np.ndarray, t: np.ndarray) -> float:
@@ -88,7 +115,7 @@ def average_perpendicular_distance(pred: np.ndarray, truth: np.ndarray,
                                    spacing_mm: Sequence[float]) -> float:
     """Mean distance (mm) from the predicted contour's points to the manual contour,
     as in the 2009 challenge; NaN when either contour is missing."""
-    return _apd(contour_mm(pred, spacing_mm), contour_mm(truth, spacing_mm))
+    return _apd(contour_mm(pred, spacing_mm), reference(truth, spacing_mm))
 
 
 def hausdorff_mm(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> float:
@@ -97,16 +124,24 @@ def hausdorff_mm(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float
     return _hausdorff(contour_mm(pred, spacing_mm), contour_mm(truth, spacing_mm))
 
 
-def score_image(pred: np.ndarray, truth: np.ndarray,
-                spacing_mm: Sequence[float]) -> dict[str, float]:
+def score_image(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float],
+                ref: Reference | None = None) -> dict[str, float]:
     """All per-image scores: ``dice``, ``apd_mm``, ``hausdorff_mm`` and ``good_contour``
     (1 when APD < 5 mm, 0 when worse or when one contour is missing, NaN when there is
-    neither a manual nor a predicted contour)."""
-    p, t = contour_mm(pred, spacing_mm), contour_mm(truth, spacing_mm)
+    neither a manual nor a predicted contour).
+
+    Args:
+        pred: Predicted mask.
+        truth: Manual mask.
+        spacing_mm: Pixel spacing (row, col).
+        ref: ``reference(truth, spacing_mm)`` when already computed.
+    """
+    p = contour_mm(pred, spacing_mm)
+    t = ref if ref is not None else reference(truth, spacing_mm)
     apd = _apd(p, t)
     if math.isnan(apd):
         good = math.nan if not np.any(pred) and not np.any(truth) else 0.0
     else:
         good = float(apd < GOOD_APD_MM)
     return {"dice": dice(pred, truth), "apd_mm": apd,
-            "hausdorff_mm": _hausdorff(p, t), "good_contour": good}
+            "hausdorff_mm": _hausdorff(p, t.points), "good_contour": good}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 from lvseg_search import manifest as manifest_mod
 from lvseg_search import shards
 from lvseg_search.errors import UserError
-from lvseg_search.evaluation import score_image, volume_dice
+from lvseg_search.evaluation import Reference, reference, score_image, volume_dice
 
 LV = 1
 
@@ -34,6 +34,15 @@ class PatientImages:
     spacing_mm: np.ndarray  # float [N, 2] (row, col)
     slice_index: np.ndarray  # int [N]
     phase_index: np.ndarray  # int [N]
+    _references: list[Reference] | None = field(default=None, repr=False)
+
+    def references(self) -> list[Reference]:
+        """The manual LV contours, traced and indexed once (a search scores many models
+        against them)."""
+        if self._references is None:
+            self._references = [reference(m == LV, s)
+                                for m, s in zip(self.masks, self.spacing_mm, strict=True)]
+        return self._references
 
 
 def load_patients(data_dir: Path, patients: Sequence[str]) -> list[PatientImages]:
@@ -106,9 +115,10 @@ def score_masks(pred: Sequence[np.ndarray],
         patient's volume Dice.
     """
     truth = [m == LV for m in patient.masks]
+    refs = patient.references()
     rows = []
     for i in range(len(patient.images)):
-        scores = score_image(pred[i].astype(bool), truth[i], patient.spacing_mm[i])
+        scores = score_image(pred[i].astype(bool), truth[i], patient.spacing_mm[i], refs[i])
         rows.append({"patient_id": patient.patient_id,
                      "slice_index": int(patient.slice_index[i]),
                      "phase_index": int(patient.phase_index[i]), **scores})
@@ -116,13 +126,14 @@ def score_masks(pred: Sequence[np.ndarray],
 
 
 def score_patients(predict: Callable[[np.ndarray], dict[str, Any]],
-                   patients: Sequence[PatientImages]) -> tuple[list[dict[str, Any]],
-                                                               dict[str, float]]:
+                   patients: Sequence[PatientImages],
+                   batch_size: int = 16) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Scores a segmenter on patients.
 
     Args:
         predict: Maps raw int16 ``[B, H, W]`` to ``{"probabilities", "mask"}``.
         patients: Patients from :func:`load_patients`.
+        batch_size: Images per call of ``predict``.
 
     Returns:
         Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize`).
@@ -130,7 +141,7 @@ def score_patients(predict: Callable[[np.ndarray], dict[str, Any]],
     rows: list[dict[str, Any]] = []
     volumes: dict[str, float] = {}
     for p in patients:
-        _, pred = segment(predict, p.images)
+        _, pred = segment(predict, p.images, batch_size)
         patient_rows, volumes[p.patient_id] = score_masks(pred, p)
         rows += patient_rows
     return rows, summarize(rows, volumes)

@@ -77,3 +77,13 @@ def test_point_to_polyline_distance_is_perpendicular_to_within_0_025_mm():
     got = _point_to_polyline(points, square)
     assert np.all(got >= np.array(expected) - 1e-9)
     np.testing.assert_allclose(got, expected, atol=0.025)
+
+
+def test_a_prepared_reference_scores_like_the_manual_mask():
+    from lvseg_search.evaluation import reference
+
+    yy, xx = np.mgrid[:64, :64]
+    truth = (yy - 30) ** 2 + (xx - 33) ** 2 < 15 ** 2
+    pred = (yy - 32) ** 2 + (xx - 30) ** 2 < 13 ** 2
+    ref = reference(truth, (1.25, 1.25))
+    assert score_image(pred, truth, (1.25, 1.25), ref) == score_image(pred, truth, (1.25, 1.25))
