@@ -25,7 +25,7 @@ class CrossValidation:
     splits: dict[str, Any]
     config: PipelineConfig
     replicas: int = 1
-    _datasets: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
+    _datasets: dict[int, tuple[Any, Any, int, int]] = field(default_factory=dict, repr=False)
     _files: dict[str, Path] = field(default_factory=dict, repr=False)
     _val_images: dict[int, list[Any]] = field(default_factory=dict, repr=False)
 
@@ -45,9 +45,18 @@ class CrossValidation:
                                    strict=True))
         return [self._files[p] for p in patients]
 
-    def fold(self, k: int):
-        """``(train, val)`` datasets of fold ``k``. Validation is neither shuffled nor
-        augmented, and uses larger batches, since it keeps no gradients."""
+    def fold(self, k: int) -> dict[str, Any]:
+        """Fold ``k``'s data as keyword arguments of ``Model.fit``.
+
+        Validation is neither shuffled nor augmented, and uses larger batches, since it
+        keeps no gradients. Both datasets repeat, with the epoch length given as
+        steps: Keras then keeps one iterator per fit, where a finite dataset costs two
+        new iterators per epoch (one made and dropped at each epoch's end), which
+        stalled every epoch by up to a second on 2 cores.
+
+        Returns:
+            ``x``, ``validation_data``, ``steps_per_epoch`` and ``validation_steps``.
+        """
         if k not in self._datasets:
             train_ids, val_ids = self.patients(k, "train"), self.patients(k, "val")
             n_train = patient_slices(self.data_dir, train_ids)
@@ -62,9 +71,11 @@ class CrossValidation:
                 val_config = replace(val_config, batch_size=size, drop_remainder=drop)
             train = make_dataset(self._shards(train_ids), train_config, n_train)
             val = make_dataset(self._shards(val_ids), val_config, n_val)
-            self._datasets[k] = (train, val)
-        return self._datasets[k]
-
+            self._datasets[k] = (train.repeat(), val.repeat(), _batches(n_train, train_config),
+                                 _batches(n_val, val_config))
+        train, val, train_steps, val_steps = self._datasets[k]
+        return {"x": train, "validation_data": val, "steps_per_epoch": train_steps,
+                "validation_steps": val_steps}
 
     def val_images(self, k: int) -> list[Any]:
         """Fold ``k``'s validation patients as stored (raw pixels, masks, spacing), for
@@ -74,6 +85,12 @@ class CrossValidation:
 
             self._val_images[k] = load_patients(self.data_dir, self.patients(k, "val"))
         return self._val_images[k]
+
+
+def _batches(n: int, config) -> int:
+    """Batches in one pass over ``n`` examples."""
+    full, rest = divmod(n, config.batch_size)
+    return full + (1 if rest and not config.drop_remainder else 0)
 
 
 def _val_batch_size(n: int, batch: int, replicas: int) -> tuple[int, bool]:
