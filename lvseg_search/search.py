@@ -12,6 +12,7 @@ Layout of a run folder::
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
@@ -234,8 +235,9 @@ def _search_chunk(queue, out: Path, sp: SearchSpace, options: SearchOptions,
     try:
         summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy,
                           role=None, trial_budget=budget, header=first)
-        queue.put({"recycle": summary["recycle"], "batch_seconds": summary["batch_seconds"],
-                   "trial_log": summary["trial_log"], "replicas": summary["replicas"]})
+        # The summary goes back too: reading trials in the parent would import
+        # TensorFlow there (keras-tuner) only to print the table.
+        queue.put(summary)
     except UserError as exc:
         queue.put({"user_error": str(exc)})
     except BaseException:  # noqa: BLE001 - reported by the parent
@@ -267,7 +269,8 @@ def _search_recycled(out: Path, sp: SearchSpace, options: SearchOptions,
     import queue as queue_mod
 
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, no inherited graphs
-    total: dict[str, Any] = {"batch_seconds": 0.0, "trial_log": [], "replicas": 1}
+    total: dict[str, Any] = {"batch_seconds": 0.0, "trial_log": [], "replicas": 1,
+                             "processes": 0}
     first = True
     while True:
         channel = ctx.Queue()
@@ -275,6 +278,7 @@ def _search_recycled(out: Path, sp: SearchSpace, options: SearchOptions,
                                                       verbose, strategy, every, first,
                                                       os.getpid()))
         proc.start()
+        total["processes"] += 1
         message = None
         while message is None:
             try:
@@ -294,12 +298,12 @@ def _search_recycled(out: Path, sp: SearchSpace, options: SearchOptions,
         total["trial_log"] += message["trial_log"]
         total["replicas"] = message["replicas"]
         if not message["recycle"]:
+            summary = {k: v for k, v in message.items() if k not in total}
             break
         first = False
         if verbose:
             print(f"(fresh search process after {every} trials: it frees the graphs "
                   "TensorFlow keeps of every trained model; resuming)", flush=True)
-    summary = summarize(out)
     summary.update(total)
     return summary
 
@@ -350,6 +354,14 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
         done = len(list((out / PROJECT).glob("trial_*/trial.json")))
         if done:
             print(f"resuming: {done} trial(s) already in {out / PROJECT}", flush=True)
+    # Python's automatic collector stalls training for 0.3 to 1 s at a time, walking the
+    # ~0.5 million objects of TensorFlow and Keras. Those live as long as the process,
+    # so they are set aside (freeze), and cycles are collected once per trial instead
+    # (tuner.release_memory), where each pass sees only that trial's objects.
+    automatic = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     try:
         tuner.search(verbose=0)
     except RuntimeError as exc:
@@ -357,6 +369,10 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
             raise
         raise UserError(f"{out}: too many trials in a row failed; check the data and the "
                         f"space (last error: {str(exc).strip().splitlines()[-1]})") from None
+    finally:
+        if automatic:
+            gc.enable()
+        gc.unfreeze()
     summary = summarize(out)
     summary["batch_seconds"] = tuner.batch_seconds
     summary["trial_log"] = tuner.trial_log
@@ -395,6 +411,7 @@ def print_top(summary: dict[str, Any], n_folds: int, top: int = 5) -> None:
                          for k in range(n_folds))
         net = ("lab FCN" if hp["architecture"] == "lab_fcn" else
                f"depth {hp['depth']} x{hp['base_filters']} k{hp['kernel_size']} "
-               f"{hp['decoder']} {hp['downsampling']} {hp['loss']} lr {hp['learning_rate']:.1e}")
+               f"{hp['decoder']} {hp['downsampling']} {hp['loss']} lr {hp['learning_rate']:.1e}"
+               + (" cosine" if hp.get("lr_schedule") == "cosine" else ""))
         print(f"{r['trial_id']:>6} {r['score']:>7.3f} +- {m.get('val_dice_std', 0):.3f} "
               f"{folds:>{6 * n_folds}} {int(m.get('best_epoch', 0)):>6}  {net}")

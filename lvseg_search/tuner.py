@@ -27,6 +27,7 @@ from keras_tuner.errors import FailedTrialError
 
 from lvseg_search import atomic, hparams
 from lvseg_search.cv import CrossValidation
+from lvseg_search.schedule import scheduler
 from lvseg_search.scoring import score_patients
 from lvseg_search.serving import make_predictor
 
@@ -192,11 +193,28 @@ class CVHyperband(keras_tuner.Hyperband):
 
     def pre_create_trial(self):
         super().pre_create_trial()
-        if self.trial_budget is not None and len(self.trial_log) >= self.trial_budget:
+        if (self.trial_budget is not None and len(self.trial_log) >= self.trial_budget
+                and not self._schedule_done()):
             # Stop through the oracle's own limit: its next trial comes back STOPPED and
             # keras-tuner's loop ends; the oracle's state on disk is untouched.
             self.recycle = True
             self.oracle.max_trials = len(self.oracle.trials)
+
+    def _schedule_done(self) -> bool:
+        """Whether the oracle's next answer is STOPPED anyway (then no fresh process
+        needs to start, only to find the search over)."""
+        oracle = self.oracle
+        if oracle.max_trials is not None and len(oracle.trials) >= oracle.max_trials:
+            return True
+        # HyperbandOracle._populate_space's own end test (keras-tuner 1.4): every bracket
+        # complete and the last bracket of the last iteration started. Its state is not
+        # public; an oracle without it is treated as not done (the cost: one process).
+        try:
+            oracle._remove_completed_brackets()
+            return (not oracle._brackets and oracle._current_bracket == 0
+                    and oracle._current_iteration + 1 == oracle.hyperband_iterations)
+        except AttributeError:
+            return False
 
     def _try_build(self, hp):
         # The previous trial already released its session and memory (release_memory);
@@ -258,7 +276,6 @@ class CVHyperband(keras_tuner.Hyperband):
             source = fold_dir(Path(self.get_trial_dir(parent)), k) / CHECKPOINT
             model.load_weights(str(source))
             resumed_from = f"trial_{parent}/fold_{k}/{CHECKPOINT}"
-        train, val = self.cv.fold(k)
 
         def describe():
             return (f"trial {trial.trial_id} fold {k + 1}/{self.cv.n_folds}"
@@ -267,9 +284,10 @@ class CVHyperband(keras_tuner.Hyperband):
         monitor = _FoldMonitor(describe if self.verbose else None, epochs)
         start = time.perf_counter()
         try:
-            history = model.fit(train, validation_data=val, epochs=epochs,
-                                initial_epoch=initial, callbacks=[monitor], shuffle=False,
-                                verbose=0)
+            callbacks = [monitor, *scheduler(trial.hyperparameters.values,
+                                             self.oracle.max_epochs)]
+            history = model.fit(**self.cv.fold(k), epochs=epochs, initial_epoch=initial,
+                                callbacks=callbacks, shuffle=False, verbose=0)
         except Exception as exc:  # noqa: BLE001 - classify, then re-raise
             if isinstance(exc, MemoryError) or "ResourceExhausted" in type(exc).__name__:
                 raise FailedTrialError(f"fold {k}: out of memory ({type(exc).__name__}); "
@@ -288,7 +306,9 @@ class CVHyperband(keras_tuner.Hyperband):
         t_eval = time.perf_counter()
         config = self.cv.config
         predict = make_predictor([model], config.image_size, config.normalization)
-        _, evaluation = score_patients(predict, self.cv.val_images(k))
+        # One call per patient: each eager call of the network costs more than its
+        # arithmetic on a patient's slices.
+        _, evaluation = score_patients(predict, self.cv.val_images(k), batch_size=64)
         eval_seconds = time.perf_counter() - t_eval
         result = {
             "fold": k,
