@@ -57,6 +57,7 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     import keras
 
     from lvseg_search.pipeline import PipelineConfig, make_dataset, patient_files, patient_slices
+    from lvseg_search.schedule import scheduler
 
     patients = sorted({p for fold in run.splits["folds"] for p in fold["train"] + fold["val"]})
     o = run.options
@@ -73,7 +74,10 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
                 print(f"export: retrain epoch {epoch + 1}/{epochs}  loss "
                       f"{logs['loss']:.4f}  dice {logs['dice']:.3f}", flush=True)
 
-    model.fit(data, epochs=epochs, callbacks=[_Progress()], shuffle=False, verbose=0)
+    # The search's learning-rate schedule over its horizon, so that the epoch count
+    # chosen in the search is trained with the same rates.
+    callbacks = [_Progress(), *scheduler(trial.hyperparameters.values, o.max_epochs)]
+    model.fit(data, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
     return model, patients
 
 

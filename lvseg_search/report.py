@@ -208,7 +208,8 @@ def _network(row: pd.Series) -> str:
     return (f"depth {row['depth']} x{row['base_filters']} k{row['kernel_size']} "
             f"c{row['convs_per_stage']} {row['downsampling']} {row['decoder']} "
             f"{row['normalization']} {row['activation']} drop {row['dropout']} "
-            f"{row['loss']} {row['optimizer']} lr {row['learning_rate']:.2e}")
+            f"{row['loss']} {row['optimizer']} lr {row['learning_rate']:.2e}"
+            + (" cosine" if row.get("lr_schedule") == "cosine" else ""))
 
 
 def _status_line(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lvseg_search.errors import UserError
+from lvseg_search.schedule import SCHEDULES
 
 
 def _spaces_dir() -> Path:
@@ -43,7 +44,12 @@ HYPERPARAMETERS: dict[str, tuple[str, Any]] = {
     "loss": ("choice", ("crossentropy", "dice", "crossentropy_dice")),
     "optimizer": ("choice", ("adam", "adamw", "sgd", "rmsprop")),
     "learning_rate": ("float", (1e-7, 1e3)),
+    "lr_schedule": ("choice", SCHEDULES),
 }
+
+# Hyperparameters a space may leave out (spaces written before they existed), and the
+# value they then take.
+OPTIONAL = {"lr_schedule": "constant"}
 
 SEARCH_OPTIONS: dict[str, type] = {
     "max_epochs": int, "factor": int, "hyperband_iterations": int, "image_size": int,
@@ -195,6 +201,8 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     if not isinstance(hps, dict) or not hps:
         raise UserError(f"{path}: no [hyperparameters] table")
     params = {name: _param(path, name, spec) for name, spec in hps.items()}
+    for name, value in OPTIONAL.items():
+        params.setdefault(name, Param(name, HYPERPARAMETERS[name][0], values=(value,)))
     missing = [n for n in HYPERPARAMETERS if n not in params]
     if missing:
         raise UserError(f"{path}: hyperparameter(s) {', '.join(missing)} missing; give each "

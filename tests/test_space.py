@@ -78,3 +78,20 @@ def test_image_size_must_fit_the_deepest_network():
     with pytest.raises(UserError, match="not divisible by 16"):
         check_image_size(load_space("lab"), 100)
     check_image_size(load_space("quick"), 64)
+
+
+
+def test_lr_schedule_may_be_left_out_and_is_then_constant(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text(f"[hyperparameters]\n{GOOD}\n")
+    space = load_space(path)
+    assert space.params["lr_schedule"].values == ("constant",)
+    assert space.register(kt.HyperParameters())["lr_schedule"] == "constant"
+
+
+def test_an_unknown_lr_schedule_is_one_clear_error(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[hyperparameters]\n{GOOD}\nlr_schedule = {{ values = ["step"] }}\n')
+    with pytest.raises(UserError, match=r"bad.toml: hyperparameter 'lr_schedule' has unknown "
+                                        r"value 'step'; choose from constant, cosine"):
+        load_space(path)
