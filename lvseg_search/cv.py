@@ -7,7 +7,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lvseg_search.pipeline import PipelineConfig, make_dataset, patient_files, patient_slices
+from lvseg_search.pipeline import (
+    PipelineConfig,
+    batches_per_epoch,
+    make_dataset,
+    patient_files,
+    patient_slices,
+)
 
 
 @dataclass
@@ -71,8 +77,9 @@ class CrossValidation:
                 val_config = replace(val_config, batch_size=size, drop_remainder=drop)
             train = make_dataset(self._shards(train_ids), train_config, n_train)
             val = make_dataset(self._shards(val_ids), val_config, n_val)
-            self._datasets[k] = (train.repeat(), val.repeat(), _batches(n_train, train_config),
-                                 _batches(n_val, val_config))
+            self._datasets[k] = (train.repeat(), val.repeat(),
+                                 batches_per_epoch(n_train, train_config),
+                                 batches_per_epoch(n_val, val_config))
         train, val, train_steps, val_steps = self._datasets[k]
         return {"x": train, "validation_data": val, "steps_per_epoch": train_steps,
                 "validation_steps": val_steps}
@@ -85,12 +92,6 @@ class CrossValidation:
 
             self._val_images[k] = load_patients(self.data_dir, self.patients(k, "val"))
         return self._val_images[k]
-
-
-def _batches(n: int, config) -> int:
-    """Batches in one pass over ``n`` examples."""
-    full, rest = divmod(n, config.batch_size)
-    return full + (1 if rest and not config.drop_remainder else 0)
 
 
 def _val_batch_size(n: int, batch: int, replicas: int) -> tuple[int, bool]:

@@ -56,15 +56,21 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     the search's seed) and returns the network."""
     import keras
 
-    from lvseg_search.pipeline import PipelineConfig, make_dataset, patient_files, patient_slices
+    from lvseg_search.pipeline import (
+        PipelineConfig,
+        batches_per_epoch,
+        make_dataset,
+        patient_files,
+        patient_slices,
+    )
     from lvseg_search.schedule import scheduler
 
     patients = sorted({p for fold in run.splits["folds"] for p in fold["train"] + fold["val"]})
     o = run.options
     config = PipelineConfig(image_size=o.image_size, normalization=o.normalization,
                             batch_size=o.batch_size, seed=o.seed).training()
-    data = make_dataset(patient_files(run.data_dir, patients, config), config,
-                        patient_slices(run.data_dir, patients))
+    n = patient_slices(run.data_dir, patients)
+    data = make_dataset(patient_files(run.data_dir, patients, config), config, n)
     keras.utils.set_random_seed(o.seed * 100003 + int(trial.trial_id))
     model = run.build_network(trial.trial_id)
 
@@ -77,7 +83,8 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     # The search's learning-rate schedule over its horizon, so that the epoch count
     # chosen in the search is trained with the same rates.
     callbacks = [_Progress(), *scheduler(trial.hyperparameters.values, o.max_epochs)]
-    model.fit(data, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
+    model.fit(data.repeat(), steps_per_epoch=batches_per_epoch(n, config), epochs=epochs,
+              callbacks=callbacks, shuffle=False, verbose=0)
     return model, patients
 
 

@@ -28,6 +28,7 @@ class PipelineConfig:
         augment: Apply random flips, rotations, scales and intensity changes.
         max_rotation_deg: Largest rotation, degrees.
         max_scale: Largest relative zoom in or out.
+        max_shift: Largest translation, as a fraction of the image size.
         intensity: Largest relative gain and offset change.
         cache: Cache normalized, resized images in memory after the first epoch.
         shuffle: Shuffle examples each epoch.
@@ -43,6 +44,7 @@ class PipelineConfig:
     augment: bool = False
     max_rotation_deg: float = 10.0
     max_scale: float = 0.1
+    max_shift: float = 0.0
     intensity: float = 0.1
     cache: bool = True
     shuffle: bool = False
@@ -86,7 +88,7 @@ def _augment(images, masks, rand, config: PipelineConfig):
     """Augments a whole batch at once (one vectorized warp), each image with its own draw."""
     t = tf()
     seeds = t.random.experimental.stateless_split(
-        t.stack([rand, t.constant(config.seed, t.int64)]), 6)
+        t.stack([rand, t.constant(config.seed, t.int64)]), 8)
     b = t.shape(images)[0]
 
     def u(i, lo, hi, shape=None):
@@ -100,6 +102,9 @@ def _augment(images, masks, rand, config: PipelineConfig):
     a0, a1 = t.cos(theta) / scale, t.sin(theta) / scale
     b0, b1 = -t.sin(theta) / scale, t.cos(theta) / scale
     a2, b2 = cx - a0 * cx - a1 * cy, cy - b0 * cx - b1 * cy
+    # Then a shift: the LV is not always at the same place in the field of view.
+    a2 += u(6, -config.max_shift, config.max_shift) * t.cast(w, t.float32)
+    b2 += u(7, -config.max_shift, config.max_shift) * t.cast(h, t.float32)
     # Flips are folded into the same transform (x -> w-1-x, y -> h-1-y): the warp is the
     # costly op on CPU, so each image is resampled once.
     sx = t.where(u(0, 0.0, 1.0) < 0.5, -1.0, 1.0)
@@ -162,6 +167,13 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int 
     options = t.data.Options()
     options.deterministic = True
     return ds.with_options(options)
+
+
+def batches_per_epoch(n_examples: int, config: PipelineConfig) -> int:
+    """Batches in one pass over ``n_examples`` (the ``steps_per_epoch`` of a repeating
+    dataset: Keras then keeps one iterator for a whole fit instead of two per epoch)."""
+    full, rest = divmod(n_examples, config.batch_size)
+    return full + (1 if rest and not config.drop_remainder else 0)
 
 
 def patient_files(data_dir: Path, patients: Sequence[str], config: PipelineConfig) -> list[Path]:

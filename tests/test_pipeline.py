@@ -49,15 +49,38 @@ def test_seeded_training_pipeline_is_deterministic_and_varies_per_epoch(real_pre
 
 
 def test_augmentation_keeps_image_and_mask_aligned(real_prepared):
-    """Bright blood pool stays under the (moved) mask after flips, rotation and scaling."""
+    """Bright blood pool stays under the (moved) mask after flips, rotation, scaling and
+    shifts."""
     config = PipelineConfig(image_size=128, batch_size=56, seed=0, normalization="minmax",
-                            max_rotation_deg=30, max_scale=0.2).training()
+                            max_rotation_deg=30, max_scale=0.2, max_shift=0.1).training()
     x, m = _collect(make_dataset(patient_files(real_prepared, PATIENTS, config), config))[0]
     ratios = []
     for image, mask in zip(x[..., 0], m[..., 0], strict=True):
         if mask.sum() > 20:
             ratios.append(image[mask == 1].mean() / image[mask == 0].mean())
     assert len(ratios) > 40 and np.median(ratios) > 2.0
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.1])
+def test_shifts_move_the_lv_by_at_most_max_shift(real_prepared, shift):
+    """Flips keep the LV's distance from the image centre; only a shift changes it."""
+    def distances(config):
+        files = patient_files(real_prepared, PATIENTS, config)
+        (_, masks), = _collect(make_dataset(files, config))
+        out = []
+        for mask in masks[..., 0]:
+            rows, cols = np.nonzero(mask)
+            out.append(np.hypot(rows.mean() - 63.5, cols.mean() - 63.5) if len(rows) else 0.0)
+        return np.array(out)
+
+    plain = PipelineConfig(image_size=128, batch_size=56, seed=0)
+    moved = PipelineConfig(image_size=128, batch_size=56, seed=0, max_rotation_deg=0.0,
+                           max_scale=0.0, intensity=0.0, max_shift=shift, augment=True)
+    change = np.abs(distances(moved) - distances(plain))
+    if shift == 0.0:
+        assert change.max() < 1.0
+    else:
+        assert np.median(change) > 1.0 and change.max() <= np.hypot(12.8, 12.8) + 1.0
 
 
 def test_unknown_normalization_and_patient_are_refused(real_prepared):
