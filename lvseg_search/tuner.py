@@ -182,6 +182,9 @@ class CVHyperband(keras_tuner.Hyperband):
         kwargs.setdefault("objective", keras_tuner.Objective("val_dice", direction="max"))
         kwargs.setdefault("max_consecutive_failed_trials", 8)
         super().__init__(seed=seed, **kwargs)
+        # Learning-rate schedules run over the search's max_epochs; a worker's oracle is
+        # a remote client without Hyperband's attributes, so the tuner keeps its own.
+        self.max_epochs = int(kwargs.get("max_epochs", 100))
         self.cv = cv
         self.seed = seed
         self.verbose = verbose
@@ -204,12 +207,12 @@ class CVHyperband(keras_tuner.Hyperband):
         """Whether the oracle's next answer is STOPPED anyway (then no fresh process
         needs to start, only to find the search over)."""
         oracle = self.oracle
-        if oracle.max_trials is not None and len(oracle.trials) >= oracle.max_trials:
-            return True
         # HyperbandOracle._populate_space's own end test (keras-tuner 1.4): every bracket
         # complete and the last bracket of the last iteration started. Its state is not
         # public; an oracle without it is treated as not done (the cost: one process).
         try:
+            if oracle.max_trials is not None and len(oracle.trials) >= oracle.max_trials:
+                return True
             oracle._remove_completed_brackets()
             return (not oracle._brackets and oracle._current_bracket == 0
                     and oracle._current_iteration + 1 == oracle.hyperband_iterations)
@@ -284,8 +287,7 @@ class CVHyperband(keras_tuner.Hyperband):
         monitor = _FoldMonitor(describe if self.verbose else None, epochs)
         start = time.perf_counter()
         try:
-            callbacks = [monitor, *scheduler(trial.hyperparameters.values,
-                                             self.oracle.max_epochs)]
+            callbacks = [monitor, *scheduler(trial.hyperparameters.values, self.max_epochs)]
             history = model.fit(**self.cv.fold(k), epochs=epochs, initial_epoch=initial,
                                 callbacks=callbacks, shuffle=False, verbose=0)
         except Exception as exc:  # noqa: BLE001 - classify, then re-raise

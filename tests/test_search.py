@@ -186,7 +186,7 @@ def test_recycled_search_runs_its_trials_in_fresh_processes(tiny_data, tmp_path)
                          max_trials=4, image_size=32, batch_size=4, seed=1, verbose=False,
                          recycle_every=2)
     log = summary["trial_log"]
-    assert [t["trial_id"] for t in log] == ["0000", "0001", "0002", "0003"]
+    assert [t["trial_id"] for t in log] == ["0", "1", "2", "3"]
     pids = [t["pid"] for t in log]
     assert pids[0] == pids[1] != pids[2] == pids[3] and os.getpid() not in pids
     assert summary["processes"] == 2
