@@ -95,12 +95,6 @@ def reference(truth: np.ndarray, spacing_mm: Sequence[float]) -> Reference:
     return Reference(contour_mm(truth, spacing_mm))
 
 
-def _point_to_polyline(points: np.ndarray, polyline: np.ndarray,
-                       step_mm: float = 0.05) -> np.ndarray:
-    """Distance of each point to the closed polyline (see :class:`Reference`)."""
-    return Reference(polyline, step_mm).distances(points)
-
-
 def _apd(p: np.ndarray, t: Reference) -> float:
     return math.nan if len(p) == 0 or len(t.points) == 0 else float(t.distances(p).mean())
 

@@ -8,7 +8,6 @@ epoch count reproduces the learning rates the chosen epoch was trained with.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 SCHEDULES = ("constant", "cosine")
@@ -30,8 +29,13 @@ def learning_rate_at(epoch: int, base: float, schedule: str, horizon: int) -> fl
     if schedule == "constant":
         return base
     if schedule == "cosine":
-        progress = min(epoch / max(horizon, 1), 1.0)
-        return base * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+        import keras
+
+        # Keras's cosine step schedule, stepped once per epoch; past the horizon it stays
+        # at the floor.
+        decay = keras.optimizers.schedules.CosineDecay(base, max(horizon, 1),
+                                                       alpha=COSINE_FLOOR)
+        return float(keras.ops.convert_to_numpy(decay(epoch)))
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose {SCHEDULES}")
 
 

@@ -69,12 +69,12 @@ def test_empty_masks():
 
 
 def test_point_to_polyline_distance_is_perpendicular_to_within_0_025_mm():
-    from lvseg_search.evaluation import _point_to_polyline
+    from lvseg_search.evaluation import Reference
 
     square = np.array([[0.0, 0.0], [0.0, 10.0], [10.0, 10.0], [10.0, 0.0]])
     points = np.array([[5.0, -3.0], [5.0, 5.0], [12.0, 12.0], [3.3, 0.0], [10.7, 4.2]])
     expected = [3.0, 5.0, math.sqrt(8.0), 0.0, 0.7]
-    got = _point_to_polyline(points, square)
+    got = Reference(square).distances(points)
     assert np.all(got >= np.array(expected) - 1e-9)
     np.testing.assert_allclose(got, expected, atol=0.025)
 
