@@ -1,11 +1,11 @@
-"""Cross-validation data: one training and one validation ``tf.data`` pipeline per
-fold of the saved splits, built once and reused (cached) by every trial."""
+"""Cross-validation data: per fold of the saved splits, one training ``tf.data``
+pipeline and the validation patients in memory, built once and reused by every trial."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lvseg_search.pipeline import (
     PipelineConfig,
@@ -15,6 +15,9 @@ from lvseg_search.pipeline import (
     patient_slices,
 )
 
+if TYPE_CHECKING:
+    from lvseg_search.validation import ValidationSet
+
 
 @dataclass
 class CrossValidation:
@@ -23,7 +26,7 @@ class CrossValidation:
     Attributes:
         data_dir: Prepared data folder.
         splits: Loaded ``splits.json`` contents.
-        config: Pipeline settings (training folds get shuffling and augmentation).
+        config: Pipeline settings (training data gets shuffling and augmentation).
         replicas: Model replicas fed by each batch (mirrored strategy).
     """
 
@@ -31,9 +34,9 @@ class CrossValidation:
     splits: dict[str, Any]
     config: PipelineConfig
     replicas: int = 1
-    _datasets: dict[int, tuple[Any, Any, int, int]] = field(default_factory=dict, repr=False)
+    _datasets: dict[int, tuple[Any, int]] = field(default_factory=dict, repr=False)
     _files: dict[str, Path] = field(default_factory=dict, repr=False)
-    _val_images: dict[int, list[Any]] = field(default_factory=dict, repr=False)
+    _validation: dict[int, ValidationSet] = field(default_factory=dict, repr=False)
 
     @property
     def n_folds(self) -> int:
@@ -52,60 +55,37 @@ class CrossValidation:
         return [self._files[p] for p in patients]
 
     def fold(self, k: int) -> dict[str, Any]:
-        """Fold ``k``'s data as keyword arguments of ``Model.fit``.
+        """Fold ``k``'s training data as keyword arguments of ``Model.fit``.
 
-        Validation is neither shuffled nor augmented, and uses larger batches, since it
-        keeps no gradients. Both datasets repeat, with the epoch length given as
-        steps: Keras then keeps one iterator per fit, where a finite dataset costs two
-        new iterators per epoch (one made and dropped at each epoch's end), which
-        stalled every epoch by up to a second on 2 cores.
+        The dataset repeats, with the epoch length given as steps: Keras then keeps one
+        iterator per fit, where a finite dataset costs two new iterators per epoch (one
+        made and dropped at each epoch's end), which stalled every epoch by up to a
+        second on 2 cores. Validation is not here: see :meth:`validation`.
 
         Returns:
-            ``x``, ``validation_data``, ``steps_per_epoch`` and ``validation_steps``.
+            ``x`` and ``steps_per_epoch``.
         """
         if k not in self._datasets:
-            train_ids, val_ids = self.patients(k, "train"), self.patients(k, "val")
+            train_ids = self.patients(k, "train")
             n_train = patient_slices(self.data_dir, train_ids)
-            n_val = patient_slices(self.data_dir, val_ids)
-            train_config = self.config.training()
-            val_config = replace(self.config, batch_size=self.config.batch_size * 4)
+            config = self.config.training()
             if self.replicas > 1:
-                # Every batch must split evenly over the replicas: training drops its
-                # last short batch, validation picks a size that loses the fewest images.
-                train_config = replace(train_config, drop_remainder=True)
-                size, drop = _val_batch_size(n_val, val_config.batch_size, self.replicas)
-                val_config = replace(val_config, batch_size=size, drop_remainder=drop)
-            train = make_dataset(self._shards(train_ids), train_config, n_train)
-            val = make_dataset(self._shards(val_ids), val_config, n_val)
-            self._datasets[k] = (train.repeat(), val.repeat(),
-                                 batches_per_epoch(n_train, train_config),
-                                 batches_per_epoch(n_val, val_config))
-        train, val, train_steps, val_steps = self._datasets[k]
-        return {"x": train, "validation_data": val, "steps_per_epoch": train_steps,
-                "validation_steps": val_steps}
+                # Every batch must split evenly over the replicas.
+                config = replace(config, drop_remainder=True)
+            train = make_dataset(self._shards(train_ids), config, n_train)
+            self._datasets[k] = (train.repeat(), batches_per_epoch(n_train, config))
+        train, steps = self._datasets[k]
+        return {"x": train, "steps_per_epoch": steps}
 
-    def val_images(self, k: int) -> list[Any]:
-        """Fold ``k``'s validation patients as stored (raw pixels, masks, spacing), for
-        scoring at full resolution; read once and kept."""
-        if k not in self._val_images:
+    def validation(self, k: int) -> ValidationSet:
+        """Fold ``k``'s validation patients, read and preprocessed once and kept: as
+        stored (for scoring at full resolution) and at the network's input size (for
+        the per-epoch validation Dice)."""
+        if k not in self._validation:
             from lvseg_search.scoring import load_patients
+            from lvseg_search.validation import validation_set
 
-            self._val_images[k] = load_patients(self.data_dir, self.patients(k, "val"))
-        return self._val_images[k]
-
-
-def _val_batch_size(n: int, batch: int, replicas: int) -> tuple[int, bool]:
-    """A validation batch size for a mirrored model: ``(size, drop_remainder)``.
-
-    tf.distribute splits every batch into per-replica chunks, and Keras needs those
-    chunks equal, so sizes are multiples of ``replicas``; a size that divides ``n``
-    keeps every image, otherwise the one dropping the fewest images is used.
-    """
-    best = replicas
-    for chunk in range(max(1, batch // replicas), 0, -1):
-        size = chunk * replicas
-        if n % size == 0:
-            return size, False
-        if n % size < n % best:
-            best = size
-    return best, True
+            patients = load_patients(self.data_dir, self.patients(k, "val"))
+            self._validation[k] = validation_set(patients, self.config.image_size,
+                                                 self.config.normalization)
+        return self._validation[k]

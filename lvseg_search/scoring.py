@@ -138,10 +138,20 @@ def score_patients(predict: Callable[[np.ndarray], dict[str, Any]],
     Returns:
         Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize`).
     """
+    return score_predictions([segment(predict, p.images, batch_size)[1] for p in patients],
+                             patients)
+
+
+def score_predictions(masks: Sequence[Sequence[np.ndarray]], patients: Sequence[PatientImages]
+                      ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Scores predicted masks, one list per patient in the order of its images.
+
+    Returns:
+        Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize`).
+    """
     rows: list[dict[str, Any]] = []
     volumes: dict[str, float] = {}
-    for p in patients:
-        _, pred = segment(predict, p.images, batch_size)
+    for pred, p in zip(masks, patients, strict=True):
         patient_rows, volumes[p.patient_id] = score_masks(pred, p)
         rows += patient_rows
     return rows, summarize(rows, volumes)

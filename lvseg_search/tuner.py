@@ -28,8 +28,8 @@ from keras_tuner.errors import FailedTrialError
 from lvseg_search import atomic, hparams
 from lvseg_search.cv import CrossValidation
 from lvseg_search.schedule import scheduler
-from lvseg_search.scoring import score_patients
-from lvseg_search.serving import make_predictor
+from lvseg_search.scoring import score_predictions
+from lvseg_search.validation import FoldValidation
 
 CHECKPOINT = "checkpoint.weights.h5"
 RESULT = "result.json"
@@ -43,10 +43,8 @@ class _FoldMonitor(keras.callbacks.Callback):
         self.describe = describe
         self.total_epochs = total_epochs
         self.batch_seconds = 0.0
-        self.val_seconds = 0.0
         self.nan_epoch: int | None = None
         self._t0 = 0.0
-        self._v0 = 0.0
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -61,12 +59,6 @@ class _FoldMonitor(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.nan_epoch = self._epoch
             self.model.stop_training = True
-
-    def on_test_begin(self, logs=None):
-        self._v0 = time.perf_counter()
-
-    def on_test_end(self, logs=None):
-        self.val_seconds += time.perf_counter() - self._v0
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -285,9 +277,12 @@ class CVHyperband(keras_tuner.Hyperband):
                     f" | best CV Dice {self._best_so_far()}")
 
         monitor = _FoldMonitor(describe if self.verbose else None, epochs)
+        validation = FoldValidation(self.cv.validation(k))
         start = time.perf_counter()
         try:
-            callbacks = [monitor, *scheduler(trial.hyperparameters.values, self.max_epochs)]
+            # Validation first: the callbacks after it see val_dice in the epoch's logs.
+            callbacks = [validation, monitor,
+                         *scheduler(trial.hyperparameters.values, self.max_epochs)]
             history = model.fit(**self.cv.fold(k), epochs=epochs, initial_epoch=initial,
                                 callbacks=callbacks, shuffle=False, verbose=0)
         except Exception as exc:  # noqa: BLE001 - classify, then re-raise
@@ -304,13 +299,10 @@ class CVHyperband(keras_tuner.Hyperband):
         tmp = out / f".{os.getpid()}.{CHECKPOINT}"
         model.save_weights(str(tmp))
         os.replace(tmp, out / CHECKPOINT)
-        # Full-resolution scores with physical units, by the same code as the export.
+        # Full-resolution scores with physical units of the saved (last-epoch) model, from
+        # the last validation's probabilities resized as the deployable model does.
         t_eval = time.perf_counter()
-        config = self.cv.config
-        predict = make_predictor([model], config.image_size, config.normalization)
-        # One call per patient: each eager call of the network costs more than its
-        # arithmetic on a patient's slices.
-        _, evaluation = score_patients(predict, self.cv.val_images(k), batch_size=64)
+        _, evaluation = score_predictions(validation.masks(), validation.data.patients)
         eval_seconds = time.perf_counter() - t_eval
         result = {
             "fold": k,
@@ -325,7 +317,7 @@ class CVHyperband(keras_tuner.Hyperband):
             "train_seconds": time.perf_counter() - start,
             "fit_seconds": fit_seconds,
             "batch_seconds": monitor.batch_seconds,
-            "val_seconds": monitor.val_seconds,
+            "val_seconds": validation.seconds,
             "eval_seconds": eval_seconds,
             "parameters": int(model.count_params()),
             "evaluation": evaluation,

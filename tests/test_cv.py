@@ -1,37 +1,88 @@
-"""Cross-validation inputs: repeating datasets whose step counts make one epoch one
-pass over each fold's patients."""
+"""Cross-validation inputs: repeating training datasets whose step counts make one
+epoch one pass over each fold's patients, and in-memory validation that scores exactly
+as Keras's own validation and the deployable model would."""
 
 from __future__ import annotations
 
 import itertools
 
+import keras
+import keras_tuner as kt
 import numpy as np
+import pytest
 
 from lvseg_search import manifest, splits
 from lvseg_search.cv import CrossValidation
-from lvseg_search.pipeline import PipelineConfig, patient_slices
+from lvseg_search.hypermodel import SegmentationHyperModel
+from lvseg_search.pipeline import PipelineConfig, make_dataset, patient_files, patient_slices
+from lvseg_search.scoring import score_patients, score_predictions
+from lvseg_search.serving import make_predictor
+from lvseg_search.space import load_space
+from lvseg_search.validation import FoldValidation
 
 
-def test_an_epoch_of_steps_is_one_pass_over_the_fold(tiny_data):
+def _cv(tiny_data) -> CrossValidation:
     m = manifest.load(tiny_data)
     split = splits.make_splits({p["patient_id"]: p["slices"] for p in m["patients"]}, 2,
                                seed=0)
-    cv = CrossValidation(tiny_data, split, PipelineConfig(image_size=32, batch_size=3, seed=0))
+    return CrossValidation(tiny_data, split, PipelineConfig(image_size=32, batch_size=3, seed=0))
+
+
+def test_an_epoch_of_steps_is_one_pass_over_the_fold(tiny_data):
+    cv = _cv(tiny_data)
     for k in range(cv.n_folds):
         fit = cv.fold(k)
         n_train = patient_slices(tiny_data, cv.patients(k, "train"))
-        n_val = patient_slices(tiny_data, cv.patients(k, "val"))
         assert fit["steps_per_epoch"] == -(-n_train // 3)
-        assert fit["validation_steps"] == -(-n_val // 12)
         train = list(itertools.islice(iter(fit["x"]), 2 * fit["steps_per_epoch"]))
         sizes = [len(images) for images, _ in train]
         # Batches do not straddle epochs: each epoch ends with its own short batch.
         assert sum(sizes[:fit["steps_per_epoch"]]) == n_train == sum(sizes[fit["steps_per_epoch"]:])
-        val = [masks.numpy() for _, masks in
-               itertools.islice(iter(fit["validation_data"]), 2 * fit["validation_steps"])]
-        first, second = val[:fit["validation_steps"]], val[fit["validation_steps"]:]
-        assert sum(len(v) for v in first) == n_val
-        # Validation repeats the same images in the same order every epoch.
-        for a, b in zip(first, second, strict=True):
-            np.testing.assert_array_equal(a, b)
     assert cv.fold(0)["x"] is cv.fold(0)["x"]  # built once, reused by every trial
+
+
+def test_validation_set_holds_what_the_pipeline_feeds(tiny_data):
+    cv = _cv(tiny_data)
+    for k in range(cv.n_folds):
+        data = cv.validation(k)
+        ids = cv.patients(k, "val")
+        assert [p.patient_id for p in data.patients] == ids
+        assert data.size == patient_slices(tiny_data, ids)
+        for pid, x, y in zip(ids, data.inputs, data.labels, strict=True):
+            ds = make_dataset(patient_files(tiny_data, [pid], cv.config), cv.config)
+            images, masks = (np.concatenate(a) for a in zip(*((i.numpy(), m.numpy())
+                                                               for i, m in ds), strict=True))
+            np.testing.assert_allclose(x, images, atol=2e-5)
+            np.testing.assert_array_equal(y, masks)
+    assert cv.validation(0) is cv.validation(0)
+
+
+def test_fold_validation_scores_as_keras_and_the_deployable_model(tiny_data):
+    cv = _cv(tiny_data)
+    hp = kt.HyperParameters()
+    hp.Fixed("depth", 2)
+    keras.utils.set_random_seed(3)
+    model = SegmentationHyperModel(load_space("quick"), 32).build(hp)
+    fold = cv.fold(0)
+    validation = FoldValidation(cv.validation(0), batch_size=4)  # several calls a patient
+    history = model.fit(**fold, epochs=2, callbacks=[validation],
+                        shuffle=False, verbose=0)
+    assert len(history.history["val_dice"]) == len(history.history["val_loss"]) == 2
+
+    # Keras's own evaluation of the same model on the pipeline's validation data.
+    ids = cv.patients(0, "val")
+    val = make_dataset(patient_files(tiny_data, ids, cv.config), cv.config)
+    expected = model.evaluate(val, return_dict=True, verbose=0)
+    assert history.history["val_dice"][-1] == _approx(expected["dice"])
+    assert history.history["val_loss"][-1] == _approx(expected["loss"])
+
+    # Full-resolution scores from the kept probabilities equal the deployable model's.
+    predict = make_predictor([model], 32, cv.config.normalization)
+    patients = cv.validation(0).patients
+    ours = score_predictions(validation.masks(), patients)
+    theirs = score_patients(predict, patients)
+    assert ours[0] == theirs[0]
+
+
+def _approx(value):
+    return pytest.approx(value, rel=1e-4, abs=1e-5)
