@@ -1,5 +1,3 @@
-import sys
+from lvseg_search.cli import entry
 
-from lvseg_search.cli import main
-
-sys.exit(main())
+entry()
