@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lvseg_search import __version__
+from lvseg_search._tf import exit_without_teardown
 from lvseg_search.errors import UserError
 
 log = logging.getLogger("lvseg_search")
@@ -266,18 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The ``lvseg-search`` program: runs :func:`main` and exits with its code.
-
-    Once TensorFlow is loaded, a normal interpreter exit spends over a second tearing
-    down its objects and threads (a tenth of a small search). Every output is written
-    and closed by the time ``main`` returns, so the process then ends at once.
-    """
+    """The ``lvseg-search`` program: runs :func:`main` and exits with its code, without
+    TensorFlow's slow teardown (every output is closed by then)."""
     code = main()
-    if "tensorflow" in sys.modules:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(code)
+    exit_without_teardown(code)
     sys.exit(code)
 
 

@@ -153,10 +153,9 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int 
                         f"{', '.join(NORMALIZATIONS)}")
     if not files:
         raise UserError("no shard files given to the input pipeline")
-    parallel = _PARALLEL_CALLS
     ds = shards.dataset(list(files)).map(
         t.autograph.experimental.do_not_convert(lambda ex: _prepare(ex, config)),
-        num_parallel_calls=parallel, deterministic=True)
+        num_parallel_calls=_PARALLEL_CALLS, deterministic=True)
     if n_examples is not None:
         ds = ds.apply(t.data.experimental.assert_cardinality(n_examples))
     if config.cache:
@@ -169,7 +168,7 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int 
         ds = t.data.Dataset.zip((ds, rand)).map(
             t.autograph.experimental.do_not_convert(
                 lambda pair, r: _augment(pair[0], pair[1], r, config)),
-            num_parallel_calls=parallel, deterministic=True)
+            num_parallel_calls=_PARALLEL_CALLS, deterministic=True)
     ds = ds.prefetch(2)
     options = t.data.Options()
     options.deterministic = True

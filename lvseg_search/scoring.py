@@ -79,6 +79,15 @@ def _stack(arrays: list[np.ndarray], dtype) -> np.ndarray:
     return out
 
 
+def same_size_groups(images: Sequence[np.ndarray]) -> list[list[int]]:
+    """Indices of ``images`` grouped by image size (a patient's slices may differ), each
+    group in the original order, so that every group stacks into one batch."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, image in enumerate(images):
+        groups[np.shape(image)].append(i)
+    return list(groups.values())
+
+
 def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: Sequence[np.ndarray],
             batch_size: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Runs a segmenter over 2-D images, batching those of equal size.
@@ -93,10 +102,7 @@ def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: Sequence[np
     """
     probs: list[Any] = [None] * len(images)
     masks: list[Any] = [None] * len(images)
-    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, image in enumerate(images):
-        by_shape[np.shape(image)].append(i)
-    for indices in by_shape.values():
+    for indices in same_size_groups(images):
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             out = predict(np.stack([images[i] for i in chunk]))

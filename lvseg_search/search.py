@@ -17,13 +17,13 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lvseg_search import atomic, manifest, splits
+from lvseg_search._tf import exit_without_teardown
 from lvseg_search.errors import UserError
 from lvseg_search.space import SearchSpace, check_image_size, load_space
 
@@ -243,13 +243,11 @@ def _search_chunk(queue, out: Path, sp: SearchSpace, options: SearchOptions,
         queue.put({"user_error": str(exc)})
     except BaseException:  # noqa: BLE001 - reported by the parent
         queue.put({"error": traceback.format_exc()})
-    # Everything is on disk and the message is sent: skip TensorFlow's teardown (over a
-    # second, which the parent would wait for in join).
+    # Everything is on disk; once the message is sent, skip TensorFlow's teardown,
+    # which the parent would wait for in join.
     queue.close()
     queue.join_thread()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown(0)
 
 
 def _die_with_parent(parent_pid: int) -> None:

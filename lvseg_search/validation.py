@@ -14,7 +14,6 @@ full resolution does not run the network again.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ import numpy as np
 from keras import ops
 
 from lvseg_search.metrics import Dice
-from lvseg_search.scoring import PatientImages
+from lvseg_search.scoring import PatientImages, same_size_groups
 from lvseg_search.serving import Preprocess, RestoreSize
 
 
@@ -48,13 +47,6 @@ class ValidationSet:
         return sum(len(x) for x in self.inputs)
 
 
-def _by_shape(images: Sequence[np.ndarray]) -> list[list[int]]:
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, image in enumerate(images):
-        groups[np.shape(image)].append(i)
-    return list(groups.values())
-
-
 def validation_set(patients: Sequence[PatientImages], image_size: int,
                    normalization: str) -> ValidationSet:
     """Preprocesses validation patients once for every epoch of every trial.
@@ -73,7 +65,7 @@ def validation_set(patients: Sequence[PatientImages], image_size: int,
     for p in patients:
         x = np.empty((len(p.images), image_size, image_size, 1), np.float32)
         y = np.empty((len(p.images), image_size, image_size, 1), np.uint8)
-        for group in _by_shape(p.images):  # a patient's slices may differ in size
+        for group in same_size_groups(p.images):
             raw = np.stack([p.images[i] for i in group])
             masks = np.stack([p.masks[i] for i in group])[..., None]
             x[group] = ops.convert_to_numpy(pre(raw))
@@ -102,6 +94,7 @@ class FoldValidation(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.seconds = 0.0
         self.probabilities: list[np.ndarray] | None = None  # per patient, last epoch
+        self._dice = Dice(class_id=1, name="val_dice")
 
     def evaluate(self) -> dict[str, float]:
         """Runs the model over the validation set now.
@@ -110,7 +103,8 @@ class FoldValidation(keras.callbacks.Callback):
             ``{"val_loss": ..., "val_dice": ...}``.
         """
         start = time.perf_counter()
-        dice = Dice(class_id=1, name="val_dice")
+        dice = self._dice
+        dice.reset_state()
         loss_sum, probabilities = 0.0, []
         for x, y in zip(self.data.inputs, self.data.labels, strict=True):
             chunks = []
@@ -143,7 +137,7 @@ class FoldValidation(keras.callbacks.Callback):
         out = []
         for p, probs in zip(self.data.patients, self.probabilities, strict=True):
             masks: list[np.ndarray | None] = [None] * len(p.images)
-            for group in _by_shape(p.images):
+            for group in same_size_groups(p.images):
                 raw = np.stack([p.images[i] for i in group])
                 _, mask = restore(probs[group], raw)
                 for i, m in zip(group, ops.convert_to_numpy(mask), strict=True):
