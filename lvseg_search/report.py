@@ -19,7 +19,7 @@ import pandas as pd
 
 from lvseg_search import atomic, hparams
 from lvseg_search.run import Run, completed_trials, load_run
-from lvseg_search.tuner import hparams_metrics
+from lvseg_search.tuner import hparams_metrics, trial_message
 
 TOP_CURVES = 3  # learning curves drawn for this many of the best trials
 OVERLAYS_PER_PATIENT = 4
@@ -58,7 +58,7 @@ def unfinished(run: Run) -> list[dict[str, Any]]:
         if t.status == "COMPLETED":
             continue
         done = sum(f is not None for f in run.fold_results(t.trial_id))
-        reason = (t.message or "").strip().splitlines()
+        reason = trial_message(run.trial_dir(t.trial_id), t).strip().splitlines()
         out.append({"trial": t.trial_id, "status": t.status.lower(),
                     "folds_done": f"{done}/{run.n_folds}",
                     "reason": reason[-1] if reason else ""})

@@ -392,6 +392,8 @@ def summarize(out: Path) -> dict[str, Any]:
     chief, a worker or a later ``report`` all see the same search)."""
     from keras_tuner.engine.trial import Trial
 
+    from lvseg_search.tuner import trial_message
+
     trials = [Trial.load(str(p)) for p in sorted((Path(out) / PROJECT).glob("trial_*/trial.json"))]
     completed = sorted((t for t in trials if t.status == "COMPLETED" and t.score is not None),
                        key=lambda t: t.score, reverse=True)
@@ -400,7 +402,8 @@ def summarize(out: Path) -> dict[str, Any]:
         metrics = {name: t.metrics.get_last_value(name) for name in t.metrics.metrics}
         rows.append({"trial_id": t.trial_id, "score": t.score, "metrics": metrics,
                      "hyperparameters": dict(t.hyperparameters.values)})
-    failed = [{"trial_id": t.trial_id, "status": t.status, "message": t.message}
+    failed = [{"trial_id": t.trial_id, "status": t.status,
+               "message": trial_message(Path(out) / PROJECT / f"trial_{t.trial_id}", t)}
               for t in trials if t.status in ("FAILED", "INVALID")]
     return {"completed": rows, "failed": failed, "n_trials": len(trials)}
 

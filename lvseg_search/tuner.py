@@ -33,6 +33,7 @@ from lvseg_search.validation import FoldValidation
 
 CHECKPOINT = "checkpoint.weights.h5"
 RESULT = "result.json"
+FAILURE = "failure.txt"
 
 
 class _FoldMonitor(keras.callbacks.Callback):
@@ -110,6 +111,18 @@ def read_fold_result(trial_dir: Path, k: int) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def trial_message(trial_dir: Path, trial: Any) -> str:
+    """Why a trial failed: keras-tuner's message, else the one its tuner wrote next to it.
+
+    A distributed worker's failure message does not reach the chief (keras-tuner sends a
+    trial over gRPC without it), so the worker also writes it into the shared run folder.
+    """
+    if trial.message:
+        return trial.message
+    path = Path(trial_dir) / FAILURE
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def cv_score(results: list[dict[str, Any]]) -> dict[str, float]:
@@ -345,6 +358,9 @@ class CVHyperband(keras_tuner.Hyperband):
                   f"{v['tuner/round']}{origin}) {shown}", flush=True)
 
     def on_trial_end(self, trial):
+        if trial.status in ("FAILED", "INVALID") and trial.message:
+            atomic.write_text(Path(self.get_trial_dir(trial.trial_id)) / FAILURE,
+                              trial.message)
         super().on_trial_end(trial)
         self.trial_log.append({"trial_id": trial.trial_id, "status": trial.status,
                                "rss_mib": rss_mib(), "batch_seconds": self.batch_seconds,
@@ -365,6 +381,6 @@ class CVHyperband(keras_tuner.Hyperband):
                       f"{m.get_last_value('val_dice_std'):.3f} (folds {folds}) | best "
                       f"{self._best_so_far()}", flush=True)
             else:
-                reason = (t.message or "").strip().splitlines()
+                reason = trial_message(self.get_trial_dir(t.trial_id), t).strip().splitlines()
                 print(f"trial {t.trial_id} {t.status.lower()}: "
                       f"{reason[-1] if reason else 'no reason given'}", flush=True)

@@ -51,6 +51,35 @@ def test_chief_and_two_workers_run_every_trial_exactly_once(tiny_data, tmp_path)
         assert len(ids) == 1 and ids <= {"w0", "w1"}
 
 
+def test_a_trial_that_fails_on_a_worker_keeps_its_reason(tiny_data, tmp_path):
+    from lvseg_search.report import unfinished
+    from lvseg_search.run import load_run
+    from lvseg_search.search import summarize
+
+    port = _free_port()
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "lvseg_search", "search", "--out", str(out)]
+    chief = subprocess.Popen(
+        base + ["--data", str(tiny_data), "--space", str(TINY.with_name("diverging.toml")),
+                "--folds", "2", "--max-epochs", "2", "--factor", "2", "--image-size", "32",
+                "--batch-size", "4", "--chief", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.run(base + ["--worker", f"127.0.0.1:{port}", "--connect-timeout", "120"],
+                            capture_output=True, text=True, timeout=600)
+    chief_log = chief.communicate(timeout=120)[0]
+    assert chief.returncode == 0 and worker.returncode == 0, chief_log[-2000:]
+    failed = summarize(out)["failed"]
+    assert failed  # learning rate 1000 diverges
+    for f in failed:
+        # The chief's own record has no reason: keras-tuner's gRPC trial drops it.
+        stored = json.loads((out / "tuner" / f"trial_{f['trial_id']}" / "trial.json")
+                            .read_text())
+        assert not stored["message"]
+        assert "loss became NaN" in f["message"]
+    reasons = {p["trial"]: p["reason"] for p in unfinished(load_run(out))}
+    assert all("loss became NaN" in reasons[f["trial_id"]] for f in failed)
+
+
 def test_worker_without_a_chief_fails_clearly(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lvseg_search", "search", "--out", str(tmp_path / "run"),
