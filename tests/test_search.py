@@ -39,6 +39,7 @@ def test_two_fold_search_keeps_folds_apart_and_resumes_promotions(tiny_data, tmp
             assert train and val and not train & val
             assert not (train | val) & set(split["test"])
             assert sorted(val) == split["folds"][k]["val"]
+            assert 0 < result["first_batch_seconds"] <= result["batch_seconds"]
             hp = row["hyperparameters"]
             assert result["initial_epoch"] == hp["tuner/initial_epoch"]
             assert len(result["history"]["val_dice"]) == hp["tuner/epochs"] - hp[
