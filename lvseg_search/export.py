@@ -57,7 +57,6 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     import keras
 
     from lvseg_search.pipeline import (
-        PipelineConfig,
         batches_per_epoch,
         make_dataset,
         patient_files,
@@ -67,8 +66,7 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
 
     patients = sorted({p for fold in run.splits["folds"] for p in fold["train"] + fold["val"]})
     o = run.options
-    config = PipelineConfig(image_size=o.image_size, normalization=o.normalization,
-                            batch_size=o.batch_size, seed=o.seed).training()
+    config = o.pipeline().training()
     n = patient_slices(run.data_dir, patients)
     data = make_dataset(patient_files(run.data_dir, patients, config), config, n)
     keras.utils.set_random_seed(o.seed * 100003 + int(trial.trial_id))
@@ -317,7 +315,10 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
         "task": "left-ventricle blood pool segmentation of short-axis cine cardiac MRI",
         "search": {"run": run.path.name, "space": Path(o.space).stem, "trial": trial.trial_id,
                    "folds": run.n_folds, "max_epochs": o.max_epochs, "factor": o.factor,
-                   "seed": o.seed, "precision_in_search": o.precision},
+                   "seed": o.seed, "precision_in_search": o.precision,
+                   "augmentation": {"rotation_deg": o.augment_rotation_deg,
+                                    "scale": o.augment_scale, "shift": o.augment_shift,
+                                    "intensity": o.augment_intensity, "flips": True}},
         "hyperparameters": hp,
         "cross_validation": {
             "dice_mean": metrics.get("val_dice"), "dice_std": metrics.get("val_dice_std"),

@@ -20,18 +20,28 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lvseg_search import atomic, manifest, splits
 from lvseg_search._tf import exit_without_teardown
 from lvseg_search.errors import UserError
 from lvseg_search.space import SearchSpace, check_image_size, load_space
 
+if TYPE_CHECKING:
+    from lvseg_search.pipeline import PipelineConfig
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SEARCH_FILE = "search.json"
 PROJECT = "tuner"
+# Training augmentation: any rotation (short-axis views come rotated differently from
+# one scanner or patient to the next; the real subset's SCD0000101 is turned against
+# the other two), zoom by up to 25% (hearts and fields of view differ in size), and
+# random flips (always on). These are nnU-Net's 2-D defaults for rotation and about
+# its range for scale.
+AUGMENT_DEFAULTS = {"augment_rotation_deg": 180.0, "augment_scale": 0.25,
+                    "augment_shift": 0.0, "augment_intensity": 0.1}
 DEFAULTS = {"max_epochs": 9, "factor": 3, "hyperband_iterations": 1, "image_size": 128,
-            "batch_size": 8, "folds": 3, "normalization": "zscore"}
+            "batch_size": 8, "folds": 3, "normalization": "zscore", **AUGMENT_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,26 @@ class SearchOptions:
     precision: str
     jit: bool
     max_trials: int | None
+    # Run folders written before augmentation was an option trained with these.
+    augment_rotation_deg: float = 10.0
+    augment_scale: float = 0.1
+    augment_shift: float = 0.0
+    augment_intensity: float = 0.1
+
+    def pipeline(self, batch_size: int | None = None) -> PipelineConfig:
+        """The search's pipeline settings (``.training()`` adds shuffling and the
+        augmentation given here).
+
+        Args:
+            batch_size: Images per batch (default: the search's).
+        """
+        from lvseg_search.pipeline import PipelineConfig
+
+        return PipelineConfig(
+            image_size=self.image_size, normalization=self.normalization,
+            batch_size=batch_size or self.batch_size, seed=self.seed,
+            max_rotation_deg=self.augment_rotation_deg, max_scale=self.augment_scale,
+            max_shift=self.augment_shift, intensity=self.augment_intensity)
 
 
 def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptions:
@@ -323,7 +353,6 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
     from lvseg_search.cv import CrossValidation
     from lvseg_search.distribute import make_strategy
     from lvseg_search.hypermodel import SegmentationHyperModel
-    from lvseg_search.pipeline import PipelineConfig
     from lvseg_search.tuner import CVHyperband
 
     m = manifest.load(Path(options.data))
@@ -333,8 +362,7 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
     if replicas > 1:
         print(f"mirrored strategy over {replicas} devices: batch size {options.batch_size} "
               f"per replica, {options.batch_size * replicas} per step", flush=True)
-    config = PipelineConfig(image_size=options.image_size, normalization=options.normalization,
-                            batch_size=options.batch_size * replicas, seed=options.seed)
+    config = options.pipeline(options.batch_size * replicas)
     cv = CrossValidation(Path(options.data), split, config, replicas=replicas)
     hypermodel = SegmentationHyperModel(sp, options.image_size, num_classes=len(m["classes"]),
                                         jit_compile=options.jit)

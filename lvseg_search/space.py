@@ -54,7 +54,13 @@ OPTIONAL = {"lr_schedule": "constant"}
 SEARCH_OPTIONS: dict[str, type] = {
     "max_epochs": int, "factor": int, "hyperband_iterations": int, "image_size": int,
     "batch_size": int, "folds": int, "normalization": str,
+    "augment_rotation_deg": float, "augment_scale": float, "augment_shift": float,
+    "augment_intensity": float,
 }
+
+# Largest meaningful value of each augmentation option (all start at 0: none).
+AUGMENT_LIMITS = {"augment_rotation_deg": 180.0, "augment_scale": 0.9, "augment_shift": 0.5,
+                  "augment_intensity": 1.0}
 
 
 @dataclass(frozen=True)
@@ -212,8 +218,14 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         if key not in SEARCH_OPTIONS:
             raise UserError(f"{path}: unknown [search] key {key!r}; known: "
                             f"{', '.join(SEARCH_OPTIONS)}")
-        if not isinstance(value, SEARCH_OPTIONS[key]) or isinstance(value, bool):
-            raise UserError(f"{path}: [search] {key} must be a {SEARCH_OPTIONS[key].__name__}")
+        kind = SEARCH_OPTIONS[key]
+        allowed = (int, float) if kind is float else kind  # TOML writes 180 as an integer
+        if not isinstance(value, allowed) or isinstance(value, bool):
+            raise UserError(f"{path}: [search] {key} must be a "
+                            f"{'number' if kind is float else kind.__name__}")
+        if key in AUGMENT_LIMITS and not 0 <= value <= AUGMENT_LIMITS[key]:
+            raise UserError(f"{path}: [search] {key} = {value} is out of range; use 0 "
+                            f"(none) to {AUGMENT_LIMITS[key]:g}")
     return SearchSpace(name=path.stem, path=path, params=params, search=dict(search),
                        digest=hashlib.sha256(raw).hexdigest()[:16])
 

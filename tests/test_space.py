@@ -45,6 +45,12 @@ def _write(tmp_path, body):
     ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }\n", ""), "depth missing"),
     ("[hyperparameters]\n" + GOOD + "\n[search]\nepochs = 3", "unknown [search] key 'epochs'"),
     ("colour = 1\n[hyperparameters]\n" + GOOD, "unknown key(s) colour"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\naugment_rotation_deg = 270",
+     "augment_rotation_deg = 270 is out of range; use 0 (none) to 180"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\naugment_scale = -0.1",
+     "augment_scale = -0.1 is out of range"),
+    ("[hyperparameters]\n" + GOOD + '\n[search]\naugment_shift = "a lot"',
+     "augment_shift must be a number"),
     ("[hyperparameters\n", "not valid TOML"),
     ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }",
                                           "depth = { values = [2], max = 3 }"), "mixes"),
@@ -95,3 +101,23 @@ def test_an_unknown_lr_schedule_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"bad.toml: hyperparameter 'lr_schedule' has unknown "
                                         r"value 'step'; choose from constant, cosine"):
         load_space(path)
+
+
+def test_augmentation_comes_from_the_space_and_reaches_the_training_pipeline(tmp_path):
+    from dataclasses import asdict
+
+    from lvseg_search.search import AUGMENT_DEFAULTS, SearchOptions, resolve_options
+
+    path = _write(tmp_path, f"[hyperparameters]\n{GOOD}\n[search]\naugment_rotation_deg = 30\n"
+                            "augment_scale = 0\n")
+    options = resolve_options(load_space(path), tmp_path, image_size=64)
+    config = options.pipeline().training()
+    assert (config.augment, config.max_rotation_deg, config.max_scale) == (True, 30, 0)
+    assert config.max_shift == AUGMENT_DEFAULTS["augment_shift"]
+    assert config.intensity == AUGMENT_DEFAULTS["augment_intensity"]
+    default = resolve_options(load_space("quick"), tmp_path, image_size=64).pipeline()
+    assert default.max_rotation_deg == AUGMENT_DEFAULTS["augment_rotation_deg"]
+    # A run folder from before these options re-reads as trained: 10 degrees, 10% zoom.
+    old = {k: v for k, v in asdict(options).items() if not k.startswith("augment_")}
+    legacy = SearchOptions(**old).pipeline()
+    assert (legacy.max_rotation_deg, legacy.max_scale, legacy.intensity) == (10.0, 0.1, 0.1)
