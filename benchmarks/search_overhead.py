@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lvseg_search.phantom import synth
 from lvseg_search.prepare import prepare
-from lvseg_search.search import AUGMENT_DEFAULTS, run_search
+from lvseg_search.search import run_search
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook-subset"
 
@@ -100,9 +100,7 @@ def stock_overhead(data_dir: Path, tmp: Path, trials: int, image_size: int) -> t
 
     m = manifest.load(data_dir)
     split = splits.make_splits({p["patient_id"]: p["slices"] for p in m["patients"]}, 3, seed=0)
-    config = PipelineConfig(image_size=image_size, batch_size=8, seed=0,
-                            max_rotation_deg=AUGMENT_DEFAULTS["augment_rotation_deg"],
-                            max_scale=AUGMENT_DEFAULTS["augment_scale"])
+    config = PipelineConfig(image_size=image_size, batch_size=8, seed=0)
     tr, va = split["folds"][0]["train"], split["folds"][0]["val"]
     train = make_dataset(patient_files(data_dir, tr, config), config.training(),
                          patient_slices(data_dir, tr))

@@ -27,8 +27,11 @@ class PipelineConfig:
         normalization: Per-image normalization, one of ``NORMALIZATIONS``.
         batch_size: Images per batch.
         augment: Apply random flips, rotations, scales and intensity changes.
-        max_rotation_deg: Largest rotation, degrees.
-        max_scale: Largest relative zoom in or out.
+        max_rotation_deg: Largest rotation, degrees. Any, by default: short-axis views
+            come turned differently from one scanner or patient to the next (the real
+            subset's SCD0000101 against the other two); nnU-Net's 2-D default too.
+        max_scale: Largest relative zoom in or out (hearts and fields of view differ in
+            size; about nnU-Net's range).
         max_shift: Largest translation, as a fraction of the image size.
         intensity: Largest relative gain and offset change.
         cache: Cache normalized, resized images in memory after the first epoch.
@@ -43,8 +46,8 @@ class PipelineConfig:
     normalization: str = "zscore"
     batch_size: int = 8
     augment: bool = False
-    max_rotation_deg: float = 10.0
-    max_scale: float = 0.1
+    max_rotation_deg: float = 180.0
+    max_scale: float = 0.25
     max_shift: float = 0.0
     intensity: float = 0.1
     cache: bool = True

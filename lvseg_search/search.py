@@ -20,26 +20,22 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lvseg_search import atomic, manifest, splits
 from lvseg_search._tf import exit_without_teardown
 from lvseg_search.errors import UserError
+from lvseg_search.pipeline import PipelineConfig
 from lvseg_search.space import SearchSpace, check_image_size, load_space
-
-if TYPE_CHECKING:
-    from lvseg_search.pipeline import PipelineConfig
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SEARCH_FILE = "search.json"
 PROJECT = "tuner"
-# Training augmentation: any rotation (short-axis views come rotated differently from
-# one scanner or patient to the next; the real subset's SCD0000101 is turned against
-# the other two), zoom by up to 25% (hearts and fields of view differ in size), and
-# random flips (always on). These are nnU-Net's 2-D defaults for rotation and about
-# its range for scale.
-AUGMENT_DEFAULTS = {"augment_rotation_deg": 180.0, "augment_scale": 0.25,
-                    "augment_shift": 0.0, "augment_intensity": 0.1}
+# Training augmentation (flips always): the pipeline's defaults unless the space sets them.
+AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
+                    "augment_scale": PipelineConfig.max_scale,
+                    "augment_shift": PipelineConfig.max_shift,
+                    "augment_intensity": PipelineConfig.intensity}
 DEFAULTS = {"max_epochs": 9, "factor": 3, "hyperband_iterations": 1, "image_size": 128,
             "batch_size": 8, "folds": 3, "normalization": "zscore", **AUGMENT_DEFAULTS}
 
@@ -77,8 +73,6 @@ class SearchOptions:
         Args:
             batch_size: Images per batch (default: the search's).
         """
-        from lvseg_search.pipeline import PipelineConfig
-
         return PipelineConfig(
             image_size=self.image_size, normalization=self.normalization,
             batch_size=batch_size or self.batch_size, seed=self.seed,
