@@ -83,6 +83,13 @@ def test_fold_validation_scores_as_keras_and_the_deployable_model(tiny_data):
     theirs = score_patients(predict, patients)
     assert ours[0] == theirs[0]
 
+    # Through Keras's traced predict step (long trials), the same scores.
+    traced = FoldValidation(cv.validation(0), batch_size=4, compiled=True)
+    traced.set_model(model)
+    scores = traced.evaluate()
+    assert scores["val_dice"] == _approx(expected["dice"])
+    assert scores["val_loss"] == _approx(expected["loss"])
+
 
 def _approx(value):
     return pytest.approx(value, rel=1e-4, abs=1e-5)
