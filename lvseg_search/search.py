@@ -4,8 +4,9 @@ Layout of a run folder::
 
     search.json        the resolved options (a re-run with the same options resumes)
     splits.json        the patient-grouped folds and held-out test patients
-    tuner/             keras-tuner's project: oracle.json, trial_<id>/trial.json and,
-                       per fold, trial_<id>/fold_<k>/{checkpoint.weights.h5,result.json}
+    tuner/             keras-tuner's project: oracle.json, trial_<id>/trial.json (and
+                       failure.txt, why it failed), and per fold,
+                       trial_<id>/fold_<k>/{checkpoint.weights.h5,result.json}
     tensorboard/       HParams config, one session per finished trial, fold curves
 """
 
@@ -416,7 +417,10 @@ def summarize(out: Path) -> dict[str, Any]:
 
     from lvseg_search.tuner import trial_message
 
-    trials = [Trial.load(str(p)) for p in sorted((Path(out) / PROJECT).glob("trial_*/trial.json"))]
+    folders = {}  # trial -> its folder, as found on disk
+    for path in sorted((Path(out) / PROJECT).glob("trial_*/trial.json")):
+        folders[Trial.load(str(path))] = path.parent
+    trials = list(folders)
     completed = sorted((t for t in trials if t.status == "COMPLETED" and t.score is not None),
                        key=lambda t: t.score, reverse=True)
     rows = []
@@ -425,7 +429,7 @@ def summarize(out: Path) -> dict[str, Any]:
         rows.append({"trial_id": t.trial_id, "score": t.score, "metrics": metrics,
                      "hyperparameters": dict(t.hyperparameters.values)})
     failed = [{"trial_id": t.trial_id, "status": t.status,
-               "message": trial_message(Path(out) / PROJECT / f"trial_{t.trial_id}", t)}
+               "message": trial_message(folders[t], t)}
               for t in trials if t.status in ("FAILED", "INVALID")]
     return {"completed": rows, "failed": failed, "n_trials": len(trials)}
 

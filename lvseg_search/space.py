@@ -51,16 +51,15 @@ HYPERPARAMETERS: dict[str, tuple[str, Any]] = {
 # value they then take.
 OPTIONAL = {"lr_schedule": "constant"}
 
-SEARCH_OPTIONS: dict[str, type] = {
-    "max_epochs": int, "factor": int, "hyperband_iterations": int, "image_size": int,
-    "batch_size": int, "folds": int, "normalization": str,
-    "augment_rotation_deg": float, "augment_scale": float, "augment_shift": float,
-    "augment_intensity": float,
-}
-
 # Largest meaningful value of each augmentation option (all start at 0: none).
 AUGMENT_LIMITS = {"augment_rotation_deg": 180.0, "augment_scale": 0.9, "augment_shift": 0.5,
                   "augment_intensity": 1.0}
+
+SEARCH_OPTIONS: dict[str, type] = {
+    "max_epochs": int, "factor": int, "hyperband_iterations": int, "image_size": int,
+    "batch_size": int, "folds": int, "normalization": str,
+    **dict.fromkeys(AUGMENT_LIMITS, float),
+}
 
 
 @dataclass(frozen=True)
