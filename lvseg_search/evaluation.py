@@ -12,10 +12,11 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import directed_hausdorff
 from skimage.measure import find_contours
+
+from lvseg_search.postprocess import largest_region
 
 GOOD_APD_MM = 5.0
 
@@ -42,9 +43,7 @@ def contour_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
     mask = np.asarray(mask, bool)
     if not mask.any():
         return np.zeros((0, 2))
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        mask = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    mask = largest_region(mask)
     # Trace only the region's bounding box (an untrained network's speckle elsewhere
     # would otherwise cost most of the time), padded so border regions close.
     rows, cols = np.nonzero(mask)

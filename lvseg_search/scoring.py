@@ -20,6 +20,7 @@ from lvseg_search import manifest as manifest_mod
 from lvseg_search import shards
 from lvseg_search.errors import UserError
 from lvseg_search.evaluation import Reference, reference, score_image, volume_dice
+from lvseg_search.postprocess import largest_region
 
 LV = 1
 
@@ -98,7 +99,8 @@ def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: Sequence[np
         batch_size: Images per call.
 
     Returns:
-        Each image's LV probabilities and mask, in the order of ``images``.
+        Each image's LV probabilities (as the network gives them) and mask (the largest
+        region of the network's mask, see ``postprocess``), in the order of ``images``.
     """
     probs: list[Any] = [None] * len(images)
     masks: list[Any] = [None] * len(images)
@@ -108,7 +110,7 @@ def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: Sequence[np
             out = predict(np.stack([images[i] for i in chunk]))
             for i, p, m in zip(chunk, np.asarray(out["probabilities"]),
                                np.asarray(out["mask"]), strict=True):
-                probs[i], masks[i] = p, m
+                probs[i], masks[i] = p, largest_region(m).astype(m.dtype)
     return probs, masks
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from lvseg_search import atomic
 from lvseg_search.errors import UserError
@@ -37,6 +36,10 @@ def make_splits(slices_per_patient: dict[str, int], folds: int, *, test_patients
     Raises:
         UserError: Too few patients for the folds, or unknown test ids.
     """
+    # Imported here: scikit-learn takes over a second to import, and every search
+    # process (and each recycled child) reads its saved splits without making any.
+    from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+
     patients = sorted(slices_per_patient)
     if folds < 2:
         raise UserError(f"--folds: {folds} folds cannot cross-validate; use at least 2")

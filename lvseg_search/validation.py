@@ -8,8 +8,10 @@ fold's validation images are preprocessed once, by the deployable model's own
 preprocessing (``serving.Preprocess``, the same computation as the training pipeline,
 tested), and every epoch runs the network over them: eagerly (no graph to trace) or,
 for models evaluated many times, through Keras's traced predict step. Either way there
-is no test step and no iterator. The last epoch's probabilities are kept, so scoring
-the saved fold model at full resolution does not run the network again.
+is no test step and no iterator. The objective's Dice is that of the masks as the
+product delivers them (each image's largest predicted region, ``postprocess``). The last
+epoch's probabilities are kept, so scoring the saved fold model at full resolution does
+not run the network again.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from lvseg_search.metrics import Dice
-from lvseg_search.scoring import PatientImages, same_size_groups
+from lvseg_search.evaluation import dice
+from lvseg_search.postprocess import largest_region
+from lvseg_search.scoring import LV, PatientImages, same_size_groups
 from lvseg_search.serving import Preprocess, RestoreSize
 
 
@@ -78,10 +81,13 @@ def validation_set(patients: Sequence[PatientImages], image_size: int,
 
 
 class FoldValidation(keras.callbacks.Callback):
-    """Adds ``val_loss`` and ``val_dice`` to each epoch's logs (put it first among the
-    callbacks, so the others see them), and keeps the last epoch's probabilities.
+    """Adds ``val_loss``, ``val_dice`` and ``val_dice_raw`` to each epoch's logs (put it
+    first among the callbacks, so the others see them), and keeps the last epoch's
+    probabilities.
 
-    ``val_loss`` is the compiled loss and ``val_dice`` the search's Dice metric, both
+    ``val_loss`` is the compiled loss; ``val_dice`` is the mean per-image Dice of the
+    masks as delivered (largest predicted region), the search's objective;
+    ``val_dice_raw`` that of the network's own masks (Keras's Dice metric). All are
     averaged over images as Keras's own validation averages them over batches.
 
     Args:
@@ -101,18 +107,17 @@ class FoldValidation(keras.callbacks.Callback):
         self.compiled = compiled
         self.seconds = 0.0
         self.probabilities: list[np.ndarray] | None = None  # per patient, last epoch
-        self._dice = Dice(class_id=1, name="val_dice")
 
     def evaluate(self) -> dict[str, float]:
         """Runs the model over the validation set now.
 
         Returns:
-            ``{"val_loss": ..., "val_dice": ...}``.
+            ``val_loss``, ``val_dice`` (of the masks as delivered: each image's largest
+            predicted region, see ``postprocess``) and ``val_dice_raw`` (of the network's
+            own arg-max masks, what Keras's Dice metric gives).
         """
         start = time.perf_counter()
-        dice = self._dice
-        dice.reset_state()
-        loss_sum, probabilities = 0.0, []
+        loss_sum, dice_sum, raw_sum, probabilities = 0.0, 0.0, 0.0, []
         for x, y in zip(self.data.inputs, self.data.labels, strict=True):
             chunks = []
             for i in range(0, len(x), self.batch_size):
@@ -120,14 +125,17 @@ class FoldValidation(keras.callbacks.Callback):
                 pred = (self.model.predict_on_batch(xb) if self.compiled
                         else self.model(xb, training=False))
                 pred = ops.cast(pred, "float32")
-                dice.update_state(yb, pred)
                 loss_sum += float(self.model.loss(yb, pred)) * len(xb)
                 chunks.append(ops.convert_to_numpy(pred))
-            probabilities.append(np.concatenate(chunks))
+            probs = np.concatenate(chunks)
+            probabilities.append(probs)
+            for mask, truth in zip(probs.argmax(axis=-1) == LV, y[..., 0] == LV, strict=True):
+                raw_sum += dice(mask, truth)
+                dice_sum += dice(largest_region(mask), truth)
         self.probabilities = probabilities
         self.seconds += time.perf_counter() - start
-        return {"val_loss": loss_sum / max(self.data.size, 1),
-                "val_dice": float(dice.result())}
+        n = max(self.data.size, 1)
+        return {"val_loss": loss_sum / n, "val_dice": dice_sum / n, "val_dice_raw": raw_sum / n}
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -135,7 +143,8 @@ class FoldValidation(keras.callbacks.Callback):
 
     def masks(self) -> list[np.ndarray]:
         """The last evaluation's LV masks at each image's stored size, per patient,
-        resized exactly as the deployable model resizes them (``serving.RestoreSize``).
+        resized exactly as the deployable model resizes them (``serving.RestoreSize``)
+        and post-processed as ``scoring.segment`` does.
 
         Raises:
             RuntimeError: Nothing was evaluated yet.
@@ -150,6 +159,6 @@ class FoldValidation(keras.callbacks.Callback):
                 raw = np.stack([p.images[i] for i in group])
                 _, mask = restore(probs[group], raw)
                 for i, m in zip(group, ops.convert_to_numpy(mask), strict=True):
-                    masks[i] = m
+                    masks[i] = largest_region(m).astype(m.dtype)
             out.append(masks)
         return out

@@ -1,0 +1,60 @@
+"""Post-processing: the delivered LV mask is the network's largest connected region."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lvseg_search.evaluation import contour_mm
+from lvseg_search.postprocess import keep_largest_regions, largest_region
+from lvseg_search.scoring import segment
+
+
+def _two_regions() -> np.ndarray:
+    mask = np.zeros((16, 16), np.uint8)
+    mask[2:8, 2:8] = 1  # 36 pixels: the LV
+    mask[11:13, 11:14] = 1  # 6 pixels: a false positive elsewhere
+    mask[9, 9] = 1  # touches nothing 4-connected
+    return mask
+
+
+def test_largest_region_keeps_only_the_biggest_region():
+    kept = largest_region(_two_regions())
+    assert kept.dtype == bool
+    assert kept.sum() == 36 and kept[2:8, 2:8].all()
+
+
+def test_largest_region_of_one_region_or_none_is_the_mask():
+    one = np.zeros((8, 8), bool)
+    one[1:4, 1:5] = True
+    np.testing.assert_array_equal(largest_region(one), one)
+    assert not largest_region(np.zeros((8, 8), np.uint8)).any()
+
+
+def test_diagonal_neighbours_are_separate_regions():
+    mask = np.zeros((6, 6), np.uint8)
+    mask[0:2, 0:2] = 1
+    mask[2, 2] = 1
+    assert largest_region(mask).sum() == 4
+
+
+def test_keep_largest_regions_keeps_each_masks_dtype():
+    out = keep_largest_regions([_two_regions(), np.zeros((4, 4), np.uint8)])
+    assert [m.dtype for m in out] == [np.uint8, np.uint8]
+    assert out[0].sum() == 36 and out[1].sum() == 0
+
+
+def test_segment_delivers_the_largest_region_and_the_raw_probabilities():
+    raw = _two_regions().astype(np.float32)
+
+    def predict(batch):
+        return {"probabilities": np.repeat(raw[None], len(batch), 0),
+                "mask": np.repeat(_two_regions()[None], len(batch), 0)}
+
+    probs, masks = segment(predict, np.zeros((3, 16, 16), np.int16), batch_size=2)
+    assert all(m.dtype == np.uint8 and m.sum() == 36 for m in masks)
+    assert all(p.sum() == raw.sum() for p in probs)
+
+
+def test_contours_trace_the_largest_region():
+    points = contour_mm(_two_regions(), (1.0, 1.0))
+    assert points[:, 0].max() < 8.5 and points[:, 1].max() < 8.5
