@@ -90,9 +90,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
                test_patients=args.test_patients, test_ids=test_ids,
                max_epochs=args.max_epochs, factor=args.factor,
                hyperband_iterations=args.iterations, image_size=args.image_size,
-               batch_size=args.batch_size, normalization=args.normalization,
-               seed=args.seed, precision=args.precision, jit=args.jit,
-               max_trials=args.max_trials, recycle_every=args.recycle_every or None)
+               batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+               normalization=args.normalization, seed=args.seed, precision=args.precision,
+               jit=args.jit, max_trials=args.max_trials,
+               recycle_every=args.recycle_every or None)
     return 0
 
 
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many trials (default: Hyperband's full schedule)")
     p.add_argument("--image-size", type=int, help="train on SIZE x SIZE images")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps-per-epoch", type=int, metavar="N",
+                   help="training batches per epoch (space default or 0: one pass over "
+                        "each fold's training slices); more steps per epoch help small "
+                        "data sets")
     p.add_argument("--normalization", choices=["zscore", "minmax", "percentile"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="float32",

@@ -28,12 +28,15 @@ class CrossValidation:
         splits: Loaded ``splits.json`` contents.
         config: Pipeline settings (training data gets shuffling and augmentation).
         replicas: Model replicas fed by each batch (mirrored strategy).
+        steps_per_epoch: Training batches per epoch (0: one pass over the fold's
+            training slices).
     """
 
     data_dir: Path
     splits: dict[str, Any]
     config: PipelineConfig
     replicas: int = 1
+    steps_per_epoch: int = 0
     _datasets: dict[int, tuple[Any, int]] = field(default_factory=dict, repr=False)
     _files: dict[str, Path] = field(default_factory=dict, repr=False)
     _validation: dict[int, ValidationSet] = field(default_factory=dict, repr=False)
@@ -57,7 +60,8 @@ class CrossValidation:
     def fold(self, k: int) -> dict[str, Any]:
         """Fold ``k``'s training data as keyword arguments of ``Model.fit``.
 
-        The dataset repeats, with the epoch length given as steps: Keras then keeps one
+        The dataset repeats, with the epoch length given as steps (one pass over the
+        training slices unless ``steps_per_epoch`` says otherwise): Keras then keeps one
         iterator per fit, where a finite dataset costs two new iterators per epoch (one
         made and dropped at each epoch's end), which stalled every epoch by up to a
         second on 2 cores. Validation is not here: see :meth:`validation`.
@@ -73,7 +77,8 @@ class CrossValidation:
                 # Every batch must split evenly over the replicas.
                 config = replace(config, drop_remainder=True)
             train = make_dataset(self._shards(train_ids), config, n_train)
-            self._datasets[k] = (train.repeat(), batches_per_epoch(n_train, config))
+            self._datasets[k] = (train.repeat(), self.steps_per_epoch
+                                 or batches_per_epoch(n_train, config))
         train, steps = self._datasets[k]
         return {"x": train, "steps_per_epoch": steps}
 

@@ -53,7 +53,11 @@ def _versions() -> dict[str, str]:
 
 def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     """Trains a trial's configuration on all non-test patients (training augmentation,
-    the search's seed) and returns the network."""
+    the search's seed).
+
+    Returns:
+        The network, the patients it trained on and its training batches per epoch.
+    """
     import keras
 
     from lvseg_search.pipeline import (
@@ -81,9 +85,12 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     # The search's learning-rate schedule over its horizon, so that the epoch count
     # chosen in the search is trained with the same rates.
     callbacks = [_Progress(), *scheduler(trial.hyperparameters.values, o.max_epochs)]
-    model.fit(data.repeat(), steps_per_epoch=batches_per_epoch(n, config), epochs=epochs,
+    # A search with a fixed number of steps per epoch chose its epoch count in steps: the
+    # retraining takes as many (each over all the patients).
+    steps = o.steps_per_epoch or batches_per_epoch(n, config)
+    model.fit(data.repeat(), steps_per_epoch=steps, epochs=epochs,
               callbacks=callbacks, shuffle=False, verbose=0)
-    return model, patients
+    return model, patients, steps
 
 
 def _probe_inputs(patients: list[Any]) -> list[np.ndarray]:
@@ -246,9 +253,9 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
             if verbose:
                 print(f"export: retraining trial {trial.trial_id} on all non-test patients "
                       f"for {n} epochs", flush=True)
-            network, trained_on = retrain(run, trial, n, verbose)
+            network, trained_on, steps = retrain(run, trial, n, verbose)
             networks = [network]
-            training = {"mode": "retrain", "epochs": n}
+            training = {"mode": "retrain", "epochs": n, "steps_per_epoch": steps}
         training["patients"] = trained_on
         model = build_serving_model(networks, o.image_size, o.normalization)
 
@@ -316,6 +323,7 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
         "search": {"run": run.path.name, "space": Path(o.space).stem, "trial": trial.trial_id,
                    "folds": run.n_folds, "max_epochs": o.max_epochs, "factor": o.factor,
                    "seed": o.seed, "precision_in_search": o.precision,
+                   "steps_per_epoch": o.steps_per_epoch,  # 0: one pass over the training
                    "augmentation": {"rotation_deg": o.augment_rotation_deg,
                                     "scale": o.augment_scale, "shift": o.augment_shift,
                                     "intensity": o.augment_intensity, "flips": True}},

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,10 @@ AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
                     "augment_scale": PipelineConfig.max_scale,
                     "augment_shift": PipelineConfig.max_shift,
                     "augment_intensity": PipelineConfig.intensity}
+# steps_per_epoch 0: an epoch is one pass over the fold's training slices.
 DEFAULTS = {"max_epochs": 9, "factor": 3, "hyperband_iterations": 1, "image_size": 128,
-            "batch_size": 8, "folds": 3, "normalization": "zscore", **AUGMENT_DEFAULTS}
+            "batch_size": 8, "folds": 3, "normalization": "zscore", "steps_per_epoch": 0,
+            **AUGMENT_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class SearchOptions:
     augment_scale: float = 0.1
     augment_shift: float = 0.0
     augment_intensity: float = 0.1
+    # Run folders written before it was an option trained one pass per epoch.
+    steps_per_epoch: int = 0
 
     def pipeline(self, batch_size: int | None = None) -> PipelineConfig:
         """The search's pipeline settings (``.training()`` adds shuffling and the
@@ -93,6 +97,9 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         if merged[key] < 1:
             opt = "--iterations" if key == "hyperband_iterations" else f"--{key.replace('_', '-')}"
             raise UserError(f"{opt}: {merged[key]} must be at least 1")
+    if merged["steps_per_epoch"] < 0:
+        raise UserError(f"--steps-per-epoch: {merged['steps_per_epoch']} must be 0 (one pass "
+                        "over each fold's training slices) or more")
     if given.get("max_trials") is not None and given["max_trials"] < 1:
         raise UserError(f"--max-trials: {given['max_trials']} must be at least 1")
     if merged["factor"] < 2:
@@ -117,8 +124,10 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
     record = out / SEARCH_FILE
     if record.is_file() and not overwrite:
         previous = json.loads(record.read_text(encoding="utf-8"))
+        # An option added since the run was written counts as the value it trained with.
+        legacy = {f.name: f.default for f in fields(SearchOptions) if f.default is not MISSING}
         changed = [k for k, v in asdict(options).items()
-                   if json.dumps(previous.get(k)) != json.dumps(v)]
+                   if json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
         if changed:
             raise UserError(f"{out}: holds a search with other options ({', '.join(changed)}); "
                             "re-run with the same options to resume, or choose another "
@@ -358,7 +367,8 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
         print(f"mirrored strategy over {replicas} devices: batch size {options.batch_size} "
               f"per replica, {options.batch_size * replicas} per step", flush=True)
     config = options.pipeline(options.batch_size * replicas)
-    cv = CrossValidation(Path(options.data), split, config, replicas=replicas)
+    cv = CrossValidation(Path(options.data), split, config, replicas=replicas,
+                         steps_per_epoch=options.steps_per_epoch)
     hypermodel = SegmentationHyperModel(sp, options.image_size, num_classes=len(m["classes"]),
                                         jit_compile=options.jit)
     # keras-tuner announces a resume with a bare print; ours below says more.

@@ -57,7 +57,7 @@ AUGMENT_LIMITS = {"augment_rotation_deg": 180.0, "augment_scale": 0.9, "augment_
 
 SEARCH_OPTIONS: dict[str, type] = {
     "max_epochs": int, "factor": int, "hyperband_iterations": int, "image_size": int,
-    "batch_size": int, "folds": int, "normalization": str,
+    "batch_size": int, "folds": int, "normalization": str, "steps_per_epoch": int,
     **dict.fromkeys(AUGMENT_LIMITS, float),
 }
 
@@ -221,7 +221,10 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         allowed = (int, float) if kind is float else kind  # TOML writes 180 as an integer
         if not isinstance(value, allowed) or isinstance(value, bool):
             raise UserError(f"{path}: [search] {key} must be a "
-                            f"{'number' if kind is float else kind.__name__}")
+                            f"{ {float: 'number', int: 'whole number'}.get(kind, 'string')}")
+        if key == "steps_per_epoch" and value < 0:
+            raise UserError(f"{path}: [search] steps_per_epoch = {value} must be 0 (one pass "
+                            "over each fold's training slices) or more")
         if key in AUGMENT_LIMITS and not 0 <= value <= AUGMENT_LIMITS[key]:
             raise UserError(f"{path}: [search] {key} = {value} is out of range; use 0 "
                             f"(none) to {AUGMENT_LIMITS[key]:g}")

@@ -310,7 +310,8 @@ class CVHyperband(keras_tuner.Hyperband):
             # Validation first: the callbacks after it see val_dice in the epoch's logs.
             callbacks = [validation, monitor,
                          *scheduler(trial.hyperparameters.values, self.max_epochs)]
-            history = model.fit(**self.cv.fold(k), epochs=epochs, initial_epoch=initial,
+            fold = self.cv.fold(k)
+            history = model.fit(**fold, epochs=epochs, initial_epoch=initial,
                                 callbacks=callbacks, shuffle=False, verbose=0)
         except Exception as exc:  # noqa: BLE001 - classify, then re-raise
             if isinstance(exc, MemoryError) or "ResourceExhausted" in type(exc).__name__:
@@ -336,6 +337,7 @@ class CVHyperband(keras_tuner.Hyperband):
             "tuner_id": self.tuner_id,
             "initial_epoch": initial,
             "epochs": epochs,
+            "steps_per_epoch": fold["steps_per_epoch"],
             "resumed_from": resumed_from,
             "train_patients": self.cv.patients(k, "train"),
             "val_patients": self.cv.patients(k, "val"),

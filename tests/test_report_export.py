@@ -21,7 +21,7 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     """A finished 2-fold search with one held-out test patient."""
     out = tmp_path_factory.mktemp("search") / "run"
     run_search(tiny_data, out, str(TINY), folds=2, test_patients=1, max_epochs=2, factor=2,
-               image_size=32, batch_size=4, seed=3, verbose=False)
+               image_size=32, batch_size=4, seed=3, steps_per_epoch=3, verbose=False)
     return out
 
 
@@ -111,6 +111,8 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     assert (model_dir / "model.onnx").is_file() and card["onnx"] == "written"
     assert card["training"]["mode"] == "retrain"
     assert card["training"]["epochs"] == card["cross_validation"]["best_epoch"]
+    # The search's epochs were 3 batches each; the retraining's are too.
+    assert card["search"]["steps_per_epoch"] == card["training"]["steps_per_epoch"] == 3
     split = json.loads((tiny_run / "splits.json").read_text())
     assert sorted(card["training"]["patients"]) == sorted(
         {p for f in split["folds"] for p in f["val"]})

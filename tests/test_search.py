@@ -21,7 +21,9 @@ def _trial_dirs(out):
 def test_two_fold_search_keeps_folds_apart_and_resumes_promotions(tiny_data, tmp_path):
     out = tmp_path / "run"
     summary = run_search(tiny_data, out, str(TINY), folds=2, test_patients=1, max_epochs=2,
-                         factor=2, image_size=32, batch_size=4, seed=1, verbose=False)
+                         factor=2, image_size=32, batch_size=4, steps_per_epoch=3, seed=1,
+                         verbose=False)
+    assert json.loads((out / "search.json").read_text())["steps_per_epoch"] == 3
     split = splits.load(out / "splits.json")
     assert len(split["folds"]) == 2 and len(split["test"]) == 1
     completed = summary["completed"]
@@ -34,7 +36,7 @@ def test_two_fold_search_keeps_folds_apart_and_resumes_promotions(tiny_data, tmp
             fold = tdir / f"fold_{k}"
             assert (fold / CHECKPOINT).is_file()
             result = json.loads((fold / RESULT).read_text())
-            assert result["fold"] == k
+            assert result["fold"] == k and result["steps_per_epoch"] == 3
             train, val = set(result["train_patients"]), set(result["val_patients"])
             assert train and val and not train & val
             assert not (train | val) & set(split["test"])
@@ -68,6 +70,18 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
     with pytest.raises(UserError, match="other options"):
         run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, factor=2, image_size=32,
                    batch_size=4, verbose=False)
+    # A run written before steps_per_epoch existed trained one pass per epoch: the same
+    # command resumes it (nothing left to run), another step count does not.
+    record = out / "search.json"
+    options = json.loads(record.read_text())
+    del options["steps_per_epoch"]
+    record.write_text(json.dumps(options))
+    summary = run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2,
+                         image_size=32, batch_size=4, verbose=False)
+    assert summary["completed"] and not summary["failed"]
+    with pytest.raises(UserError, match=r"other options \(steps_per_epoch\)"):
+        run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2, image_size=32,
+                   batch_size=4, steps_per_epoch=2, verbose=False)
 
 
 def test_out_of_memory_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_path,

@@ -51,6 +51,10 @@ def _write(tmp_path, body):
      "augment_scale = -0.1 is out of range"),
     ("[hyperparameters]\n" + GOOD + '\n[search]\naugment_shift = "a lot"',
      "augment_shift must be a number"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\nsteps_per_epoch = -1",
+     "steps_per_epoch = -1 must be 0"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\nsteps_per_epoch = 2.5",
+     "steps_per_epoch must be a whole number"),
     ("[hyperparameters\n", "not valid TOML"),
     ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }",
                                           "depth = { values = [2], max = 3 }"), "mixes"),
@@ -121,3 +125,14 @@ def test_augmentation_comes_from_the_space_and_reaches_the_training_pipeline(tmp
     old = {k: v for k, v in asdict(options).items() if not k.startswith("augment_")}
     legacy = SearchOptions(**old).pipeline()
     assert (legacy.max_rotation_deg, legacy.max_scale, legacy.intensity) == (10.0, 0.1, 0.1)
+
+
+def test_steps_per_epoch_comes_from_the_space_or_the_command_line(tmp_path):
+    from lvseg_search.search import resolve_options
+
+    path = _write(tmp_path, f"[hyperparameters]\n{GOOD}\n[search]\nsteps_per_epoch = 7\n")
+    assert resolve_options(load_space(path), tmp_path, image_size=64).steps_per_epoch == 7
+    given = resolve_options(load_space(path), tmp_path, image_size=64, steps_per_epoch=0)
+    assert given.steps_per_epoch == 0  # 0 on the command line: one pass, over the space's 7
+    with pytest.raises(UserError, match=r"^--steps-per-epoch: -3 must be 0 \(one pass"):
+        resolve_options(load_space("quick"), tmp_path, image_size=64, steps_per_epoch=-3)
