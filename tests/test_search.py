@@ -158,13 +158,13 @@ def test_search_command_on_the_real_subset(real_prepared, tmp_path, capfd):
     out = tmp_path / "run"
     assert main(["search", "--data", str(real_prepared), "--space", str(TINY), "--out",
                  str(out), "--folds", "3", "--max-epochs", "1", "--image-size", "32",
-                 "--batch-size", "8"]) == 0
+                 "--batch-size", "8", "--steps-per-epoch", "2"]) == 0
     printed = capfd.readouterr().out  # trials run in a child process: read the real stdout
     assert "fold 3/3" in printed and "epoch 1/1" in printed and "best CV Dice" in printed
     assert "1 trials completed, 0 failed" in printed
     results = [json.loads(p.read_text()) for p in sorted(out.glob("tuner/trial_*/fold_*/"
                                                                   + RESULT))]
-    assert len(results) == 3
+    assert len(results) == 3 and all(r["steps_per_epoch"] == 2 for r in results)
     assert sorted(v for r in results for v in r["val_patients"]) == [
         "SCD0000101", "SCD0000201", "SCD0000301"]
 
