@@ -20,7 +20,7 @@ from lvseg_search import manifest as manifest_mod
 from lvseg_search import shards
 from lvseg_search.errors import UserError
 from lvseg_search.evaluation import Reference, reference, score_image, volume_dice
-from lvseg_search.postprocess import largest_region
+from lvseg_search.postprocess import keep_largest_regions
 
 LV = 1
 
@@ -109,8 +109,8 @@ def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: Sequence[np
             chunk = indices[start:start + batch_size]
             out = predict(np.stack([images[i] for i in chunk]))
             for i, p, m in zip(chunk, np.asarray(out["probabilities"]),
-                               np.asarray(out["mask"]), strict=True):
-                probs[i], masks[i] = p, largest_region(m).astype(m.dtype)
+                               keep_largest_regions(np.asarray(out["mask"])), strict=True):
+                probs[i], masks[i] = p, m
     return probs, masks
 
 

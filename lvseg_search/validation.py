@@ -25,7 +25,7 @@ import numpy as np
 from keras import ops
 
 from lvseg_search.evaluation import dice
-from lvseg_search.postprocess import largest_region
+from lvseg_search.postprocess import keep_largest_regions, largest_region
 from lvseg_search.scoring import LV, PatientImages, same_size_groups
 from lvseg_search.serving import Preprocess, RestoreSize
 
@@ -158,7 +158,8 @@ class FoldValidation(keras.callbacks.Callback):
             for group in same_size_groups(p.images):
                 raw = np.stack([p.images[i] for i in group])
                 _, mask = restore(probs[group], raw)
-                for i, m in zip(group, ops.convert_to_numpy(mask), strict=True):
-                    masks[i] = largest_region(m).astype(m.dtype)
+                for i, m in zip(group, keep_largest_regions(ops.convert_to_numpy(mask)),
+                                strict=True):
+                    masks[i] = m
             out.append(masks)
         return out
