@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from lvseg_search import atomic, manifest, splits
-from lvseg_search._tf import exit_without_teardown
 from lvseg_search.errors import UserError
 from lvseg_search.pipeline import PipelineConfig
 from lvseg_search.space import SearchSpace, check_image_size, load_space
@@ -231,120 +230,44 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
         host, port = distribute.parse_address(worker, "--worker")
         distribute.configure("worker", host, port, tuner_id)
     role = distribute.role_from_environment()
-    if role == "worker":
-        distribute.wait_for_chief(os.environ[distribute.ENV_IP],
-                                  int(os.environ[distribute.ENV_PORT]), connect_timeout)
-        options, sp, split = _load_run(out, data)
-    else:
-        sp = load_space(space)
-        if data is None:
-            raise UserError("--data: required (only workers read it from the run folder)")
-        options = resolve_options(sp, data, **given)
-        split = _prepare_run(out, options, overwrite, splits_file)
+    if recycle_every is not None and recycle_every < 1:
+        raise UserError(f"--recycle-every: {recycle_every} must be at least 1 (or 0: never)")
+    child = None
+    if recycle_every and role is None:
+        from lvseg_search.recycle import SearchProcess
+
+        child = SearchProcess()  # loads TensorFlow while this process prepares the run
+    try:
+        if role == "worker":
+            distribute.wait_for_chief(os.environ[distribute.ENV_IP],
+                                      int(os.environ[distribute.ENV_PORT]), connect_timeout)
+            options, sp, split = _load_run(out, data)
+        else:
+            sp = load_space(space)
+            if data is None:
+                raise UserError("--data: required (only workers read it from the run folder)")
+            options = resolve_options(sp, data, **given)
+            split = _prepare_run(out, options, overwrite, splits_file)
+    except BaseException:
+        if child is not None:
+            child.cancel()
+        raise
     if role == "chief":
         host = os.environ[distribute.ENV_IP]
         print(f"chief: serving the oracle on {host}:{os.environ[distribute.ENV_PORT]}"
               + (" (loopback only: pass --chief 0.0.0.0:PORT to accept other machines)"
                  if host.startswith("127.") or host == "localhost" else ""), flush=True)
-    if recycle_every is not None and recycle_every < 1:
-        raise UserError(f"--recycle-every: {recycle_every} must be at least 1 (or 0: never)")
-    if recycle_every and role is None:
-        summary = _search_recycled(out, sp, options, split, verbose=verbose, strategy=strategy,
-                                   every=recycle_every)
+    if child is not None:
+        from lvseg_search.recycle import search_recycled
+
+        summary = search_recycled(child, recycle_every, verbose, out=out, sp=sp,
+                                  options=options, split=split, strategy=strategy)
     else:
         summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy,
                           role=role)
     summary["wall_seconds"] = time.perf_counter() - start
     if role != "worker":
         print_top(summary, len(split["folds"]))
-    return summary
-
-
-def _search_chunk(queue, out: Path, sp: SearchSpace, options: SearchOptions,
-                  split: dict[str, Any], verbose: bool, strategy: str | None, budget: int,
-                  first: bool, parent_pid: int) -> None:
-    """A child process's share of a recycled search; reports back through ``queue``."""
-    import traceback
-
-    _die_with_parent(parent_pid)
-    try:
-        summary = _search(out, sp, options, split, verbose=verbose, strategy=strategy,
-                          role=None, trial_budget=budget, header=first)
-        # The summary goes back too: reading trials in the parent would import
-        # TensorFlow there (keras-tuner) only to print the table.
-        queue.put(summary)
-    except UserError as exc:
-        queue.put({"user_error": str(exc)})
-    except BaseException:  # noqa: BLE001 - reported by the parent
-        queue.put({"error": traceback.format_exc()})
-    # Everything is on disk; once the message is sent, skip TensorFlow's teardown,
-    # which the parent would wait for in join.
-    queue.close()
-    queue.join_thread()
-    exit_without_teardown(0)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Asks Linux to kill this process when its parent dies (a killed ``search`` must
-    not leave its trial running on); elsewhere a no-op."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the request took effect
-        os._exit(1)
-
-
-def _search_recycled(out: Path, sp: SearchSpace, options: SearchOptions,
-                     split: dict[str, Any], *, verbose: bool, strategy: str | None,
-                     every: int) -> dict[str, Any]:
-    """Runs the search ``every`` trials per child process until Hyperband is done.
-
-    keras-tuner's own loop runs in each child; the run folder carries the oracle's
-    state from one child to the next (the same resume as after a kill).
-    """
-    import multiprocessing
-    import queue as queue_mod
-
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, no inherited graphs
-    total: dict[str, Any] = {"batch_seconds": 0.0, "trial_log": [], "replicas": 1,
-                             "processes": 0}
-    first = True
-    while True:
-        channel = ctx.Queue()
-        proc = ctx.Process(target=_search_chunk, args=(channel, out, sp, options, split,
-                                                      verbose, strategy, every, first,
-                                                      os.getpid()))
-        proc.start()
-        total["processes"] += 1
-        message = None
-        while message is None:
-            try:
-                message = channel.get(timeout=0.5)
-            except queue_mod.Empty:
-                if not proc.is_alive() and channel.empty():
-                    break
-        proc.join()
-        if message is None:
-            raise UserError(f"{out}: the search process stopped (exit code {proc.exitcode}, "
-                            "out of memory?); re-run the same command to resume")
-        if "user_error" in message:
-            raise UserError(message["user_error"])
-        if "error" in message:
-            raise RuntimeError(f"search process failed:\n{message['error']}")
-        total["batch_seconds"] += message["batch_seconds"]
-        total["trial_log"] += message["trial_log"]
-        total["replicas"] = message["replicas"]
-        if not message["recycle"]:
-            summary = {k: v for k, v in message.items() if k not in total}
-            break
-        first = False
-        if verbose:
-            print(f"(fresh search process after {every} trials: it frees the graphs "
-                  "TensorFlow keeps of every trained model; resuming)", flush=True)
-    summary.update(total)
     return summary
 
 

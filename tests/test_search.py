@@ -211,3 +211,17 @@ def test_recycled_search_runs_its_trials_in_fresh_processes(tiny_data, tmp_path)
     promoted = [t for t in summary["completed"] if "tuner/trial_id" in t["hyperparameters"]]
     assert promoted and all(pid_of[t["trial_id"]] != pid_of[t["hyperparameters"]["tuner/trial_id"]]
                             for t in promoted)
+
+
+def test_recycled_search_with_bad_options_stops_its_early_child(tiny_data, tmp_path):
+    import multiprocessing
+
+    from lvseg_search.errors import UserError
+
+    # The first child starts before the options are checked; a bad option must end it
+    # at once and leave no run folder.
+    with pytest.raises(UserError, match="--factor"):
+        run_search(tiny_data, tmp_path / "run", str(TINY), factor=1, verbose=False,
+                   recycle_every=2)
+    assert not (tmp_path / "run").exists()
+    assert not multiprocessing.active_children()
