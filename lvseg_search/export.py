@@ -348,9 +348,8 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
         "outputs": {"probabilities": "float32 [batch, height, width], LV probability at the "
                                      "input size",
                     "mask": "uint8 [batch, height, width], 1 = LV blood pool"},
-        "postprocessing": "keep each image's largest 4-connected region of mask (scores, "
-                          "cross-validation and 'lvseg-search predict' do; the exported "
-                          "mask is before it)",
+        "postprocessing": "mask is each image's largest 4-connected region of the "
+                          "network's arg-max, inside the model (as scored)",
         "formats": files,
         "onnx": onnx_status,
         "parity_max_abs_diff": parity,

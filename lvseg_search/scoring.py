@@ -104,6 +104,8 @@ def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: Sequence[np
     """
     probs: list[Any] = [None] * len(images)
     masks: list[Any] = [None] * len(images)
+    # Serving models keep the largest region themselves (then this changes nothing);
+    # models exported before they did, and plain predictors, deliver the arg-max.
     for indices in same_size_groups(images):
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]

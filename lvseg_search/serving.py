@@ -1,11 +1,11 @@
 """The deployable model: raw stored pixel values ``[batch, H, W]`` of any size in, LV
-probabilities and mask at the input size out.
+probabilities and mask (its largest region) at the input size out.
 
 The search trains networks on normalized ``S x S`` images; this wraps one (or an
 ensemble of several) with the same per-image normalization and resizing the training
 pipeline applies, so every exported format (SavedModel, ``.keras``, TFLite) and
 ``predict`` run exactly one code path. ``keras.ops`` only: the wrapper is plain Keras
-and loads with ``safe_mode=True`` once this module is imported (it registers the two
+and loads with ``safe_mode=True`` once this module is imported (it registers the
 layers below).
 """
 
@@ -123,6 +123,84 @@ class RestoreSize(layers.Layer):
         return {**super().get_config(), "class_id": self.class_id}
 
 
+def region_labels(binary):
+    """Labels the 4-connected regions of binary masks ``[B, H, W]``.
+
+    Every foreground pixel starts with its own flat index and takes the smallest index
+    among its 4 neighbours until nothing changes; in the same step it also takes the
+    label of the pixel its label points to (pointer jumping: a label is always the index
+    of a pixel of the same region), so a compact region settles in a few dozen steps,
+    not in as many as it is long.
+
+    Returns:
+        int32 ``[B, H, W]``: per foreground pixel, the flat index of its region's first
+        pixel in raster order (scipy's labelling order); ``H * W`` for background.
+    """
+    shape = ops.shape(binary)
+    batch, height, width = shape[0], shape[1], shape[2]
+    n = height * width
+    foreground = ops.greater(binary, 0)
+    background = ops.cast(n, "int32")
+    index = ops.reshape(ops.arange(n, dtype="int32"), (1, height, width))
+
+    def step(labels):
+        padded = ops.pad(labels, ((0, 0), (1, 1), (1, 1)), constant_values=n)
+        neighbours = ops.minimum(
+            ops.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]),
+            ops.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]))
+        labels = ops.reshape(ops.where(foreground, ops.minimum(labels, neighbours),
+                                       background), (batch, -1))
+        pointed = ops.take_along_axis(labels, ops.minimum(labels, background - 1), axis=1)
+        labels = ops.where(labels < background, ops.minimum(labels, pointed), background)
+        return ops.reshape(labels, (batch, height, width))
+
+    def body(labels, changed):
+        new = step(labels)
+        return new, ops.any(ops.not_equal(new, labels))
+
+    labels, _ = ops.while_loop(lambda labels, changed: changed, body,
+                               (ops.where(foreground, index, background),
+                                ops.convert_to_tensor(True)))
+    return labels
+
+
+@keras.saving.register_keras_serializable(package="lvseg_search")
+class LargestRegion(layers.Layer):
+    """Keeps each image's largest 4-connected region of binary masks ``[B, H, W]``
+    (uint8): ``postprocess.largest_region`` inside the graph, so that every exported
+    format delivers the masks the search and ``export`` scored (tested equal).
+
+    Written by hand: Keras has no connected-components op, and TensorFlow's (in the
+    retired TensorFlow Addons) converts to neither TFLite nor ONNX. Regions are visited
+    in the order of their first pixel and the first of equally large ones is kept, as
+    with scipy's labels. A mask of many regions costs one pass over it per region.
+    """
+
+    def call(self, binary):
+        labels = region_labels(binary)
+        batch = ops.shape(binary)[0]
+        flat = ops.reshape(labels, (batch, -1))
+        background = ops.cast(ops.shape(flat)[1], "int32")
+
+        def body(remaining, best, best_size):
+            current = ops.min(remaining, axis=1, keepdims=True)
+            size = ops.sum(ops.cast(ops.logical_and(ops.equal(flat, current),
+                                                    flat < background), "int32"),
+                           axis=1, keepdims=True)
+            larger = ops.greater(size, best_size)
+            return (ops.where(ops.equal(remaining, current), background, remaining),
+                    ops.where(larger, current, best), ops.where(larger, size, best_size))
+
+        none = ops.zeros_like(flat[:, :1])
+        _, best, _ = ops.while_loop(lambda remaining, *_: ops.any(remaining < background),
+                                    body, (flat, none + background, none))
+        keep = ops.logical_and(ops.equal(flat, best), flat < background)
+        return ops.reshape(ops.cast(keep, "uint8"), ops.shape(binary))
+
+    def compute_output_shape(self, binary_shape):
+        return binary_shape
+
+
 def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                         normalization: str, class_id: int = 1) -> keras.Model:
     """Wraps trained networks into the deployable model.
@@ -136,7 +214,7 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
 
     Returns:
         A model from ``raw`` int16 ``[B, H, W]`` to ``{"probabilities": float32 [B, H, W],
-        "mask": uint8 [B, H, W]}``.
+        "mask": uint8 [B, H, W]}``, the mask being the largest region of the arg-max.
     """
     raw = keras.Input((None, None), dtype="int16", name="raw")
     x = Preprocess(image_size, normalization, name="preprocess", dtype="float32")(raw)
@@ -149,6 +227,7 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
     outputs = [net(x) for net in networks]
     probs = outputs[0] if len(outputs) == 1 else layers.Average(name="ensemble")(outputs)
     lv, mask = RestoreSize(class_id, name="restore_size", dtype="float32")(probs, raw)
+    mask = LargestRegion(name="largest_region")(mask)
     return keras.Model(raw, {"probabilities": lv, "mask": mask}, name="lvseg")
 
 
@@ -170,6 +249,7 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
     """
     pre = Preprocess(image_size, normalization, dtype="float32")
     post = RestoreSize(class_id, dtype="float32")
+    largest = LargestRegion()
 
     def predict(raw) -> dict:
         raw = ops.convert_to_tensor(raw, dtype="int16")
@@ -177,6 +257,7 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
         probs = outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs), axis=0)
         lv, mask = post(probs, raw)
-        return {"probabilities": ops.convert_to_numpy(lv), "mask": ops.convert_to_numpy(mask)}
+        return {"probabilities": ops.convert_to_numpy(lv),
+                "mask": ops.convert_to_numpy(largest(mask))}
 
     return predict

@@ -58,3 +58,60 @@ def test_segment_delivers_the_largest_region_and_the_raw_probabilities():
 def test_contours_trace_the_largest_region():
     points = contour_mm(_two_regions(), (1.0, 1.0))
     assert points[:, 0].max() < 8.5 and points[:, 1].max() < 8.5
+
+
+def _masks_for_the_graph() -> np.ndarray:
+    """Masks where labelling is easy to get wrong: a long snake (many steps), equal
+    regions (ties), diagonal touches, one-pixel regions, an empty and a full mask."""
+    rng = np.random.default_rng(0)
+    masks = (rng.random((8, 23, 31)) > 0.45).astype(np.uint8)
+    masks[0] = 0
+    masks[1] = 1
+    snake = np.zeros((23, 31), np.uint8)
+    snake[::2] = 1
+    for r in range(1, 23, 2):
+        snake[r, 30 if r % 4 == 1 else 0] = 1
+    masks[2] = snake
+    masks[3] = 0
+    masks[3, 2:5, 2:5] = masks[3, 10:13, 20:23] = 1  # two regions of 9: the first wins
+    masks[4] = 0
+    masks[4, ::2, ::2] = 1  # only diagonal touches: all one-pixel regions
+    return masks
+
+
+def test_largest_region_layer_equals_the_scipy_post_processing():
+    import keras
+
+    from lvseg_search.serving import LargestRegion
+
+    masks = _masks_for_the_graph()
+    expected = np.stack(keep_largest_regions(masks))
+    eager = np.asarray(LargestRegion()(masks))
+    inp = keras.Input((None, None), dtype="uint8")
+    traced = keras.Model(inp, LargestRegion()(inp)).predict_on_batch(masks)
+    for got in (eager, np.asarray(traced)):
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_serving_model_delivers_the_largest_region_of_its_own_mask():
+    import keras
+
+    from lvseg_search.serving import build_serving_model
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16, 16, 1))
+    net = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same", activation="softmax")(inp))
+    model = build_serving_model([net], 16, "zscore")
+    raw_mask = keras.Model(model.input, model.get_layer("restore_size").output[1])
+    images = np.random.default_rng(1).integers(0, 1000, (3, 37, 29)).astype(np.int16)
+    before = np.asarray(raw_mask.predict_on_batch(images))
+    assert max(len(np.unique(_label(m))) for m in before) > 3  # several regions to drop
+    after = np.asarray(model.predict_on_batch(images)["mask"])
+    np.testing.assert_array_equal(after, np.stack(keep_largest_regions(before)))
+
+
+def _label(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.label(mask)[0]
