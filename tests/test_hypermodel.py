@@ -97,7 +97,7 @@ def test_losses_are_small_for_perfect_and_large_for_wrong_predictions():
 
 
 def test_model_code_builds_and_trains_under_jax_without_tensorflow():
-    """Model, loss and metric modules must work where only JAX is installed."""
+    """Model, loss, metric and serving modules must work where only JAX is installed."""
     code = textwrap.dedent("""
         import os, sys
         os.environ["KERAS_BACKEND"] = "jax"
@@ -117,7 +117,17 @@ def test_model_code_builds_and_trains_under_jax_without_tensorflow():
         history = model.fit(x, y, epochs=1, batch_size=4, verbose=0)
         print(keras.backend.backend(), model.output_shape, sorted(history.history),
               build_lab_fcn(32, 2).name)
+        # The deployable wrapper too, with its in-graph post-processing.
+        from lvseg_search.postprocess import keep_largest_regions
+        from lvseg_search.serving import LargestRegion, build_serving_model
+        raw = np.random.default_rng(1).integers(0, 900, (2, 40, 48)).astype("int16")
+        out = build_serving_model([model], 32, "zscore").predict_on_batch(raw)
+        masks = (np.random.default_rng(2).random((3, 20, 24)) > 0.5).astype("uint8")
+        same = np.array_equal(np.asarray(LargestRegion()(masks)),
+                              np.stack(keep_largest_regions(masks)))
+        print("serving", tuple(out["mask"].shape), same)
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "jax (None, 32, 32, 2) ['dice', 'loss'] lab_fcn" in proc.stdout
+    assert "serving (2, 40, 48) True" in proc.stdout
