@@ -5,7 +5,9 @@ network predicts is a false positive (typically part of the right ventricle or a
 vessel). Removing all but the largest region is nnU-Net's standard post-processing; on
 the real Sunnybrook subset it raised the best search's fold Dice by 0.03-0.05. The
 search scores masks after this step, and ``predict`` delivers them after it, so the
-objective is the quality users get. SciPy's labelling does the connected components.
+objective is the quality users get. SciPy's labelling does the connected components;
+the exported models do the same inside their graph (``serving.LargestRegion``, tested
+equal to this).
 """
 
 from __future__ import annotations

@@ -124,13 +124,16 @@ class RestoreSize(layers.Layer):
 
 
 def region_labels(binary):
-    """Labels the 4-connected regions of binary masks ``[B, H, W]``.
+    """Labels the 4-connected regions of binary masks.
 
     Every foreground pixel starts with its own flat index and takes the smallest index
     among its 4 neighbours until nothing changes; in the same step it also takes the
     label of the pixel its label points to (pointer jumping: a label is always the index
     of a pixel of the same region), so a compact region settles in a few dozen steps,
     not in as many as it is long.
+
+    Args:
+        binary: Masks ``[B, H, W]``, nonzero = foreground (any integer or bool dtype).
 
     Returns:
         int32 ``[B, H, W]``: per foreground pixel, the flat index of its region's first
@@ -181,12 +184,14 @@ class LargestRegion(layers.Layer):
         batch = ops.shape(binary)[0]
         flat = ops.reshape(labels, (batch, -1))
         background = ops.cast(ops.shape(flat)[1], "int32")
+        # Once an image's regions are all visited its `current` is the background label,
+        # which must count as no region.
+        foreground = flat < background
 
         def body(remaining, best, best_size):
             current = ops.min(remaining, axis=1, keepdims=True)
-            size = ops.sum(ops.cast(ops.logical_and(ops.equal(flat, current),
-                                                    flat < background), "int32"),
-                           axis=1, keepdims=True)
+            size = ops.sum(ops.cast(ops.logical_and(ops.equal(flat, current), foreground),
+                                    "int32"), axis=1, keepdims=True)
             larger = ops.greater(size, best_size)
             return (ops.where(ops.equal(remaining, current), background, remaining),
                     ops.where(larger, current, best), ops.where(larger, size, best_size))
@@ -194,7 +199,7 @@ class LargestRegion(layers.Layer):
         none = ops.zeros_like(flat[:, :1])
         _, best, _ = ops.while_loop(lambda remaining, *_: ops.any(remaining < background),
                                     body, (flat, none + background, none))
-        keep = ops.logical_and(ops.equal(flat, best), flat < background)
+        keep = ops.logical_and(ops.equal(flat, best), foreground)
         return ops.reshape(ops.cast(keep, "uint8"), ops.shape(binary))
 
     def compute_output_shape(self, binary_shape):
