@@ -1,14 +1,20 @@
 """Search overhead and memory across trials.
 
 1. A 10-trial cross-validated search on the real Sunnybrook shards: wall time over
-   time spent inside training batches (target <= 1.3). With --stock, the same 10
-   trials through stock keras-tuner Hyperband (one train/val split) for comparison.
+   time spent inside training batches (target <= 1.3), and the fixed cost per fold
+   model trained (wall minus batches, per fit). Two settings: "small", the smallest
+   trials (batch 8, one pass over a fold's ~37 training slices per epoch, 5 batches;
+   max 3 epochs, factor 3), where fixed costs weigh most; and "readme", the first 10
+   trials of the real-subset search the README gives (batch 4, 30 batches per epoch,
+   max 30 epochs, factor 10). With --stock, the small trials through stock keras-tuner
+   Hyperband (one train/val split, Keras's own validation) for comparison.
 2. Process RSS after trials 1, 10, 50 and 100 of a 100-trial search of tiny models
    (target: growth <= 5% from trial 10 to 100), as the command line runs it: a fresh
    process every --recycle-every trials (0: all in one process, to see the leak).
 
     python benchmarks/search_overhead.py [--data ../shared/data/sunnybrook-subset]
-        [--trials 10] [--memory-trials 100] [--recycle-every 10] [--stock]
+        [--trials 10] [--settings small,readme] [--memory-trials 100]
+        [--recycle-every 10] [--stock]
 """
 
 from __future__ import annotations
@@ -42,26 +48,32 @@ learning_rate = { min = 1e-4, max = 1e-2, sampling = "log" }
 """
 
 
-def overhead(data_dir: Path, tmp: Path, trials: int, image_size: int,
-             recycle: int | None) -> dict:
+SETTINGS = {
+    "small": ["--max-epochs", "3", "--factor", "3", "--iterations", "2", "--batch-size", "8"],
+    "readme": ["--max-epochs", "30", "--factor", "10", "--batch-size", "4",
+               "--steps-per-epoch", "30"],
+}
+
+
+def overhead(data_dir: Path, out: Path, trials: int, image_size: int,
+             recycle: int | None, settings: str) -> dict:
     """Times the search as users run it: the command line in its own process (one
     TensorFlow import, trials in a child process when recycling)."""
     import json
     import subprocess
     import sys
 
-    out = tmp / "overhead"
     cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(data_dir), "--space",
-           "quick", "--out", str(out), "--folds", "3", "--max-epochs", "3", "--factor", "3",
-           "--iterations", "2", "--max-trials", str(trials), "--image-size", str(image_size),
-           "--batch-size", "8", "--seed", "0", "--quiet", "--recycle-every", str(recycle or 0)]
+           "quick", "--out", str(out), "--folds", "3", "--max-trials", str(trials),
+           "--image-size", str(image_size), "--seed", "0", "--quiet",
+           "--recycle-every", str(recycle or 0), *SETTINGS[settings]]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     results = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/fold_*/result.json")]
     trials_done = len(list(out.glob("tuner/trial_*/trial.json")))
     return {"wall_seconds": wall, "batch_seconds": sum(r["batch_seconds"] for r in results),
-            "trials": trials_done}
+            "trials": trials_done, "fits": len(results)}
 
 
 def breakdown(run: Path, wall: float) -> str:
@@ -143,8 +155,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--memory-trials", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--settings", default="small,readme",
+                        help="comma-separated: small (one-pass epochs), readme (the README's "
+                        "real-subset settings)")
     parser.add_argument("--stock", action="store_true",
-                        help="also time stock keras-tuner Hyperband on the same budget")
+                        help="also time stock keras-tuner Hyperband on the small trials")
     parser.add_argument("--recycle-every", type=int, default=10,
                         help="fresh search process every N trials (0: one process)")
     parser.add_argument("--skip-memory", action="store_true")
@@ -155,19 +170,25 @@ def main() -> None:
         tmp = Path(tmp_name)
         data = tmp / "real"
         prepare(args.data, data, progress=False)
-        if not args.skip_overhead:
-            s = overhead(data, tmp, args.trials, args.image_size, recycle)
-            print(f"[overhead] {s['trials']} trials x 3 folds, real shards at {args.image_size}px: "
-                  f"wall {s['wall_seconds']:.1f} s, inside training batches "
-                  f"{s['batch_seconds']:.1f} s, ratio "
-                  f"{s['wall_seconds'] / s['batch_seconds']:.2f}")
-            print("[overhead] where the time went: " + breakdown(tmp / "overhead",
-                                                                s["wall_seconds"]))
+        for name in [] if args.skip_overhead else args.settings.split(","):
+            if name not in SETTINGS:
+                parser.error(f"--settings: unknown {name!r}; choose {', '.join(SETTINGS)}")
+            run = tmp / f"overhead-{name}"
+            s = overhead(data, run, args.trials, args.image_size, recycle, name)
+            print(f"[overhead] {name} ({' '.join(SETTINGS[name])}): {s['trials']} trials x 3 "
+                  f"folds, real shards at {args.image_size}px: wall {s['wall_seconds']:.1f} s, "
+                  f"inside training batches {s['batch_seconds']:.1f} s, ratio "
+                  f"{s['wall_seconds'] / s['batch_seconds']:.2f}; fixed cost "
+                  f"{(s['wall_seconds'] - s['batch_seconds']) / s['fits']:.2f} s per fold "
+                  f"model ({s['fits']} fits)")
+            print(f"[overhead] {name}, where the time went: " + breakdown(run,
+                                                                         s["wall_seconds"]))
         if args.stock:
             wall, batches = stock_overhead(data, tmp, args.trials, args.image_size)
-            print(f"[overhead] stock keras-tuner, {args.trials} trials on one split: wall "
-                  f"{wall:.1f} s, inside training batches {batches:.1f} s, ratio "
-                  f"{wall / batches:.2f}")
+            print(f"[overhead] stock keras-tuner, small trials, {args.trials} trials on one "
+                  f"split: wall {wall:.1f} s, inside training batches {batches:.1f} s, ratio "
+                  f"{wall / batches:.2f}; fixed cost {(wall - batches) / args.trials:.2f} s "
+                  "per model")
         if not args.skip_memory:
             log = memory(tmp, args.memory_trials, recycle)
             marks = [m for m in (1, 10, 50, 100) if m <= len(log)]
