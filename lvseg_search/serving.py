@@ -241,7 +241,9 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
     """The serving model's computation as a plain function, run eagerly.
 
     Scoring a fold model this way builds no wrapper model and traces no graph, which
-    keeps the search's per-trial cost and memory down.
+    keeps the search's per-trial cost and memory down. Its mask is the arg-max: the
+    largest-region step is left to ``scoring.segment``, which every caller runs and
+    whose SciPy labelling (tested equal to :class:`LargestRegion`) is faster eagerly.
 
     Args:
         networks: As for :func:`build_serving_model`.
@@ -254,7 +256,6 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
     """
     pre = Preprocess(image_size, normalization, dtype="float32")
     post = RestoreSize(class_id, dtype="float32")
-    largest = LargestRegion()
 
     def predict(raw) -> dict:
         raw = ops.convert_to_tensor(raw, dtype="int16")
@@ -262,7 +263,6 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
         probs = outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs), axis=0)
         lv, mask = post(probs, raw)
-        return {"probabilities": ops.convert_to_numpy(lv),
-                "mask": ops.convert_to_numpy(largest(mask))}
+        return {"probabilities": ops.convert_to_numpy(lv), "mask": ops.convert_to_numpy(mask)}
 
     return predict
