@@ -110,18 +110,24 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
         image_size: Input rows and columns.
         num_classes: Output classes including background (2: LV only).
         jit_compile: Compile train steps with XLA.
+        precision: Keras dtype policy the networks compute in (``float32``,
+            ``mixed_float16``, ``mixed_bfloat16``); their outputs are float32 either way.
     """
 
     def __init__(self, space: SearchSpace, image_size: int, num_classes: int = 2,
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, precision: str = "float32"):
         super().__init__(name=f"lvseg_{space.name}")
         self.space = space
         self.image_size = image_size
         self.num_classes = num_classes
         self.jit_compile = jit_compile
+        self.precision = precision
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         values = self.space.register(hp)
+        # Layers take Keras's process-wide policy when made. It is set here, at every
+        # build, because clearing the session between trials resets it to float32.
+        keras.mixed_precision.set_dtype_policy(self.precision)
         if values["architecture"] == "lab_fcn":
             model = build_lab_fcn(self.image_size, self.num_classes)
         else:

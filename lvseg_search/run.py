@@ -75,16 +75,22 @@ class Run:
         """Classes (with background) of the prepared data (read once)."""
         return len(manifest_mod.load(self.data_dir)["classes"])
 
-    def build_network(self, trial_id: str):
-        """A freshly initialized, compiled network with a trial's hyperparameters."""
+    def build_network(self, trial_id: str, precision: str = "float32"):
+        """A freshly initialized, compiled network with a trial's hyperparameters.
+
+        Args:
+            trial_id: The trial.
+            precision: Keras dtype policy to compute in.
+        """
         from lvseg_search.hypermodel import SegmentationHyperModel
 
         hypermodel = SegmentationHyperModel(self.space, self.options.image_size,
-                                            num_classes=self.num_classes)
+                                            num_classes=self.num_classes, precision=precision)
         return hypermodel.build(self.trials[trial_id].hyperparameters.copy())
 
     def fold_network(self, trial_id: str, k: int):
-        """A trial's fold-``k`` network with its saved weights (last epoch trained).
+        """A trial's fold-``k`` network with its saved weights (last epoch trained),
+        computing in float32 whatever precision it trained in.
 
         Raises:
             UserError: The fold has no checkpoint.
@@ -92,10 +98,20 @@ class Run:
         path = fold_dir(self.trial_dir(trial_id), k) / CHECKPOINT
         if not path.is_file():
             raise UserError(f"{path}: missing; fold {k} of trial {trial_id} has not finished")
+        # Loaded into the network as it trained: the checkpoint holds the optimizer's
+        # state too (under mixed_float16, a loss-scaling optimizer's), which only a built
+        # optimizer of the same kind takes without a warning.
+        result = read_fold_result(self.trial_dir(trial_id), k) or {}
+        precision = result.get("dtype_policy", self.options.precision)
+        trained = self.build_network(trial_id, precision)
+        trained.optimizer.build(trained.trainable_variables)
+        trained.load_weights(str(path))
+        if precision == "float32":
+            return trained
+        # Reports and exported models compute in float32; the weights are float32 in
+        # every policy.
         model = self.build_network(trial_id)
-        # The checkpoint holds the optimizer's state too; a built optimizer takes it.
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(str(path))
+        model.set_weights(trained.get_weights())
         return model
 
 

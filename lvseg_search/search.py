@@ -276,6 +276,21 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
             trial_budget: int | None = None, header: bool = True) -> dict[str, Any]:
     import keras
 
+    # The hypermodel sets Keras's process-wide dtype policy (--precision) at each build;
+    # put back the caller's for code that goes on building models in this process.
+    previous_policy = keras.mixed_precision.dtype_policy()
+    try:
+        return _search_with_policy(out, sp, options, split, verbose=verbose,
+                                   strategy=strategy, role=role, trial_budget=trial_budget,
+                                   header=header)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+
+
+def _search_with_policy(out: Path, sp: SearchSpace, options: SearchOptions,
+                        split: dict[str, Any], *, verbose: bool, strategy: str | None,
+                        role: str | None, trial_budget: int | None,
+                        header: bool) -> dict[str, Any]:
     from lvseg_search import hparams
     from lvseg_search.cv import CrossValidation
     from lvseg_search.distribute import make_strategy
@@ -283,7 +298,6 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
     from lvseg_search.tuner import CVHyperband
 
     m = manifest.load(Path(options.data))
-    keras.mixed_precision.set_dtype_policy(options.precision)
     dist = make_strategy(strategy)
     replicas = dist.num_replicas_in_sync if dist is not None else 1
     if replicas > 1:
@@ -293,7 +307,7 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
     cv = CrossValidation(Path(options.data), split, config, replicas=replicas,
                          steps_per_epoch=options.steps_per_epoch)
     hypermodel = SegmentationHyperModel(sp, options.image_size, num_classes=len(m["classes"]),
-                                        jit_compile=options.jit)
+                                        jit_compile=options.jit, precision=options.precision)
     # keras-tuner announces a resume with a bare print; ours below says more.
     with contextlib.redirect_stdout(io.StringIO()):
         tuner = CVHyperband(cv, seed=options.seed, verbose=verbose, hypermodel=hypermodel,

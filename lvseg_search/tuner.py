@@ -350,6 +350,9 @@ class CVHyperband(keras_tuner.Hyperband):
             "val_seconds": validation.seconds,
             "eval_seconds": eval_seconds,
             "parameters": int(model.count_params()),
+            # How the fold model computed (--precision, --jit), as Keras resolved them.
+            "dtype_policy": model.dtype_policy.name,
+            "jit_compile": bool(model.jit_compile),
             "evaluation": evaluation,
         }
         # The result is written last: it marks the fold done for a resumed search.

@@ -84,6 +84,39 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
                    batch_size=4, steps_per_epoch=2, verbose=False)
 
 
+@pytest.mark.parametrize(("precision", "jit"), [("mixed_bfloat16", False),
+                                                ("mixed_float16", False), ("float32", True)])
+def test_precision_and_jit_options_train_every_fold(tiny_data, tmp_path, precision, jit):
+    import math
+    import warnings
+
+    import keras
+
+    from lvseg_search.run import load_run
+
+    out = tmp_path / "run"
+    # Two trials: the session is cleared between them, which resets Keras's dtype policy.
+    summary = run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, factor=2,
+                         max_trials=2, image_size=32, batch_size=4, steps_per_epoch=2, seed=0,
+                         precision=precision, jit=jit, verbose=False)
+    assert len(summary["completed"]) == 2 and not summary["failed"]
+    assert all(0.0 <= t["score"] <= 1.0 for t in summary["completed"])
+    results = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/fold_*/" + RESULT)]
+    assert len(results) == 4
+    for r in results:
+        assert r["dtype_policy"] == precision and r["jit_compile"] is jit
+        assert all(math.isfinite(v) for v in r["history"]["loss"] + r["history"]["val_dice"])
+    # A process-wide Keras setting: the search puts it back for the caller.
+    assert keras.mixed_precision.dtype_policy().name == "float32"
+    # Reports and exports load the fold models (and their optimizer's state, which
+    # mixed_float16 wraps in loss scaling) without Keras skipping anything, in float32.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        network = load_run(out).fold_network(summary["completed"][0]["trial_id"], 1)
+    assert not [w for w in caught if "Skipping" in str(w.message)]
+    assert network.dtype_policy.name == "float32"
+
+
 def test_out_of_memory_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_path,
                                                                      monkeypatch):
     import keras
