@@ -74,7 +74,8 @@ def test_fold_validation_scores_as_keras_and_the_deployable_model(tiny_data):
 
     # Keras's own evaluation of the same model on the pipeline's validation data.
     ids = cv.patients(0, "val")
-    val = make_dataset(patient_files(tiny_data, ids, cv.config), cv.config)
+    val = make_dataset(patient_files(tiny_data, ids, cv.config), cv.config,
+                       patient_slices(tiny_data, ids))
     expected = model.evaluate(val, return_dict=True, verbose=0)
     assert history.history["val_dice_raw"][-1] == _approx(expected["dice"])
     assert history.history["val_loss"][-1] == _approx(expected["loss"])
