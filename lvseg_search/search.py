@@ -115,37 +115,64 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         **merged)
 
 
+# Options a splits file (--splits) decides instead of the command line.
+SPLIT_OPTIONS = ("folds", "test_patients", "test_ids")
+
+
 def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
-                 splits_file: Path | None) -> dict[str, Any]:
-    """Creates or resumes a run folder; returns its splits."""
+                 splits_file: Path | None) -> tuple[SearchOptions, dict[str, Any]]:
+    """Creates or resumes a run folder.
+
+    Returns:
+        The options as recorded (with ``splits_file``, its folds and test patients) and
+        the run's splits.
+
+    Raises:
+        UserError: The folder holds another search or something else, or the splits file
+            is bad or differs from the splits of the search being resumed.
+    """
     m = manifest.load(Path(options.data))
     counts = {p["patient_id"]: p["slices"] for p in m["patients"]}
+    given_split = None
+    if splits_file is not None:
+        given_split = splits.load(splits_file, list(counts))
+        options = replace(options, folds=len(given_split["folds"]), test_patients=0,
+                          test_ids=tuple(given_split["test"]))
     record = out / SEARCH_FILE
     if record.is_file() and not overwrite:
         previous = json.loads(record.read_text(encoding="utf-8"))
         # An option added since the run was written counts as the value it trained with.
         legacy = {f.name: f.default for f in fields(SearchOptions) if f.default is not MISSING}
-        changed = [k for k, v in asdict(options).items()
-                   if json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
+        # With a splits file its contents are compared below, not the recorded counts
+        # (runs written before they were recorded from the file hold the defaults).
+        skip = SPLIT_OPTIONS if given_split is not None else ()
+        changed = [k for k, v in asdict(options).items() if k not in skip
+                   and json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
         if changed:
             raise UserError(f"{out}: holds a search with other options ({', '.join(changed)}); "
                             "re-run with the same options to resume, or choose another "
                             "--out, or pass --overwrite")
-        return splits.load(out / splits.FILENAME, list(counts))
+        split = splits.load(out / splits.FILENAME, list(counts))
+        if given_split is not None and (given_split["folds"], given_split["test"]) != (
+                split["folds"], split["test"]):
+            raise UserError(f"--splits: {splits_file} differs from the splits of the search in "
+                            f"{out}; resume with its own {out / splits.FILENAME}, or choose "
+                            "another --out, or pass --overwrite")
+        return options, split
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
                         "another folder or pass --overwrite")
     if overwrite and out.exists():
         shutil.rmtree(out)
-    if splits_file is not None:
-        split = splits.load(splits_file, list(counts))
+    if given_split is not None:
+        split = given_split
     else:
         split = splits.make_splits(counts, options.folds, test_patients=options.test_patients,
                                    test_ids=options.test_ids, seed=options.seed)
     out.mkdir(parents=True, exist_ok=True)
     splits.save(out / splits.FILENAME, split)
     atomic.write_json(record, asdict(options))
-    return split
+    return options, split
 
 
 def read_options(out: Path, missing: str) -> SearchOptions:
@@ -246,8 +273,13 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
             sp = load_space(space)
             if data is None:
                 raise UserError("--data: required (only workers read it from the run folder)")
+            if splits_file is not None:
+                clash = [f"--{k.replace('_', '-')}" for k in SPLIT_OPTIONS if given.get(k)]
+                if clash:
+                    raise UserError(f"--splits: {splits_file} fixes the folds and the test "
+                                    f"patients; drop {' and '.join(clash)}")
             options = resolve_options(sp, data, **given)
-            split = _prepare_run(out, options, overwrite, splits_file)
+            options, split = _prepare_run(out, options, overwrite, splits_file)
     except BaseException:
         if child is not None:
             child.cancel()

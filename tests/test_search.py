@@ -117,6 +117,37 @@ def test_precision_and_jit_options_train_every_fold(tiny_data, tmp_path, precisi
     assert network.dtype_policy.name == "float32"
 
 
+def test_search_with_a_splits_file_records_its_folds_and_refuses_conflicts(tiny_data,
+                                                                          tmp_path):
+    from lvseg_search import manifest
+    from lvseg_search.errors import UserError
+
+    counts = {p["patient_id"]: p["slices"] for p in manifest.load(tiny_data)["patients"]}
+    mine = splits.make_splits(counts, 2, test_patients=1, seed=5)
+    path = tmp_path / "mine.json"
+    splits.save(path, mine)
+    out = tmp_path / "run"
+    common = dict(max_epochs=1, factor=2, max_trials=1, image_size=32, batch_size=4,
+                  steps_per_epoch=2, verbose=False)
+    with pytest.raises(UserError, match="--splits: .*drop --folds"):
+        run_search(tiny_data, out, str(TINY), splits_file=path, folds=3, **common)
+    assert not out.exists()
+    run_search(tiny_data, out, str(TINY), splits_file=path, **common)
+    record = json.loads((out / "search.json").read_text())
+    assert record["folds"] == 2 and record["test_ids"] == mine["test"]
+    used = splits.load(out / "splits.json")
+    assert (used["folds"], used["test"]) == (mine["folds"], mine["test"])
+    results = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/fold_*/" + RESULT)]
+    assert sorted(r["val_patients"] for r in results) == sorted(f["val"] for f in mine["folds"])
+    # The same command resumes; other splits for this run folder are refused.
+    assert run_search(tiny_data, out, str(TINY), splits_file=path, **common)["completed"]
+    other = splits.make_splits(counts, 2, test_patients=1, seed=6)
+    assert (other["folds"], other["test"]) != (mine["folds"], mine["test"])
+    splits.save(path, other)
+    with pytest.raises(UserError, match="differs from the splits of the search"):
+        run_search(tiny_data, out, str(TINY), splits_file=path, **common)
+
+
 def test_out_of_memory_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_path,
                                                                      monkeypatch):
     import keras
