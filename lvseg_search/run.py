@@ -12,8 +12,8 @@ from typing import Any
 from lvseg_search import manifest as manifest_mod
 from lvseg_search import splits as splits_mod
 from lvseg_search.errors import UserError
-from lvseg_search.search import PROJECT, SearchOptions, read_options
-from lvseg_search.space import SearchSpace, load_space
+from lvseg_search.search import PROJECT, SearchOptions, read_options, run_space
+from lvseg_search.space import SearchSpace
 from lvseg_search.tuner import CHECKPOINT, fold_dir, read_fold_result
 
 
@@ -68,7 +68,7 @@ class Run:
     @functools.cached_property
     def space(self) -> SearchSpace:
         """The search space the run used (read once)."""
-        return load_space(self.options.space)
+        return run_space(self.path, self.options)
 
     @functools.cached_property
     def num_classes(self) -> int:

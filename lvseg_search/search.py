@@ -3,6 +3,8 @@
 Layout of a run folder::
 
     search.json        the resolved options (a re-run with the same options resumes)
+    space.toml         a copy of the search space file, so that report, export and
+                       workers need not find the original (another folder or machine)
     splits.json        the patient-grouped folds and held-out test patients
     tuner/             keras-tuner's project: oracle.json, trial_<id>/trial.json (and
                        failure.txt, why it failed), and per fold,
@@ -30,6 +32,7 @@ from lvseg_search.space import SearchSpace, check_image_size, load_space
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SEARCH_FILE = "search.json"
+SPACE_FILE = "space.toml"
 PROJECT = "tuner"
 # Training augmentation (flips always): the pipeline's defaults unless the space sets them.
 AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
@@ -108,7 +111,8 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         raise UserError(f"--precision: unknown {precision!r}; choose {', '.join(PRECISIONS)}")
     check_image_size(space, merged["image_size"])
     return SearchOptions(
-        data=str(Path(data).resolve()), space=str(space.path), space_digest=space.digest,
+        data=str(Path(data).resolve()), space=str(Path(space.path).resolve()),
+        space_digest=space.digest,
         test_patients=int(given.get("test_patients") or 0),
         test_ids=tuple(given.get("test_ids") or ()), seed=int(given.get("seed") or 0),
         precision=precision, jit=bool(given.get("jit")), max_trials=given.get("max_trials"),
@@ -146,6 +150,9 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
         # With a splits file its contents are compared below, not the recorded counts
         # (runs written before they were recorded from the file hold the defaults).
         skip = SPLIT_OPTIONS if given_split is not None else ()
+        # The space counts by its contents (space_digest), not by the path it was given
+        # as (runs written before paths were made absolute hold relative ones).
+        skip = (*skip, "space")
         changed = [k for k, v in asdict(options).items() if k not in skip
                    and json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
         if changed:
@@ -171,6 +178,8 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
                                    test_ids=options.test_ids, seed=options.seed)
     out.mkdir(parents=True, exist_ok=True)
     splits.save(out / splits.FILENAME, split)
+    atomic.write_text(out / SPACE_FILE, Path(options.space).read_bytes().decode("utf-8"))
+    # search.json last: it marks the folder as a search.
     atomic.write_json(record, asdict(options))
     return options, split
 
@@ -192,15 +201,30 @@ def read_options(out: Path, missing: str) -> SearchOptions:
     return SearchOptions(**{**stored, "test_ids": tuple(stored["test_ids"])})
 
 
+def run_space(out: Path, options: SearchOptions) -> SearchSpace:
+    """The search space of a run folder: its own copy, else (runs written before it kept
+    one) the file its options name.
+
+    Raises:
+        UserError: The space cannot be read, or the named file changed since the search
+            started.
+    """
+    copy = Path(out) / SPACE_FILE
+    if copy.is_file():
+        return replace(load_space(copy), name=Path(options.space).stem)
+    sp = load_space(options.space)
+    if sp.digest != options.space_digest:
+        raise UserError(f"{options.space}: the search space file changed since the search "
+                        f"in {out} started; put back the version it used")
+    return sp
+
+
 def _load_run(out: Path, data: Path | None) -> tuple[SearchOptions, SearchSpace,
                                                      dict[str, Any]]:
     """Options, space and splits of an existing run folder (for workers)."""
     options = read_options(out, "start the chief with the same --out first (the results "
                                 "folder must be shared with the workers)")
-    sp = load_space(options.space)
-    if sp.digest != options.space_digest:
-        raise UserError(f"{options.space}: the search space file differs from the chief's; "
-                        "workers must see the same file")
+    sp = run_space(out, options)
     if data is not None:
         options = replace(options, data=str(Path(data).resolve()))
     m = manifest.load(Path(options.data))

@@ -148,6 +148,38 @@ def test_search_with_a_splits_file_records_its_folds_and_refuses_conflicts(tiny_
         run_search(tiny_data, out, str(TINY), splits_file=path, **common)
 
 
+def test_run_folder_keeps_its_space_for_report_export_and_workers(tiny_data, tmp_path,
+                                                                   monkeypatch):
+    import shutil
+
+    from lvseg_search.errors import UserError
+    from lvseg_search.run import load_run
+
+    mine = tmp_path / "spaces" / "mine.toml"
+    mine.parent.mkdir()
+    shutil.copyfile(TINY, mine)
+    monkeypatch.chdir(mine.parent)  # the space given as a path relative to here
+    out = tmp_path / "run"
+    common = dict(folds=2, max_epochs=1, factor=2, max_trials=1, image_size=32, batch_size=4,
+                  steps_per_epoch=2, verbose=False)
+    run_search(tiny_data, out, "mine.toml", **common)
+    assert json.loads((out / "search.json").read_text())["space"] == str(mine)
+    assert (out / "space.toml").read_bytes() == mine.read_bytes()
+    # The same command resumes.
+    assert run_search(tiny_data, out, "mine.toml", **common)["completed"]
+    # Elsewhere, with the original gone (another folder or machine), the run reads its copy.
+    monkeypatch.chdir(tmp_path)
+    mine.unlink()
+    space = load_run(out).space
+    assert space.name == "mine" and space.digest == json.loads(
+        (out / "search.json").read_text())["space_digest"]
+    # A run folder from before the copy falls back on the file, if it is unchanged.
+    (out / "space.toml").unlink()
+    mine.write_text(TINY.read_text().replace("1e-2", "2e-2"))
+    with pytest.raises(UserError, match="changed since the search"):
+        _ = load_run(out).space
+
+
 def test_out_of_memory_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_path,
                                                                      monkeypatch):
     import keras
