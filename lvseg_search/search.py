@@ -212,6 +212,9 @@ def run_space(out: Path, options: SearchOptions) -> SearchSpace:
     copy = Path(out) / SPACE_FILE
     if copy.is_file():
         return replace(load_space(copy), name=Path(options.space).stem)
+    if not Path(options.space).is_file():
+        raise UserError(f"{out}: its search space {options.space} is not there; run from the "
+                        "folder the search was started in, or put the file back")
     sp = load_space(options.space)
     if sp.digest != options.space_digest:
         raise UserError(f"{options.space}: the search space file changed since the search "

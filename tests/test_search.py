@@ -178,6 +178,9 @@ def test_run_folder_keeps_its_space_for_report_export_and_workers(tiny_data, tmp
     mine.write_text(TINY.read_text().replace("1e-2", "2e-2"))
     with pytest.raises(UserError, match="changed since the search"):
         _ = load_run(out).space
+    mine.unlink()
+    with pytest.raises(UserError, match="search space .*mine.toml is not there"):
+        _ = load_run(out).space
 
 
 def test_out_of_memory_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_path,
