@@ -34,6 +34,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SEARCH_FILE = "search.json"
 SPACE_FILE = "space.toml"
 PROJECT = "tuner"
+# Options a splits file (--splits) decides instead of the command line.
+SPLIT_OPTIONS = ("folds", "test_patients", "test_ids")
 # Training augmentation (flips always): the pipeline's defaults unless the space sets them.
 AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
                     "augment_scale": PipelineConfig.max_scale,
@@ -119,10 +121,6 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         **merged)
 
 
-# Options a splits file (--splits) decides instead of the command line.
-SPLIT_OPTIONS = ("folds", "test_patients", "test_ids")
-
-
 def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
                  splits_file: Path | None) -> tuple[SearchOptions, dict[str, Any]]:
     """Creates or resumes a run folder.
@@ -147,12 +145,10 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
         previous = json.loads(record.read_text(encoding="utf-8"))
         # An option added since the run was written counts as the value it trained with.
         legacy = {f.name: f.default for f in fields(SearchOptions) if f.default is not MISSING}
-        # With a splits file its contents are compared below, not the recorded counts
-        # (runs written before they were recorded from the file hold the defaults).
-        skip = SPLIT_OPTIONS if given_split is not None else ()
-        # The space counts by its contents (space_digest), not by the path it was given
-        # as (runs written before paths were made absolute hold relative ones).
-        skip = (*skip, "space")
+        # Compared elsewhere: the space by its contents (space_digest), not by the path
+        # (older runs hold relative ones); a splits file by its folds, below, not by the
+        # recorded counts (older runs hold the command line's defaults).
+        skip = ("space", *(SPLIT_OPTIONS if given_split is not None else ()))
         changed = [k for k, v in asdict(options).items() if k not in skip
                    and json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
         if changed:
@@ -335,27 +331,16 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
             trial_budget: int | None = None, header: bool = True) -> dict[str, Any]:
     import keras
 
-    # The hypermodel sets Keras's process-wide dtype policy (--precision) at each build;
-    # put back the caller's for code that goes on building models in this process.
-    previous_policy = keras.mixed_precision.dtype_policy()
-    try:
-        return _search_with_policy(out, sp, options, split, verbose=verbose,
-                                   strategy=strategy, role=role, trial_budget=trial_budget,
-                                   header=header)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
-
-
-def _search_with_policy(out: Path, sp: SearchSpace, options: SearchOptions,
-                        split: dict[str, Any], *, verbose: bool, strategy: str | None,
-                        role: str | None, trial_budget: int | None,
-                        header: bool) -> dict[str, Any]:
     from lvseg_search import hparams
     from lvseg_search.cv import CrossValidation
     from lvseg_search.distribute import make_strategy
     from lvseg_search.hypermodel import SegmentationHyperModel
     from lvseg_search.tuner import CVHyperband
 
+    # The hypermodel sets Keras's process-wide dtype policy (--precision) at each build,
+    # keras-tuner's first one included; the caller's is put back at the end for code that
+    # goes on building models in this process.
+    previous_policy = keras.mixed_precision.dtype_policy()
     m = manifest.load(Path(options.data))
     dist = make_strategy(strategy)
     replicas = dist.num_replicas_in_sync if dist is not None else 1
@@ -405,6 +390,7 @@ def _search_with_policy(out: Path, sp: SearchSpace, options: SearchOptions,
         raise UserError(f"{out}: too many trials in a row failed; check the data and the "
                         f"space (last error: {str(exc).strip().splitlines()[-1]})") from None
     finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
         if automatic:
             gc.enable()
         gc.unfreeze()
