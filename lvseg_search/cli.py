@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, help="Hyperband's reduction factor")
     p.add_argument("--iterations", type=int, help="Hyperband iterations")
     p.add_argument("--max-trials", type=int,
-                   help="stop after this many trials (default: Hyperband's full schedule)")
+                   help="stop after this many trials (default: Hyperband's full schedule); "
+                   "re-run with more to extend a search")
     p.add_argument("--image-size", type=int, help="train on SIZE x SIZE images")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps-per-epoch", type=int, metavar="N",

@@ -147,8 +147,9 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
         legacy = {f.name: f.default for f in fields(SearchOptions) if f.default is not MISSING}
         # Compared elsewhere: the space by its contents (space_digest), not by the path
         # (older runs hold relative ones); a splits file by its folds, below, not by the
-        # recorded counts (older runs hold the command line's defaults).
-        skip = ("space", *(SPLIT_OPTIONS if given_split is not None else ()))
+        # recorded counts (older runs hold the command line's defaults). --max-trials is
+        # a budget, not part of how trials train: a new one extends or caps the search.
+        skip = ("space", "max_trials", *(SPLIT_OPTIONS if given_split is not None else ()))
         changed = [k for k, v in asdict(options).items() if k not in skip
                    and json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
         if changed:
@@ -161,6 +162,8 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
             raise UserError(f"--splits: {splits_file} differs from the splits of the search in "
                             f"{out}; resume with its own {out / splits.FILENAME}, or choose "
                             "another --out, or pass --overwrite")
+        if previous.get("max_trials") != options.max_trials:
+            atomic.write_json(record, {**previous, "max_trials": options.max_trials})
         return options, split
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
@@ -373,7 +376,9 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
               flush=True)
         done = len(list((out / PROJECT).glob("trial_*/trial.json")))
         if done:
-            print(f"resuming: {done} trial(s) already in {out / PROJECT}", flush=True)
+            budget = (f", {options.max_trials} in all (--max-trials)" if options.max_trials
+                      else "")
+            print(f"resuming: {done} trial(s) already in {out / PROJECT}{budget}", flush=True)
     # Python's automatic collector stalls training for 0.3 to 1 s at a time, walking the
     # ~0.5 million objects of TensorFlow and Keras. Those live as long as the process,
     # so they are set aside (freeze), and cycles are collected once per trial instead

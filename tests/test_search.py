@@ -84,6 +84,25 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
                    batch_size=4, steps_per_epoch=2, verbose=False)
 
 
+def test_a_new_max_trials_extends_a_finished_search(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    options = dict(folds=2, max_epochs=2, factor=2, image_size=32, batch_size=4,
+                   steps_per_epoch=1, recycle_every=None)
+    first = run_search(tiny_data, out, str(TINY), max_trials=2, verbose=False, **options)
+    assert first["n_trials"] == 2
+    kept = {tid: (d / "trial.json").read_text() for tid, d in _trial_dirs(out).items()}
+    capsys.readouterr()
+    more = run_search(tiny_data, out, str(TINY), max_trials=4, **options)
+    assert "resuming: 2 trial(s) already in" in capsys.readouterr().out
+    assert more["n_trials"] == 4 and len(more["completed"]) == 4
+    # The first two trials are kept as they were, not trained again.
+    assert {tid: (_trial_dirs(out)[tid] / "trial.json").read_text() for tid in kept} == kept
+    assert json.loads((out / "search.json").read_text())["max_trials"] == 4
+    # The same budget again: nothing left to run.
+    again = run_search(tiny_data, out, str(TINY), max_trials=4, verbose=False, **options)
+    assert again["n_trials"] == 4
+
+
 @pytest.mark.parametrize(("precision", "jit"), [("mixed_bfloat16", False),
                                                 ("mixed_float16", False), ("float32", True)])
 def test_precision_and_jit_options_train_every_fold(tiny_data, tmp_path, precision, jit):
