@@ -106,7 +106,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from lvseg_search.report import write_report
 
-    write_report(args.run, args.out, overlays=not args.no_overlays)
+    write_report(args.run, args.out, overlays=not args.no_overlays, data=args.data)
     return 0
 
 
@@ -114,7 +114,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from lvseg_search.export import export
 
     export(args.run, args.out, ensemble=args.ensemble, epochs=args.epochs,
-           trial_id=args.trial, onnx=not args.no_onnx, overwrite=args.overwrite)
+           trial_id=args.trial, onnx=not args.no_onnx, overwrite=args.overwrite,
+           data=args.data)
     return 0
 
 
@@ -124,6 +125,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predict(args.model, args.dicom, args.out, overlays=not args.no_overlays,
             overwrite=args.overwrite)
     return 0
+
+
+MOVED_DATA = ("the prepared data folder, if it moved since the search (default: where "
+              "the search read it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for the report files (default: RUN)")
     p.add_argument("--no-overlays", action="store_true",
                    help="skip the contour overlays (they rebuild the best trial's models)")
+    p.add_argument("--data", type=Path, help=MOVED_DATA)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("export", help="best trial -> SavedModel, .keras, TFLite, model card")
@@ -238,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", help="export this trial id instead of the best")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX even if tf2onnx is here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--data", type=Path, help=MOVED_DATA)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="segment DICOM images: masks, areas, volumes, EF")

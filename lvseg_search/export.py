@@ -197,7 +197,7 @@ def _write_onnx(saved_model: Path, out: Path) -> tuple[Any, str]:
 
 def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | None = None,
            trial_id: str | None = None, onnx: bool = True, overwrite: bool = False,
-           verbose: bool = True) -> dict[str, Any]:
+           verbose: bool = True, data: Path | None = None) -> dict[str, Any]:
     """Exports the best (or a chosen) trial of a search.
 
     Args:
@@ -209,13 +209,14 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
         onnx: Also write ONNX when tf2onnx is installed.
         overwrite: Replace an existing model folder.
         verbose: Print progress.
+        data: The prepared data folder, if it moved since the search.
 
     Returns:
         The model card.
 
     Raises:
-        UserError: No completed trial, an unknown trial, a bad option, or an exported
-            format that disagrees with the Keras model.
+        UserError: No completed trial, an unknown trial, a bad option, a data folder not
+            found, or an exported format that disagrees with the Keras model.
     """
     import keras
 
@@ -223,7 +224,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
     from lvseg_search.serving import build_serving_model
 
     start = time.perf_counter()
-    run = load_run(run_dir)
+    run = load_run(run_dir, data)
     if trial_id is not None:
         trial = run.trials.get(trial_id)
         if trial is None or trial.status != "COMPLETED":

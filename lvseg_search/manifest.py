@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,13 @@ def load(data_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path}: schema version {manifest.get('schema_version')!r}, this "
                         f"version reads {SCHEMA_VERSION}; run 'lvseg-search prepare' again")
     return manifest
+
+
+def identity(manifest: dict[str, Any]) -> str:
+    """A digest of what a prepared data folder holds (classes, patients, their slices and
+    pixel statistics), not of where or when it was written: the same data moved to
+    another folder or machine keeps it, other data (even under the same patient ids)
+    does not."""
+    keys = ("classes", "n_slices", "intensity", "class_balance", "patients")
+    blob = json.dumps({k: manifest.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

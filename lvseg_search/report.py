@@ -323,7 +323,7 @@ def sync_tensorboard(run: Run) -> int:
 
 
 def write_report(run_dir: Path, out: Path | None = None, overlays: bool = True,
-                 verbose: bool = True) -> dict[str, Any]:
+                 verbose: bool = True, data: Path | None = None) -> dict[str, Any]:
     """Writes ``report.csv``, ``report.md`` and ``report.html`` for a run.
 
     Args:
@@ -331,17 +331,19 @@ def write_report(run_dir: Path, out: Path | None = None, overlays: bool = True,
         out: Folder for the report files (default: the run folder).
         overlays: Draw contour overlays of the best trial (builds its fold models).
         verbose: Print where the files went.
+        data: The prepared data folder, if it moved since the search (only the overlays
+            read it).
 
     Returns:
         ``table`` (the ranked trials), ``pending`` (not complete) and ``files``.
 
     Raises:
-        UserError: ``run_dir`` holds no search.
+        UserError: ``run_dir`` holds no search, or its data folder is not found.
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    run = load_run(run_dir)
+    run = load_run(run_dir, data)
     out = Path(out) if out is not None else run.path
     out.mkdir(parents=True, exist_ok=True)
     table = trial_table(run)

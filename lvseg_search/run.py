@@ -12,7 +12,13 @@ from typing import Any
 from lvseg_search import manifest as manifest_mod
 from lvseg_search import splits as splits_mod
 from lvseg_search.errors import UserError
-from lvseg_search.search import PROJECT, SearchOptions, read_options, run_space
+from lvseg_search.search import (
+    PROJECT,
+    SearchOptions,
+    read_options,
+    relocate_data,
+    run_space,
+)
 from lvseg_search.space import SearchSpace
 from lvseg_search.tuner import CHECKPOINT, fold_dir, read_fold_result
 
@@ -40,8 +46,16 @@ class Run:
 
     @property
     def data_dir(self) -> Path:
-        """The prepared data folder the search trained on."""
-        return Path(self.options.data)
+        """The prepared data folder the search trained on.
+
+        Raises:
+            UserError: It holds no prepared data (any more).
+        """
+        data = Path(self.options.data)
+        if not (data / manifest_mod.FILENAME).is_file():
+            raise UserError(f"{self.path}: its data folder {data} holds no prepared data "
+                            "(moved or deleted?); pass --data with the folder's new place")
+        return data
 
     def trial_dir(self, trial_id: str) -> Path:
         """Folder of one trial."""
@@ -115,11 +129,16 @@ class Run:
         return model
 
 
-def load_run(path: Path) -> Run:
+def load_run(path: Path, data: Path | None = None) -> Run:
     """Reads a run folder.
 
+    Args:
+        path: The run folder.
+        data: The prepared data folder, where it is now if it moved since the search
+            (default: where the search read it).
+
     Raises:
-        UserError: The folder holds no search.
+        UserError: The folder holds no search, or ``data`` lacks its patients.
     """
     from keras_tuner.engine.trial import Trial
 
@@ -127,6 +146,8 @@ def load_run(path: Path) -> Run:
     options = read_options(path, "not a search run folder; pass the --out folder of "
                                  "'lvseg-search search'")
     split = splits_mod.load(path / splits_mod.FILENAME)
+    if data is not None:
+        options = relocate_data(path, options, data)
     trials = {}
     for p in sorted((path / PROJECT).glob("trial_*/trial.json"),
                     key=lambda p: p.parent.name.removeprefix("trial_").zfill(8)):

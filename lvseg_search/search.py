@@ -74,6 +74,8 @@ class SearchOptions:
     augment_intensity: float = 0.1
     # Run folders written before it was an option trained one pass per epoch.
     steps_per_epoch: int = 0
+    # manifest.identity of the data; empty in run folders written before it was kept.
+    data_digest: str = ""
 
     def pipeline(self, batch_size: int | None = None) -> PipelineConfig:
         """The search's pipeline settings (``.training()`` adds shuffling and the
@@ -114,7 +116,7 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
     check_image_size(space, merged["image_size"])
     return SearchOptions(
         data=str(Path(data).resolve()), space=str(Path(space.path).resolve()),
-        space_digest=space.digest,
+        space_digest=space.digest, data_digest=manifest.identity(manifest.load(Path(data))),
         test_patients=int(given.get("test_patients") or 0),
         test_ids=tuple(given.get("test_ids") or ()), seed=int(given.get("seed") or 0),
         precision=precision, jit=bool(given.get("jit")), max_trials=given.get("max_trials"),
@@ -147,11 +149,16 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
         legacy = {f.name: f.default for f in fields(SearchOptions) if f.default is not MISSING}
         # Compared elsewhere: the space by its contents (space_digest), not by the path
         # (older runs hold relative ones); a splits file by its folds, below, not by the
-        # recorded counts (older runs hold the command line's defaults). --max-trials is
-        # a budget, not part of how trials train: a new one extends or caps the search.
-        skip = ("space", "max_trials", *(SPLIT_OPTIONS if given_split is not None else ()))
+        # recorded counts (older runs hold the command line's defaults); the data by its
+        # contents where the run recorded them, so it may move. --max-trials is a budget,
+        # not part of how trials train: a new one extends or caps the search.
+        skip = ("space", "data", "data_digest", "max_trials",
+                *(SPLIT_OPTIONS if given_split is not None else ()))
         changed = [k for k, v in asdict(options).items() if k not in skip
                    and json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
+        if (previous.get("data_digest") != options.data_digest if previous.get("data_digest")
+                else previous.get("data") != options.data):
+            changed.insert(0, "data")
         if changed:
             raise UserError(f"{out}: holds a search with other options ({', '.join(changed)}); "
                             "re-run with the same options to resume, or choose another "
@@ -162,8 +169,10 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
             raise UserError(f"--splits: {splits_file} differs from the splits of the search in "
                             f"{out}; resume with its own {out / splits.FILENAME}, or choose "
                             "another --out, or pass --overwrite")
-        if previous.get("max_trials") != options.max_trials:
-            atomic.write_json(record, {**previous, "max_trials": options.max_trials})
+        updated = {k: v for k, v in asdict(options).items()
+                   if k in ("data", "data_digest", "max_trials") and previous.get(k) != v}
+        if updated:
+            atomic.write_json(record, {**previous, **updated})
         return options, split
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
@@ -221,6 +230,27 @@ def run_space(out: Path, options: SearchOptions) -> SearchSpace:
     return sp
 
 
+def relocate_data(out: Path, options: SearchOptions, data: Path) -> SearchOptions:
+    """A run's options with its data read from ``data`` (moved, or mounted elsewhere).
+
+    Raises:
+        UserError: ``data`` is not a prepared folder, or holds other data than the run's
+            (for runs written before the data's digest was kept: lacks its patients).
+    """
+    m = manifest.load(Path(data))
+    if options.data_digest:
+        other = manifest.identity(m) != options.data_digest
+    else:
+        split = json.loads((Path(out) / splits.FILENAME).read_text(encoding="utf-8"))
+        wanted = {pid for fold in split["folds"] for part in ("train", "val")
+                  for pid in fold[part]} | set(split.get("test", []))
+        other = bool(wanted - {p["patient_id"] for p in m["patients"]})
+    if other:
+        raise UserError(f"--data: {data} holds other data than the search in {out} used; "
+                        "pass the folder its data was prepared into")
+    return replace(options, data=str(Path(data).resolve()))
+
+
 def _load_run(out: Path, data: Path | None) -> tuple[SearchOptions, SearchSpace,
                                                      dict[str, Any]]:
     """Options, space and splits of an existing run folder (for workers)."""
@@ -228,7 +258,7 @@ def _load_run(out: Path, data: Path | None) -> tuple[SearchOptions, SearchSpace,
                                 "folder must be shared with the workers)")
     sp = run_space(out, options)
     if data is not None:
-        options = replace(options, data=str(Path(data).resolve()))
+        options = relocate_data(out, options, data)
     m = manifest.load(Path(options.data))
     return options, sp, splits.load(out / splits.FILENAME,
                                      [p["patient_id"] for p in m["patients"]])

@@ -202,6 +202,59 @@ def test_run_folder_keeps_its_space_for_report_export_and_workers(tiny_data, tmp
         _ = load_run(out).space
 
 
+def test_a_moved_data_folder_is_found_again_with_data(tiny_data, tmp_path, capsys):
+    import shutil
+
+    from lvseg_search.cli import main
+    from lvseg_search.errors import UserError
+    from lvseg_search.phantom import synth
+    from lvseg_search.prepare import prepare
+    from lvseg_search.run import load_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    out = tmp_path / "run"
+    common = dict(folds=2, max_epochs=1, factor=2, max_trials=1, image_size=32, batch_size=4,
+                  steps_per_epoch=1, verbose=False)
+    run_search(data, out, str(TINY), **common)
+    moved = data.rename(tmp_path / "moved")
+    # Without --data: one line naming the folder and the option; nothing written.
+    model = tmp_path / "model"
+    for argv in (["report", out], ["export", out, "--out", model, "--no-onnx", "--ensemble"]):
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(data) in err and "--data" in err
+    assert not (out / "report.html").exists() and not model.exists()
+    # Other data under the same patient ids is refused.
+    synth(tmp_path / "other_phantom", 5, seed=12, size=32, progress=False)
+    other = tmp_path / "other"
+    prepare(tmp_path / "other_phantom", other, progress=False)
+    assert main(["report", str(out), "--data", str(other)]) == 2
+    assert "holds other data" in capsys.readouterr().err
+    # With --data both run.
+    assert main(["report", str(out), "--data", str(moved)]) == 0
+    assert main(["export", str(out), "--out", str(model), "--no-onnx", "--ensemble",
+                 "--data", str(moved)]) == 0
+    assert (out / "report.html").is_file() and (model / "model_card.json").is_file()
+    # The search resumes from the new place and records it; other data is refused.
+    run_search(moved, out, str(TINY), **common)
+    assert json.loads((out / "search.json").read_text())["data"] == str(moved.resolve())
+    with pytest.raises(UserError, match=r"other options \(data\)"):
+        run_search(other, out, str(TINY), **common)
+    # A run folder from before the data's digest was kept: its patients must be there.
+    record = json.loads((out / "search.json").read_text())
+    del record["data_digest"]
+    (out / "search.json").write_text(json.dumps(record))
+    assert load_run(out, moved).data_dir == moved.resolve()
+    lacking = tmp_path / "lacking"
+    shutil.copytree(moved, lacking)
+    manifest = json.loads((lacking / "manifest.json").read_text())
+    manifest["patients"] = manifest["patients"][1:]
+    (lacking / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="holds other data"):
+        load_run(out, lacking)
+
+
 def test_out_of_memory_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_path,
                                                                      monkeypatch):
     import keras
