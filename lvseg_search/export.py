@@ -23,7 +23,7 @@ import numpy as np
 from lvseg_search import __version__, atomic
 from lvseg_search import manifest as manifest_mod
 from lvseg_search.errors import UserError
-from lvseg_search.run import Run, best_trial, load_run
+from lvseg_search.run import Run, best_trial, find_trial, load_run
 
 SAVED_MODEL = "saved_model"
 KERAS_FILE = "model.keras"
@@ -226,9 +226,10 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
     start = time.perf_counter()
     run = load_run(run_dir, data)
     if trial_id is not None:
-        trial = run.trials.get(trial_id)
+        trial = find_trial(run, str(trial_id))
         if trial is None or trial.status != "COMPLETED":
-            raise UserError(f"--trial: {trial_id} is not a completed trial of {run.path}")
+            raise UserError(f"--trial: {trial_id} is not a completed trial of {run.path}; "
+                            "report.md lists them")
     else:
         trial = best_trial(run)
     metrics = {name: trial.metrics.get_last_value(name) for name in trial.metrics.metrics}

@@ -159,6 +159,19 @@ def load_run(path: Path, data: Path | None = None) -> Run:
     return Run(path=path, options=options, splits=split, trials=trials)
 
 
+def find_trial(run: Run, trial_id: str) -> Any | None:
+    """A trial by its id as the run writes it (``0015``) or as a number (``15``); None
+    when the run has no such trial."""
+    if trial_id in run.trials:
+        return run.trials[trial_id]
+    if trial_id.isdigit():
+        # keras-tuner pads ids to the width of --max-trials, so users see 0015 or 15.
+        for tid, trial in run.trials.items():
+            if tid.isdigit() and int(tid) == int(trial_id):
+                return trial
+    return None
+
+
 def completed_trials(run: Run) -> list[Any]:
     """Completed trials, best CV Dice first."""
     done = [t for t in run.trials.values() if t.status == "COMPLETED" and t.score is not None]

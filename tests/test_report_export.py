@@ -195,6 +195,17 @@ def test_export_refuses_an_unknown_trial_and_writes_nothing(tiny_run, tmp_path, 
     assert not list(tmp_path.glob(".m.*"))
 
 
+def test_trials_are_found_by_id_as_written_or_as_a_number(tiny_run):
+    from lvseg_search.run import find_trial, load_run
+
+    run = load_run(tiny_run)
+    padded = sorted(run.trials)[1]
+    assert padded != str(int(padded))  # keras-tuner pads ids: 0001
+    assert find_trial(run, padded) is run.trials[padded]
+    assert find_trial(run, str(int(padded))) is run.trials[padded]
+    assert find_trial(run, "9999") is None and find_trial(run, "one") is None
+
+
 def test_predict_refuses_bad_inputs(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     (tmp_path / "scans").mkdir()
