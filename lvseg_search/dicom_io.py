@@ -36,6 +36,8 @@ class DicomImage:
     image_orientation: tuple[float, float, float, float, float, float]
     trigger_time_ms: float
     cardiac_number_of_images: int  # 0 when the tag is absent
+    series_uid: str = ""  # SeriesInstanceUID ("" when absent); groups a folder's series
+    series_number: int = 0  # SeriesNumber (0 when absent); names them
 
     @property
     def normal_position_mm(self) -> float:
@@ -101,4 +103,6 @@ def read_image(path: Path) -> DicomImage:
         if ds.get("ImageOrientationPatient") else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
         trigger_time_ms=_floats(ds, "TriggerTime", 1, float("nan"))[0],
         cardiac_number_of_images=int(ds.get("CardiacNumberOfImages", 0) or 0),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        series_number=int(ds.get("SeriesNumber", 0) or 0),
     )

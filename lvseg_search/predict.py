@@ -20,7 +20,7 @@ import pandas as pd
 from scipy.ndimage import binary_erosion
 
 from lvseg_search import atomic
-from lvseg_search.dicom_io import read_image
+from lvseg_search.dicom_io import DicomImage, read_image
 from lvseg_search.errors import UserError
 from lvseg_search.ingest import distinct_positions, frame_indices, spacing_along_normal
 from lvseg_search.scoring import segment
@@ -59,6 +59,30 @@ def find_dicoms(source: Path) -> dict[str, list[Path]]:
         raise UserError(f"{source}: no DICOM files found (.dcm, or extension-less files with "
                         "the DICOM preamble); point at a DICOM file or a folder of them")
     return dict(studies)
+
+
+def split_series(study: str, files: list[Path], images: list[DicomImage]
+                 ) -> list[tuple[str, list[Path], list[DicomImage]]]:
+    """A folder's images grouped by DICOM series (SeriesInstanceUID, else SeriesNumber).
+
+    A study exported from a scanner or PACS, or a case folder of the 2009 challenge
+    release, holds the short-axis cine series beside localizers and long-axis views;
+    slices, phases and volumes are only meaningful within one series.
+
+    Returns:
+        ``(name, files, images)`` per series in the order first seen: the folder's name
+        alone when it holds one series, else ``<folder>/series_<SeriesNumber>``.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, im in enumerate(images):
+        groups[im.series_uid or str(im.series_number)].append(i)
+    if len(groups) == 1:
+        return [(study, files, images)]
+    numbers = [images[idx[0]].series_number for idx in groups.values()]
+    unique = len(set(numbers)) == len(numbers)
+    return [(f"{study}/series_{number if unique else k + 1:04d}", [files[i] for i in idx],
+             [images[i] for i in idx])
+            for k, (number, idx) in enumerate(zip(numbers, groups.values(), strict=True))]
 
 
 def load_model(model_dir: Path):
@@ -129,6 +153,30 @@ def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float]
     return volumes.drop(columns="area_mm2"), summary
 
 
+def _predict_series(serve, study: str, files: list[Path], images: list[DicomImage],
+                    tmp: Path, overlays: bool, batch_size: int
+                    ) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]]:
+    """Segments one series into ``tmp``: its per-image rows, volumes and summary."""
+    _, masks = segment(serve, [im.pixels for im in images], batch_size)
+    rows = []
+    for path, im, mask, (s, ph) in zip(files, images, masks, frame_indices(images),
+                                       strict=True):
+        (tmp / "masks" / study).mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "masks" / study / f"{path.stem}.npy", mask)
+        if overlays:
+            (tmp / "overlays" / study).mkdir(parents=True, exist_ok=True)
+            (tmp / "overlays" / study / f"{path.stem}.png").write_bytes(
+                overlay_png(im.pixels, mask))
+        pixel_area = im.pixel_spacing_mm[0] * im.pixel_spacing_mm[1]
+        rows.append({"study": study, "file": path.name, "instance_number": im.instance_number,
+                     "slice_index": int(s), "phase_index": int(ph),
+                     "position_mm": round(im.normal_position_mm, 3),
+                     "trigger_time_ms": im.trigger_time_ms, "lv_pixels": int(mask.sum()),
+                     "area_mm2": float(mask.sum() * pixel_area)})
+    volumes, summary = stack_volumes(rows, [im.normal_position_mm for im in images])
+    return rows, volumes, summary
+
+
 def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
             batch_size: int = 16, overwrite: bool = False,
             verbose: bool = True) -> dict[str, Any]:
@@ -136,7 +184,8 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
 
     Writes ``masks/<study>/<name>.npy`` (uint8, 1 = LV), ``overlays/<study>/<name>.png``,
     ``areas.csv`` (LV area per image), ``volumes.csv`` (LV volume per study and phase)
-    and ``studies.json`` (EDV, ESV and ejection fraction per whole-stack study).
+    and ``studies.json`` (EDV, ESV and ejection fraction per whole-stack study). A folder
+    holding several DICOM series gives one study per series (see :func:`split_series`).
 
     Args:
         model_dir: A folder written by ``export``.
@@ -159,31 +208,13 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
     volume_tables = []
     summaries: dict[str, Any] = {}
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
-        for study, files in studies.items():
-            images = [read_image(f) for f in files]
-            _, masks = segment(serve, [im.pixels for im in images], batch_size)
-            indices = frame_indices(images)
-            rows = []
-            for path, im, mask, (s, ph) in zip(files, images, masks, indices, strict=True):
-                name = path.stem
-                (tmp / "masks" / study).mkdir(parents=True, exist_ok=True)
-                np.save(tmp / "masks" / study / f"{name}.npy", mask)
-                if overlays:
-                    (tmp / "overlays" / study).mkdir(parents=True, exist_ok=True)
-                    (tmp / "overlays" / study / f"{name}.png").write_bytes(
-                        overlay_png(im.pixels, mask))
-                pixel_area = im.pixel_spacing_mm[0] * im.pixel_spacing_mm[1]
-                rows.append({"study": study, "file": path.name,
-                             "instance_number": im.instance_number, "slice_index": int(s),
-                             "phase_index": int(ph),
-                             "position_mm": round(im.normal_position_mm, 3),
-                             "trigger_time_ms": im.trigger_time_ms,
-                             "lv_pixels": int(mask.sum()),
-                             "area_mm2": float(mask.sum() * pixel_area)})
-            volumes, summary = stack_volumes(rows, [im.normal_position_mm for im in images])
-            volume_tables.append(volumes.assign(study=study))
-            summaries[study] = summary
-            area_rows += rows
+        for folder, folder_files in studies.items():
+            images = [read_image(f) for f in folder_files]
+            for study, files, series in split_series(folder, folder_files, images):
+                rows, volumes, summaries[study] = _predict_series(
+                    serve, study, files, series, tmp, overlays, batch_size)
+                area_rows += rows
+                volume_tables.append(volumes.assign(study=study))
         pd.DataFrame(area_rows).to_csv(tmp / "areas.csv", index=False)
         cols = ["study", "phase_index", "slices", "volume_ml"]
         pd.concat(volume_tables)[cols].to_csv(tmp / "volumes.csv", index=False)

@@ -235,3 +235,54 @@ def test_real_subset_search_report_export_predict(real_prepared, real_subset, tm
     study = studies["SCD0000101"]
     assert (study["images"], study["slices"], study["phases"]) == (240, 12, 20)
     assert study["slice_spacing_mm"] == pytest.approx(10.0, abs=0.01)
+    # A folder holding a second series (here a 3-image localizer beside the cine stack,
+    # as scanner exports and the challenge release's case folders do): one study per
+    # series, the stack's figures unchanged.
+    import pydicom
+
+    mixed = tmp_path / "study"
+    mixed.mkdir()
+    for path in (real_subset / "dicoms" / "SCD0000101").glob("*.dcm"):
+        (mixed / path.name).write_bytes(path.read_bytes())
+    for k in range(3):
+        ds = pydicom.dcmread(real_subset / "dicoms" / "SCD0000101" / f"{k + 1}.dcm")
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["localizer"])
+        ds.SeriesNumber = 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.InstanceNumber = k + 1
+        ds.save_as(mixed / f"loc{k}.dcm")
+    both = predict(tmp_path / "model", mixed, tmp_path / "pred-mixed", overlays=False,
+                   verbose=False)
+    assert set(both) == {"study/series_0001", "study/series_0300"}
+    assert both["study/series_0300"] == study
+    assert both["study/series_0001"]["images"] == 3
+    assert both["study/series_0001"]["ejection_fraction"] is None
+
+
+def test_a_folder_is_split_into_its_dicom_series():
+    from lvseg_search.dicom_io import DicomImage
+    from lvseg_search.predict import split_series
+
+    def image(uid: str, number: int) -> DicomImage:
+        return DicomImage(pixels=np.zeros((2, 2), np.int16), instance_number=1,
+                          pixel_spacing_mm=(1.0, 1.0), slice_thickness_mm=1.0,
+                          image_position=(0.0, 0.0, 0.0),
+                          image_orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+                          trigger_time_ms=0.0, cardiac_number_of_images=0,
+                          series_uid=uid, series_number=number)
+
+    files = [Path(f"{i}.dcm") for i in range(5)]
+    one = [image("1.2", 7)] * 5
+    assert split_series("p", files, one) == [("p", files, one)]
+    two = [image("1.2", 7), image("1.3", 2), image("1.2", 7), image("1.3", 2), image("1.2", 7)]
+    groups = split_series("p", files, two)
+    assert [(name, [f.name for f in fs]) for name, fs, _ in groups] == [
+        ("p/series_0007", ["0.dcm", "2.dcm", "4.dcm"]), ("p/series_0002", ["1.dcm", "3.dcm"])]
+    # Without distinct series numbers, series are numbered in the order first seen; without
+    # series UIDs, the numbers group them.
+    same = [image("1.2", 0), image("1.3", 0), image("1.2", 0), image("1.3", 0), image("1.2", 0)]
+    assert [name for name, _, _ in split_series("p", files, same)] == ["p/series_0001",
+                                                                      "p/series_0002"]
+    nouid = [image("", 3), image("", 4), image("", 3), image("", 4), image("", 3)]
+    assert [name for name, _, _ in split_series("p", files, nouid)] == ["p/series_0003",
+                                                                       "p/series_0004"]
