@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=Path, help="use this splits.json instead")
     p.add_argument("--max-epochs", type=int, help="Hyperband's largest epoch budget")
     p.add_argument("--factor", type=int, help="Hyperband's reduction factor")
-    p.add_argument("--iterations", type=int, help="Hyperband iterations")
+    p.add_argument("--iterations", type=int,
+                   help="Hyperband iterations; re-run with more to extend a search")
     p.add_argument("--max-trials", type=int,
                    help="stop after this many trials (default: Hyperband's full schedule); "
                    "re-run with more to extend a search")

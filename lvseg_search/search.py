@@ -36,6 +36,8 @@ SPACE_FILE = "space.toml"
 PROJECT = "tuner"
 # Options a splits file (--splits) decides instead of the command line.
 SPLIT_OPTIONS = ("folds", "test_patients", "test_ids")
+# Options that only size the search, not how a trial trains: a run may resume with others.
+BUDGET_OPTIONS = ("max_trials", "hyperband_iterations")
 # Training augmentation (flips always): the pipeline's defaults unless the space sets them.
 AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
                     "augment_scale": PipelineConfig.max_scale,
@@ -150,9 +152,9 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
         # Compared elsewhere: the space by its contents (space_digest), not by the path
         # (older runs hold relative ones); a splits file by its folds, below, not by the
         # recorded counts (older runs hold the command line's defaults); the data by its
-        # contents where the run recorded them, so it may move. --max-trials is a budget,
-        # not part of how trials train: a new one extends or caps the search.
-        skip = ("space", "data", "data_digest", "max_trials",
+        # contents where the run recorded them, so it may move. A new budget extends or
+        # caps the search.
+        skip = ("space", "data", "data_digest", *BUDGET_OPTIONS,
                 *(SPLIT_OPTIONS if given_split is not None else ()))
         changed = [k for k, v in asdict(options).items() if k not in skip
                    and json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
@@ -170,7 +172,7 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
                             f"{out}; resume with its own {out / splits.FILENAME}, or choose "
                             "another --out, or pass --overwrite")
         updated = {k: v for k, v in asdict(options).items()
-                   if k in ("data", "data_digest", "max_trials") and previous.get(k) != v}
+                   if k in ("data", "data_digest", *BUDGET_OPTIONS) and previous.get(k) != v}
         if updated:
             atomic.write_json(record, {**previous, **updated})
         return options, split
@@ -399,6 +401,9 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
     if is_chief or not hasattr(tuner.oracle, "stub"):
         # A cap on Hyperband's own schedule, for a fixed budget (the oracle owns it).
         tuner.oracle.max_trials = options.max_trials
+        # A resumed oracle took its iterations from its saved state; the run's options may
+        # have raised them since, to extend a finished schedule.
+        tuner.oracle.hyperband_iterations = options.hyperband_iterations
     if verbose and not is_chief and header:
         print(f"search: space {sp.name}, {cv.n_folds} patient-grouped folds, "
               f"{len(split['test'])} held-out test patient(s), max {options.max_epochs} "

@@ -84,7 +84,7 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
                    batch_size=4, steps_per_epoch=2, verbose=False)
 
 
-def test_a_new_max_trials_extends_a_finished_search(tiny_data, tmp_path, capsys):
+def test_a_new_budget_extends_a_finished_search(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     options = dict(folds=2, max_epochs=2, factor=2, image_size=32, batch_size=4,
                    steps_per_epoch=1, recycle_every=None)
@@ -101,6 +101,14 @@ def test_a_new_max_trials_extends_a_finished_search(tiny_data, tmp_path, capsys)
     # The same budget again: nothing left to run.
     again = run_search(tiny_data, out, str(TINY), max_trials=4, verbose=False, **options)
     assert again["n_trials"] == 4
+    # No cap: Hyperband's whole schedule; then a second iteration of it.
+    whole = run_search(tiny_data, out, str(TINY), verbose=False, **options)["n_trials"]
+    assert whole > 4
+    assert run_search(tiny_data, out, str(TINY), verbose=False, **options)["n_trials"] == whole
+    twice = run_search(tiny_data, out, str(TINY), hyperband_iterations=2, verbose=False,
+                       **options)
+    assert twice["n_trials"] > whole and not twice["failed"]
+    assert json.loads((out / "search.json").read_text())["hyperband_iterations"] == 2
 
 
 @pytest.mark.parametrize(("precision", "jit"), [("mixed_bfloat16", False),
