@@ -138,7 +138,8 @@ def load_run(path: Path, data: Path | None = None) -> Run:
             (default: where the search read it).
 
     Raises:
-        UserError: The folder holds no search, or ``data`` lacks its patients.
+        UserError: The folder holds no search, or ``data`` holds other data than the
+            search used.
     """
     from keras_tuner.engine.trial import Trial
 
