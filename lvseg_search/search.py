@@ -118,7 +118,7 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
     check_image_size(space, merged["image_size"])
     return SearchOptions(
         data=str(Path(data).resolve()), space=str(Path(space.path).resolve()),
-        space_digest=space.digest, data_digest=manifest.identity(manifest.load(Path(data))),
+        space_digest=space.digest,
         test_patients=int(given.get("test_patients") or 0),
         test_ids=tuple(given.get("test_ids") or ()), seed=int(given.get("seed") or 0),
         precision=precision, jit=bool(given.get("jit")), max_trials=given.get("max_trials"),
@@ -130,14 +130,15 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
     """Creates or resumes a run folder.
 
     Returns:
-        The options as recorded (with ``splits_file``, its folds and test patients) and
-        the run's splits.
+        The options as recorded (with the data's digest, ``splits_file``, its folds and test
+        patients) and the run's splits.
 
     Raises:
         UserError: The folder holds another search or something else, or the splits file
             is bad or differs from the splits of the search being resumed.
     """
     m = manifest.load(Path(options.data))
+    options = replace(options, data_digest=manifest.identity(m))
     counts = {p["patient_id"]: p["slices"] for p in m["patients"]}
     given_split = None
     if splits_file is not None:
