@@ -45,10 +45,12 @@ def frame_indices(images: list[DicomImage]) -> list[tuple[int, int]]:
     """Slice and phase index of each frame.
 
     Sunnybrook numbers frames slice * phases + phase + 1 with CardiacNumberOfImages
-    phases; where that tag is missing, slices are ranked along the slice normal and
-    phases by trigger time.
+    phases; where that tag is missing, or instance numbers repeat (a stack written one
+    series per slice numbers each series from 1), slices are ranked along the slice
+    normal and phases by trigger time.
     """
-    if all(im.cardiac_number_of_images > 0 and im.instance_number > 0 for im in images):
+    if (all(im.cardiac_number_of_images > 0 and im.instance_number > 0 for im in images)
+            and len({im.instance_number for im in images}) == len(images)):
         return [divmod(im.instance_number - 1, im.cardiac_number_of_images) for im in images]
     positions = sorted({round(im.normal_position_mm, 2) for im in images})
     slice_of = [positions.index(round(im.normal_position_mm, 2)) for im in images]

@@ -67,22 +67,52 @@ def split_series(study: str, files: list[Path], images: list[DicomImage]
 
     A study exported from a scanner or PACS, or a case folder of the 2009 challenge
     release, holds the short-axis cine series beside localizers and long-axis views;
-    slices, phases and volumes are only meaningful within one series.
+    slices, phases and volumes are only meaningful within one series. Some scanners write
+    the short-axis stack one series per slice: parallel single-slice series of the same
+    image size and number of phases, at distinct positions, are joined into one stack.
 
     Returns:
-        ``(name, files, images)`` per series in the order first seen: the folder's name
-        alone when it holds one series, else ``<folder>/series_<SeriesNumber>``.
+        ``(name, files, images)`` per series or stack in the order first seen: the
+        folder's name alone when it holds one, else ``<folder>/series_<SeriesNumber>``
+        (``series_<first>-<last>`` for a joined stack).
     """
     groups: dict[str, list[int]] = defaultdict(list)
     for i, im in enumerate(images):
         groups[im.series_uid or str(im.series_number)].append(i)
-    if len(groups) == 1:
+    parts = _join_slice_series(list(groups.values()), images)
+    if len(parts) == 1:
         return [(study, files, images)]
-    numbers = [images[idx[0]].series_number for idx in groups.values()]
-    unique = len(set(numbers)) == len(numbers)
-    return [(f"{study}/series_{number if unique else k + 1:04d}", [files[i] for i in idx],
-             [images[i] for i in idx])
-            for k, (number, idx) in enumerate(zip(numbers, groups.values(), strict=True))]
+    labels = []
+    for part in parts:
+        numbers = sorted({images[i].series_number for i in part})
+        labels.append(f"{numbers[0]:04d}" if len(numbers) == 1
+                      else f"{numbers[0]:04d}-{numbers[-1]:04d}")
+    if len(set(labels)) < len(labels):  # no usable series numbers: count instead
+        labels = [f"{k + 1:04d}" for k in range(len(parts))]
+    return [(f"{study}/series_{label}", [files[i] for i in part], [images[i] for i in part])
+            for label, part in zip(labels, parts, strict=True)]
+
+
+def _join_slice_series(parts: list[list[int]], images: list[DicomImage]) -> list[list[int]]:
+    """Joins series that each hold one slice of the same stack (see :func:`split_series`);
+    at least three are needed to call them a stack."""
+    def position(i: int) -> float:
+        return round(images[i].normal_position_mm, 2)
+
+    candidates: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for k, part in enumerate(parts):
+        first = images[part[0]]
+        if len({position(i) for i in part}) == 1 and all(
+                images[i].image_orientation == first.image_orientation for i in part):
+            key = (tuple(np.round(first.image_orientation, 3)), first.pixels.shape, len(part))
+            candidates[key].append(k)
+    joined: dict[int, list[int]] = {}  # first part of a stack -> all its images
+    absorbed: set[int] = set()
+    for ks in candidates.values():
+        if len(ks) >= 3 and len({position(parts[k][0]) for k in ks}) == len(ks):
+            joined[ks[0]] = sorted(i for k in ks for i in parts[k])
+            absorbed.update(ks[1:])
+    return [joined.get(k, part) for k, part in enumerate(parts) if k not in absorbed]
 
 
 def load_model(model_dir: Path):

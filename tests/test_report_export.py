@@ -240,12 +240,14 @@ def test_real_subset_search_report_export_predict(real_prepared, real_subset, tm
     # series, the stack's figures unchanged.
     import pydicom
 
+    source = sorted((real_subset / "dicoms" / "SCD0000101").glob("*.dcm"),
+                    key=lambda p: int(p.stem))
     mixed = tmp_path / "study"
     mixed.mkdir()
-    for path in (real_subset / "dicoms" / "SCD0000101").glob("*.dcm"):
+    for path in source:
         (mixed / path.name).write_bytes(path.read_bytes())
     for k in range(3):
-        ds = pydicom.dcmread(real_subset / "dicoms" / "SCD0000101" / f"{k + 1}.dcm")
+        ds = pydicom.dcmread(source[k])
         ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["localizer"])
         ds.SeriesNumber = 1
         ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
@@ -257,17 +259,36 @@ def test_real_subset_search_report_export_predict(real_prepared, real_subset, tm
     assert both["study/series_0300"] == study
     assert both["study/series_0001"]["images"] == 3
     assert both["study/series_0001"]["ejection_fraction"] is None
+    # The same stack written one series per slice, each numbered from 1 (as some scanners
+    # write it): joined again into one stack, with the same volumes.
+    per_slice = tmp_path / "per-slice"
+    per_slice.mkdir()
+    for path in source:
+        ds = pydicom.dcmread(path)
+        s, phase = divmod(int(ds.InstanceNumber) - 1, int(ds.CardiacNumberOfImages))
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["slice", str(s)])
+        ds.SeriesNumber = 10 + s
+        ds.InstanceNumber = phase + 1
+        ds.save_as(per_slice / path.name)
+    joined = predict(tmp_path / "model", per_slice, tmp_path / "pred-per-slice",
+                     overlays=False, verbose=False)
+    assert list(joined) == ["per-slice"]
+    again = joined["per-slice"]
+    assert {k: again[k] for k in ("images", "slices", "phases", "ed_phase", "es_phase")} == {
+        k: study[k] for k in ("images", "slices", "phases", "ed_phase", "es_phase")}
+    for key in ("slice_spacing_mm", "edv_ml", "esv_ml", "ejection_fraction"):
+        assert again[key] == pytest.approx(study[key])
 
 
 def test_a_folder_is_split_into_its_dicom_series():
     from lvseg_search.dicom_io import DicomImage
     from lvseg_search.predict import split_series
 
-    def image(uid: str, number: int) -> DicomImage:
+    def image(uid: str, number: int, z: float = 0.0,
+              orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)) -> DicomImage:
         return DicomImage(pixels=np.zeros((2, 2), np.int16), instance_number=1,
                           pixel_spacing_mm=(1.0, 1.0), slice_thickness_mm=1.0,
-                          image_position=(0.0, 0.0, 0.0),
-                          image_orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+                          image_position=(0.0, 0.0, z), image_orientation=orientation,
                           trigger_time_ms=0.0, cardiac_number_of_images=0,
                           series_uid=uid, series_number=number)
 
@@ -286,3 +307,12 @@ def test_a_folder_is_split_into_its_dicom_series():
     nouid = [image("", 3), image("", 4), image("", 3), image("", 4), image("", 3)]
     assert [name for name, _, _ in split_series("p", files, nouid)] == ["p/series_0003",
                                                                        "p/series_0004"]
+    # Single-slice series, parallel and at distinct positions, are one stack (three or
+    # more); a localizer beside them stays apart, and two such series are not a stack.
+    loc = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+    sax = [image(f"s{z}", 10 + z, z=10.0 * z) for z in range(4) for _ in range(2)]
+    names = [(name, len(ims)) for name, _, ims in split_series(
+        "p", [Path(f"{i}.dcm") for i in range(10)], sax + [image("l", 2, orientation=loc)] * 2)]
+    assert names == [("p/series_0010-0013", 8), ("p/series_0002", 2)]
+    assert split_series("p", files[:4], sax[:4])[0][0] == "p/series_0010"
+    assert split_series("p", files[:4] * 2, sax)[0][0] == "p"
