@@ -159,8 +159,9 @@ def _prepare_run(out: Path, options: SearchOptions, overwrite: bool,
                 *(SPLIT_OPTIONS if given_split is not None else ()))
         changed = [k for k, v in asdict(options).items() if k not in skip
                    and json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
-        if (previous.get("data_digest") != options.data_digest if previous.get("data_digest")
-                else previous.get("data") != options.data):
+        same_data = (previous["data_digest"] == options.data_digest
+                     if previous.get("data_digest") else previous.get("data") == options.data)
+        if not same_data:
             changed.insert(0, "data")
         if changed:
             raise UserError(f"{out}: holds a search with other options ({', '.join(changed)}); "
@@ -244,7 +245,7 @@ def relocate_data(out: Path, options: SearchOptions, data: Path) -> SearchOption
     if options.data_digest:
         other = manifest.identity(m) != options.data_digest
     else:
-        split = json.loads((Path(out) / splits.FILENAME).read_text(encoding="utf-8"))
+        split = splits.load(Path(out) / splits.FILENAME)
         wanted = {pid for fold in split["folds"] for part in ("train", "val")
                   for pid in fold[part]} | set(split.get("test", []))
         other = bool(wanted - {p["patient_id"] for p in m["patients"]})
