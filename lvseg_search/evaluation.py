@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import directed_hausdorff
 from skimage.measure import find_contours
@@ -19,6 +20,7 @@ from skimage.measure import find_contours
 from lvseg_search.postprocess import largest_region
 
 GOOD_APD_MM = 5.0
+_EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -49,6 +51,11 @@ def contour_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
     rows, cols = np.nonzero(mask)
     r0, c0 = rows.min(), cols.min()
     crop = mask[r0:rows.max() + 1, c0:cols.max() + 1]
+    # Holes do not move the outer boundary, but an untrained network's region is full of
+    # them and find_contours would trace (and assemble, in Python) every one. A hole is
+    # background not 8-connected to the outside, as find_contours connects background
+    # ("low") values: filled so, the region's outer iso-line is the same.
+    crop = ndimage.binary_fill_holes(crop, structure=_EIGHT_CONNECTED)
     lines = find_contours(np.pad(crop.astype(float), 1), 0.5)
     line = max(lines, key=len) - 1.0 + np.array([r0, c0], dtype=float)
     return line * np.asarray(spacing_mm, dtype=float)[None, :]

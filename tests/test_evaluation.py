@@ -8,6 +8,7 @@ from skimage.draw import disk
 
 from lvseg_search.evaluation import (
     average_perpendicular_distance,
+    contour_mm,
     dice,
     hausdorff_mm,
     score_image,
@@ -87,3 +88,27 @@ def test_a_prepared_reference_scores_like_the_manual_mask():
     pred = (yy - 32) ** 2 + (xx - 30) ** 2 < 13 ** 2
     ref = reference(truth, (1.25, 1.25))
     assert score_image(pred, truth, (1.25, 1.25), ref) == score_image(pred, truth, (1.25, 1.25))
+
+
+def test_contour_is_the_outer_boundary_around_a_long_hole():
+    # A 20x20 square with a comb-shaped hole whose edge (~250 px) is longer than the
+    # square's own (~80 px): an untrained network's mask looks like this. The contour
+    # scored must be the outer one, enclosing the whole square.
+    mask = np.zeros((30, 30), bool)
+    mask[5:25, 5:25] = True
+    mask[7, 7:22] = False
+    mask[7:22, 7:22:2] = False
+    points = contour_mm(mask, (1.0, 1.0))
+    rows, cols = points[:, 0], points[:, 1]
+    assert rows.min() == pytest.approx(4.5) and rows.max() == pytest.approx(24.5)
+    assert cols.min() == pytest.approx(4.5) and cols.max() == pytest.approx(24.5)
+    assert len(points) < 100
+    # A background pixel that touches the outside only diagonally is outside, as
+    # find_contours connects background: the boundary still dips around it (to 0.5 px
+    # of its centre; the square's edge is 1.5 px away).
+    notch = np.zeros((12, 12), bool)
+    notch[2:10, 2:10] = True
+    notch[2, 2] = False
+    notch[3, 3] = False
+    points = contour_mm(notch, (1.0, 1.0))
+    assert np.hypot(points[:, 0] - 3, points[:, 1] - 3).min() == pytest.approx(0.5)
