@@ -29,12 +29,12 @@ from lvseg_search import atomic, hparams
 from lvseg_search.cv import CrossValidation
 from lvseg_search.schedule import scheduler
 from lvseg_search.scoring import score_predictions
-from lvseg_search.validation import FoldValidation
+from lvseg_search.validation import FoldValidation, traced_forward
 
 # A trial whose folds evaluate their model at least this often in total validates
-# through the traced predict step (trace ~0.3-0.5 s, then ~0.1 s saved per pass on
-# 2 cores at 128 px); shorter trials validate eagerly.
-COMPILED_VALIDATION_FROM = 8
+# through one traced forward pass (on 2 cores at 128 px the trace costs 0.08-0.2 s and
+# saves 0.03-0.1 s a pass); shorter trials validate eagerly.
+COMPILED_VALIDATION_FROM = 3
 CHECKPOINT = "checkpoint.weights.h5"
 RESULT = "result.json"
 FAILURE = "failure.txt"
@@ -257,7 +257,9 @@ class CVHyperband(keras_tuner.Hyperband):
         parent = hp.values.get("tuner/trial_id")
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         results: list[dict[str, Any]] = []
-        model, initial_state = None, None
+        model, initial_state, forward = None, None, None
+        traced = (self.cv.replicas == 1
+                  and self.cv.n_folds * (epochs - initial) >= COMPILED_VALIDATION_FROM)
         try:
             for k in range(self.cv.n_folds):
                 done = read_fold_result(trial_dir, k)
@@ -271,6 +273,7 @@ class CVHyperband(keras_tuner.Hyperband):
                         model.optimizer.build(model.trainable_variables)
                     initial_state = ([v.numpy() for v in model.weights],
                                      [v.numpy() for v in model.optimizer.variables])
+                    forward = traced_forward(model) if traced else None
                 else:
                     # One model per trial, reset per fold: building and tracing a model
                     # costs more than a small trial's training.
@@ -280,15 +283,15 @@ class CVHyperband(keras_tuner.Hyperband):
                                         strict=True):
                         v.assign(value)
                 results.append(self._run_fold(trial, model, k, epochs, initial, parent,
-                                              trial_dir))
+                                              trial_dir, forward))
         finally:
             # Failed trials too: the next trial starts from a clean session.
-            del model, initial_state
+            del model, initial_state, forward
             release_memory()
         return cv_score(results)
 
     def _run_fold(self, trial, model, k: int, epochs: int, initial: int,
-                  parent: str | None, trial_dir: Path) -> dict[str, Any]:
+                  parent: str | None, trial_dir: Path, forward=None) -> dict[str, Any]:
         out = fold_dir(trial_dir, k)
         out.mkdir(parents=True, exist_ok=True)
         resumed_from = None
@@ -302,9 +305,7 @@ class CVHyperband(keras_tuner.Hyperband):
                     f" | best CV Dice {self._best_so_far()}")
 
         monitor = _FoldMonitor(describe if self.verbose else None, epochs)
-        evaluations = self.cv.n_folds * (epochs - initial)
-        validation = FoldValidation(self.cv.validation(k), compiled=(
-            self.cv.replicas == 1 and evaluations >= COMPILED_VALIDATION_FROM))
+        validation = FoldValidation(self.cv.validation(k), forward=forward)
         start = time.perf_counter()
         try:
             # Validation first: the callbacks after it see val_dice in the epoch's logs.
