@@ -6,8 +6,10 @@
    trials (batch 8, one pass over a fold's ~37 training slices per epoch, 5 batches;
    max 3 epochs, factor 3), where fixed costs weigh most; and "readme", the first 10
    trials of the real-subset search the README gives (batch 4, 30 batches per epoch,
-   max 30 epochs, factor 10). With --stock, the small trials through stock keras-tuner
-   Hyperband (one train/val split, Keras's own validation) for comparison.
+   max 30 epochs, factor 10). With --stock, the small trials twice more, both timed
+   inside this process once TensorFlow is loaded (no process start, no import): our
+   search (the same command, in-process) and stock keras-tuner Hyperband (one
+   train/val split, Keras's own validation), for comparison on the same footing.
 2. Process RSS after trials 1, 10, 50 and 100 of a 100-trial search of tiny models
    (target: growth <= 5% from trial 10 to 100), as the command line runs it: a fresh
    process every --recycle-every trials (0: all in one process, to see the leak).
@@ -56,24 +58,45 @@ SETTINGS = {
 
 
 def overhead(data_dir: Path, out: Path, trials: int, image_size: int,
-             recycle: int | None, settings: str) -> dict:
+             recycle: int | None, settings: str, in_process: bool = False) -> dict:
     """Times the search as users run it: the command line in its own process (one
-    TensorFlow import, trials in a child process when recycling)."""
+    TensorFlow import, trials in a child process when recycling); with ``in_process``,
+    the same command run inside this process, trials too, as stock keras-tuner is timed."""
+    import contextlib
+    import io
     import json
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(data_dir), "--space",
-           "quick", "--out", str(out), "--folds", "3", "--max-trials", str(trials),
-           "--image-size", str(image_size), "--seed", "0", "--quiet",
-           "--recycle-every", str(recycle or 0), *SETTINGS[settings]]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["search", "--data", str(data_dir), "--space", "quick", "--out", str(out),
+            "--folds", "3", "--max-trials", str(trials), "--image-size", str(image_size),
+            "--seed", "0", "--quiet", "--recycle-every", str(0 if in_process else recycle or 0),
+            *SETTINGS[settings]]
+    if in_process:
+        import keras  # noqa: F401 - TensorFlow loaded before the clock starts
+
+        from lvseg_search import cli
+
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            if cli.main(args) != 0:
+                raise RuntimeError(f"search failed: {args}")
+    else:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lvseg_search", *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     results = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/fold_*/result.json")]
     trials_done = len(list(out.glob("tuner/trial_*/trial.json")))
     return {"wall_seconds": wall, "batch_seconds": sum(r["batch_seconds"] for r in results),
             "trials": trials_done, "fits": len(results)}
+
+
+def figures(wall: float, batches: float, fits: int, unit: str) -> str:
+    """Wall time, time inside training batches, their ratio and the fixed cost per fit."""
+    return (f"wall {wall:.1f} s, inside training batches {batches:.1f} s, ratio "
+            f"{wall / batches:.2f}; fixed cost {(wall - batches) / fits:.2f} s per {unit} "
+            f"({fits} fits)")
 
 
 def breakdown(run: Path, wall: float) -> str:
@@ -159,7 +182,8 @@ def main() -> None:
                         help="comma-separated: small (one-pass epochs), readme (the README's "
                         "real-subset settings)")
     parser.add_argument("--stock", action="store_true",
-                        help="also time stock keras-tuner Hyperband on the small trials")
+                        help="also time the small trials in this process, ours and stock "
+                        "keras-tuner Hyperband's")
     parser.add_argument("--recycle-every", type=int, default=10,
                         help="fresh search process every N trials (0: one process)")
     parser.add_argument("--skip-memory", action="store_true")
@@ -176,19 +200,19 @@ def main() -> None:
             run = tmp / f"overhead-{name}"
             s = overhead(data, run, args.trials, args.image_size, recycle, name)
             print(f"[overhead] {name} ({' '.join(SETTINGS[name])}): {s['trials']} trials x 3 "
-                  f"folds, real shards at {args.image_size}px: wall {s['wall_seconds']:.1f} s, "
-                  f"inside training batches {s['batch_seconds']:.1f} s, ratio "
-                  f"{s['wall_seconds'] / s['batch_seconds']:.2f}; fixed cost "
-                  f"{(s['wall_seconds'] - s['batch_seconds']) / s['fits']:.2f} s per fold "
-                  f"model ({s['fits']} fits)")
+                  f"folds, real shards at {args.image_size}px: "
+                  + figures(s["wall_seconds"], s["batch_seconds"], s["fits"], "fold model"))
             print(f"[overhead] {name}, where the time went: " + breakdown(run,
                                                                          s["wall_seconds"]))
         if args.stock:
+            s = overhead(data, tmp / "in-process", args.trials, args.image_size, None,
+                         "small", in_process=True)
+            print(f"[overhead] ours, small trials, {s['trials']} trials x 3 folds in this "
+                  "process: " + figures(s["wall_seconds"], s["batch_seconds"], s["fits"],
+                                        "fold model"))
             wall, batches = stock_overhead(data, tmp, args.trials, args.image_size)
             print(f"[overhead] stock keras-tuner, small trials, {args.trials} trials on one "
-                  f"split: wall {wall:.1f} s, inside training batches {batches:.1f} s, ratio "
-                  f"{wall / batches:.2f}; fixed cost {(wall - batches) / args.trials:.2f} s "
-                  "per model")
+                  "split in this process: " + figures(wall, batches, args.trials, "model"))
         if not args.skip_memory:
             log = memory(tmp, args.memory_trials, recycle)
             marks = [m for m in (1, 10, 50, 100) if m <= len(log)]
