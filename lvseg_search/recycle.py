@@ -9,7 +9,9 @@ next child (the same resume as after a kill).
 A child imports TensorFlow, Keras and keras-tuner as soon as it starts (about 5 s on 2
 cores) and only then waits for its share of the search. The parent starts the first one
 before it prepares the run (making the splits imports scikit-learn, reading the manifest
-and the space), so both happen at once on different cores.
+and the space), so both happen at once on different cores; and it starts each later one
+as the running child begins the last trial of its share, so that the next child loads
+while that trial trains instead of after it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ import contextlib
 import os
 import queue as queue_mod
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from lvseg_search._tf import exit_without_teardown
 from lvseg_search.errors import UserError
+
+# The message a child sends as it starts the last trial of its share.
+SHARE_ENDING = {"share_ending": True}
 
 
 class SearchProcess:
@@ -40,10 +47,17 @@ class SearchProcess:
         self._proc = ctx.Process(target=_child_main, args=(self._jobs, self._reports,
                                                            os.getpid()), daemon=True)
         self._proc.start()
+        self.started = time.monotonic()
 
-    def run(self, **job: Any) -> dict[str, Any]:
+    def run(self, on_share_ending: Callable[[], None] | None = None,
+            **job: Any) -> dict[str, Any]:
         """Sends the child its share of the search (``search._search``'s arguments) and
         waits for its summary.
+
+        Args:
+            on_share_ending: Called (here, in the parent) when the child starts the last
+                trial of its share and more trials follow.
+            **job: ``search._search``'s keyword arguments but ``role``.
 
         Raises:
             UserError: The search stopped on bad input, or the child died (killed, out of
@@ -58,6 +72,10 @@ class SearchProcess:
             except queue_mod.Empty:
                 if not self._proc.is_alive() and self._reports.empty():
                     break
+            if message == SHARE_ENDING:
+                if on_share_ending is not None:
+                    on_share_ending()
+                message = None
         self._proc.join()
         if message is None:
             raise UserError(f"{job['out']}: the search process stopped (exit code "
@@ -90,7 +108,8 @@ def _child_main(jobs, reports, parent_pid: int) -> None:
         _exit(reports, 1)
     job = jobs.get()
     try:
-        summary = search._search(**job, role=None)
+        summary = search._search(**job, role=None,
+                                 on_share_ending=lambda: reports.put(SHARE_ENDING))
         # The summary goes back too: reading trials in the parent would import
         # TensorFlow there (keras-tuner) only to print the table.
         reports.put(summary)
@@ -141,20 +160,33 @@ def search_recycled(first: SearchProcess, every: int, verbose: bool,
         of all of them.
     """
     total: dict[str, Any] = {"batch_seconds": 0.0, "trial_log": [], "replicas": 1,
-                             "processes": 0}
+                             "processes": 0, "process_times": []}
     proc, header = first, True
-    while True:
-        message = proc.run(**job, verbose=verbose, trial_budget=every, header=header)
-        total["processes"] += 1
-        total["batch_seconds"] += message["batch_seconds"]
-        total["trial_log"] += message["trial_log"]
-        total["replicas"] = message["replicas"]
-        if not message["recycle"]:
-            summary = {k: v for k, v in message.items() if k not in total}
-            break
-        proc, header = SearchProcess(), False
-        if verbose:
-            print(f"(fresh search process after {every} trials: it frees the graphs "
-                  "TensorFlow keeps of every trained model; resuming)", flush=True)
+    spare: list[SearchProcess] = []  # the next child, started during the last trial
+
+    def start_next() -> None:
+        if not spare:
+            spare.append(SearchProcess())
+
+    try:
+        while True:
+            message = proc.run(**job, verbose=verbose, trial_budget=every, header=header,
+                               on_share_ending=start_next)
+            total["processes"] += 1
+            total["process_times"].append({"started": proc.started,
+                                           "finished": time.monotonic()})
+            total["batch_seconds"] += message["batch_seconds"]
+            total["trial_log"] += message["trial_log"]
+            total["replicas"] = message["replicas"]
+            if not message["recycle"]:
+                summary = {k: v for k, v in message.items() if k not in total}
+                break
+            proc, header = spare.pop() if spare else SearchProcess(), False
+            if verbose:
+                print(f"(fresh search process after {every} trials: it frees the graphs "
+                      "TensorFlow keeps of every trained model; resuming)", flush=True)
+    finally:
+        for p in spare:  # started for trials that turned out not to come
+            p.cancel()
     summary.update(total)
     return summary

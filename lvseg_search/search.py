@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -365,7 +366,8 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
 
 def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str, Any], *,
             verbose: bool, strategy: str | None, role: str | None,
-            trial_budget: int | None = None, header: bool = True) -> dict[str, Any]:
+            trial_budget: int | None = None, header: bool = True,
+            on_share_ending: Callable[[], None] | None = None) -> dict[str, Any]:
     import keras
 
     from lvseg_search import hparams
@@ -395,7 +397,8 @@ def _search(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str,
                             max_epochs=options.max_epochs, factor=options.factor,
                             hyperband_iterations=options.hyperband_iterations,
                             distribution_strategy=dist, directory=str(out), project_name=PROJECT,
-                            tensorboard_dir=out / hparams.DIRNAME, trial_budget=trial_budget)
+                            tensorboard_dir=out / hparams.DIRNAME, trial_budget=trial_budget,
+                            on_share_ending=on_share_ending)
     is_chief = role == "chief"
     logdir = out / hparams.DIRNAME
     if role != "worker" and not any(logdir.glob("events.out.tfevents.*")):

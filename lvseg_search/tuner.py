@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,13 +190,16 @@ class CVHyperband(keras_tuner.Hyperband):
         tensorboard_dir: Write each finished trial's HParams session and fold curves here.
         trial_budget: Stop after this many trials in this process (``recycle`` is then
             set), so that a fresh process can resume the search.
+        on_share_ending: Called once, as this process starts the last trial of its
+            ``trial_budget`` while more trials follow, so that the next process can load
+            TensorFlow during that trial instead of after it.
         **kwargs: Passed to ``keras_tuner.Hyperband`` (hypermodel, max_epochs, factor,
             hyperband_iterations, directory, project_name, ...).
     """
 
     def __init__(self, cv: CrossValidation, seed: int = 0, verbose: bool = True,
                  tensorboard_dir: Path | None = None, trial_budget: int | None = None,
-                 **kwargs):
+                 on_share_ending: Callable[[], None] | None = None, **kwargs):
         kwargs.setdefault("objective", keras_tuner.Objective("val_dice", direction="max"))
         kwargs.setdefault("max_consecutive_failed_trials", 8)
         super().__init__(seed=seed, **kwargs)
@@ -207,18 +211,32 @@ class CVHyperband(keras_tuner.Hyperband):
         self.verbose = verbose
         self.tensorboard_dir = tensorboard_dir
         self.trial_budget = trial_budget
+        self.on_share_ending = on_share_ending
         self.recycle = False  # stopped by the trial budget, not by the end of the search
         self.batch_seconds = 0.0  # time inside training batches, this process
         self.trial_log: list[dict[str, Any]] = []  # per finished trial: id, status, RSS
 
     def pre_create_trial(self):
         super().pre_create_trial()
-        if (self.trial_budget is not None and len(self.trial_log) >= self.trial_budget
-                and not self._schedule_done()):
+        if self.trial_budget is None:
+            return
+        done = len(self.trial_log)
+        if done >= self.trial_budget and not self._schedule_done():
             # Stop through the oracle's own limit: its next trial comes back STOPPED and
             # keras-tuner's loop ends; the oracle's state on disk is untouched.
             self.recycle = True
             self.oracle.max_trials = len(self.oracle.trials)
+        elif (done == self.trial_budget - 1 and self.on_share_ending is not None
+              and self._more_after_next()):
+            self.on_share_ending()
+            self.on_share_ending = None
+
+    def _more_after_next(self) -> bool:
+        """Whether trials may follow the one about to start (a search that ends on its
+        own schedule right after it is not foreseen: the next process then only finds
+        the search over)."""
+        cap = self.oracle.max_trials
+        return (cap is None or len(self.oracle.trials) + 1 < cap) and not self._schedule_done()
 
     def _schedule_done(self) -> bool:
         """Whether the oracle's next answer is STOPPED anyway (then no fresh process

@@ -371,6 +371,7 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch, capsys):
 
 
 def test_recycled_search_runs_its_trials_in_fresh_processes(tiny_data, tmp_path):
+    import multiprocessing
     import os
 
     out = tmp_path / "run"
@@ -384,6 +385,11 @@ def test_recycled_search_runs_its_trials_in_fresh_processes(tiny_data, tmp_path)
     pids = [t["pid"] for t in log]
     assert pids[0] == pids[1] != pids[2] == pids[3] and os.getpid() not in pids
     assert summary["processes"] == 2
+    # The second child was started (to load TensorFlow) while the first ran its last
+    # trial, not after it; no child is left (none was started for trials past the cap).
+    first, second = summary["process_times"]
+    assert second["started"] < first["finished"]
+    assert not multiprocessing.active_children()
     assert len(summary["completed"]) == 4 and not summary["failed"]
     # The promoted trial resumed from a checkpoint written by another process.
     pid_of = {t["trial_id"]: t["pid"] for t in log}
