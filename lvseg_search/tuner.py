@@ -35,7 +35,7 @@ from lvseg_search.validation import FoldValidation, traced_forward
 # A trial whose folds evaluate their model at least this often in total validates
 # through one traced forward pass (on 2 cores at 128 px the trace costs 0.08-0.2 s and
 # saves 0.03-0.1 s a pass); shorter trials validate eagerly.
-COMPILED_VALIDATION_FROM = 3
+TRACED_VALIDATION_FROM = 3
 CHECKPOINT = "checkpoint.weights.h5"
 RESULT = "result.json"
 FAILURE = "failure.txt"
@@ -277,7 +277,7 @@ class CVHyperband(keras_tuner.Hyperband):
         results: list[dict[str, Any]] = []
         model, initial_state, forward = None, None, None
         traced = (self.cv.replicas == 1
-                  and self.cv.n_folds * (epochs - initial) >= COMPILED_VALIDATION_FROM)
+                  and self.cv.n_folds * (epochs - initial) >= TRACED_VALIDATION_FROM)
         try:
             for k in range(self.cv.n_folds):
                 done = read_fold_result(trial_dir, k)
@@ -309,7 +309,8 @@ class CVHyperband(keras_tuner.Hyperband):
         return cv_score(results)
 
     def _run_fold(self, trial, model, k: int, epochs: int, initial: int,
-                  parent: str | None, trial_dir: Path, forward=None) -> dict[str, Any]:
+                  parent: str | None, trial_dir: Path,
+                  forward: Callable[[np.ndarray], Any] | None = None) -> dict[str, Any]:
         out = fold_dir(trial_dir, k)
         out.mkdir(parents=True, exist_ok=True)
         resumed_from = None
