@@ -153,7 +153,7 @@ def stock_overhead(data_dir: Path, tmp: Path, trials: int, image_size: int) -> t
     tuner = keras_tuner.Hyperband(
         SegmentationHyperModel(load_space("quick"), image_size), objective=keras_tuner.Objective(
             "val_dice", "max"), max_epochs=3, factor=3, hyperband_iterations=2,
-        directory=str(tmp), project_name="stock", seed=0)
+        directory=str(tmp), project_name="stock", seed=1)  # our --seed 0 (0 is "none")
     tuner.oracle.max_trials = trials
     start = time.perf_counter()
     tuner.search(train, validation_data=val, callbacks=[Timer()], verbose=0)

@@ -185,7 +185,8 @@ class CVHyperband(keras_tuner.Hyperband):
 
     Args:
         cv: The folds (training and validation pipelines).
-        seed: Seed for weight initialization.
+        seed: Seed of the search: the hyperparameters Hyperband samples and the fold
+            models' initial weights.
         verbose: Print progress (trial, fold, epoch, best CV Dice so far).
         tensorboard_dir: Write each finished trial's HParams session and fold curves here.
         trial_budget: Stop after this many trials in this process (``recycle`` is then
@@ -202,7 +203,9 @@ class CVHyperband(keras_tuner.Hyperband):
                  on_share_ending: Callable[[], None] | None = None, **kwargs):
         kwargs.setdefault("objective", keras_tuner.Objective("val_dice", direction="max"))
         kwargs.setdefault("max_consecutive_failed_trials", 8)
-        super().__init__(seed=seed, **kwargs)
+        # keras-tuner takes a seed of 0 for none and draws a random one, so the default
+        # --seed 0 sampled other hyperparameters at every run; ours are shifted by one.
+        super().__init__(seed=seed + 1, **kwargs)
         # Learning-rate schedules run over the search's max_epochs; a worker's oracle is
         # a remote client without Hyperband's attributes, so the tuner keeps its own.
         self.max_epochs = int(kwargs.get("max_epochs", 100))

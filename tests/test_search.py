@@ -410,3 +410,19 @@ def test_recycled_search_with_bad_options_stops_its_early_child(tiny_data, tmp_p
                    recycle_every=2)
     assert not (tmp_path / "run").exists()
     assert not multiprocessing.active_children()
+
+
+def test_the_same_seed_samples_the_same_hyperparameters(tiny_data, tmp_path):
+    # keras-tuner takes a seed of 0 for "none": the default --seed 0 must still fix the
+    # search (it sampled other hyperparameters at every run).
+    options = dict(folds=2, max_epochs=1, factor=2, image_size=32, batch_size=4,
+                   steps_per_epoch=1, max_trials=2, verbose=False, recycle_every=None)
+
+    def sampled(name: str, seed: int) -> list[dict]:
+        run_search(tiny_data, tmp_path / name, str(TINY), seed=seed, **options)
+        return [json.loads((d / "trial.json").read_text())["hyperparameters"]["values"]
+                for _, d in sorted(_trial_dirs(tmp_path / name).items())]
+
+    first = sampled("a", 0)
+    assert sampled("b", 0) == first
+    assert sampled("c", 1) != first
