@@ -30,6 +30,14 @@ def _positive(value: str) -> int:
     return n
 
 
+def _seed(value: str) -> int:
+    # numpy, scikit-learn and keras-tuner take seeds of 0 to 2**32 - 1.
+    n = int(value)
+    if not 0 <= n < 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and {2**32 - 2}")
+    return n
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from lvseg_search.prepare import prepare
 
@@ -163,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic cardiac MRI phantom (DICOM + contours)")
     p.add_argument("--patients", type=_positive, default=6)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--size", type=int, default=256, help="image rows and columns")
     p.add_argument("--phases", type=int, default=2, help="cardiac phases per slice (>= 2)")
     p.add_argument("--overwrite", action="store_true")
@@ -176,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-patients", type=int, default=0,
                    help="hold out this many random patients for the final test")
     p.add_argument("--test-ids", help="comma-separated patient ids to hold out instead")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, help="splits file (default: DATA/splits.json)")
     p.set_defaults(func=_cmd_split)
 
@@ -205,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "each fold's training slices); more steps per epoch help small "
                         "data sets")
     p.add_argument("--normalization", choices=["zscore", "minmax", "percentile"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--precision", default="float32",
                    choices=["float32", "mixed_float16", "mixed_bfloat16"])
     p.add_argument("--jit", action="store_true", help="compile train steps with XLA")
@@ -258,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole job on a synthetic phantom")
     p.add_argument("--out", type=Path, default=Path("results/demo"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -67,13 +67,14 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
         patient_slices,
     )
     from lvseg_search.schedule import scheduler
+    from lvseg_search.tuner import weights_seed
 
     patients = sorted({p for fold in run.splits["folds"] for p in fold["train"] + fold["val"]})
     o = run.options
     config = o.pipeline().training()
     n = patient_slices(run.data_dir, patients)
     data = make_dataset(patient_files(run.data_dir, patients, config), config, n)
-    keras.utils.set_random_seed(o.seed * 100003 + int(trial.trial_id))
+    keras.utils.set_random_seed(weights_seed(o.seed, trial.trial_id))
     model = run.build_network(trial.trial_id)
 
     class _Progress(keras.callbacks.Callback):

@@ -113,6 +113,12 @@ def release_memory() -> None:
     _malloc_trim()
 
 
+def weights_seed(seed: int, trial_id: str) -> int:
+    """The seed of a trial's initial weights (its fold models' and the export's), within
+    the 0 to 2**32 - 1 that NumPy takes."""
+    return (seed * 100003 + int(trial_id)) % 2**32
+
+
 def fold_dir(trial_dir: Path, k: int) -> Path:
     """Folder of fold ``k`` inside a trial folder."""
     return Path(trial_dir) / f"fold_{k}"
@@ -288,7 +294,7 @@ class CVHyperband(keras_tuner.Hyperband):
                     results.append(done)
                     continue
                 if model is None:
-                    keras.utils.set_random_seed(self.seed * 100003 + int(trial.trial_id))
+                    keras.utils.set_random_seed(weights_seed(self.seed, trial.trial_id))
                     model = self._try_build(hp)
                     with maybe_distribute(self.distribution_strategy):
                         model.optimizer.build(model.trainable_variables)

@@ -156,3 +156,12 @@ def test_real_process_exit_code_and_no_traceback(phantom_copy, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("lvseg-search")]
     assert len(errors) == 1 and "at least 3" in errors[0]
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["synth", "split", "search", "demo"])
+def test_a_seed_out_of_range_is_one_line(command, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--seed", "-1"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and "--seed" in err
+    assert "-1 is not between 0 and" in err and "Traceback" not in err

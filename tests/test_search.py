@@ -426,3 +426,10 @@ def test_the_same_seed_samples_the_same_hyperparameters(tiny_data, tmp_path):
     first = sampled("a", 0)
     assert sampled("b", 0) == first
     assert sampled("c", 1) != first
+
+
+def test_weight_seeds_stay_in_numpys_range():
+    from lvseg_search.tuner import weights_seed
+
+    assert weights_seed(3, "0005") == 3 * 100003 + 5  # small seeds: as before
+    assert 0 <= weights_seed(2**32 - 2, "19") < 2**32
