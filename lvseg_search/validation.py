@@ -9,10 +9,10 @@ preprocessing (``serving.Preprocess``, the same computation as the training pipe
 tested), and every epoch runs the network over them: eagerly (no graph to trace) or,
 for models evaluated more than a few times, through one traced forward pass that any
 number of images may take (:func:`traced_forward`). Either way there is no test step
-and no iterator. The objective's Dice is that of the masks as the
-product delivers them (each image's largest predicted region, ``postprocess``). The last
-epoch's probabilities are kept, so scoring the saved fold model at full resolution does
-not run the network again.
+and no iterator. The objective's Dice is that of the masks as the product delivers them
+(each image's largest predicted region, ``postprocess``). The last epoch's probabilities
+are kept, so scoring the saved fold model at full resolution does not run the network
+again.
 """
 
 from __future__ import annotations
@@ -98,10 +98,10 @@ def traced_forward(model: keras.Model) -> Callable[[np.ndarray], Any]:
     """
     if keras.backend.backend() != "tensorflow":
         return model.predict_on_batch  # jitted; traced per shape
-    import tensorflow as tf  # TensorFlow's own tracing: the batch size left open
+    from lvseg_search._tf import tf  # TensorFlow's own tracing: the batch size left open
 
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), "float32")
-    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    spec = tf().TensorSpec((None, *model.input_shape[1:]), "float32")
+    return tf().function(lambda x: model(x, training=False), input_signature=[spec])
 
 
 class FoldValidation(keras.callbacks.Callback):
