@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lvseg_search.phantom import synth
+from lvseg_search.data.phantom import synth
 from lvseg_search.prepare import prepare
 
 

@@ -36,12 +36,13 @@ def median_ms(fn, image: np.ndarray, repeats: int) -> float:
 
 def manual_ef(data_dir: Path) -> dict:
     """EDV, ESV and EF of SCD0000101 from its expert contours (contoured slices only)."""
-    from lvseg_search.dicom_io import normal_position_mm
-    from lvseg_search.predict import stack_volumes
-    from lvseg_search.scoring import load_patients
-    from lvseg_search.shards import read_shard
+    from lvseg_search.data.dicom_io import normal_position_mm
+    from lvseg_search.data.manifest import open_data
+    from lvseg_search.data.shards import read_shard
+    from lvseg_search.evaluate.scoring import load_patients
+    from lvseg_search.evaluate.volumes import stack_volumes
 
-    [patient] = load_patients(data_dir, [STUDY])
+    [patient] = load_patients(open_data(data_dir), [STUDY])
     records = read_shard(data_dir / f"{STUDY}.tfrecord")
     positions = [normal_position_mm(r["slice_position_mm"], r["image_orientation"])
                  for r in records]
@@ -67,10 +68,11 @@ def main() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
 
-    from lvseg_search.dicom_io import read_image
-    from lvseg_search.export import export, saved_model_runner, tflite_runner
+    from lvseg_search.data.dicom_io import read_image
+    from lvseg_search.engine.run import load_run
+    from lvseg_search.export import export
+    from lvseg_search.model.formats import saved_model_runner, tflite_runner
     from lvseg_search.predict import predict
-    from lvseg_search.run import load_run
 
     tmp = Path(tempfile.mkdtemp(prefix="lvseg-bench-"))
     model_dir = args.model
@@ -109,8 +111,8 @@ def main() -> None:
     if run.splits["test"] != [STUDY]:
         # The exported model trained on SCD0000101 unless it was held out; the fold model
         # that validated on it never saw it, so it gives the honest estimate.
-        from lvseg_search.run import best_trial
-        from lvseg_search.serving import build_serving_model
+        from lvseg_search.engine.run import best_trial
+        from lvseg_search.model.serving import build_serving_model
 
         trial = best_trial(run)
         k = next(i for i, f in enumerate(run.splits["folds"]) if STUDY in f["val"])

@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lvseg_search.pipeline import PipelineConfig, make_dataset, patient_files
+from lvseg_search.data.manifest import open_data
+from lvseg_search.data.pipeline import PipelineConfig, make_dataset, patient_files
 from lvseg_search.prepare import prepare
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook-subset"
@@ -46,7 +47,7 @@ def main() -> None:
                 base = PipelineConfig(image_size=size, batch_size=args.batch_size, seed=0)
                 if augment:
                     base = base.training()
-                files = patient_files(data, patients, base)
+                files = patient_files(open_data(data), patients, base)
                 rates = [images_per_second(files, PipelineConfig(**{**base.__dict__,
                                                                     "cache": cache}),
                                            args.epochs) for cache in (True, False)]

@@ -88,7 +88,7 @@ def main() -> None:
               f"{width}x{height} px, {len(raw)} bytes")
     print(f"external references in report.html: {len(re.findall(r'(src|href)=.http', page))}")
 
-    from lvseg_search.hparams import read_logs
+    from lvseg_search.engine.hparams import read_logs
 
     experiment, sessions, scalars = read_logs(args.run / "tensorboard")
     print(f"\nHParams experiment: {len(experiment.hparam_infos)} hyperparameters "

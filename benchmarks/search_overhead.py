@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lvseg_search.phantom import synth
+from lvseg_search.data.phantom import synth
 from lvseg_search.prepare import prepare
 from lvseg_search.search import run_search
 
@@ -128,18 +128,22 @@ def stock_overhead(data_dir: Path, tmp: Path, trials: int, image_size: int) -> t
     import keras
     import keras_tuner
 
-    from lvseg_search import manifest, splits
-    from lvseg_search.hypermodel import SegmentationHyperModel
-    from lvseg_search.pipeline import PipelineConfig, make_dataset, patient_files, patient_slices
-    from lvseg_search.space import load_space
+    from lvseg_search.data import manifest, splits
+    from lvseg_search.data.pipeline import (
+        PipelineConfig,
+        make_dataset,
+        patient_files,
+    )
+    from lvseg_search.model.hypermodel import SegmentationHyperModel
+    from lvseg_search.model.space import load_space
 
-    m = manifest.load(data_dir)
-    split = splits.make_splits({p["patient_id"]: p["slices"] for p in m["patients"]}, 3, seed=0)
+    data = manifest.open_data(data_dir)
+    split = splits.make_splits(data.slice_counts, 3, seed=0)
     config = PipelineConfig(image_size=image_size, batch_size=8, seed=0)
     tr, va = split["folds"][0]["train"], split["folds"][0]["val"]
-    train = make_dataset(patient_files(data_dir, tr, config), config.training(),
-                         patient_slices(data_dir, tr))
-    val = make_dataset(patient_files(data_dir, va, config), config, patient_slices(data_dir, va))
+    train = make_dataset(patient_files(data, tr, config), config.training(),
+                         data.slices(tr))
+    val = make_dataset(patient_files(data, va, config), config, data.slices(va))
 
     class Timer(keras.callbacks.Callback):
         seconds = 0.0

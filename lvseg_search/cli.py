@@ -60,7 +60,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from lvseg_search.phantom import synth
+    from lvseg_search.data.phantom import synth
 
     ids = synth(args.out, args.patients, seed=args.seed, size=args.size, phases=args.phases,
                 overwrite=args.overwrite, progress=not args.quiet)
@@ -69,7 +69,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from lvseg_search import manifest, splits
+    from lvseg_search.data import manifest, splits
 
     m = manifest.load(args.data)
     counts = {p["patient_id"]: p["slices"] for p in m["patients"]}

@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from lvseg_search.data.phantom import synth
 from lvseg_search.export import export
-from lvseg_search.phantom import synth
 from lvseg_search.predict import predict
 from lvseg_search.prepare import prepare
 from lvseg_search.report import write_report

@@ -21,25 +21,29 @@ from typing import Any
 import numpy as np
 
 from lvseg_search import __version__, atomic
-from lvseg_search import manifest as manifest_mod
+from lvseg_search.data.manifest import PreparedData
+from lvseg_search.engine.run import Run, best_trial, find_trial, load_run
 from lvseg_search.errors import UserError
-from lvseg_search.run import Run, best_trial, find_trial, load_run
+from lvseg_search.model.formats import (
+    KERAS_FILE,
+    ONNX_FILE,
+    SAVED_MODEL,
+    TFLITE_FILE,
+    saved_model_runner,
+    tflite_runner,
+    write_onnx,
+)
 
-SAVED_MODEL = "saved_model"
-KERAS_FILE = "model.keras"
-TFLITE_FILE = "model.tflite"
-ONNX_FILE = "model.onnx"
 CARD = "model_card.json"
 PARITY_TOLERANCE = 1e-4  # float32 formats must agree with the Keras model this closely
 
 
-def data_fingerprint(data_dir: Path) -> str:
+def data_fingerprint(data: PreparedData) -> str:
     """SHA-256 over the prepared shards (names and bytes, in patient order)."""
-    m = manifest_mod.load(Path(data_dir))
     digest = hashlib.sha256()
-    for p in sorted(m["patients"], key=lambda p: p["patient_id"]):
+    for p in sorted(data.manifest["patients"], key=lambda p: p["patient_id"]):
         digest.update(p["shard"].encode())
-        digest.update(hashlib.sha256((Path(data_dir) / p["shard"]).read_bytes()).digest())
+        digest.update(hashlib.sha256((data.root / p["shard"]).read_bytes()).digest())
     return digest.hexdigest()
 
 
@@ -60,20 +64,19 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     """
     import keras
 
-    from lvseg_search.pipeline import (
+    from lvseg_search.data.pipeline import (
         batches_per_epoch,
         make_dataset,
         patient_files,
-        patient_slices,
     )
-    from lvseg_search.schedule import scheduler
-    from lvseg_search.tuner import weights_seed
+    from lvseg_search.engine.tuner import weights_seed
+    from lvseg_search.model.schedule import scheduler
 
     patients = sorted({p for fold in run.splits["folds"] for p in fold["train"] + fold["val"]})
     o = run.options
     config = o.pipeline().training()
-    n = patient_slices(run.data_dir, patients)
-    data = make_dataset(patient_files(run.data_dir, patients, config), config, n)
+    n = run.data.slices(patients)
+    data = make_dataset(patient_files(run.data, patients, config), config, n)
     keras.utils.set_random_seed(weights_seed(o.seed, trial.trial_id))
     model = run.build_network(trial.trial_id)
 
@@ -140,62 +143,6 @@ def check_parity(reference, candidates: dict[str, Any],
     return report
 
 
-def tflite_runner(path: Path):
-    """A function running the TFLite model's serving signature on one raw batch."""
-    import warnings
-
-    from lvseg_search._tf import tf
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the interpreter's move to LiteRT is announced
-        interpreter = tf().lite.Interpreter(model_path=str(path), num_threads=1)
-    runner = interpreter.get_signature_runner("serving_default")
-    return lambda raw: runner(raw=np.asarray(raw, np.int16))
-
-
-def saved_model_runner(path: Path):
-    """A function running the SavedModel's ``serving_default`` signature."""
-    from lvseg_search._tf import tf
-
-    t = tf()
-    loaded = t.saved_model.load(str(path))
-    serve = loaded.signatures["serving_default"]
-    return lambda raw: {k: v.numpy() for k, v in serve(raw=t.constant(raw, t.int16)).items()}
-
-
-def _write_onnx(saved_model: Path, out: Path) -> tuple[Any, str]:
-    """Converts the SavedModel to ONNX when tf2onnx is installed; returns a runner
-    (or None) and what happened."""
-    try:
-        import onnxruntime
-        import tf2onnx  # noqa: F401
-    except ImportError:
-        return None, "skipped: install the 'onnx' extra (tf2onnx, onnxruntime)"
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
-         "--signature_def", "serving_default", "--opset", "17", "--output", str(out)],
-        capture_output=True, text=True)
-    if result.returncode != 0 or not out.is_file():
-        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-        return None, f"failed: {lines[-1] if lines else 'tf2onnx gave no reason'}"
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(out), options,
-                                           providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-
-    def run_onnx(raw):
-        values = session.run(None, {session.get_inputs()[0].name: np.asarray(raw, np.int16)})
-        named = dict(zip(names, values, strict=True))
-        return {"probabilities": next(v for k, v in named.items() if "prob" in k),
-                "mask": next(v for k, v in named.items() if "mask" in k)}
-
-    return run_onnx, "written"
-
-
 def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | None = None,
            trial_id: str | None = None, onnx: bool = True, overwrite: bool = False,
            verbose: bool = True, data: Path | None = None) -> dict[str, Any]:
@@ -221,8 +168,8 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
     """
     import keras
 
-    from lvseg_search.scoring import load_patients, score_patients
-    from lvseg_search.serving import build_serving_model
+    from lvseg_search.evaluate.scoring import load_patients, score_patients
+    from lvseg_search.model.serving import build_serving_model
 
     start = time.perf_counter()
     run = load_run(run_dir, data)
@@ -267,7 +214,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
 
         test = None
         if run.splits["test"]:
-            test_patients = load_patients(run.data_dir, run.splits["test"])
+            test_patients = load_patients(run.data, run.splits["test"])
             rows, summary = score_patients(keras_run, test_patients)
             per_patient = {p: float(np.mean([r["dice"] for r in rows if r["patient_id"] == p]))
                            for p in run.splits["test"]}
@@ -278,7 +225,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
                       f"{summary['dice']:.3f}, APD {summary['apd_mm']:.2f} mm, good contours "
                       f"{summary['good_contours_pct']:.0f}%", flush=True)
         else:
-            probe_patients = load_patients(run.data_dir, run.splits["folds"][0]["val"][:1])
+            probe_patients = load_patients(run.data, run.splits["folds"][0]["val"][:1])
 
         model.save(tmp / KERAS_FILE)
         model.export(str(tmp / SAVED_MODEL), format="tf_saved_model", verbose=False)
@@ -295,7 +242,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
         }
         onnx_status = "not requested"
         if onnx:
-            runner, onnx_status = _write_onnx(tmp / SAVED_MODEL, tmp / ONNX_FILE)
+            runner, onnx_status = write_onnx(tmp / SAVED_MODEL, tmp / ONNX_FILE)
             if runner is not None:
                 candidates["onnx"] = runner
         parity = check_parity(keras_run, candidates, _probe_inputs(probe_patients))
@@ -313,7 +260,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
 def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, Any],
                 test: dict[str, Any] | None, parity: dict[str, Any], onnx_status: str,
                 folder: Path) -> dict[str, Any]:
-    m = manifest_mod.load(run.data_dir)
+    m = run.data.manifest
     o = run.options
     hp = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
     files = {name: {"bytes": (folder / name).stat().st_size}
@@ -339,7 +286,7 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
             "good_contours_pct": metrics.get("good_contours_pct")},
         "training": training,
         "test": test,
-        "data": {"fingerprint_sha256": data_fingerprint(run.data_dir),
+        "data": {"fingerprint_sha256": data_fingerprint(run.data),
                  "source_layout": m.get("source_layout"), "patients": len(m["patients"]),
                  "slices": m.get("n_slices"), "classes": m.get("classes"),
                  "pseudonymized": m.get("pseudonymized")},

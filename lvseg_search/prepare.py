@@ -7,9 +7,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from lvseg_search import atomic, layouts, legacy, manifest, shards
+from lvseg_search import atomic
+from lvseg_search.data import layouts, legacy, manifest, shards
+from lvseg_search.data.ingest import Slice, load_patients, pseudonym
 from lvseg_search.errors import UserError
-from lvseg_search.ingest import Slice, load_patients, pseudonym
 
 
 def _pseudonymize(slices_by_patient: dict[str, list[Slice]], originals: dict[str, str],

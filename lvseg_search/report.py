@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lvseg_search import atomic, hparams
-from lvseg_search.run import Run, completed_trials, load_run
-from lvseg_search.tuner import hparams_metrics, trial_message
+from lvseg_search import atomic
+from lvseg_search.engine import hparams
+from lvseg_search.engine.run import Run, completed_trials, load_run, trial_message
+from lvseg_search.engine.trial_score import hparams_metrics
 
 TOP_CURVES = 3  # learning curves drawn for this many of the best trials
 OVERLAYS_PER_PATIENT = 4
@@ -146,15 +147,15 @@ def plot_overlays(run: Run, trial_id: str) -> tuple[str | None, list[dict[str, A
     """
     import matplotlib.pyplot as plt
 
-    from lvseg_search.evaluation import contour_mm
-    from lvseg_search.scoring import load_patients, score_masks, segment
-    from lvseg_search.serving import make_predictor
+    from lvseg_search.evaluate.measures import contour_mm
+    from lvseg_search.evaluate.scoring import load_patients, score_masks, segment
+    from lvseg_search.model.serving import make_predictor
 
     panels, scores = [], []
     for k in range(run.n_folds):
         model = run.fold_network(trial_id, k)
         predict = make_predictor([model], run.options.image_size, run.options.normalization)
-        for patient in load_patients(run.data_dir, run.splits["folds"][k]["val"]):
+        for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
             _, pred = segment(predict, patient.images)
             rows, _ = score_masks(pred, patient)
             scores += [{"fold": k, **r} for r in rows]

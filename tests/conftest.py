@@ -37,7 +37,7 @@ def real_prepared(real_subset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_phantom(tmp_path_factory) -> Path:
     """A 3-patient, 48x48 phantom in the link.csv layout (do not modify; copy it)."""
-    from lvseg_search.phantom import synth
+    from lvseg_search.data.phantom import synth
 
     out = tmp_path_factory.mktemp("phantom") / "phantom"
     synth(out, 3, seed=7, size=48, progress=False)
@@ -55,7 +55,7 @@ def phantom_copy(small_phantom, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A 5-patient, 32x32 phantom, prepared: small enough for whole searches in tests."""
-    from lvseg_search.phantom import synth
+    from lvseg_search.data.phantom import synth
     from lvseg_search.prepare import prepare
 
     root = tmp_path_factory.mktemp("tiny")

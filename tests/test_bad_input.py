@@ -120,9 +120,9 @@ def test_more_folds_than_patients(small_phantom, tmp_path, capsys):
 
 
 def test_tfrecord_with_the_wrong_schema(small_phantom, tmp_path, capsys):
-    from lvseg_search import shards
+    from lvseg_search.data import shards
+    from lvseg_search.data.legacy import write_lab_tfrecords
     from lvseg_search.errors import UserError
-    from lvseg_search.legacy import write_lab_tfrecords
 
     data = tmp_path / "data"
     assert main(["prepare", str(small_phantom), "--out", str(data), "--quiet"]) == 0

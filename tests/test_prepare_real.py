@@ -7,8 +7,8 @@ import pytest
 from skimage.draw import line
 from skimage.draw import polygon as fill_polygon
 
-from lvseg_search import manifest, shards
-from lvseg_search.contours import perimeter, read_contour, shoelace_area
+from lvseg_search.data import manifest, shards
+from lvseg_search.data.contours import perimeter, read_contour, shoelace_area
 from lvseg_search.prepare import prepare
 
 EXPECTED = {"SCD0000101": 18, "SCD0000201": 18, "SCD0000301": 20}

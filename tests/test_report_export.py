@@ -26,8 +26,8 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
 
 
 def test_tensorboard_holds_the_space_the_metrics_and_one_session_per_trial(tiny_run):
-    from lvseg_search.hparams import read_logs
-    from lvseg_search.run import completed_trials, load_run
+    from lvseg_search.engine.hparams import read_logs
+    from lvseg_search.engine.run import completed_trials, load_run
 
     experiment, sessions, scalars = read_logs(tiny_run / "tensorboard")
     assert experiment is not None
@@ -124,7 +124,7 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     import subprocess
     import sys
 
-    code = ("import numpy as np, keras, lvseg_search.serving\n"
+    code = ("import numpy as np, keras, lvseg_search.model.serving\n"
             f"m = keras.models.load_model({str(model_dir / 'model.keras')!r}, safe_mode=True)\n"
             "out = m(np.zeros((2, 40, 56), np.int16) + 100)\n"
             "print(tuple(out['probabilities'].shape), tuple(out['mask'].shape))\n")
@@ -170,13 +170,42 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
         assert not (tmp_path / f"out-{source}").exists()
 
 
-def test_export_ensemble_averages_the_fold_models(tiny_run, tmp_path):
+@pytest.fixture
+def manifest_reads(monkeypatch) -> list[str]:
+    """Every read of a data folder's manifest from now on (its folder)."""
+    from lvseg_search.data import manifest
+
+    reads: list[str] = []
+    real = manifest.load
+
+    def counting(data_dir):
+        reads.append(str(data_dir))
+        return real(data_dir)
+
+    monkeypatch.setattr(manifest, "load", counting)
+    return reads
+
+
+def test_export_ensemble_averages_the_fold_models(tiny_run, tmp_path, manifest_reads):
     from lvseg_search.export import export
 
     card = export(tiny_run, tmp_path / "model", ensemble=True, onnx=False, verbose=False)
+    assert len(manifest_reads) == 1  # read once, passed on
     assert card["training"]["mode"] == "ensemble" and card["training"]["models"] == 2
     assert (tmp_path / "model" / "saved_model" / "saved_model.pb").is_file()
     assert (tmp_path / "model" / "model.tflite").stat().st_size > 0
+
+
+def test_report_and_search_read_the_manifest_once(tiny_run, tiny_data, tmp_path,
+                                                  manifest_reads):
+    from lvseg_search.report import write_report
+
+    write_report(tiny_run, tmp_path / "report", verbose=False)
+    assert len(manifest_reads) == 1
+    manifest_reads.clear()
+    run_search(tiny_data, tmp_path / "run", str(TINY), folds=2, max_epochs=1, factor=2,
+               image_size=32, batch_size=4, steps_per_epoch=1, max_trials=1, verbose=False)
+    assert len(manifest_reads) == 1
 
 
 def test_report_and_export_refuse_a_folder_without_a_search(tmp_path, capsys):
@@ -196,7 +225,7 @@ def test_export_refuses_an_unknown_trial_and_writes_nothing(tiny_run, tmp_path, 
 
 
 def test_trials_are_found_by_id_as_written_or_as_a_number(tiny_run):
-    from lvseg_search.run import find_trial, load_run
+    from lvseg_search.engine.run import find_trial, load_run
 
     run = load_run(tiny_run)
     padded = sorted(run.trials)[1]
@@ -281,8 +310,8 @@ def test_real_subset_search_report_export_predict(real_prepared, real_subset, tm
 
 
 def test_a_folder_is_split_into_its_dicom_series():
-    from lvseg_search.dicom_io import DicomImage
-    from lvseg_search.predict import split_series
+    from lvseg_search.data.dicom_io import DicomImage
+    from lvseg_search.data.studies import split_series
 
     def image(uid: str, number: int, z: float = 0.0,
               orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)) -> DicomImage:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from lvseg_search import splits
+from lvseg_search.data import splits
+from lvseg_search.engine.run import CHECKPOINT, RESULT
 from lvseg_search.search import run_search
-from lvseg_search.tuner import CHECKPOINT, RESULT
 
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 
@@ -119,7 +119,7 @@ def test_precision_and_jit_options_train_every_fold(tiny_data, tmp_path, precisi
 
     import keras
 
-    from lvseg_search.run import load_run
+    from lvseg_search.engine.run import load_run
 
     out = tmp_path / "run"
     # Two trials: the session is cleared between them, which resets Keras's dtype policy.
@@ -146,7 +146,7 @@ def test_precision_and_jit_options_train_every_fold(tiny_data, tmp_path, precisi
 
 def test_search_with_a_splits_file_records_its_folds_and_refuses_conflicts(tiny_data,
                                                                           tmp_path):
-    from lvseg_search import manifest
+    from lvseg_search.data import manifest
     from lvseg_search.errors import UserError
 
     counts = {p["patient_id"]: p["slices"] for p in manifest.load(tiny_data)["patients"]}
@@ -179,8 +179,8 @@ def test_run_folder_keeps_its_space_for_report_export_and_workers(tiny_data, tmp
                                                                    monkeypatch):
     import shutil
 
+    from lvseg_search.engine.run import load_run
     from lvseg_search.errors import UserError
-    from lvseg_search.run import load_run
 
     mine = tmp_path / "spaces" / "mine.toml"
     mine.parent.mkdir()
@@ -214,10 +214,10 @@ def test_a_moved_data_folder_is_found_again_with_data(tiny_data, tmp_path, capsy
     import shutil
 
     from lvseg_search.cli import main
+    from lvseg_search.data.phantom import synth
+    from lvseg_search.engine.run import load_run
     from lvseg_search.errors import UserError
-    from lvseg_search.phantom import synth
     from lvseg_search.prepare import prepare
-    from lvseg_search.run import load_run
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
@@ -429,7 +429,7 @@ def test_the_same_seed_samples_the_same_hyperparameters(tiny_data, tmp_path):
 
 
 def test_weight_seeds_stay_in_numpys_range():
-    from lvseg_search.tuner import weights_seed
+    from lvseg_search.engine.tuner import weights_seed
 
     assert weights_seed(3, "0005") == 3 * 100003 + 5  # small seeds: as before
     assert 0 <= weights_seed(2**32 - 2, "19") < 2**32

@@ -1,0 +1,156 @@
+"""Turning DICOM frames and expert contours into labelled slices (image + mask)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lvseg_search.data.contours import rasterize, read_contour
+from lvseg_search.data.dicom_io import DicomImage, normal_position_mm, read_image
+from lvseg_search.data.layouts import PatientSource
+from lvseg_search.errors import UserError
+
+BACKGROUND, BLOOD_POOL, MYOCARDIUM = 0, 1, 2
+
+
+@dataclass
+class Slice:
+    """One labelled frame, ready to be written to a shard (schema 1)."""
+
+    patient_id: str
+    image: np.ndarray  # int16 [H, W], raw stored values
+    mask: np.ndarray  # uint8 [H, W]: 0 background, 1 LV blood pool, 2 myocardium
+    slice_index: int
+    phase_index: int
+    instance_number: int
+    pixel_spacing_mm: tuple[float, float]
+    slice_thickness_mm: float
+    image_position: tuple[float, float, float]
+    image_orientation: tuple[float, float, float, float, float, float]
+    trigger_time_ms: float
+    source: str  # path relative to the input root
+
+
+def pseudonym(patient_id: str, salt: str) -> str:
+    """Returns a salted, non-reversible stand-in for a patient id."""
+    return "P" + hashlib.sha256(f"{salt}\x00{patient_id}".encode()).hexdigest()[:12]
+
+
+def frame_indices(images: list[DicomImage]) -> list[tuple[int, int]]:
+    """Slice and phase index of each frame.
+
+    Sunnybrook numbers frames slice * phases + phase + 1 with CardiacNumberOfImages
+    phases; where that tag is missing, or instance numbers repeat (a stack written one
+    series per slice numbers each series from 1), slices are ranked along the slice
+    normal and phases by trigger time.
+    """
+    if (all(im.cardiac_number_of_images > 0 and im.instance_number > 0 for im in images)
+            and len({im.instance_number for im in images}) == len(images)):
+        return [divmod(im.instance_number - 1, im.cardiac_number_of_images) for im in images]
+    positions = sorted({round(im.normal_position_mm, 2) for im in images})
+    slice_of = [positions.index(round(im.normal_position_mm, 2)) for im in images]
+    result = []
+    for i, im in enumerate(images):
+        times = sorted(images[j].trigger_time_ms for j in range(len(images))
+                       if slice_of[j] == slice_of[i])
+        result.append((slice_of[i], times.index(im.trigger_time_ms)))
+    return result
+
+
+def _relative(path: Path, roots: Sequence[Path]) -> str:
+    path = Path(path).resolve()
+    for root in roots:
+        if path.is_relative_to(root.resolve()):
+            return path.relative_to(root.resolve()).as_posix()
+    return path.name
+
+
+def load_patients(patients: Iterable[PatientSource], roots: Sequence[Path],
+                  myocardium: bool = False,
+                  allow_mixed_sizes: bool = False, progress: bool = True) -> dict[str, list[Slice]]:
+    """Reads every contoured frame and rasterizes its mask.
+
+    Args:
+        patients: Patients found by :mod:`lvseg_search.data.layouts`.
+        roots: Input roots (contours, images); sources are recorded relative to the
+            first that holds them.
+        myocardium: Add class 2 from o-contours; only frames with both contours are kept.
+        allow_mixed_sizes: Accept images of different sizes (resize at training time).
+        progress: Show a progress bar over files.
+
+    Returns:
+        Slices per patient id, in slice then phase order.
+
+    Raises:
+        UserError: A DICOM or contour file is bad, image sizes differ, or a patient
+            is left with no labelled frame.
+    """
+    patients = list(patients)
+    frames = [(p, f) for p in patients for f in p.frames
+              if not myocardium or f.ocontour is not None]
+    images: dict[str, list[tuple[DicomImage, np.ndarray, Path]]] = {p.patient_id: []
+                                                                      for p in patients}
+    first_shape: tuple[tuple[int, int], Path] | None = None
+    for patient, frame in tqdm(frames, desc="prepare", unit="file", disable=not progress or None,
+                               leave=False):
+        image = read_image(frame.image)
+        shape = image.pixels.shape
+        if first_shape is None:
+            first_shape = (shape, frame.image)
+        elif shape != first_shape[0] and not allow_mixed_sizes:
+            raise UserError(f"{frame.image}: image is {shape[1]}x{shape[0]} but "
+                            f"{first_shape[1]} is {first_shape[0][1]}x{first_shape[0][0]}; "
+                            "pass --allow-mixed-sizes and set an image size when searching")
+        mask = np.zeros(shape, dtype=np.uint8)
+        inner = rasterize(read_contour(frame.icontour, shape), shape)
+        if myocardium:
+            outer = rasterize(read_contour(frame.ocontour, shape), shape)
+            mask[outer & ~inner] = MYOCARDIUM
+        mask[inner] = BLOOD_POOL
+        images[patient.patient_id].append((image, mask, frame.image))
+    result: dict[str, list[Slice]] = {}
+    for patient in patients:
+        items = images[patient.patient_id]
+        if not items:
+            raise UserError(f"patient {patient.patient_id}: no frame has both i- and "
+                            "o-contours, needed by --myocardium; drop the option or the patient")
+        slices = []
+        for (image, mask, path), (s, ph) in zip(items, frame_indices([i[0] for i in items]),
+                                                strict=True):
+            slices.append(Slice(
+                patient_id=patient.patient_id, image=image.pixels, mask=mask,
+                slice_index=int(s), phase_index=int(ph),
+                instance_number=image.instance_number,
+                pixel_spacing_mm=image.pixel_spacing_mm,
+                slice_thickness_mm=image.slice_thickness_mm,
+                image_position=image.image_position,
+                image_orientation=image.image_orientation,
+                trigger_time_ms=image.trigger_time_ms,
+                source=_relative(path, roots),
+            ))
+        slices.sort(key=lambda s: (s.slice_index, s.phase_index))
+        result[patient.patient_id] = slices
+    return result
+
+
+def distinct_positions(positions_mm: Sequence[float]) -> np.ndarray:
+    """The distinct slice positions along the normal (to 0.01 mm), sorted."""
+    return np.unique(np.round(np.asarray(positions_mm, dtype=np.float64), 2))
+
+
+def spacing_along_normal(positions_mm: Sequence[float]) -> float:
+    """Spacing between slices: the median step between distinct positions along the
+    slice normal (NaN for a single slice)."""
+    positions = distinct_positions(positions_mm)
+    return float(np.median(np.diff(positions))) if len(positions) > 1 else float("nan")
+
+
+def slice_spacing_mm(slices: list[Slice]) -> float:
+    """Spacing between slices along the slice normal (see :func:`spacing_along_normal`)."""
+    return spacing_along_normal([normal_position_mm(s.image_position, s.image_orientation)
+                                 for s in slices])

@@ -1,0 +1,188 @@
+"""``manifest.json``: the fingerprint of a prepared data folder."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lvseg_search import __version__
+from lvseg_search.data.ingest import Slice, slice_spacing_mm
+from lvseg_search.data.shards import SCHEMA_VERSION, SUFFIX
+from lvseg_search.errors import UserError
+
+FILENAME = "manifest.json"
+CLASS_NAMES = {0: "background", 1: "lv_blood_pool", 2: "myocardium"}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {}
+    return {"min": float(values.min()), "max": float(values.max()),
+            "mean": float(values.mean()), "std": float(values.std())}
+
+
+def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium: bool,
+          pseudonymized: bool, leakage_prone: bool = False,
+          unlabelled: dict[str, int] | None = None) -> dict[str, Any]:
+    """Builds the manifest of a prepared data folder.
+
+    Args:
+        slices_by_patient: Slices written, per (possibly pseudonymized) patient id.
+        layout: Input layout name.
+        myocardium: Whether class 2 was written.
+        pseudonymized: Whether patient ids are salted hashes.
+        leakage_prone: True for data without patient ids (image-level splits only).
+        unlabelled: DICOM images without contours, per patient, not written.
+
+    Returns:
+        The manifest as a JSON-ready dict.
+    """
+    patients = []
+    all_pixels = []
+    class_counts = np.zeros(3 if myocardium else 2, dtype=np.int64)
+    sizes = set()
+    for pid, slices in slices_by_patient.items():
+        spacing = np.array([s.pixel_spacing_mm for s in slices], dtype=np.float64)
+        for s in slices:
+            sizes.add(s.image.shape)
+            all_pixels.append(s.image.ravel())
+            class_counts += np.bincount(s.mask.ravel(), minlength=class_counts.size)[
+                : class_counts.size]
+        patients.append({
+            "patient_id": pid,
+            "shard": pid + SUFFIX,
+            "slices": len(slices),
+            "slice_positions": len({s.slice_index for s in slices}),
+            "phases": len({s.phase_index for s in slices}),
+            "unlabelled_images_skipped": int((unlabelled or {}).get(pid, 0)),
+            "image_size": list(slices[0].image.shape),
+            "pixel_spacing_mm": [float(x) for x in np.nanmedian(spacing, axis=0)]
+            if np.isfinite(spacing).any() else None,
+            "slice_thickness_mm": _finite_or_none(float(slices[0].slice_thickness_mm)),
+            "slice_spacing_mm": _finite_or_none(slice_spacing_mm(slices)),
+        })
+    pixels = np.concatenate(all_pixels).astype(np.float64)
+    p1, p99 = np.percentile(pixels, [1, 99])
+    total = int(class_counts.sum())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "package": "lvseg-search",
+        "package_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "source_layout": layout,
+        "classes": {str(k): v for k, v in CLASS_NAMES.items() if k < class_counts.size},
+        "pseudonymized": pseudonymized,
+        "leakage_prone": leakage_prone,
+        "n_patients": len(patients),
+        "n_slices": int(sum(p["slices"] for p in patients)),
+        "image_sizes": sorted([list(s) for s in sizes]),
+        "intensity": {**_stats(pixels), "p1": float(p1), "p99": float(p99)},
+        "class_balance": {CLASS_NAMES[k]: (float(c) / total if total else 0.0)
+                          for k, c in enumerate(class_counts)},
+        "patients": patients,
+    }
+
+
+def load(data_dir: Path) -> dict[str, Any]:
+    """Reads and checks ``manifest.json`` of a prepared data folder.
+
+    Raises:
+        UserError: The manifest is missing, not JSON, or of another schema version.
+    """
+    path = Path(data_dir) / FILENAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; is {data_dir} a folder written by "
+                        "'lvseg-search prepare'?") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable manifest ({exc.__class__.__name__}); run "
+                        "'lvseg-search prepare' again") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path}: schema version {manifest.get('schema_version')!r}, this "
+                        f"version reads {SCHEMA_VERSION}; run 'lvseg-search prepare' again")
+    return manifest
+
+
+def identity(manifest: dict[str, Any]) -> str:
+    """A digest of what a prepared data folder holds (classes, patients, their slices and
+    pixel statistics), not of where or when it was written: the same data moved to
+    another folder or machine keeps it, other data (even under the same patient ids)
+    does not."""
+    keys = ("classes", "n_slices", "intensity", "class_balance", "patients")
+    blob = json.dumps({k: manifest.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A prepared data folder with its manifest, read once per command and passed on.
+
+    Attributes:
+        root: The folder.
+        manifest: Its checked ``manifest.json``.
+    """
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def patient_ids(self) -> list[str]:
+        """Patient ids in manifest order."""
+        return [p["patient_id"] for p in self.manifest["patients"]]
+
+    @property
+    def slice_counts(self) -> dict[str, int]:
+        """Slices (examples) per patient."""
+        return {p["patient_id"]: p["slices"] for p in self.manifest["patients"]}
+
+    @property
+    def num_classes(self) -> int:
+        """Classes, background included."""
+        return len(self.manifest["classes"])
+
+    def patient(self, patient_id: str, hint: str = "") -> dict[str, Any]:
+        """One patient's manifest entry.
+
+        Args:
+            patient_id: The patient.
+            hint: What to tell the user when the patient is unknown.
+
+        Raises:
+            UserError: The patient is not in the manifest.
+        """
+        for p in self.manifest["patients"]:
+            if p["patient_id"] == patient_id:
+                return p
+        raise UserError(f"{self.root}: patient {patient_id} is not in the manifest"
+                        + (f"; {hint}" if hint else ""))
+
+    def shard(self, patient_id: str, hint: str = "") -> Path:
+        """Path of a patient's shard (see :meth:`patient` for ``hint``)."""
+        return self.root / self.patient(patient_id, hint)["shard"]
+
+    def slices(self, patients: Sequence[str]) -> int:
+        """Number of slices (examples) of ``patients``."""
+        counts = self.slice_counts
+        return sum(counts[p] for p in patients)
+
+
+def open_data(data_dir: Path | str) -> PreparedData:
+    """Reads a prepared data folder's manifest once (see :func:`load`).
+
+    Raises:
+        UserError: As :func:`load`.
+    """
+    return PreparedData(root=Path(data_dir), manifest=load(Path(data_dir)))

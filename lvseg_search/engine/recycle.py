@@ -1,0 +1,192 @@
+"""Recycled search processes: a search's trials run in fresh child processes, a fixed
+number per process, until Hyperband is done.
+
+TensorFlow keeps every trained model's graphs for the life of a process, so a long
+search in one process grows trial after trial. Here each child runs keras-tuner's own
+loop for its share of trials and exits; the run folder carries the oracle's state to the
+next child (the same resume as after a kill).
+
+A child imports TensorFlow, Keras and keras-tuner as soon as it starts (about 5 s on 2
+cores) and only then waits for its share of the search. The parent starts the first one
+before it prepares the run (making the splits imports scikit-learn, reading the manifest
+and the space), so both happen at once on different cores; and it starts each later one
+as the running child begins the last trial of its share, so that the next child loads
+while that trial trains instead of after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue as queue_mod
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lvseg_search._tf import exit_without_teardown
+from lvseg_search.errors import UserError
+
+# The message a child sends as it starts the last trial of its share.
+SHARE_ENDING = {"share_ending": True}
+
+
+class SearchProcess:
+    """A child process that loads the tuner at once, then runs the share of a search it
+    is sent (:meth:`run`); :meth:`cancel` ends it when there is none to send.
+
+    It is a daemon process: should the parent end without sending it work, it ends too.
+    """
+
+    def __init__(self):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, no inherited graphs
+        self._jobs = ctx.SimpleQueue()
+        self._reports = ctx.Queue()
+        self._proc = ctx.Process(target=_child_main, args=(self._jobs, self._reports,
+                                                           os.getpid()), daemon=True)
+        self._proc.start()
+        self.started = time.monotonic()
+
+    def run(self, on_share_ending: Callable[[], None] | None = None,
+            **job: Any) -> dict[str, Any]:
+        """Sends the child its share of the search (``session.search_in_process``'s arguments) and
+        waits for its summary.
+
+        Args:
+            on_share_ending: Called (here, in the parent) when the child starts the last
+                trial of its share and more trials follow.
+            **job: ``session.search_in_process``'s keyword arguments but ``role``.
+
+        Raises:
+            UserError: The search stopped on bad input, or the child died (killed, out of
+                memory) without reporting.
+            RuntimeError: The search failed in the child (its traceback is the message).
+        """
+        self._jobs.put(job)
+        message = None
+        while message is None:
+            try:
+                message = self._reports.get(timeout=0.5)
+            except queue_mod.Empty:
+                if not self._proc.is_alive() and self._reports.empty():
+                    break
+            if message == SHARE_ENDING:
+                if on_share_ending is not None:
+                    on_share_ending()
+                message = None
+        self._proc.join()
+        if message is None:
+            raise UserError(f"{job['out']}: the search process stopped (exit code "
+                            f"{self._proc.exitcode}, out of memory?); re-run the same command "
+                            "to resume")
+        if "user_error" in message:
+            raise UserError(message["user_error"])
+        if "error" in message:
+            raise RuntimeError(f"search process failed:\n{message['error']}")
+        return message
+
+    def cancel(self) -> None:
+        """Ends the child, which has nothing on disk yet (it was only loading)."""
+        # Not a message: a child still starting needs this process's queues to exist.
+        self._proc.terminate()
+        self._proc.join()
+
+
+def _child_main(jobs, reports, parent_pid: int) -> None:
+    import traceback
+
+    _die_with_parent(parent_pid)
+    try:
+        # The slow part of starting (TensorFlow, Keras, keras-tuner), done before the
+        # parent has the work ready.
+        from lvseg_search.engine import session, tuner  # noqa: F401
+    except BaseException:  # noqa: BLE001 - reported by the parent, if it still waits
+        jobs.get()
+        reports.put({"error": traceback.format_exc()})
+        _exit(reports, 1)
+    job = jobs.get()
+    try:
+        summary = session.search_in_process(**job, role=None,
+                                 on_share_ending=lambda: reports.put(SHARE_ENDING))
+        # The summary goes back too: reading trials in the parent would import
+        # TensorFlow there (keras-tuner) only to print the table.
+        reports.put(summary)
+    except UserError as exc:
+        reports.put({"user_error": str(exc)})
+    except BaseException:  # noqa: BLE001 - reported by the parent
+        reports.put({"error": traceback.format_exc()})
+    _exit(reports, 0)
+
+
+def _exit(reports, code: int) -> None:
+    # Everything is on disk; once the message is sent, skip TensorFlow's teardown, which
+    # the parent would wait for in join.
+    reports.close()
+    reports.join_thread()
+    exit_without_teardown(code)
+    sys.stdout.flush()  # TensorFlow was never loaded: nothing else to tear down
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Asks Linux to kill this process when its parent dies (a killed ``search`` must
+    not leave its trial running on); elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def search_recycled(first: SearchProcess, every: int, verbose: bool,
+                    **job: Any) -> dict[str, Any]:
+    """Runs a search ``every`` trials per child process until Hyperband is done.
+
+    Args:
+        first: The first child, started early (see the module's docstring).
+        every: Trials per child.
+        verbose: Print progress (and a line at each new child).
+        **job: ``session.search_in_process``'s keyword arguments but ``role``, ``trial_budget`` and
+            ``header``.
+
+    Returns:
+        The last child's summary, with the batch seconds, trial log and process count
+        of all of them.
+    """
+    total: dict[str, Any] = {"batch_seconds": 0.0, "trial_log": [], "replicas": 1,
+                             "processes": 0, "process_times": []}
+    proc, header = first, True
+    spare: list[SearchProcess] = []  # the next child, started during the last trial
+
+    def start_next() -> None:
+        if not spare:
+            spare.append(SearchProcess())
+
+    try:
+        while True:
+            message = proc.run(**job, verbose=verbose, trial_budget=every, header=header,
+                               on_share_ending=start_next)
+            total["processes"] += 1
+            total["process_times"].append({"started": proc.started,
+                                           "finished": time.monotonic()})
+            total["batch_seconds"] += message["batch_seconds"]
+            total["trial_log"] += message["trial_log"]
+            total["replicas"] = message["replicas"]
+            if not message["recycle"]:
+                summary = {k: v for k, v in message.items() if k not in total}
+                break
+            proc, header = spare.pop() if spare else SearchProcess(), False
+            if verbose:
+                print(f"(fresh search process after {every} trials: it frees the graphs "
+                      "TensorFlow keeps of every trained model; resuming)", flush=True)
+    finally:
+        for p in spare:  # started for trials that turned out not to come
+            p.cancel()
+    summary.update(total)
+    return summary

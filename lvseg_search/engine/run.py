@@ -1,0 +1,520 @@
+"""The run folder of a search (``results/NAME``): its layout, the options schema of
+``search.json`` (defaults, checks, older folders), creating or resuming it, and reading
+it back (finished, running or interrupted) for ``search``, ``report`` and ``export``.
+
+Layout::
+
+    search.json        the resolved options (a re-run with the same options resumes)
+    space.toml         a copy of the search space file, so that report, export and
+                       workers need not find the original (another folder or machine)
+    splits.json        the patient-grouped folds and held-out test patients
+    tuner/             keras-tuner's project: oracle.json, trial_<id>/trial.json (and
+                       failure.txt, why it failed), and per fold,
+                       trial_<id>/fold_<k>/{checkpoint.weights.h5,result.json}
+    tensorboard/       HParams config, one session per finished trial, fold curves
+
+Nothing here imports TensorFlow or Keras at module level: a recycled search's parent
+process prepares the run without loading them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from lvseg_search import atomic
+from lvseg_search.data import manifest as manifest_mod
+from lvseg_search.data import splits as splits_mod
+from lvseg_search.data.manifest import PreparedData
+from lvseg_search.data.pipeline import PipelineConfig
+from lvseg_search.errors import UserError
+from lvseg_search.model.space import SearchSpace, check_image_size, load_space
+
+CHECKPOINT = "checkpoint.weights.h5"
+RESULT = "result.json"
+FAILURE = "failure.txt"
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+SEARCH_FILE = "search.json"
+SPACE_FILE = "space.toml"
+PROJECT = "tuner"
+# Options a splits file (--splits) decides instead of the command line.
+SPLIT_OPTIONS = ("folds", "test_patients", "test_ids")
+# Options that only size the search, not how a trial trains: a run may resume with others.
+BUDGET_OPTIONS = ("max_trials", "hyperband_iterations")
+# Training augmentation (flips always): the pipeline's defaults unless the space sets them.
+AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
+                    "augment_scale": PipelineConfig.max_scale,
+                    "augment_shift": PipelineConfig.max_shift,
+                    "augment_intensity": PipelineConfig.intensity}
+# steps_per_epoch 0: an epoch is one pass over the fold's training slices.
+DEFAULTS = {"max_epochs": 9, "factor": 3, "hyperband_iterations": 1, "image_size": 128,
+            "batch_size": 8, "folds": 3, "normalization": "zscore", "steps_per_epoch": 0,
+            **AUGMENT_DEFAULTS}
+
+
+
+
+def fold_dir(trial_dir: Path, k: int) -> Path:
+    """Folder of fold ``k`` inside a trial folder."""
+    return Path(trial_dir) / f"fold_{k}"
+
+
+def read_fold_result(trial_dir: Path, k: int) -> dict[str, Any] | None:
+    """The saved result of fold ``k`` of a trial, or None when it did not finish."""
+    path = fold_dir(trial_dir, k) / RESULT
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def trial_message(trial_dir: Path, trial: Any) -> str:
+    """Why a trial failed: keras-tuner's message, else the one its tuner wrote next to it.
+
+    A distributed worker's failure message does not reach the chief (keras-tuner sends a
+    trial over gRPC without it), so the worker also writes it into the shared run folder.
+    """
+    if trial.message:
+        return trial.message
+    path = Path(trial_dir) / FAILURE
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Resolved options of one search (command line over space defaults over ours)."""
+
+    data: str
+    space: str
+    space_digest: str
+    folds: int
+    test_patients: int
+    test_ids: tuple[str, ...]
+    max_epochs: int
+    factor: int
+    hyperband_iterations: int
+    image_size: int
+    batch_size: int
+    normalization: str
+    seed: int
+    precision: str
+    jit: bool
+    max_trials: int | None
+    # Run folders written before augmentation was an option trained with these.
+    augment_rotation_deg: float = 10.0
+    augment_scale: float = 0.1
+    augment_shift: float = 0.0
+    augment_intensity: float = 0.1
+    # Run folders written before it was an option trained one pass per epoch.
+    steps_per_epoch: int = 0
+    # manifest.identity of the data; empty in run folders written before it was kept.
+    data_digest: str = ""
+
+    def pipeline(self, batch_size: int | None = None) -> PipelineConfig:
+        """The search's pipeline settings (``.training()`` adds shuffling and the
+        augmentation given here).
+
+        Args:
+            batch_size: Images per batch (default: the search's).
+        """
+        return PipelineConfig(
+            image_size=self.image_size, normalization=self.normalization,
+            batch_size=batch_size or self.batch_size, seed=self.seed,
+            max_rotation_deg=self.augment_rotation_deg, max_scale=self.augment_scale,
+            max_shift=self.augment_shift, intensity=self.augment_intensity)
+
+
+def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptions:
+    """Merges command-line values (None = not given) with the space's and our defaults.
+
+    Raises:
+        UserError: An option is out of range.
+    """
+    merged = {key: given.get(key) if given.get(key) is not None
+              else space.search.get(key, default) for key, default in DEFAULTS.items()}
+    for key in ("max_epochs", "image_size", "batch_size", "hyperband_iterations"):
+        if merged[key] < 1:
+            opt = "--iterations" if key == "hyperband_iterations" else f"--{key.replace('_', '-')}"
+            raise UserError(f"{opt}: {merged[key]} must be at least 1")
+    if merged["steps_per_epoch"] < 0:
+        raise UserError(f"--steps-per-epoch: {merged['steps_per_epoch']} must be 0 (one pass "
+                        "over each fold's training slices) or more")
+    if given.get("max_trials") is not None and given["max_trials"] < 1:
+        raise UserError(f"--max-trials: {given['max_trials']} must be at least 1")
+    if merged["factor"] < 2:
+        raise UserError(f"--factor: {merged['factor']} must be at least 2")
+    precision = given.get("precision") or "float32"
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision: unknown {precision!r}; choose {', '.join(PRECISIONS)}")
+    check_image_size(space, merged["image_size"])
+    return SearchOptions(
+        data=str(Path(data).resolve()), space=str(Path(space.path).resolve()),
+        space_digest=space.digest,
+        test_patients=int(given.get("test_patients") or 0),
+        test_ids=tuple(given.get("test_ids") or ()), seed=int(given.get("seed") or 0),
+        precision=precision, jit=bool(given.get("jit")), max_trials=given.get("max_trials"),
+        **merged)
+
+
+def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite: bool,
+                splits_file: Path | None) -> tuple[SearchOptions, dict[str, Any]]:
+    """Creates or resumes a run folder.
+
+    Args:
+        out: The run folder.
+        options: The resolved options (:func:`resolve_options`).
+        data: The prepared data folder the options name.
+        overwrite: Start afresh even if ``out`` holds a search.
+        splits_file: Use these splits instead of making new ones.
+
+    Returns:
+        The options as recorded (with the data's digest, ``splits_file``, its folds and test
+        patients) and the run's splits.
+
+    Raises:
+        UserError: The folder holds another search or something else, or the splits file
+            is bad or differs from the splits of the search being resumed.
+    """
+    options = replace(options, data_digest=manifest_mod.identity(data.manifest))
+    counts = data.slice_counts
+    given_split = None
+    if splits_file is not None:
+        given_split = splits_mod.load(splits_file, list(counts))
+        options = replace(options, folds=len(given_split["folds"]), test_patients=0,
+                          test_ids=tuple(given_split["test"]))
+    record = out / SEARCH_FILE
+    if record.is_file() and not overwrite:
+        previous = json.loads(record.read_text(encoding="utf-8"))
+        # An option added since the run was written counts as the value it trained with.
+        legacy = {f.name: f.default for f in fields(SearchOptions) if f.default is not MISSING}
+        # Compared elsewhere: the space by its contents (space_digest), not by the path
+        # (older runs hold relative ones); a splits file by its folds, below, not by the
+        # recorded counts (older runs hold the command line's defaults); the data by its
+        # contents where the run recorded them, so it may move. A new budget extends or
+        # caps the search.
+        skip = ("space", "data", "data_digest", *BUDGET_OPTIONS,
+                *(SPLIT_OPTIONS if given_split is not None else ()))
+        changed = [k for k, v in asdict(options).items() if k not in skip
+                   and json.dumps(previous.get(k, legacy.get(k))) != json.dumps(v)]
+        same_data = (previous["data_digest"] == options.data_digest
+                     if previous.get("data_digest") else previous.get("data") == options.data)
+        if not same_data:
+            changed.insert(0, "data")
+        if changed:
+            raise UserError(f"{out}: holds a search with other options ({', '.join(changed)}); "
+                            "re-run with the same options to resume, or choose another "
+                            "--out, or pass --overwrite")
+        split = splits_mod.load(out / splits_mod.FILENAME, list(counts))
+        if given_split is not None and (given_split["folds"], given_split["test"]) != (
+                split["folds"], split["test"]):
+            raise UserError(f"--splits: {splits_file} differs from the splits of the search in "
+                            f"{out}; resume with its own {out / splits_mod.FILENAME}, or choose "
+                            "another --out, or pass --overwrite")
+        updated = {k: v for k, v in asdict(options).items()
+                   if k in ("data", "data_digest", *BUDGET_OPTIONS) and previous.get(k) != v}
+        if updated:
+            atomic.write_json(record, {**previous, **updated})
+        return options, split
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
+                        "another folder or pass --overwrite")
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if given_split is not None:
+        split = given_split
+    else:
+        split = splits_mod.make_splits(counts, options.folds, test_patients=options.test_patients,
+                                   test_ids=options.test_ids, seed=options.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    splits_mod.save(out / splits_mod.FILENAME, split)
+    atomic.write_text(out / SPACE_FILE, Path(options.space).read_bytes().decode("utf-8"))
+    # search.json last: it marks the folder as a search.
+    atomic.write_json(record, asdict(options))
+    return options, split
+
+
+def read_options(out: Path, missing: str) -> SearchOptions:
+    """The resolved options stored in a run folder.
+
+    Args:
+        out: The run folder.
+        missing: What to tell the user when the folder holds no search.
+
+    Raises:
+        UserError: No options file in ``out``.
+    """
+    record = Path(out) / SEARCH_FILE
+    if not record.is_file():
+        raise UserError(f"{out}: no {SEARCH_FILE} here; {missing}")
+    stored = json.loads(record.read_text(encoding="utf-8"))
+    return SearchOptions(**{**stored, "test_ids": tuple(stored["test_ids"])})
+
+
+def run_space(out: Path, options: SearchOptions) -> SearchSpace:
+    """The search space of a run folder: its own copy, else (runs written before it kept
+    one) the file its options name.
+
+    Raises:
+        UserError: The space cannot be read, or the named file changed since the search
+            started.
+    """
+    copy = Path(out) / SPACE_FILE
+    if copy.is_file():
+        return replace(load_space(copy), name=Path(options.space).stem)
+    if not Path(options.space).is_file():
+        raise UserError(f"{out}: its search space {options.space} is not there; run from the "
+                        "folder the search was started in, or put the file back")
+    sp = load_space(options.space)
+    if sp.digest != options.space_digest:
+        raise UserError(f"{options.space}: the search space file changed since the search "
+                        f"in {out} started; put back the version it used")
+    return sp
+
+
+def relocate_data(out: Path, options: SearchOptions, data: PreparedData) -> SearchOptions:
+    """A run's options with its data read from ``data`` (moved, or mounted elsewhere).
+
+    Args:
+        out: The run folder.
+        options: Its options.
+        data: The prepared data folder as it is now.
+
+    Raises:
+        UserError: ``data`` is not a prepared folder, or holds other data than the run's
+            (for runs written before the data's digest was kept: lacks its patients).
+    """
+    if options.data_digest:
+        other = manifest_mod.identity(data.manifest) != options.data_digest
+    else:
+        split = splits_mod.load(Path(out) / splits_mod.FILENAME)
+        wanted = {pid for fold in split["folds"] for part in ("train", "val")
+                  for pid in fold[part]} | set(split.get("test", []))
+        other = bool(wanted - set(data.patient_ids))
+    if other:
+        raise UserError(f"--data: {data.root} holds other data than the search in {out} used; "
+                        "pass the folder its data was prepared into")
+    return replace(options, data=str(data.root.resolve()))
+
+
+def load_worker_run(out: Path, data_dir: Path | None
+                    ) -> tuple[SearchOptions, SearchSpace, dict[str, Any], PreparedData]:
+    """Options, space, splits and data of a chief's run folder, for a worker.
+
+    Args:
+        out: The run folder the chief created.
+        data_dir: The prepared data folder where this worker sees it (default: where the
+            chief read it).
+
+    Raises:
+        UserError: The chief has not created the folder yet, or the data is not there.
+    """
+    options = read_options(out, "start the chief with the same --out first (the results "
+                                "folder must be shared with the workers)")
+    sp = run_space(out, options)
+    data = manifest_mod.open_data(data_dir if data_dir is not None else options.data)
+    if data_dir is not None:
+        options = relocate_data(out, options, data)
+    return options, sp, splits_mod.load(out / splits_mod.FILENAME, data.patient_ids), data
+
+
+@dataclass
+class Run:
+    """A run folder (``results/NAME``).
+
+    Attributes:
+        path: The folder.
+        options: The search's resolved options.
+        splits: Its folds and held-out test patients.
+        trials: keras-tuner trials by id, in id order.
+    """
+
+    path: Path
+    options: SearchOptions
+    splits: dict[str, Any]
+    trials: dict[str, Any] = field(default_factory=dict)
+    _data: PreparedData | None = field(default=None, repr=False)
+
+    @property
+    def n_folds(self) -> int:
+        """Number of cross-validation folds."""
+        return len(self.splits["folds"])
+
+    @property
+    def data_dir(self) -> Path:
+        """The prepared data folder the search trained on.
+
+        Raises:
+            UserError: It holds no prepared data (any more).
+        """
+        data = Path(self.options.data)
+        if not (data / manifest_mod.FILENAME).is_file():
+            raise UserError(f"{self.path}: its data folder {data} holds no prepared data "
+                            "(moved or deleted?); pass --data with the folder's new place")
+        return data
+
+    @property
+    def data(self) -> PreparedData:
+        """The prepared data folder with its manifest, read once.
+
+        Raises:
+            UserError: As :attr:`data_dir`, or the manifest is unreadable.
+        """
+        if self._data is None:
+            self._data = manifest_mod.open_data(self.data_dir)
+        return self._data
+
+    def trial_dir(self, trial_id: str) -> Path:
+        """Folder of one trial."""
+        return self.path / PROJECT / f"trial_{trial_id}"
+
+    def fold_results(self, trial_id: str) -> list[dict[str, Any] | None]:
+        """Each fold's saved result (None where the fold has not finished)."""
+        return [read_fold_result(self.trial_dir(trial_id), k) for k in range(self.n_folds)]
+
+    def full_history(self, trial_id: str, k: int) -> dict[str, list[float]]:
+        """Fold ``k``'s training curves from epoch 1: a promoted trial's own epochs
+        after those of the trials it continues."""
+        result = read_fold_result(self.trial_dir(trial_id), k)
+        if result is None:
+            return {}
+        history = {name: list(v) for name, v in result["history"].items()}
+        parent = self.trials[trial_id].hyperparameters.values.get("tuner/trial_id")
+        if parent is not None and parent in self.trials:
+            earlier = self.full_history(parent, k)
+            history = {name: earlier.get(name, [])[:result["initial_epoch"]] + values
+                       for name, values in history.items()}
+        return history
+
+    @functools.cached_property
+    def space(self) -> SearchSpace:
+        """The search space the run used (read once)."""
+        return run_space(self.path, self.options)
+
+    def build_network(self, trial_id: str, precision: str = "float32"):
+        """A freshly initialized, compiled network with a trial's hyperparameters.
+
+        Args:
+            trial_id: The trial.
+            precision: Keras dtype policy to compute in.
+        """
+        from lvseg_search.model.hypermodel import SegmentationHyperModel
+
+        hypermodel = SegmentationHyperModel(self.space, self.options.image_size,
+                                            num_classes=self.data.num_classes, precision=precision)
+        return hypermodel.build(self.trials[trial_id].hyperparameters.copy())
+
+    def fold_network(self, trial_id: str, k: int):
+        """A trial's fold-``k`` network with its saved weights (last epoch trained),
+        computing in float32 whatever precision it trained in.
+
+        Raises:
+            UserError: The fold has no checkpoint.
+        """
+        path = fold_dir(self.trial_dir(trial_id), k) / CHECKPOINT
+        if not path.is_file():
+            raise UserError(f"{path}: missing; fold {k} of trial {trial_id} has not finished")
+        # Loaded into the network as it trained: the checkpoint holds the optimizer's
+        # state too (under mixed_float16, a loss-scaling optimizer's), which only a built
+        # optimizer of the same kind takes without a warning.
+        result = read_fold_result(self.trial_dir(trial_id), k) or {}
+        precision = result.get("dtype_policy", self.options.precision)
+        trained = self.build_network(trial_id, precision)
+        trained.optimizer.build(trained.trainable_variables)
+        trained.load_weights(str(path))
+        if precision == "float32":
+            return trained
+        # Reports and exported models compute in float32; the weights are float32 in
+        # every policy.
+        model = self.build_network(trial_id)
+        model.set_weights(trained.get_weights())
+        return model
+
+
+def load_run(path: Path, data: Path | None = None) -> Run:
+    """Reads a run folder.
+
+    Args:
+        path: The run folder.
+        data: The prepared data folder, where it is now if it moved since the search
+            (default: where the search read it).
+
+    Raises:
+        UserError: The folder holds no search, or ``data`` holds other data than the
+            search used.
+    """
+    from keras_tuner.engine.trial import Trial
+
+    path = Path(path)
+    options = read_options(path, "not a search run folder; pass the --out folder of "
+                                 "'lvseg-search search'")
+    split = splits_mod.load(path / splits_mod.FILENAME)
+    prepared = None
+    if data is not None:
+        prepared = manifest_mod.open_data(data)
+        options = relocate_data(path, options, prepared)
+    trials = {}
+    for p in sorted((path / PROJECT).glob("trial_*/trial.json"),
+                    key=lambda p: p.parent.name.removeprefix("trial_").zfill(8)):
+        try:
+            t = Trial.load(str(p))
+        except (ValueError, KeyError, json.JSONDecodeError):
+            continue  # being written by a running search right now
+        trials[t.trial_id] = t
+    return Run(path=path, options=options, splits=split, trials=trials, _data=prepared)
+
+
+def find_trial(run: Run, trial_id: str) -> Any | None:
+    """A trial by its id as the run writes it (``0015``) or as a number (``15``); None
+    when the run has no such trial."""
+    if trial_id in run.trials:
+        return run.trials[trial_id]
+    if trial_id.isdigit():
+        # keras-tuner pads ids to the width of --max-trials, so users see 0015 or 15.
+        for tid, trial in run.trials.items():
+            if tid.isdigit() and int(tid) == int(trial_id):
+                return trial
+    return None
+
+
+def completed_trials(run: Run) -> list[Any]:
+    """Completed trials, best CV Dice first."""
+    done = [t for t in run.trials.values() if t.status == "COMPLETED" and t.score is not None]
+    return sorted(done, key=lambda t: t.score, reverse=True)
+
+
+def best_trial(run: Run):
+    """The trial with the best CV Dice.
+
+    Raises:
+        UserError: No trial has completed yet.
+    """
+    done = completed_trials(run)
+    if not done:
+        raise UserError(f"{run.path}: no trial has completed yet; wait for the search or "
+                        "resume it")
+    return done[0]
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    """Completed trials (best first) and failed ones, read from the run folder (so the
+    chief, a worker or a later ``report`` all see the same search)."""
+    from keras_tuner.engine.trial import Trial
+
+    folders = {}  # trial -> its folder, as found on disk
+    for path in sorted((Path(out) / PROJECT).glob("trial_*/trial.json")):
+        folders[Trial.load(str(path))] = path.parent
+    trials = list(folders)
+    completed = sorted((t for t in trials if t.status == "COMPLETED" and t.score is not None),
+                       key=lambda t: t.score, reverse=True)
+    rows = []
+    for t in completed:
+        metrics = {name: t.metrics.get_last_value(name) for name in t.metrics.metrics}
+        rows.append({"trial_id": t.trial_id, "score": t.score, "metrics": metrics,
+                     "hyperparameters": dict(t.hyperparameters.values)})
+    failed = [{"trial_id": t.trial_id, "status": t.status,
+               "message": trial_message(folders[t], t)}
+              for t in trials if t.status in ("FAILED", "INVALID")]
+    return {"completed": rows, "failed": failed, "n_trials": len(trials)}

@@ -1,0 +1,122 @@
+"""One search session in this process: the folds' data, the HyperModel and the
+cross-validated Hyperband tuner over a prepared run folder, and keras-tuner's own
+search loop run to the end of the schedule (or of a share of its trials, for a
+recycled child process)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lvseg_search.data.manifest import PreparedData
+from lvseg_search.engine.run import PROJECT, SearchOptions, summarize
+from lvseg_search.errors import UserError
+from lvseg_search.model.space import SearchSpace
+
+
+def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str, Any],
+                      data: PreparedData, *, verbose: bool, strategy: str | None,
+                      role: str | None, trial_budget: int | None = None, header: bool = True,
+                      on_share_ending: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Runs a prepared search (or a share of its trials) in this process.
+
+    Args:
+        out: The run folder (``run.prepare_run`` or ``run.load_worker_run``).
+        sp: Its search space.
+        options: Its options.
+        split: Its folds and held-out test patients.
+        data: The prepared data folder the options name.
+        verbose: Print progress.
+        strategy: ``mirrored`` to train each fold model over all visible GPUs.
+        role: ``chief``, ``worker`` or None (one process).
+        trial_budget: Stop after this many trials (a recycled child's share).
+        header: Print the search's first lines (the first child only).
+        on_share_ending: Called as the last trial of the share begins.
+
+    Returns:
+        The run's summary (``run.summarize``) with this session's batch seconds, trial
+        log, replicas and whether trials remain (``recycle``).
+
+    Raises:
+        UserError: Too many trials in a row failed.
+    """
+    import keras
+
+    from lvseg_search.engine import hparams
+    from lvseg_search.engine.cv import CrossValidation
+    from lvseg_search.engine.distribute import make_strategy
+    from lvseg_search.engine.tuner import CVHyperband
+    from lvseg_search.model.hypermodel import SegmentationHyperModel
+
+    # The hypermodel sets Keras's process-wide dtype policy (--precision) at each build,
+    # keras-tuner's first one included; the caller's is put back at the end for code that
+    # goes on building models in this process.
+    previous_policy = keras.mixed_precision.dtype_policy()
+    dist = make_strategy(strategy)
+    replicas = dist.num_replicas_in_sync if dist is not None else 1
+    if replicas > 1:
+        print(f"mirrored strategy over {replicas} devices: batch size {options.batch_size} "
+              f"per replica, {options.batch_size * replicas} per step", flush=True)
+    config = options.pipeline(options.batch_size * replicas)
+    cv = CrossValidation(data, split, config, replicas=replicas,
+                         steps_per_epoch=options.steps_per_epoch)
+    hypermodel = SegmentationHyperModel(sp, options.image_size, num_classes=data.num_classes,
+                                        jit_compile=options.jit, precision=options.precision)
+    # keras-tuner announces a resume with a bare print; ours below says more.
+    with contextlib.redirect_stdout(io.StringIO()):
+        tuner = CVHyperband(cv, seed=options.seed, verbose=verbose, hypermodel=hypermodel,
+                            max_epochs=options.max_epochs, factor=options.factor,
+                            hyperband_iterations=options.hyperband_iterations,
+                            distribution_strategy=dist, directory=str(out), project_name=PROJECT,
+                            tensorboard_dir=out / hparams.DIRNAME, trial_budget=trial_budget,
+                            on_share_ending=on_share_ending)
+    is_chief = role == "chief"
+    logdir = out / hparams.DIRNAME
+    if role != "worker" and not any(logdir.glob("events.out.tfevents.*")):
+        hparams.write_config(logdir, sp, cv.n_folds, options.max_epochs)
+    if is_chief or not hasattr(tuner.oracle, "stub"):
+        # A cap on Hyperband's own schedule, for a fixed budget (the oracle owns it).
+        tuner.oracle.max_trials = options.max_trials
+        # A resumed oracle took its iterations from its saved state; the run's options may
+        # have raised them since, to extend a finished schedule.
+        tuner.oracle.hyperband_iterations = options.hyperband_iterations
+    if verbose and not is_chief and header:
+        print(f"search: space {sp.name}, {cv.n_folds} patient-grouped folds, "
+              f"{len(split['test'])} held-out test patient(s), max {options.max_epochs} "
+              f"epochs, factor {options.factor}, images {options.image_size}px -> {out}",
+              flush=True)
+        done = len(list((out / PROJECT).glob("trial_*/trial.json")))
+        if done:
+            budget = (f", {options.max_trials} in all (--max-trials)" if options.max_trials
+                      else "")
+            print(f"resuming: {done} trial(s) already in {out / PROJECT}{budget}", flush=True)
+    # Python's automatic collector stalls training for 0.3 to 1 s at a time, walking the
+    # ~0.5 million objects of TensorFlow and Keras. Those live as long as the process,
+    # so they are set aside (freeze), and cycles are collected once per trial instead
+    # (tuner.release_memory), where each pass sees only that trial's objects.
+    automatic = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        tuner.search(verbose=0)
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
+            raise
+        raise UserError(f"{out}: too many trials in a row failed; check the data and the "
+                        f"space (last error: {str(exc).strip().splitlines()[-1]})") from None
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+        if automatic:
+            gc.enable()
+        gc.unfreeze()
+    summary = summarize(out)
+    summary["batch_seconds"] = tuner.batch_seconds
+    summary["trial_log"] = tuner.trial_log
+    summary["replicas"] = replicas
+    summary["recycle"] = tuner.recycle
+    return summary

@@ -1,0 +1,138 @@
+"""The search's HyperModel: variable-depth encoder / transposed-conv decoder networks,
+plus the seed lab's FCN as a fixed point (``keras.layers``/``keras.ops`` only, so it
+builds under the TensorFlow, JAX and PyTorch backends)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import keras_tuner
+from keras import layers
+
+from lvseg_search.model.losses import get_loss
+from lvseg_search.model.metrics import Dice
+from lvseg_search.model.space import SearchSpace
+
+
+def _norm(x, kind: str):
+    if kind == "batch":
+        # Short Hyperband budgets: a faster-moving average keeps inference statistics
+        # close to training ones after few steps.
+        return layers.BatchNormalization(momentum=0.9)(x)
+    if kind == "group":
+        return layers.GroupNormalization(groups=min(8, x.shape[-1]))(x)
+    return x
+
+
+def _conv(x, filters: int, hp: dict[str, Any], strides: int = 1):
+    use_bias = hp["normalization"] == "none"
+    x = layers.Conv2D(filters, hp["kernel_size"], strides=strides, padding="same",
+                      use_bias=use_bias)(x)
+    return layers.Activation(hp["activation"])(_norm(x, hp["normalization"]))
+
+
+def build_encoder_decoder(hp: dict[str, Any], image_size: int, num_classes: int) -> keras.Model:
+    """Builds one encoder / decoder network.
+
+    Args:
+        hp: Hyperparameter values (see ``space.HYPERPARAMETERS``).
+        image_size: Input rows and columns (divisible by ``2 ** depth``).
+        num_classes: Output classes including background.
+
+    Returns:
+        An uncompiled model from ``[B, S, S, 1]`` images to softmax ``[B, S, S, C]``.
+    """
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x, skips, filters = inputs, [], hp["base_filters"]
+    for _ in range(hp["depth"]):
+        for _ in range(hp["convs_per_stage"]):
+            x = _conv(x, filters, hp)
+        skips.append(x)
+        x = (layers.MaxPooling2D(2)(x) if hp["downsampling"] == "max_pool"
+             else _conv(x, filters, hp, strides=2))
+        if hp["dropout"] > 0:
+            x = layers.SpatialDropout2D(hp["dropout"])(x)
+        filters *= 2
+    for _ in range(hp["convs_per_stage"]):
+        x = _conv(x, filters, hp)
+    if hp["decoder"] == "fcn":
+        # The lab's single up-score: 1x1 class scores, one transposed conv back to size.
+        stride = 2 ** hp["depth"]
+        x = layers.Conv2D(num_classes, 1, name="score")(x)
+        x = layers.Conv2DTranspose(num_classes, 2 * stride, strides=stride, padding="same",
+                                   name="upscore")(x)
+    else:
+        for skip in reversed(skips):
+            filters //= 2
+            x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same")(x)
+            if hp["decoder"] == "unet":
+                x = layers.Concatenate()([x, skip])
+            for _ in range(hp["convs_per_stage"]):
+                x = _conv(x, filters, hp)
+        x = layers.Conv2D(num_classes, 1, name="score")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="encoder_decoder")
+
+
+def build_lab_fcn(image_size: int, num_classes: int) -> keras.Model:
+    """The seed lab's FCN: conv 5x5/100 stride 2, pool, conv 5x5/200 stride 2, pool,
+    conv 3x3/300 twice, 1x1 score, one transposed-conv up-score x16."""
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = layers.Conv2D(100, 5, strides=2, padding="same", activation="relu")(inputs)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(200, 5, strides=2, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(300, 3, padding="same", activation="relu")(x)
+    x = layers.Conv2D(300, 3, padding="same", activation="relu")(x)
+    x = layers.Conv2D(num_classes, 1, name="score")(x)
+    x = layers.Conv2DTranspose(num_classes, 31, strides=16, padding="same", name="upscore")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="lab_fcn")
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Returns a fresh optimizer."""
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    return keras.optimizers.SGD(learning_rate, momentum=0.9)
+
+
+class SegmentationHyperModel(keras_tuner.HyperModel):
+    """Builds and compiles one network per set of hyperparameter values.
+
+    Args:
+        space: The validated search space.
+        image_size: Input rows and columns.
+        num_classes: Output classes including background (2: LV only).
+        jit_compile: Compile train steps with XLA.
+        precision: Keras dtype policy the networks compute in (``float32``,
+            ``mixed_float16``, ``mixed_bfloat16``); their outputs are float32 either way.
+    """
+
+    def __init__(self, space: SearchSpace, image_size: int, num_classes: int = 2,
+                 jit_compile: bool = False, precision: str = "float32"):
+        super().__init__(name=f"lvseg_{space.name}")
+        self.space = space
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.jit_compile = jit_compile
+        self.precision = precision
+
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        values = self.space.register(hp)
+        # Layers take Keras's process-wide policy when made. It is set here, at every
+        # build, because clearing the session between trials resets it to float32.
+        keras.mixed_precision.set_dtype_policy(self.precision)
+        if values["architecture"] == "lab_fcn":
+            model = build_lab_fcn(self.image_size, self.num_classes)
+        else:
+            model = build_encoder_decoder(values, self.image_size, self.num_classes)
+        model.compile(optimizer=make_optimizer(values["optimizer"], values["learning_rate"]),
+                      loss=get_loss(values["loss"]), metrics=[Dice(class_id=1)],
+                      jit_compile=self.jit_compile)
+        return model

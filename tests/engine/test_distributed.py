@@ -1,0 +1,115 @@
+"""keras-tuner chief/worker search on loopback, and MirroredStrategy within a trial."""
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from lvseg_search.engine.run import RESULT
+
+TINY = Path(__file__).parents[1] / "spaces" / "tiny.toml"
+
+
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chief_and_two_workers_run_every_trial_exactly_once(tiny_data, tmp_path):
+    port = _free_port()
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "lvseg_search", "search", "--out", str(out)]
+    chief = subprocess.Popen(
+        base + ["--data", str(tiny_data), "--space", str(TINY), "--folds", "2",
+                "--max-epochs", "2", "--factor", "2", "--image-size", "32", "--batch-size",
+                "4", "--chief", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers = [subprocess.Popen(base + ["--worker", f"127.0.0.1:{port}", "--tuner-id",
+                                        f"w{i}", "--connect-timeout", "120"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    chief_log = chief.communicate(timeout=120)[0]
+    assert chief.returncode == 0, chief_log[-3000:]
+    assert all(w.returncode == 0 for w in workers), "\n".join(log[-2000:] for log in logs)
+    assert "loopback only" in chief_log and "Top" in chief_log
+    started = [re.findall(r"^trial (\d+): epochs", log, re.M) for log in logs]
+    trials = sorted(json.loads(p.read_text())["trial_id"]
+                    for p in out.glob("tuner/trial_*/trial.json"))
+    assert len(trials) == 5
+    assert sorted(started[0] + started[1]) == trials  # each trial ran once, by one worker
+    assert started[0] and started[1]  # both workers got work
+    for t in trials:
+        ids = {json.loads(p.read_text())["tuner_id"]
+               for p in (out / "tuner" / f"trial_{t}").glob("fold_*/" + RESULT)}
+        assert len(ids) == 1 and ids <= {"w0", "w1"}
+
+
+def test_a_trial_that_fails_on_a_worker_keeps_its_reason(tiny_data, tmp_path):
+    from lvseg_search.engine.run import load_run, summarize
+    from lvseg_search.report import unfinished
+
+    port = _free_port()
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "lvseg_search", "search", "--out", str(out)]
+    chief = subprocess.Popen(
+        base + ["--data", str(tiny_data), "--space", str(TINY.with_name("diverging.toml")),
+                "--folds", "2", "--max-epochs", "2", "--factor", "2", "--image-size", "32",
+                "--batch-size", "4", "--chief", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.run(base + ["--worker", f"127.0.0.1:{port}", "--connect-timeout", "120"],
+                            capture_output=True, text=True, timeout=600)
+    chief_log = chief.communicate(timeout=120)[0]
+    assert chief.returncode == 0 and worker.returncode == 0, chief_log[-2000:]
+    failed = summarize(out)["failed"]
+    assert failed  # learning rate 1000 diverges
+    for f in failed:
+        # The chief's own record has no reason: keras-tuner's gRPC trial drops it.
+        stored = json.loads((out / "tuner" / f"trial_{f['trial_id']}" / "trial.json")
+                            .read_text())
+        assert not stored["message"]
+        assert "loss became NaN" in f["message"]
+    reasons = {p["trial"]: p["reason"] for p in unfinished(load_run(out))}
+    assert all("loss became NaN" in reasons[f["trial_id"]] for f in failed)
+
+
+def test_worker_without_a_chief_fails_clearly(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lvseg_search", "search", "--out", str(tmp_path / "run"),
+         "--worker", f"127.0.0.1:{_free_port()}", "--connect-timeout", "1"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lvseg-search")]
+    assert len(errors) == 1 and "no chief answers at 127.0.0.1" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_one_search_trains_under_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
+    code = textwrap.dedent(f"""
+        import json
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from lvseg_search.search import run_search
+        s = run_search({str(tiny_data)!r}, {str(tmp_path / "run")!r}, {str(TINY)!r},
+                       strategy="mirrored", folds=2, max_epochs=3, factor=4, max_trials=1,
+                       image_size=32, batch_size=4, verbose=False)
+        print("RESULT", json.dumps({{"replicas": s["replicas"],
+                                    "completed": len(s["completed"])}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert result == {"replicas": 2, "completed": 1}
+    fold = json.loads(next((tmp_path / "run").glob("tuner/trial_*/fold_0/" + RESULT))
+                      .read_text())
+    losses = fold["history"]["loss"]
+    assert len(losses) == 3 and losses[-1] < losses[0]

@@ -1,0 +1,137 @@
+"""The HyperModel's networks, losses and Dice metric."""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+
+from lvseg_search.model.hypermodel import (
+    SegmentationHyperModel,
+    build_encoder_decoder,
+    build_lab_fcn,
+)
+from lvseg_search.model.losses import CrossentropyDiceLoss, SoftDiceLoss
+from lvseg_search.model.metrics import Dice
+from lvseg_search.model.space import load_space
+
+BASE = {"depth": 3, "base_filters": 4, "kernel_size": 3, "convs_per_stage": 2,
+        "downsampling": "max_pool", "decoder": "unet", "normalization": "batch",
+        "dropout": 0.1, "activation": "relu"}
+
+
+@pytest.mark.parametrize("decoder", ["unet", "transposed", "fcn"])
+@pytest.mark.parametrize("downsampling", ["max_pool", "strided_conv"])
+def test_encoder_decoder_variants_map_images_to_class_probabilities(decoder, downsampling):
+    model = build_encoder_decoder({**BASE, "decoder": decoder, "downsampling": downsampling},
+                                  32, num_classes=3)
+    probs = model.predict(np.random.default_rng(0).normal(size=(2, 32, 32, 1)), verbose=0)
+    assert probs.shape == (2, 32, 32, 3)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    has_concat = any(isinstance(layer, keras.layers.Concatenate) for layer in model.layers)
+    assert has_concat == (decoder == "unet")
+    transposed = [la for la in model.layers if isinstance(la, keras.layers.Conv2DTranspose)]
+    assert len(transposed) == (1 if decoder == "fcn" else 3)
+
+
+def test_depth_sets_the_number_of_downsamplings():
+    for depth in (1, 2, 4):
+        model = build_encoder_decoder({**BASE, "depth": depth}, 32, 2)
+        pools = [la for la in model.layers if isinstance(la, keras.layers.MaxPooling2D)]
+        assert len(pools) == depth
+
+
+def test_lab_fcn_matches_the_seed_lab():
+    model = build_lab_fcn(256, 2)
+    convs = [la for la in model.layers if type(la) is keras.layers.Conv2D]
+    assert [(c.filters, c.kernel_size, c.strides) for c in convs] == [
+        (100, (5, 5), (2, 2)), (200, (5, 5), (2, 2)), (300, (3, 3), (1, 1)),
+        (300, (3, 3), (1, 1)), (2, (1, 1), (1, 1))]
+    assert sum(isinstance(la, keras.layers.MaxPooling2D) for la in model.layers) == 2
+    up = [la for la in model.layers if isinstance(la, keras.layers.Conv2DTranspose)]
+    assert len(up) == 1 and up[0].strides == (16, 16)
+    assert model.output_shape == (None, 256, 256, 2)
+
+
+def test_hypermodel_compiles_with_dice_metric_and_chosen_loss():
+    space = load_space("quick")
+    hp = kt.HyperParameters()
+    hp.Fixed("loss", "dice")
+    model = SegmentationHyperModel(space, 64).build(hp)
+    assert isinstance(model.loss, SoftDiceLoss)
+    x = np.random.default_rng(0).normal(size=(4, 64, 64, 1)).astype("float32")
+    y = np.zeros((4, 64, 64, 1), "uint8")
+    y[:, 20:40, 20:40] = 1
+    history = model.fit(x, y, epochs=2, verbose=0)
+    assert {"loss", "dice"} <= set(history.history)
+
+
+def _probs(mask, classes=2):
+    return np.eye(classes, dtype="float32")[mask[..., 0]]
+
+
+def test_dice_metric_known_answers():
+    truth = np.zeros((1, 8, 8, 1), "uint8")
+    truth[0, 0:4, 0:4] = 1  # 16 pixels
+    pred = np.zeros_like(truth)
+    pred[0, 0:4, 0:2] = 1  # 8 pixels, all inside
+    metric = Dice()
+    metric.update_state(truth, _probs(truth))
+    assert float(metric.result()) == pytest.approx(1.0)
+    metric.reset_state()
+    metric.update_state(truth, _probs(pred))
+    assert float(metric.result()) == pytest.approx(2 * 8 / (16 + 8))
+    metric.reset_state()
+    empty = np.zeros_like(truth)
+    metric.update_state(empty, _probs(empty))  # nothing to find, nothing found
+    metric.update_state(truth, _probs(empty))  # missed completely
+    assert float(metric.result()) == pytest.approx(0.5)
+
+
+def test_losses_are_small_for_perfect_and_large_for_wrong_predictions():
+    truth = np.zeros((2, 8, 8, 1), "uint8")
+    truth[:, 2:6, 2:6] = 1
+    good, bad = _probs(truth), _probs(1 - truth)
+    for loss in (SoftDiceLoss(), CrossentropyDiceLoss()):
+        assert float(loss(truth, good)) < 0.05
+        assert float(loss(truth, bad)) > 0.9
+
+
+def test_model_code_builds_and_trains_under_jax_without_tensorflow():
+    """Model, loss, metric and serving modules must work where only JAX is installed."""
+    code = textwrap.dedent("""
+        import os, sys
+        os.environ["KERAS_BACKEND"] = "jax"
+        sys.modules["tensorflow"] = None  # any TensorFlow import now fails
+        import keras, keras_tuner as kt
+        import numpy as np
+        from lvseg_search.model.hypermodel import SegmentationHyperModel, build_lab_fcn
+        from lvseg_search.model.space import load_space
+        hp = kt.HyperParameters()
+        for name, value in {"depth": 1, "base_filters": 4, "convs_per_stage": 1,
+                            "decoder": "unet", "loss": "crossentropy_dice",
+                            "normalization": "batch"}.items():
+            hp.Fixed(name, value)
+        model = SegmentationHyperModel(load_space("quick"), 32).build(hp)
+        x = np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype("float32")
+        y = np.zeros((4, 32, 32, 1), "uint8"); y[:, 8:24, 8:24] = 1
+        history = model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+        print(keras.backend.backend(), model.output_shape, sorted(history.history),
+              build_lab_fcn(32, 2).name)
+        # The deployable wrapper too, with its in-graph post-processing.
+        from lvseg_search.model.postprocess import keep_largest_regions
+        from lvseg_search.model.serving import LargestRegion, build_serving_model
+        raw = np.random.default_rng(1).integers(0, 900, (2, 40, 48)).astype("int16")
+        out = build_serving_model([model], 32, "zscore").predict_on_batch(raw)
+        masks = (np.random.default_rng(2).random((3, 20, 24)) > 0.5).astype("uint8")
+        same = np.array_equal(np.asarray(LargestRegion()(masks)),
+                              np.stack(keep_largest_regions(masks)))
+        print("serving", tuple(out["mask"].shape), same)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "jax (None, 32, 32, 2) ['dice', 'loss'] lab_fcn" in proc.stdout
+    assert "serving (2, 40, 48) True" in proc.stdout

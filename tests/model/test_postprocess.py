@@ -1,0 +1,117 @@
+"""Post-processing: the delivered LV mask is the network's largest connected region."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lvseg_search.evaluate.measures import contour_mm
+from lvseg_search.evaluate.scoring import segment
+from lvseg_search.model.postprocess import keep_largest_regions, largest_region
+
+
+def _two_regions() -> np.ndarray:
+    mask = np.zeros((16, 16), np.uint8)
+    mask[2:8, 2:8] = 1  # 36 pixels: the LV
+    mask[11:13, 11:14] = 1  # 6 pixels: a false positive elsewhere
+    mask[9, 9] = 1  # touches nothing 4-connected
+    return mask
+
+
+def test_largest_region_keeps_only_the_biggest_region():
+    kept = largest_region(_two_regions())
+    assert kept.dtype == bool
+    assert kept.sum() == 36 and kept[2:8, 2:8].all()
+
+
+def test_largest_region_of_one_region_or_none_is_the_mask():
+    one = np.zeros((8, 8), bool)
+    one[1:4, 1:5] = True
+    np.testing.assert_array_equal(largest_region(one), one)
+    assert not largest_region(np.zeros((8, 8), np.uint8)).any()
+
+
+def test_diagonal_neighbours_are_separate_regions():
+    mask = np.zeros((6, 6), np.uint8)
+    mask[0:2, 0:2] = 1
+    mask[2, 2] = 1
+    assert largest_region(mask).sum() == 4
+
+
+def test_keep_largest_regions_keeps_each_masks_dtype():
+    out = keep_largest_regions([_two_regions(), np.zeros((4, 4), np.uint8)])
+    assert [m.dtype for m in out] == [np.uint8, np.uint8]
+    assert out[0].sum() == 36 and out[1].sum() == 0
+
+
+def test_segment_delivers_the_largest_region_and_the_raw_probabilities():
+    raw = _two_regions().astype(np.float32)
+
+    def predict(batch):
+        return {"probabilities": np.repeat(raw[None], len(batch), 0),
+                "mask": np.repeat(_two_regions()[None], len(batch), 0)}
+
+    probs, masks = segment(predict, np.zeros((3, 16, 16), np.int16), batch_size=2)
+    assert all(m.dtype == np.uint8 and m.sum() == 36 for m in masks)
+    assert all(p.sum() == raw.sum() for p in probs)
+
+
+def test_contours_trace_the_largest_region():
+    points = contour_mm(_two_regions(), (1.0, 1.0))
+    assert points[:, 0].max() < 8.5 and points[:, 1].max() < 8.5
+
+
+def _masks_for_the_graph() -> np.ndarray:
+    """Masks where labelling is easy to get wrong: a long snake (many steps), equal
+    regions (ties), diagonal touches, one-pixel regions, an empty and a full mask."""
+    rng = np.random.default_rng(0)
+    masks = (rng.random((8, 23, 31)) > 0.45).astype(np.uint8)
+    masks[0] = 0
+    masks[1] = 1
+    snake = np.zeros((23, 31), np.uint8)
+    snake[::2] = 1
+    for r in range(1, 23, 2):
+        snake[r, 30 if r % 4 == 1 else 0] = 1
+    masks[2] = snake
+    masks[3] = 0
+    masks[3, 2:5, 2:5] = masks[3, 10:13, 20:23] = 1  # two regions of 9: the first wins
+    masks[4] = 0
+    masks[4, ::2, ::2] = 1  # only diagonal touches: all one-pixel regions
+    return masks
+
+
+def test_largest_region_layer_equals_the_scipy_post_processing():
+    import keras
+
+    from lvseg_search.model.serving import LargestRegion
+
+    masks = _masks_for_the_graph()
+    expected = np.stack(keep_largest_regions(masks))
+    eager = np.asarray(LargestRegion()(masks))
+    inp = keras.Input((None, None), dtype="uint8")
+    traced = keras.Model(inp, LargestRegion()(inp)).predict_on_batch(masks)
+    for got in (eager, np.asarray(traced)):
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_serving_model_delivers_the_largest_region_of_its_own_mask():
+    import keras
+
+    from lvseg_search.model.serving import build_serving_model
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16, 16, 1))
+    net = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same", activation="softmax")(inp))
+    model = build_serving_model([net], 16, "zscore")
+    raw_mask = keras.Model(model.input, model.get_layer("restore_size").output[1])
+    images = np.random.default_rng(1).integers(0, 1000, (3, 37, 29)).astype(np.int16)
+    before = np.asarray(raw_mask.predict_on_batch(images))
+    assert max(len(np.unique(_label(m))) for m in before) > 3  # several regions to drop
+    after = np.asarray(model.predict_on_batch(images)["mask"])
+    np.testing.assert_array_equal(after, np.stack(keep_largest_regions(before)))
+
+
+def _label(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.label(mask)[0]

@@ -1,0 +1,138 @@
+"""Search-space files: the shipped ones load; bad ones get one clear line."""
+
+import keras_tuner as kt
+import pytest
+
+from lvseg_search.cli import main
+from lvseg_search.errors import UserError
+from lvseg_search.model.space import HYPERPARAMETERS, check_image_size, load_space
+
+GOOD = "\n".join(f"{name} = {{ values = [{value}] }}" for name, value in [
+    ("architecture", '"encoder_decoder"'), ("depth", 2), ("base_filters", 8),
+    ("kernel_size", 3), ("convs_per_stage", 1), ("downsampling", '"max_pool"'),
+    ("decoder", '"unet"'), ("normalization", '"batch"'), ("dropout", 0.0),
+    ("activation", '"relu"'), ("loss", '"dice"'), ("optimizer", '"adam"'),
+    ("learning_rate", 0.001)])
+
+
+@pytest.mark.parametrize("name", ["quick", "default", "lab"])
+def test_shipped_spaces_load_and_declare_every_hyperparameter(name):
+    space = load_space(name)
+    assert set(space.params) == set(HYPERPARAMETERS)
+    hp = kt.HyperParameters()
+    values = space.register(hp)
+    assert set(values) == set(HYPERPARAMETERS)
+
+
+def test_lab_space_is_the_lab_fcn_only():
+    space = load_space("lab")
+    assert space.params["architecture"].values == ("lab_fcn",)
+
+
+def _write(tmp_path, body):
+    path = tmp_path / "space.toml"
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("[hyperparameters]\n" + GOOD + "\nwidth = { values = [3] }", "unknown hyperparameter 'width'"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }", "depth = { values = [] }"),
+     "empty 'values' list"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }",
+                                          "depth = { min = 4, max = 2 }"), "empty range"),
+    ("[hyperparameters]\n" + GOOD.replace('"max_pool"', '"avg_pool"'), "unknown value 'avg_pool'"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }\n", ""), "depth missing"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\nepochs = 3", "unknown [search] key 'epochs'"),
+    ("colour = 1\n[hyperparameters]\n" + GOOD, "unknown key(s) colour"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\naugment_rotation_deg = 270",
+     "augment_rotation_deg = 270 is out of range; use 0 (none) to 180"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\naugment_scale = -0.1",
+     "augment_scale = -0.1 is out of range"),
+    ("[hyperparameters]\n" + GOOD + '\n[search]\naugment_shift = "a lot"',
+     "augment_shift must be a number"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\nsteps_per_epoch = -1",
+     "steps_per_epoch = -1 must be 0"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\nsteps_per_epoch = 2.5",
+     "steps_per_epoch must be a whole number"),
+    ("[hyperparameters\n", "not valid TOML"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }",
+                                          "depth = { values = [2], max = 3 }"), "mixes"),
+    ("[hyperparameters]\n" + GOOD.replace("depth = { values = [2] }",
+                                          "depth = { min = 1, max = 3, stride = 1 }"),
+     "unknown key(s) stride"),
+])
+def test_bad_space_files_are_refused(tmp_path, body, needle):
+    path = _write(tmp_path, body)
+    with pytest.raises(UserError) as info:
+        load_space(path)
+    assert needle in str(info.value) and str(path) in str(info.value)
+
+
+def test_bad_space_through_the_command_line(tmp_path, capsys):
+    path = _write(tmp_path, "[hyperparameters]\n" + GOOD + "\nwidth = { values = [3] }")
+    out = tmp_path / "run"
+    code = main(["search", "--data", str(tmp_path), "--space", str(path), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "unknown hyperparameter" in err
+    assert not out.exists()
+
+
+def test_unknown_space_name(capsys, tmp_path):
+    code = main(["search", "--data", str(tmp_path), "--space", "huge", "--out",
+                 str(tmp_path / "run")])
+    assert code == 2 and "no search space 'huge'" in capsys.readouterr().err
+
+
+def test_image_size_must_fit_the_deepest_network():
+    with pytest.raises(UserError, match="not divisible by 16"):
+        check_image_size(load_space("lab"), 100)
+    check_image_size(load_space("quick"), 64)
+
+
+
+def test_lr_schedule_may_be_left_out_and_is_then_constant(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text(f"[hyperparameters]\n{GOOD}\n")
+    space = load_space(path)
+    assert space.params["lr_schedule"].values == ("constant",)
+    assert space.register(kt.HyperParameters())["lr_schedule"] == "constant"
+
+
+def test_an_unknown_lr_schedule_is_one_clear_error(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[hyperparameters]\n{GOOD}\nlr_schedule = {{ values = ["step"] }}\n')
+    with pytest.raises(UserError, match=r"bad.toml: hyperparameter 'lr_schedule' has unknown "
+                                        r"value 'step'; choose from constant, cosine"):
+        load_space(path)
+
+
+def test_augmentation_comes_from_the_space_and_reaches_the_training_pipeline(tmp_path):
+    from dataclasses import asdict
+
+    from lvseg_search.engine.run import AUGMENT_DEFAULTS, SearchOptions, resolve_options
+
+    path = _write(tmp_path, f"[hyperparameters]\n{GOOD}\n[search]\naugment_rotation_deg = 30\n"
+                            "augment_scale = 0\n")
+    options = resolve_options(load_space(path), tmp_path, image_size=64)
+    config = options.pipeline().training()
+    assert (config.augment, config.max_rotation_deg, config.max_scale) == (True, 30, 0)
+    assert config.max_shift == AUGMENT_DEFAULTS["augment_shift"]
+    assert config.intensity == AUGMENT_DEFAULTS["augment_intensity"]
+    default = resolve_options(load_space("quick"), tmp_path, image_size=64).pipeline()
+    assert default.max_rotation_deg == AUGMENT_DEFAULTS["augment_rotation_deg"]
+    # A run folder from before these options re-reads as trained: 10 degrees, 10% zoom.
+    old = {k: v for k, v in asdict(options).items() if not k.startswith("augment_")}
+    legacy = SearchOptions(**old).pipeline()
+    assert (legacy.max_rotation_deg, legacy.max_scale, legacy.intensity) == (10.0, 0.1, 0.1)
+
+
+def test_steps_per_epoch_comes_from_the_space_or_the_command_line(tmp_path):
+    from lvseg_search.engine.run import resolve_options
+
+    path = _write(tmp_path, f"[hyperparameters]\n{GOOD}\n[search]\nsteps_per_epoch = 7\n")
+    assert resolve_options(load_space(path), tmp_path, image_size=64).steps_per_epoch == 7
+    given = resolve_options(load_space(path), tmp_path, image_size=64, steps_per_epoch=0)
+    assert given.steps_per_epoch == 0  # 0 on the command line: one pass, over the space's 7
+    with pytest.raises(UserError, match=r"^--steps-per-epoch: -3 must be 0 \(one pass"):
+        resolve_options(load_space("quick"), tmp_path, image_size=64, steps_per_epoch=-3)
