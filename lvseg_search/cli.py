@@ -68,23 +68,48 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stratify(args: argparse.Namespace) -> str | None:
+    """``--stratify``, where ``--groups FILE`` alone means ``group``."""
+    if args.groups is not None and args.stratify == "slices":
+        raise UserError("--groups: a groups file stratifies by group; drop --stratify slices")
+    return "group" if args.groups is not None else args.stratify
+
+
 def _cmd_split(args: argparse.Namespace) -> int:
     from lvseg_search.data import manifest, splits
+    from lvseg_search.data.groups import patient_groups
 
-    m = manifest.load(args.data)
-    counts = {p["patient_id"]: p["slices"] for p in m["patients"]}
+    data = manifest.open_data(args.data)
+    groups = (patient_groups(data, args.groups, args.group_column or "group")
+              if _stratify(args) == "group" else None)
     test_ids = [s for s in args.test_ids.split(",") if s] if args.test_ids else None
-    result = splits.make_splits(counts, args.folds, test_patients=args.test_patients,
-                                test_ids=test_ids, seed=args.seed)
+    result = splits.make_splits(data.slice_counts, args.folds,
+                                test_patients=args.test_patients, test_ids=test_ids,
+                                seed=args.seed, test_seed=args.test_seed or 0, groups=groups)
     out = args.out or Path(args.data) / splits.FILENAME
     splits.save(out, result)
-    print(f"{len(result['folds'])} patient-grouped folds, {len(result['test'])} test "
+    print(f"{len(result['folds'])} patient-grouped folds (balanced by "
+          f"{'group, then slices' if groups else 'slices'}), {len(result['test'])} test "
           f"patient(s) -> {out}")
+    print(splits.format_balance(result))
     for k, fold in enumerate(result["folds"]):
         print(f"  fold {k}: val {', '.join(fold['val'])}")
     if result["test"]:
-        print(f"  test: {', '.join(result['test'])}")
+        print(f"  test: {', '.join(result['test'])} (--test-seed {result['test_seed']})")
     return 0
+
+
+def _split_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--test-seed", type=_seed, metavar="SEED",
+                   help="seed of the held-out test draw, apart from --seed so that the "
+                        "test set stays put across seeds (default 0)")
+    p.add_argument("--stratify", choices=["slices", "group"],
+                   help="balance folds by slices (default) or by patient group, then "
+                        "slices: the Sunnybrook cohort of each case id, or --groups")
+    p.add_argument("--groups", type=Path, metavar="FILE",
+                   help="CSV with columns patient_id and group (implies --stratify group)")
+    p.add_argument("--group-column", metavar="NAME",
+                   help="the group's column in --groups (default group)")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -96,6 +121,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                worker=args.worker, tuner_id=args.tuner_id, gpu=args.gpu,
                strategy=args.strategy, connect_timeout=args.connect_timeout, folds=args.folds,
                test_patients=args.test_patients, test_ids=test_ids,
+               test_seed=args.test_seed, stratify=_stratify(args),
+               groups_file=args.groups, group_column=args.group_column,
                max_epochs=args.max_epochs, factor=args.factor,
                hyperband_iterations=args.iterations, image_size=args.image_size,
                batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
@@ -184,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-patients", type=int, default=0,
                    help="hold out this many random patients for the final test")
     p.add_argument("--test-ids", help="comma-separated patient ids to hold out instead")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the fold assignment")
+    _split_options(p)
     p.add_argument("--out", type=Path, help="splits file (default: DATA/splits.json)")
     p.set_defaults(func=_cmd_split)
 
@@ -198,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-patients", type=int, default=0,
                    help="hold out this many random patients; they never enter the search")
     p.add_argument("--test-ids", help="comma-separated patient ids to hold out instead")
+    _split_options(p)
     p.add_argument("--splits", type=Path, help="use this splits.json instead")
     p.add_argument("--max-epochs", type=int, help="Hyperband's largest epoch budget")
     p.add_argument("--factor", type=int, help="Hyperband's reduction factor")
@@ -249,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", action="store_true",
                    help="average the trial's fold models instead of retraining")
     p.add_argument("--epochs", type=int,
-                   help="retrain for this many epochs (default: the trial's best epoch)")
+                   help="retrain for this many epochs (default: the epochs the trial was "
+                        "scored at)")
     p.add_argument("--trial", help="export this trial id instead of the best")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX even if tf2onnx is here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -1,7 +1,7 @@
 """``lvseg-search export results/NAME --out MODEL_DIR``: the best configuration of a
 search as a deployable model.
 
-The best trial is retrained on every non-test patient for its best epoch count (or its
+The best trial is retrained on every non-test patient for as many epochs as it was scored at (or its
 fold models are averaged, ``--ensemble``), scored on the held-out test patients, and
 written as a SavedModel with a serving signature, a ``.keras`` file, a TFLite model
 (and ONNX when tf2onnx is installed), each checked against the Keras model on the same
@@ -23,6 +23,7 @@ import numpy as np
 from lvseg_search import __version__, atomic
 from lvseg_search.data.manifest import PreparedData
 from lvseg_search.engine.run import Run, best_trial, find_trial, load_run
+from lvseg_search.engine.trial_score import scored_epoch
 from lvseg_search.errors import UserError
 from lvseg_search.model.formats import (
     KERAS_FILE,
@@ -152,7 +153,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
         run_dir: The search's run folder.
         out: The model folder to write.
         ensemble: Average the trial's fold models instead of retraining.
-        epochs: Retrain for this many epochs (default: the trial's best epoch count).
+        epochs: Retrain for this many epochs (default: the epochs the trial was scored at).
         trial_id: Export this trial instead of the best.
         onnx: Also write ONNX when tf2onnx is installed.
         overwrite: Replace an existing model folder.
@@ -181,7 +182,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
     else:
         trial = best_trial(run)
     metrics = {name: trial.metrics.get_last_value(name) for name in trial.metrics.metrics}
-    best_epoch = int(metrics.get("best_epoch", 1))
+    epoch = scored_epoch(metrics) or 1
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs: {epochs} must be at least 1")
     if ensemble and epochs is not None:
@@ -199,7 +200,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
                 print(f"export: ensemble of trial {trial.trial_id}'s {run.n_folds} fold models",
                       flush=True)
         else:
-            n = epochs or best_epoch
+            n = epochs or epoch
             if verbose:
                 print(f"export: retraining trial {trial.trial_id} on all non-test patients "
                       f"for {n} epochs", flush=True)
@@ -281,7 +282,7 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
         "cross_validation": {
             "dice_mean": metrics.get("val_dice"), "dice_std": metrics.get("val_dice_std"),
             "dice_per_fold": [metrics.get(f"val_dice_fold_{k}") for k in range(run.n_folds)],
-            "best_epoch": int(metrics.get("best_epoch", 0)),
+            "scored_epoch": scored_epoch(metrics),
             "apd_mm": metrics.get("apd_mm"), "hausdorff_mm": metrics.get("hausdorff_mm"),
             "good_contours_pct": metrics.get("good_contours_pct")},
         "training": training,

@@ -9,6 +9,7 @@ from typing import Any
 
 from lvseg_search import atomic
 from lvseg_search.data import layouts, legacy, manifest, shards
+from lvseg_search.data.groups import sunnybrook_group
 from lvseg_search.data.ingest import Slice, load_patients, pseudonym
 from lvseg_search.errors import UserError
 
@@ -79,14 +80,18 @@ def prepare(input_path: Path, out: Path, *, layout: str | None = None,
                                           myocardium=myocardium,
                                           allow_mixed_sizes=allow_mixed_sizes,
                                           progress=progress)
+    # The cohort (HF-I, HF-NI, HYP, N) of a Sunnybrook case id, to stratify folds by.
+    cohorts = {pid: sunnybrook_group(originals.get(pid, "")) or sunnybrook_group(pid)
+               for pid in slices_by_patient}
     if pseudonymize:
         salt = salt or secrets.token_hex(16)
         renamed = _pseudonymize(slices_by_patient, originals, salt)
         unlabelled = {pseudonym(k, salt): v for k, v in unlabelled.items()}
+        cohorts = {pseudonym(k, salt): v for k, v in cohorts.items()}
         slices_by_patient = renamed
     result = manifest.build(slices_by_patient, layout, myocardium=myocardium,
                             pseudonymized=pseudonymize, leakage_prone=layout == "lab",
-                            unlabelled=unlabelled)
+                            unlabelled=unlabelled, groups=cohorts)
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
         for pid, slices in slices_by_patient.items():
             shards.write_shard(tmp / f"{pid}{shards.SUFFIX}", slices)

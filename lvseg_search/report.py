@@ -20,8 +20,14 @@ import pandas as pd
 from lvseg_search import atomic
 from lvseg_search.engine import hparams
 from lvseg_search.engine.run import Run, completed_trials, load_run, trial_message
-from lvseg_search.engine.trial_score import hparams_metrics
+from lvseg_search.engine.trial_score import hparams_metrics, scored_epoch
 
+# What every figure of a row is (the trial score's epoch rule), said under each table.
+EPOCH_RULE = ("Every figure of a row is at one epoch, the trial's last (`scored_epoch`): "
+              "CV Dice is the mean over folds of the validation Dice of the fold models as "
+              "saved, and APD, Hausdorff and good contours (APD < 5 mm) are those same "
+              "models' on the validation patients at full resolution, averaged over folds. "
+              "(Runs written before this rule ranked by the best mean epoch.)")
 TOP_CURVES = 3  # learning curves drawn for this many of the best trials
 OVERLAYS_PER_PATIENT = 4
 
@@ -42,7 +48,7 @@ def trial_table(run: Run) -> pd.DataFrame:
                     "good_contours_pct": m.get("good_contours_pct", math.nan),
                     "parameters": int(m.get("parameters") or
                                       (folds[0].get("parameters", 0) if folds else 0)),
-                    "best_epoch": int(m.get("best_epoch", 0)),
+                    "scored_epoch": scored_epoch(m),
                     "epochs": int(hp.get("tuner/epochs", 0)),
                     "continues": hp.get("tuner/trial_id") or "",
                     "train_seconds": round(sum(f.get("train_seconds", 0.0) for f in folds), 1)})
@@ -199,7 +205,7 @@ def _fmt(value: Any) -> str:
 def _columns(table: pd.DataFrame, n_folds: int) -> list[str]:
     shown = ["rank", "trial", "cv_dice", "cv_dice_std",
              *[f"dice_fold_{k}" for k in range(n_folds)], "apd_mm", "hausdorff_mm",
-             "good_contours_pct", "parameters", "best_epoch", "epochs", "train_seconds"]
+             "good_contours_pct", "parameters", "scored_epoch", "train_seconds"]
     return [c for c in shown if c in table]
 
 
@@ -235,10 +241,7 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
         for _, row in table.iterrows():
             lines.append("| " + " | ".join(_fmt(row[c]) for c in cols)
                          + f" | {_network(row)} |")
-        lines += ["", "CV Dice: mean over folds of validation Dice at the epoch with the best "
-                  "mean (`best_epoch`). APD, Hausdorff and good contours (APD < 5 mm): "
-                  "validation patients at full resolution, fold models as saved (last "
-                  "epoch), averaged over folds.", ""]
+        lines += ["", EPOCH_RULE, ""]
     if pending:
         lines += ["## Not complete", "", "| trial | status | folds done | reason |",
                   "|---|---|---|---|"]
@@ -275,9 +278,7 @@ def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
         for _, row in table.iterrows():
             parts.append("<tr>" + "".join(f"<td>{e(_fmt(row[c]))}</td>" for c in cols)
                          + f"<td class='l'>{e(_network(row))}</td></tr>")
-        parts.append("</table><p class='note'>CV Dice at the epoch with the best mean over "
-                     "folds; APD, Hausdorff and good contours (APD &lt; 5 mm) on the validation "
-                     "patients at full resolution, fold models as saved (last epoch).</p>")
+        parts.append(f"</table><p class='note'>{e(EPOCH_RULE)}</p>")
     captions = {"hyperparameters": "CV Dice against each hyperparameter that varies",
                 "curves": f"Learning curves of the top {TOP_CURVES} trials (validation Dice, "
                           "each fold and the mean; promoted trials include the epochs of the "

@@ -10,6 +10,7 @@ from typing import Any
 
 from lvseg_search.data import manifest
 from lvseg_search.engine import run as run_mod
+from lvseg_search.engine.trial_score import scored_epoch
 from lvseg_search.errors import UserError
 from lvseg_search.model.space import load_space
 
@@ -129,4 +130,4 @@ def print_top(summary: dict[str, Any], n_folds: int, top: int = 5) -> None:
                f"{hp['decoder']} {hp['downsampling']} {hp['loss']} lr {hp['learning_rate']:.1e}"
                + (" cosine" if hp.get("lr_schedule") == "cosine" else ""))
         print(f"{r['trial_id']:>6} {r['score']:>7.3f} +- {m.get('val_dice_std', 0):.3f} "
-              f"{folds:>{6 * n_folds}} {int(m.get('best_epoch', 0)):>6}  {net}")
+              f"{folds:>{6 * n_folds}} {scored_epoch(m):>6}  {net}")

@@ -38,6 +38,12 @@ def test_three_shards_with_expected_slice_counts(real_prepared):
     assert by_id["SCD0000101"]["unlabelled_images_skipped"] == 240 - 18
     # Slices are 10 mm apart along the normal, although SliceLocation steps 6.72 mm.
     assert by_id["SCD0000101"]["slice_spacing_mm"] == pytest.approx(10.0, abs=0.05)
+    # The cohort of each case id (link.csv's SC-HF-I-1 ...), kept to stratify folds by;
+    # a label, not data: the folder's identity does not depend on it.
+    assert {p["group"] for p in m["patients"]} == {"HF-I"}
+    unlabelled = {**m, "patients": [{k: v for k, v in p.items() if k != "group"}
+                                    for p in m["patients"]]}
+    assert manifest.identity(unlabelled) == manifest.identity(m)
 
 
 def test_shard_fields_follow_schema_1(real_prepared, real_subset):

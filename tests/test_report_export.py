@@ -64,7 +64,7 @@ def test_report_ranks_trials_and_embeds_its_plots(tiny_run, capsys):
     table = pd.read_csv(tiny_run / "report.csv")
     assert list(table["cv_dice"]) == sorted(table["cv_dice"], reverse=True)
     for column in ("cv_dice_std", "dice_fold_0", "dice_fold_1", "apd_mm", "hausdorff_mm",
-                   "good_contours_pct", "parameters", "best_epoch", "train_seconds",
+                   "good_contours_pct", "parameters", "scored_epoch", "train_seconds",
                    "learning_rate"):
         assert column in table
     assert (table["parameters"] > 0).all() and (table["apd_mm"] > 0).all()
@@ -110,7 +110,7 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
         assert card["parity_max_abs_diff"][name]["max_abs_diff"] <= PARITY_TOLERANCE
     assert (model_dir / "model.onnx").is_file() and card["onnx"] == "written"
     assert card["training"]["mode"] == "retrain"
-    assert card["training"]["epochs"] == card["cross_validation"]["best_epoch"]
+    assert card["training"]["epochs"] == card["cross_validation"]["scored_epoch"]
     # The search's epochs were 3 batches each; the retraining's are too.
     assert card["search"]["steps_per_epoch"] == card["training"]["steps_per_epoch"] == 3
     split = json.loads((tiny_run / "splits.json").read_text())

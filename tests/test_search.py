@@ -175,6 +175,38 @@ def test_search_with_a_splits_file_records_its_folds_and_refuses_conflicts(tiny_
         run_search(tiny_data, out, str(TINY), splits_file=path, **common)
 
 
+def test_search_draws_test_patients_with_their_own_seed_and_stratifies(tiny_data, tmp_path,
+                                                                       capsys):
+    from lvseg_search.data import manifest
+    from lvseg_search.errors import UserError
+
+    data = manifest.open_data(tiny_data)
+    common = dict(folds=2, test_patients=1, max_epochs=1, factor=2, max_trials=1,
+                  image_size=32, batch_size=4, steps_per_epoch=1)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("patient_id,group\n" + "".join(
+        f"{p},{'a' if i % 2 else 'b'}\n" for i, p in enumerate(data.patient_ids)))
+    out = tmp_path / "run"
+    run_search(tiny_data, out, str(TINY), seed=3, test_seed=4, groups_file=groups, **common)
+    assert "fold patients slices  groups" in capsys.readouterr().out  # the balance, printed
+    record = json.loads((out / "search.json").read_text())
+    assert (record["test_seed"], record["stratify"]) == (4, "group")
+    used = splits.load(out / "splits.json")
+    expected = splits.make_splits(data.slice_counts, 2, test_patients=1, seed=3, test_seed=4,
+                                  groups={p: g for p, g in (line.split(",") for line in
+                                          groups.read_text().split()[1:])})
+    assert used == expected and used["balance"][0]["groups"]
+    # Another fold seed keeps the test patient.
+    other = run_search(tiny_data, tmp_path / "other", str(TINY), seed=8, test_seed=4,
+                       verbose=False, **common)
+    assert other["completed"]
+    assert splits.load(tmp_path / "other" / "splits.json")["test"] == used["test"]
+    # The phantom's ids name no cohort: stratifying by group needs a groups file.
+    with pytest.raises(UserError, match="no group from the case ids"):
+        run_search(tiny_data, tmp_path / "nogroups", str(TINY), stratify="group", **common)
+    assert not (tmp_path / "nogroups").exists()
+
+
 def test_run_folder_keeps_its_space_for_report_export_and_workers(tiny_data, tmp_path,
                                                                    monkeypatch):
     import shutil

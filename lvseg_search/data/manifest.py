@@ -35,7 +35,8 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 
 def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium: bool,
           pseudonymized: bool, leakage_prone: bool = False,
-          unlabelled: dict[str, int] | None = None) -> dict[str, Any]:
+          unlabelled: dict[str, int] | None = None,
+          groups: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Builds the manifest of a prepared data folder.
 
     Args:
@@ -45,6 +46,8 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
         pseudonymized: Whether patient ids are salted hashes.
         leakage_prone: True for data without patient ids (image-level splits only).
         unlabelled: DICOM images without contours, per patient, not written.
+        groups: A cohort per patient where known (``groups.sunnybrook_group``), kept to
+            stratify folds by.
 
     Returns:
         The manifest as a JSON-ready dict.
@@ -72,6 +75,7 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
             if np.isfinite(spacing).any() else None,
             "slice_thickness_mm": _finite_or_none(float(slices[0].slice_thickness_mm)),
             "slice_spacing_mm": _finite_or_none(slice_spacing_mm(slices)),
+            "group": (groups or {}).get(pid),
         })
     pixels = np.concatenate(all_pixels).astype(np.float64)
     p1, p99 = np.percentile(pixels, [1, 99])
@@ -122,7 +126,12 @@ def identity(manifest: dict[str, Any]) -> str:
     another folder or machine keeps it, other data (even under the same patient ids)
     does not."""
     keys = ("classes", "n_slices", "intensity", "class_balance", "patients")
-    blob = json.dumps({k: manifest.get(k) for k in keys}, sort_keys=True)
+    picked = {k: manifest.get(k) for k in keys}
+    # A patient's group labels the data without changing it (and older manifests have
+    # none): the same images keep their identity.
+    picked["patients"] = [{k: v for k, v in p.items() if k != "group"}
+                          for p in picked["patients"] or []]
+    blob = json.dumps(picked, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 

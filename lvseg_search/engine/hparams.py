@@ -21,12 +21,12 @@ DIRNAME = "tensorboard"
 EPOCHS = "epochs"  # Hyperband's epoch budget of the trial (keras-tuner's tuner/epochs)
 # (tag, display name, description) of the trial-level metrics.
 TRIAL_METRICS = (
-    ("cv_dice", "CV Dice", "mean validation Dice over the folds at the best epoch"),
+    ("cv_dice", "CV Dice", "mean validation Dice over the folds at the last epoch"),
     ("cv_dice_std", "CV Dice std", "standard deviation of the folds' validation Dice"),
     ("apd_mm", "APD (mm)", "average perpendicular distance, validation, last epoch"),
     ("hausdorff_mm", "Hausdorff (mm)", "Hausdorff distance, validation, last epoch"),
     ("good_contours_pct", "good contours %", "validation contours with APD < 5 mm"),
-    ("best_epoch", "best epoch", "epochs trained at the best mean validation Dice"),
+    ("scored_epoch", "epoch", "epochs trained: every figure is at the last epoch"),
     ("parameters", "parameters", "trainable and other weights of the network"),
 )
 
@@ -59,7 +59,7 @@ def write_config(logdir: Path, space: SearchSpace, n_folds: int, max_epochs: int
     metrics = [hp.Metric(tag, display_name=name, description=text)
                for tag, name, text in TRIAL_METRICS]
     metrics += [hp.Metric(f"dice_fold_{k}", display_name=f"Dice fold {k}",
-                          description=f"validation Dice of fold {k} at the best epoch")
+                          description=f"validation Dice of fold {k} at the last epoch")
                 for k in range(n_folds)]
     Path(logdir).mkdir(parents=True, exist_ok=True)
     writer = t.summary.create_file_writer(str(logdir))
@@ -95,7 +95,7 @@ def write_trial(logdir: Path, trial_id: str, hyperparameters: dict[str, Any],
     session = Path(logdir) / f"trial_{trial_id}"
     # A resumed trial writes its session again: one event file per session.
     shutil.rmtree(session, ignore_errors=True)
-    step = int(metrics.get("best_epoch") or 0)
+    step = int(metrics.get("scored_epoch", metrics.get("best_epoch")) or 0)
     writer = t.summary.create_file_writer(str(session))
     with writer.as_default():
         hp.hparams(session_values(hyperparameters), trial_id=f"trial_{trial_id}")

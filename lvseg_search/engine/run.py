@@ -42,7 +42,9 @@ SEARCH_FILE = "search.json"
 SPACE_FILE = "space.toml"
 PROJECT = "tuner"
 # Options a splits file (--splits) decides instead of the command line.
-SPLIT_OPTIONS = ("folds", "test_patients", "test_ids")
+SPLIT_OPTIONS = ("folds", "test_patients", "test_ids", "test_seed", "stratify", "groups_file",
+                 "group_column")
+STRATIFY = ("slices", "group")
 # Options that only size the search, not how a trial trains: a run may resume with others.
 BUDGET_OPTIONS = ("max_trials", "hyperband_iterations")
 # Training augmentation (flips always): the pipeline's defaults unless the space sets them.
@@ -112,6 +114,12 @@ class SearchOptions:
     steps_per_epoch: int = 0
     # manifest.identity of the data; empty in run folders written before it was kept.
     data_digest: str = ""
+    # How new splits are drawn: the test patients' own seed, and what the folds balance
+    # (a run resumes from its splits.json, so older folders need no other value).
+    test_seed: int = 0
+    stratify: str = "slices"
+    groups_file: str = ""
+    group_column: str = "group"
 
     def pipeline(self, batch_size: int | None = None) -> PipelineConfig:
         """The search's pipeline settings (``.training()`` adds shuffling and the
@@ -150,7 +158,16 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
     if precision not in PRECISIONS:
         raise UserError(f"--precision: unknown {precision!r}; choose {', '.join(PRECISIONS)}")
     check_image_size(space, merged["image_size"])
+    groups_file = given.get("groups_file")
+    stratify = given.get("stratify") or ("group" if groups_file else "slices")
+    if stratify not in STRATIFY:
+        raise UserError(f"--stratify: unknown {stratify!r}; choose {', '.join(STRATIFY)}")
+    if groups_file and stratify != "group":
+        raise UserError("--groups: a groups file stratifies by group; drop --stratify slices")
     return SearchOptions(
+        test_seed=int(given.get("test_seed") or 0), stratify=stratify,
+        groups_file=str(Path(groups_file).resolve()) if groups_file else "",
+        group_column=given.get("group_column") or "group",
         data=str(Path(data).resolve()), space=str(Path(space.path).resolve()),
         space_digest=space.digest,
         test_patients=int(given.get("test_patients") or 0),
@@ -184,7 +201,10 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
     if splits_file is not None:
         given_split = splits_mod.load(splits_file, list(counts))
         options = replace(options, folds=len(given_split["folds"]), test_patients=0,
-                          test_ids=tuple(given_split["test"]))
+                          test_ids=tuple(given_split["test"]),
+                          test_seed=int(given_split.get("test_seed", 0)),
+                          stratify=given_split.get("stratify", "slices"), groups_file="",
+                          group_column="group")
     record = out / SEARCH_FILE
     if record.is_file() and not overwrite:
         previous = json.loads(record.read_text(encoding="utf-8"))
@@ -221,13 +241,21 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
                         "another folder or pass --overwrite")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
     if given_split is not None:
         split = given_split
     else:
+        groups = None
+        if options.stratify == "group":
+            from lvseg_search.data.groups import patient_groups
+
+            groups = patient_groups(data, Path(options.groups_file) if options.groups_file
+                                    else None, options.group_column)
         split = splits_mod.make_splits(counts, options.folds, test_patients=options.test_patients,
-                                   test_ids=options.test_ids, seed=options.seed)
+                                       test_ids=options.test_ids, seed=options.seed,
+                                       test_seed=options.test_seed, groups=groups)
+    # Only once the new splits are sound does an overwritten run go.
+    if overwrite and out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     splits_mod.save(out / splits_mod.FILENAME, split)
     atomic.write_text(out / SPACE_FILE, Path(options.space).read_bytes().decode("utf-8"))

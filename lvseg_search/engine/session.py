@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lvseg_search.data import splits
 from lvseg_search.data.manifest import PreparedData
 from lvseg_search.engine.run import PROJECT, SearchOptions, summarize
 from lvseg_search.errors import UserError
@@ -89,6 +90,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
               f"{len(split['test'])} held-out test patient(s), max {options.max_epochs} "
               f"epochs, factor {options.factor}, images {options.image_size}px -> {out}",
               flush=True)
+        print(splits.format_balance(split, data.slice_counts), flush=True)
         done = len(list((out / PROJECT).glob("trial_*/trial.json")))
         if done:
             budget = (f", {options.max_trials} in all (--max-trials)" if options.max_trials

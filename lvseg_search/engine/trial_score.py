@@ -9,32 +9,70 @@ from typing import Any
 import numpy as np
 
 
-def cv_score(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Scores a trial from its fold results.
+class UnscorableTrial(ValueError):
+    """A trial whose folds cannot be scored together (a NaN score, folds trained for
+    different numbers of epochs); the tuner records it as failed."""
 
-    The epoch is chosen once for all folds (the epoch with the best mean validation
-    Dice), so the score is that of one training recipe, not of K separately picked
-    epochs; that epoch count is what ``export`` retrains for.
+
+def cv_score(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Scores a trial from its fold results, every figure at one epoch: the last.
+
+    Each fold is scored by its model as saved (its last epoch): the Dice that ranks the
+    trial, and the contour distances (APD, Hausdorff, good contours), come from the same
+    fold models, the ones a promoted trial continues, ``export --ensemble`` averages and
+    ``export`` retrains for as many epochs. Picking the best of each trial's epochs
+    instead would rank it by a model that no checkpoint holds, and by a maximum over
+    noisy epochs, which is biased upwards.
+
+    Args:
+        results: The folds' saved results (``history.val_dice``, ``initial_epoch``,
+            ``fold``, optional ``evaluation`` and ``parameters``).
 
     Returns:
-        ``val_dice`` (mean over folds), ``val_dice_std``, ``val_dice_fold_<k>`` and
-        ``best_epoch`` (1-based number of epochs trained).
+        ``val_dice`` (mean over folds), ``val_dice_std``, ``val_dice_fold_<k>``,
+        ``scored_epoch`` (1-based number of epochs trained), the distance metrics
+        (mean over the folds that have them) and ``parameters``.
+
+    Raises:
+        UnscorableTrial: No fold, a fold without validation scores, folds trained for
+            different numbers of epochs, or a NaN or infinite Dice.
     """
-    curves = np.array([r["history"]["val_dice"] for r in results], dtype=np.float64)
-    mean = curves.mean(axis=0)
-    best = int(np.nanargmax(mean))
-    metrics = {"val_dice": float(mean[best]), "val_dice_std": float(curves[:, best].std()),
-               "best_epoch": float(results[0]["initial_epoch"] + best + 1)}
-    for r, value in zip(results, curves[:, best], strict=True):
+    if not results:
+        raise UnscorableTrial("no fold to score")
+    ends, last = [], []
+    for r in results:
+        curve = r["history"].get("val_dice") or []
+        if not curve:
+            raise UnscorableTrial(f"fold {r['fold']}: no validation Dice recorded")
+        ends.append(int(r["initial_epoch"]) + len(curve))
+        last.append(float(curve[-1]))
+    if len(set(ends)) > 1:
+        raise UnscorableTrial("folds trained for different numbers of epochs ("
+                              + ", ".join(f"fold {r['fold']}: {e}" for r, e in
+                                          zip(results, ends, strict=True)) + ")")
+    values = np.array(last, dtype=np.float64)
+    if not np.isfinite(values).all():
+        bad = [str(r["fold"]) for r, v in zip(results, values, strict=True)
+               if not np.isfinite(v)]
+        raise UnscorableTrial(f"fold {', '.join(bad)}: validation Dice is not a number")
+    metrics = {"val_dice": float(values.mean()), "val_dice_std": float(values.std()),
+               "scored_epoch": float(ends[0])}
+    for r, value in zip(results, values, strict=True):
         metrics[f"val_dice_fold_{r['fold']}"] = float(value)
-    # Contour distances of the fold models as saved (last epoch), averaged over folds.
     for key in EVALUATION_METRICS:
-        values = [r["evaluation"][key] for r in results
-                  if not math.isnan(r.get("evaluation", {}).get(key, math.nan))]
-        if values:
-            metrics[key] = float(np.mean(values))
+        found = [r["evaluation"][key] for r in results
+                 if not math.isnan(r.get("evaluation", {}).get(key, math.nan))]
+        if found:
+            metrics[key] = float(np.mean(found))
     metrics["parameters"] = float(results[0].get("parameters", 0))
     return metrics
+
+
+def scored_epoch(metrics: dict[str, float]) -> int:
+    """The epoch (1-based count) a trial's figures are at; runs written before every
+    figure was taken at the last epoch ranked by the best mean epoch (``best_epoch``)."""
+    value = metrics.get("scored_epoch", metrics.get("best_epoch"))
+    return int(value) if value is not None else 0
 
 
 EVALUATION_METRICS = ("apd_mm", "hausdorff_mm", "good_contours_pct")
@@ -46,6 +84,6 @@ def hparams_metrics(metrics: dict[str, float]) -> dict[str, float]:
     for key, value in metrics.items():
         if key.startswith("val_dice_fold_"):
             out[f"dice_fold_{key.rsplit('_', 1)[1]}"] = value
-        elif key in (*EVALUATION_METRICS, "best_epoch", "parameters"):
+        elif key in (*EVALUATION_METRICS, "scored_epoch", "best_epoch", "parameters"):
             out[key] = value
     return {k: v for k, v in out.items() if v is not None}

@@ -36,7 +36,7 @@ from lvseg_search.engine.run import (
     read_fold_result,
     trial_message,
 )
-from lvseg_search.engine.trial_score import cv_score, hparams_metrics
+from lvseg_search.engine.trial_score import UnscorableTrial, cv_score, hparams_metrics
 from lvseg_search.engine.validation import FoldValidation, traced_forward
 from lvseg_search.evaluate.scoring import score_predictions
 from lvseg_search.model.schedule import scheduler
@@ -254,7 +254,10 @@ class CVHyperband(keras_tuner.Hyperband):
             # Failed trials too: the next trial starts from a clean session.
             del model, initial_state, forward
             release_memory()
-        return cv_score(results)
+        try:
+            return cv_score(results)
+        except UnscorableTrial as exc:
+            raise FailedTrialError(str(exc)) from None
 
     def _run_fold(self, trial, model, k: int, epochs: int, initial: int,
                   parent: str | None, trial_dir: Path,
