@@ -22,6 +22,7 @@ import numpy as np
 
 from lvseg_search import __version__, atomic
 from lvseg_search.data.manifest import PreparedData
+from lvseg_search.engine.lock import run_lock
 from lvseg_search.engine.run import Run, best_trial, find_trial, load_run
 from lvseg_search.engine.trial_score import scored_epoch
 from lvseg_search.errors import UserError
@@ -120,27 +121,41 @@ def check_parity(reference, candidates: dict[str, Any],
         batches: Raw int16 batches.
 
     Returns:
-        Per format: ``max_abs_diff`` of the probabilities and ``mask_mismatch_pixels``.
+        Per format: ``max_abs_diff`` of the probabilities and ``mask_mismatch_pixels``
+        (0 for every format that passes).
 
     Raises:
-        UserError: A format differs by more than ``PARITY_TOLERANCE``.
+        UserError: The Keras model or a format gives a NaN or infinite probability, a
+            format's probabilities differ by more than ``PARITY_TOLERANCE``, or any of
+            its mask pixels differs (nothing is written then).
     """
     expected = [{k: np.asarray(v) for k, v in reference(b).items()} for b in batches]
+    if not all(np.isfinite(ref["probabilities"]).all() for ref in expected):
+        raise UserError("keras: the model's probabilities hold NaN or infinite values; "
+                        "nothing was written (re-run the search or export another --trial)")
     report = {}
     for name, run_format in candidates.items():
         diff, mismatch = 0.0, 0
         for b, ref in zip(batches, expected, strict=True):
             got = run_format(b)
             probs = np.asarray(got["probabilities"])
-            if probs.shape != ref["probabilities"].shape:
+            mask = np.asarray(got["mask"])
+            if probs.shape != ref["probabilities"].shape or mask.shape != ref["mask"].shape:
                 raise UserError(f"{name}: output shape {probs.shape} differs from the Keras "
-                                f"model's {ref['probabilities'].shape}")
+                                f"model's {ref['probabilities'].shape}; nothing was written")
+            if not np.isfinite(probs).all():
+                raise UserError(f"{name}: exported model gives NaN or infinite probabilities; "
+                                "nothing was written")
+            # NaN never wins a max(): a NaN difference must not pass as 0.
             diff = max(diff, float(np.abs(probs - ref["probabilities"]).max()))
-            mismatch += int((np.asarray(got["mask"]) != ref["mask"]).sum())
+            mismatch += int((mask != ref["mask"]).sum())
         report[name] = {"max_abs_diff": diff, "mask_mismatch_pixels": mismatch}
         if diff > PARITY_TOLERANCE:
             raise UserError(f"{name}: exported model differs from the Keras model by {diff:.2e} "
                             f"(> {PARITY_TOLERANCE:g}); nothing was written")
+        if mismatch:
+            raise UserError(f"{name}: exported model's mask differs from the Keras model's in "
+                            f"{mismatch} pixel(s); nothing was written")
     return report
 
 
@@ -167,6 +182,14 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
         UserError: No completed trial, an unknown trial, a bad option, a data folder not
             found, or an exported format that disagrees with the Keras model.
     """
+    with run_lock(run_dir, "export", "export from it", create=False):
+        return _export(run_dir, out, ensemble=ensemble, epochs=epochs, trial_id=trial_id,
+                       onnx=onnx, overwrite=overwrite, verbose=verbose, data=data)
+
+
+def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
+            trial_id: str | None, onnx: bool, overwrite: bool, verbose: bool,
+            data: Path | None) -> dict[str, Any]:
     import keras
 
     from lvseg_search.evaluate.scoring import load_patients, score_patients

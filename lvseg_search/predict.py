@@ -18,8 +18,8 @@ from scipy.ndimage import binary_erosion
 
 from lvseg_search import atomic
 from lvseg_search.data.dicom_io import DicomImage, read_image
-from lvseg_search.data.ingest import frame_indices
-from lvseg_search.data.studies import find_dicoms, split_series
+from lvseg_search.data.ingest import index_frames
+from lvseg_search.data.studies import find_dicoms, geometry_problems, split_series
 from lvseg_search.errors import UserError
 from lvseg_search.evaluate.scoring import segment
 from lvseg_search.evaluate.volumes import stack_volumes
@@ -61,8 +61,10 @@ def _predict_series(serve, study: str, files: list[Path], images: list[DicomImag
                     ) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]]:
     """Segments one series into ``tmp``: its per-image rows, volumes and summary."""
     _, masks = segment(serve, [im.pixels for im in images], batch_size)
+    problems = geometry_problems(images)
+    indexing = index_frames(images, positions_usable=not problems)
     rows = []
-    for path, im, mask, (s, ph) in zip(files, images, masks, frame_indices(images),
+    for path, im, mask, (s, ph) in zip(files, images, masks, indexing.indices,
                                        strict=True):
         (tmp / "masks" / study).mkdir(parents=True, exist_ok=True)
         np.save(tmp / "masks" / study / f"{path.stem}.npy", mask)
@@ -76,7 +78,10 @@ def _predict_series(serve, study: str, files: list[Path], images: list[DicomImag
                      "position_mm": round(im.normal_position_mm, 3),
                      "trigger_time_ms": im.trigger_time_ms, "lv_pixels": int(mask.sum()),
                      "area_mm2": float(mask.sum() * pixel_area)})
-    volumes, summary = stack_volumes(rows, [im.normal_position_mm for im in images])
+    volumes, summary = stack_volumes(rows, [im.normal_position_mm for im in images],
+                                     problems)
+    summary["geometry"] = {"problems": problems, "indices_from": indexing.source,
+                           "notes": list(indexing.notes)}
     return rows, volumes, summary
 
 
@@ -124,6 +129,8 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
         (tmp / "studies.json").write_text(json.dumps(summaries, indent=2) + "\n")
     if verbose:
         for study, s in summaries.items():
+            for line in s["geometry"]["problems"] + s["geometry"]["notes"]:
+                print(f"{study}: geometry: {line}")
             if s.get("ejection_fraction") is not None:
                 print(f"{study}: {s['images']} images, {s['slices']} slices x {s['phases']} "
                       f"phases, slice spacing {s['slice_spacing_mm']:.2f} mm: EDV "

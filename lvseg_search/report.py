@@ -19,6 +19,7 @@ import pandas as pd
 
 from lvseg_search import atomic
 from lvseg_search.engine import hparams
+from lvseg_search.engine.lock import is_locked
 from lvseg_search.engine.run import Run, completed_trials, load_run, trial_message
 from lvseg_search.engine.trial_score import hparams_metrics, scored_epoch
 
@@ -222,8 +223,24 @@ def _network(row: pd.Series) -> str:
 def _status_line(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]) -> str:
     failed = sum(p["status"] in ("failed", "invalid") for p in pending)
     other = len(pending) - failed
+    broken = _unreadable(run)
     return (f"{len(table)} trial(s) completed, {other} running or interrupted, {failed} failed "
-            f"(of {len(run.trials)} started)")
+            f"(of {len(run.trials) + sum(u.path.name == 'trial.json' for u in broken)} "
+            "started)" + (f"; {len(broken)} record(s) unreadable, listed below" if broken
+                          else ""))
+
+
+def _unreadable(run: Run) -> list[Any]:
+    """The run's records that exist but cannot be read (``Run.unreadable``)."""
+    return list(run.unreadable)
+
+
+def _unreadable_hint(run: Run) -> str:
+    if is_locked(run.path):
+        return ("a search is running in this folder: a trial.json may be caught mid-write; "
+                "report again when it ends")
+    return ("nothing is writing to this folder: these files are damaged; delete a trial's "
+            "folder to have a resumed search run it again")
 
 
 def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]) -> str:
@@ -242,6 +259,12 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
             lines.append("| " + " | ".join(_fmt(row[c]) for c in cols)
                          + f" | {_network(row)} |")
         lines += ["", EPOCH_RULE, ""]
+    broken = _unreadable(run)
+    if broken:
+        lines += ["## Unreadable records", "", _unreadable_hint(run) + ".", "",
+                  "| file | problem |", "|---|---|"]
+        lines += [f"| `{u.path}` | {u.reason} |" for u in broken]
+        lines.append("")
     if pending:
         lines += ["## Not complete", "", "| trial | status | folds done | reason |",
                   "|---|---|---|---|"]
@@ -289,6 +312,13 @@ def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
         if figures.get(key):
             parts.append(f"<h2>{e(caption)}</h2><img alt='{e(key)}' "
                          f"src='data:image/png;base64,{figures[key]}'>")
+    broken = _unreadable(run)
+    if broken:
+        parts.append(f"<h2>Unreadable records</h2><p class='note'>{e(_unreadable_hint(run))}."
+                     "</p><table><tr><th>file</th><th>problem</th></tr>")
+        parts += [f"<tr><td class='l'>{e(str(u.path))}</td><td>{e(u.reason)}</td></tr>"
+                  for u in broken]
+        parts.append("</table>")
     if pending:
         parts.append("<h2>Not complete</h2><table><tr><th>trial</th><th>status</th>"
                      "<th>folds done</th><th>reason</th></tr>")
@@ -368,6 +398,11 @@ def write_report(run_dir: Path, out: Path | None = None, overlays: bool = True,
     if image_scores:
         files["images_csv"] = out / "report_best_trial_images.csv"
         atomic.write_text(files["images_csv"], pd.DataFrame(image_scores).to_csv(index=False))
+    if verbose or run.unreadable:
+        for u in run.unreadable:
+            print(f"unreadable: {u}", flush=True)
+        if run.unreadable:
+            print(f"  ({_unreadable_hint(run)})", flush=True)
     if verbose:
         print(_status_line(run, table, pending))
         if not table.empty:

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from lvseg_search.data import manifest
 from lvseg_search.engine import run as run_mod
+from lvseg_search.engine.lock import run_lock
 from lvseg_search.engine.trial_score import scored_epoch
 from lvseg_search.errors import UserError
 from lvseg_search.model.space import load_space
@@ -71,6 +76,26 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
         from lvseg_search.engine.recycle import SearchProcess
 
         child = SearchProcess()  # loads TensorFlow while this process prepares the run
+    with contextlib.ExitStack() as held:
+        summary, n_folds = _prepare_and_search(
+            held, child, role, data, out, space, overwrite, splits_file, verbose, strategy,
+            recycle_every, connect_timeout, given)
+    summary["wall_seconds"] = time.perf_counter() - start
+    if role != "worker":
+        print_top(summary, n_folds)
+        _refuse_all_failed(out, summary)
+    return summary
+
+
+def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
+                        data: Path | None, out: Path, space: str, overwrite: bool,
+                        splits_file: Path | None, verbose: bool, strategy: str | None,
+                        recycle_every: int | None, connect_timeout: float,
+                        given: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Prepares (or attaches to) the run folder, holding its lock in ``held`` unless this
+    process is a worker, and runs the search; returns its summary and fold count."""
+    from lvseg_search.engine import distribute
+
     try:
         if role == "worker":
             distribute.wait_for_chief(os.environ[distribute.ENV_IP],
@@ -87,8 +112,17 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
                                     f"patients; drop {' and '.join(clash)}")
             options = run_mod.resolve_options(sp, data, **given)
             prepared = manifest.open_data(options.data)
-            options, split = run_mod.prepare_run(out, options, prepared, overwrite,
-                                                 splits_file)
+            # Every shard read to its end now, not inside the first trial.
+            prepared.verify()
+            created = not out.exists()
+            try:
+                held.enter_context(run_lock(out, "search", "search in it"))
+                options, split = run_mod.prepare_run(out, options, prepared, overwrite,
+                                                     splits_file)
+            except BaseException:
+                if created and not (out / run_mod.SEARCH_FILE).exists():
+                    shutil.rmtree(out, ignore_errors=True)  # made by this command only
+                raise
     except BaseException:
         if child is not None:
             child.cancel()
@@ -109,14 +143,31 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
 
         summary = search_in_process(out, sp, options, split, prepared, verbose=verbose,
                                     strategy=strategy, role=role)
-    summary["wall_seconds"] = time.perf_counter() - start
-    if role != "worker":
-        print_top(summary, len(split["folds"]))
-    return summary
+    return summary, len(split["folds"])
+
+
+def _refuse_all_failed(out: Path, summary: dict[str, Any]) -> None:
+    """A search none of whose trials completed is an error, with the reason.
+
+    Raises:
+        UserError: Every trial failed.
+    """
+    if summary["completed"] or not summary["failed"]:
+        return
+    # The last line of keras-tuner's traceback, without the exception's class.
+    reasons = Counter(re.sub(r"^[\w.]+(Error|Exception): ", "",
+                             (f["message"].strip().splitlines() or ["no reason given"])[-1])
+                      for f in summary["failed"])
+    reason, count = reasons.most_common(1)[0]
+    which = ("each for the same reason" if count == len(summary["failed"])
+             else f"{count} of them for this reason")
+    raise UserError(f"{out}: all {len(summary['failed'])} trial(s) failed, {which}: {reason}")
 
 
 def print_top(summary: dict[str, Any], n_folds: int, top: int = 5) -> None:
-    """Prints the best trials as a table."""
+    """Prints the best trials as a table (and any record that could not be read)."""
+    for line in summary.get("unreadable", []):
+        print(f"unreadable: {line}")
     rows = summary["completed"][:top]
     print(f"\n{len(summary['completed'])} trials completed, {len(summary['failed'])} failed. "
           f"Top {len(rows)} by CV Dice:")

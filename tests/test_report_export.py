@@ -151,6 +151,36 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     if study["ejection_fraction"] is not None:
         assert study["edv_ml"] == pytest.approx(volumes["volume_ml"].max())
 
+    # A stack whose positions are missing or inconsistent: said per study, no volumes.
+    import pydicom
+
+    broken = tmp_path / "broken"
+    for name, edit in (("noposition", lambda ds: delattr(ds, "ImagePositionPatient")),
+                       ("origin", lambda ds: setattr(ds, "ImagePositionPatient", [0, 0, 0])),
+                       ("tilted", None)):
+        (broken / name).mkdir(parents=True)
+        for i, f in enumerate(sorted(phantom.glob("*.dcm"))):
+            ds = pydicom.dcmread(f)
+            if edit is not None:
+                edit(ds)
+            elif i % 2:  # every other image in another plane
+                ds.ImageOrientationPatient = [1, 0, 0, 0, 0, 1]
+            ds.save_as(broken / name / f.name)
+    capsys.readouterr()
+    assert main(["predict", str(model_dir), str(broken), "--out", str(tmp_path / "p2")]) == 0
+    printed = capsys.readouterr().out
+    studies = json.loads((tmp_path / "p2" / "studies.json").read_text())
+    for name, needle in (("noposition", "have no ImagePositionPatient"),
+                         ("origin", "lie at the origin"),
+                         ("tilted", "several orientations")):
+        s = studies[f"broken/{name}" if f"broken/{name}" in studies else name]
+        assert any(needle in p for p in s["geometry"]["problems"]), s["geometry"]
+        assert s["ejection_fraction"] is None and needle in s["why_no_ef"]
+        assert needle in printed
+    assert pd.read_csv(tmp_path / "p2" / "volumes.csv")["volume_ml"].isna().all()
+    assert study["geometry"] == {"problems": [], "indices_from": "instance numbers",
+                                 "notes": []}
+
     # The phantom's DICOMs carry a patient name and birth date; no output does.
     blob = b"".join(p.read_bytes() for folder in (tiny_run, model_dir, pred)
                     for p in sorted(folder.rglob("*")) if p.is_file())

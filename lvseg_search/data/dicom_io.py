@@ -38,6 +38,10 @@ class DicomImage:
     cardiac_number_of_images: int  # 0 when the tag is absent
     series_uid: str = ""  # SeriesInstanceUID ("" when absent); groups a folder's series
     series_number: int = 0  # SeriesNumber (0 when absent); names them
+    # Whether ImagePositionPatient / ImageOrientationPatient were in the file (the
+    # fields above hold stand-ins, the origin and an axial plane, where they were not).
+    has_position: bool = True
+    has_orientation: bool = True
 
     @property
     def normal_position_mm(self) -> float:
@@ -105,4 +109,14 @@ def read_image(path: Path) -> DicomImage:
         cardiac_number_of_images=int(ds.get("CardiacNumberOfImages", 0) or 0),
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
         series_number=int(ds.get("SeriesNumber", 0) or 0),
+        has_position=_given(ds, "ImagePositionPatient", 3),
+        has_orientation=_given(ds, "ImageOrientationPatient", 6),
     )
+
+
+def _given(ds: pydicom.Dataset, keyword: str, count: int) -> bool:
+    value = ds.get(keyword)
+    try:
+        return value is not None and value != "" and len(list(value)) == count
+    except TypeError:
+        return False

@@ -41,25 +41,100 @@ def pseudonym(patient_id: str, salt: str) -> str:
     return "P" + hashlib.sha256(f"{salt}\x00{patient_id}".encode()).hexdigest()[:12]
 
 
-def frame_indices(images: list[DicomImage]) -> list[tuple[int, int]]:
-    """Slice and phase index of each frame.
+@dataclass(frozen=True)
+class FrameIndexing:
+    """Slice and phase index of each frame of a stack, and how they were found.
 
-    Sunnybrook numbers frames slice * phases + phase + 1 with CardiacNumberOfImages
-    phases; where that tag is missing, or instance numbers repeat (a stack written one
-    series per slice numbers each series from 1), slices are ranked along the slice
-    normal and phases by trigger time.
+    Attributes:
+        indices: ``(slice_index, phase_index)`` per frame, in input order.
+        source: ``instance numbers`` or ``positions and trigger times``.
+        notes: What the cross-check found (empty when both sources agree).
     """
+
+    indices: list[tuple[int, int]]
+    source: str
+    notes: tuple[str, ...] = ()
+
+
+def _numbered(images: Sequence[DicomImage]) -> list[tuple[int, int]] | None:
+    """Sunnybrook's numbering: frame = slice * phases + phase + 1, with
+    CardiacNumberOfImages phases; None where the tags cannot give it."""
     if (all(im.cardiac_number_of_images > 0 and im.instance_number > 0 for im in images)
             and len({im.instance_number for im in images}) == len(images)):
         return [divmod(im.instance_number - 1, im.cardiac_number_of_images) for im in images]
+    return None
+
+
+def _positioned(images: Sequence[DicomImage]) -> list[tuple[int, int]]:
+    """Slices ranked along the slice normal; phases by trigger time within a slice (by
+    instance number, then input order, where trigger times are missing or tie)."""
     positions = sorted({round(im.normal_position_mm, 2) for im in images})
     slice_of = [positions.index(round(im.normal_position_mm, 2)) for im in images]
     result = []
-    for i, im in enumerate(images):
-        times = sorted(images[j].trigger_time_ms for j in range(len(images))
-                       if slice_of[j] == slice_of[i])
-        result.append((slice_of[i], times.index(im.trigger_time_ms)))
+    for i in range(len(images)):
+        same = [j for j in range(len(images)) if slice_of[j] == slice_of[i]]
+        order = sorted(same, key=lambda j: (
+            images[j].trigger_time_ms if np.isfinite(images[j].trigger_time_ms) else np.inf,
+            images[j].instance_number, j))
+        result.append((slice_of[i], order.index(i)))
     return result
+
+
+def _agree(numbered: list[tuple[int, int]], images: Sequence[DicomImage]) -> list[str]:
+    """Where the instance numbering contradicts the positions and trigger times."""
+    problems = []
+    by_slice: dict[int, set[float]] = {}
+    for (s, _), im in zip(numbered, images, strict=True):
+        by_slice.setdefault(s, set()).add(round(im.normal_position_mm, 2))
+    if any(len(p) > 1 for p in by_slice.values()):
+        problems.append("frames numbered as one slice lie at different positions")
+    firsts = [min(p) for p in by_slice.values()]
+    if len(set(firsts)) < len(firsts):
+        problems.append("frames numbered as different slices lie at one position")
+    for s in by_slice:
+        times = [(ph, im.trigger_time_ms) for (sl, ph), im in zip(numbered, images, strict=True)
+                 if sl == s and np.isfinite(im.trigger_time_ms)]
+        ordered = [tt for _, tt in sorted(times)]
+        if any(b < a for a, b in zip(ordered, ordered[1:], strict=False)):
+            problems.append("phase numbers run against trigger times")
+            break
+    return problems
+
+
+def index_frames(images: Sequence[DicomImage], positions_usable: bool = True) -> FrameIndexing:
+    """Slice and phase index of each frame, cross-checked between the instance numbering
+    and the geometry (positions along the slice normal, trigger times).
+
+    Sunnybrook numbers frames slice * phases + phase + 1 with CardiacNumberOfImages
+    phases. Where that numbering holds and agrees with the positions and trigger times
+    it is used; where it contradicts them, or is missing, or instance numbers repeat (a
+    stack written one series per slice numbers each series from 1), slices are ranked
+    along the slice normal and phases by trigger time.
+
+    Args:
+        images: The frames of one stack.
+        positions_usable: False where ImagePositionPatient/ImageOrientationPatient are
+            missing or inconsistent (see ``studies.geometry_problems``): the numbering
+            is then all there is.
+    """
+    numbered = _numbered(images)
+    if numbered is not None:
+        if not positions_usable:
+            return FrameIndexing(numbered, "instance numbers",
+                                 ("slices and phases from InstanceNumber alone: the "
+                                  "positions cannot check them",))
+        problems = _agree(numbered, images)
+        if not problems:
+            return FrameIndexing(numbered, "instance numbers")
+        return FrameIndexing(_positioned(images), "positions and trigger times",
+                             (f"InstanceNumber disagrees with the geometry ({'; '.join(problems)})"
+                              ": slices and phases taken from positions and trigger times",))
+    return FrameIndexing(_positioned(images), "positions and trigger times")
+
+
+def frame_indices(images: Sequence[DicomImage]) -> list[tuple[int, int]]:
+    """Slice and phase index of each frame (see :func:`index_frames`)."""
+    return index_frames(images).indices
 
 
 def _relative(path: Path, roots: Sequence[Path]) -> str:

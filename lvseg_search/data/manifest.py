@@ -14,7 +14,7 @@ import numpy as np
 
 from lvseg_search import __version__
 from lvseg_search.data.ingest import Slice, slice_spacing_mm
-from lvseg_search.data.shards import SCHEMA_VERSION, SUFFIX
+from lvseg_search.data.shards import SCHEMA_VERSION, SUFFIX, check_shard
 from lvseg_search.errors import UserError
 
 FILENAME = "manifest.json"
@@ -181,6 +181,27 @@ class PreparedData:
     def shard(self, patient_id: str, hint: str = "") -> Path:
         """Path of a patient's shard (see :meth:`patient` for ``hint``)."""
         return self.root / self.patient(patient_id, hint)["shard"]
+
+    def verify(self, patients: Sequence[str] | None = None) -> None:
+        """Reads shards to their end and checks their schema and example counts against
+        the manifest, so that a truncated or foreign shard stops a command before it
+        starts work instead of failing it midway.
+
+        Args:
+            patients: The patients to check (default: all).
+
+        Raises:
+            UserError: A shard is missing, truncated, of another schema, or holds another
+                number of examples than the manifest says (names the file).
+        """
+        counts = self.slice_counts
+        for pid in patients if patients is not None else self.patient_ids:
+            path = self.shard(pid)
+            found = check_shard(path)
+            if found != counts[pid]:
+                raise UserError(f"{path}: holds {found} example(s) where the manifest says "
+                                f"{counts[pid]}; re-create the folder with 'lvseg-search "
+                                "prepare'")
 
     def slices(self, patients: Sequence[str]) -> int:
         """Number of slices (examples) of ``patients``."""

@@ -99,3 +99,48 @@ def _join_slice_series(parts: list[list[int]], images: list[DicomImage]) -> list
             joined[ks[0]] = sorted(i for k in ks for i in parts[k])
             absorbed.update(ks[1:])
     return [joined.get(k, part) for k, part in enumerate(parts) if k not in absorbed]
+
+
+# Normals of one stack's images may differ by rounding; beyond this angle they are
+# different planes (a localizer or a long-axis view mixed into a short-axis stack).
+MAX_NORMAL_ANGLE_DEG = 2.0
+
+
+def geometry_problems(images: list[DicomImage]) -> list[str]:
+    """What makes a stack's geometry unusable for volumes, in words (empty when sound):
+    missing ImagePositionPatient or ImageOrientationPatient, an image at the origin
+    (positions that were never set), mixed orientations, or a stack whose instance
+    numbers name several slices that all lie at one position."""
+    problems = []
+    n = len(images)
+    no_position = sum(not im.has_position for im in images)
+    if no_position:
+        problems.append(f"{no_position} of {n} image(s) have no ImagePositionPatient")
+    no_orientation = sum(not im.has_orientation for im in images)
+    if no_orientation:
+        problems.append(f"{no_orientation} of {n} image(s) have no ImageOrientationPatient")
+    at_origin = sum(im.has_position and not np.any(im.image_position) for im in images)
+    if at_origin:
+        problems.append(f"{at_origin} of {n} image(s) lie at the origin (ImagePositionPatient "
+                        "0\\0\\0: positions that were never set)")
+    normals = []
+    for im in images:
+        o = np.asarray(im.image_orientation, dtype=np.float64)
+        normal = np.cross(o[:3], o[3:])
+        length = np.linalg.norm(normal)
+        normals.append(normal / length if length > 0 else normal)
+    if normals and any(np.linalg.norm(v) == 0 for v in normals):
+        problems.append("ImageOrientationPatient gives no plane (parallel or zero vectors)")
+    elif normals:
+        cos = min(abs(float(np.dot(normals[0], v))) for v in normals)
+        if np.degrees(np.arccos(min(cos, 1.0))) > MAX_NORMAL_ANGLE_DEG:
+            problems.append("images of several orientations in one stack (their slice "
+                            "normals differ by more than "
+                            f"{MAX_NORMAL_ANGLE_DEG:g} degrees)")
+    numbered = {(im.instance_number - 1) // im.cardiac_number_of_images for im in images
+                if im.cardiac_number_of_images > 0 and im.instance_number > 0}
+    positions = {round(im.normal_position_mm, 2) for im in images}
+    if not problems and len(numbered) > 1 and len(positions) == 1:
+        problems.append("every image lies at one position, although their instance numbers "
+                        "name several slices")
+    return problems

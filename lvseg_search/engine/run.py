@@ -31,6 +31,7 @@ from lvseg_search.data import manifest as manifest_mod
 from lvseg_search.data import splits as splits_mod
 from lvseg_search.data.manifest import PreparedData
 from lvseg_search.data.pipeline import PipelineConfig
+from lvseg_search.engine.lock import LOCK_FILE
 from lvseg_search.errors import UserError
 from lvseg_search.model.space import SearchSpace, check_image_size, load_space
 
@@ -65,12 +66,36 @@ def fold_dir(trial_dir: Path, k: int) -> Path:
     return Path(trial_dir) / f"fold_{k}"
 
 
+class UnreadableRecord(ValueError):
+    """A record of the run folder that exists but cannot be read (corrupt, truncated).
+
+    Attributes:
+        path: The file.
+        reason: What is wrong with it.
+    """
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: unreadable ({reason})")
+        self.path = Path(path)
+        self.reason = reason
+
+
 def read_fold_result(trial_dir: Path, k: int) -> dict[str, Any] | None:
-    """The saved result of fold ``k`` of a trial, or None when it did not finish."""
+    """The saved result of fold ``k`` of a trial, or None when it did not finish.
+
+    Raises:
+        UnreadableRecord: The result file exists but is not a fold result.
+    """
     path = fold_dir(trial_dir, k) / RESULT
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableRecord(path, type(exc).__name__) from None
+    if not isinstance(result, dict) or "history" not in result:
+        raise UnreadableRecord(path, "not a fold result")
+    return result
 
 
 def trial_message(trial_dir: Path, trial: Any) -> str:
@@ -238,7 +263,7 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         if updated:
             atomic.write_json(record, {**previous, **updated})
         return options, split
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not overwrite:
         raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
                         "another folder or pass --overwrite")
     if given_split is not None:
@@ -253,9 +278,12 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         split = splits_mod.make_splits(counts, options.folds, test_patients=options.test_patients,
                                        test_ids=options.test_ids, seed=options.seed,
                                        test_seed=options.test_seed, groups=groups)
-    # Only once the new splits are sound does an overwritten run go.
+    # Only once the new splits are sound does an overwritten run go (all but the lock
+    # that this search holds).
     if overwrite and out.exists():
-        shutil.rmtree(out)
+        for child in out.iterdir():
+            if child.name != LOCK_FILE:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     splits_mod.save(out / splits_mod.FILENAME, split)
     atomic.write_text(out / SPACE_FILE, Path(options.space).read_bytes().decode("utf-8"))
@@ -363,6 +391,7 @@ class Run:
     options: SearchOptions
     splits: dict[str, Any]
     trials: dict[str, Any] = field(default_factory=dict)
+    unreadable: list[UnreadableRecord] = field(default_factory=list)
     _data: PreparedData | None = field(default=None, repr=False)
 
     @property
@@ -399,13 +428,22 @@ class Run:
         return self.path / PROJECT / f"trial_{trial_id}"
 
     def fold_results(self, trial_id: str) -> list[dict[str, Any] | None]:
-        """Each fold's saved result (None where the fold has not finished)."""
-        return [read_fold_result(self.trial_dir(trial_id), k) for k in range(self.n_folds)]
+        """Each fold's saved result (None where the fold has not finished, or where its
+        result is unreadable, which :attr:`unreadable` then lists)."""
+        return [self._fold_result(trial_id, k) for k in range(self.n_folds)]
+
+    def _fold_result(self, trial_id: str, k: int) -> dict[str, Any] | None:
+        try:
+            return read_fold_result(self.trial_dir(trial_id), k)
+        except UnreadableRecord as exc:
+            if all(u.path != exc.path for u in self.unreadable):
+                self.unreadable.append(exc)
+            return None
 
     def full_history(self, trial_id: str, k: int) -> dict[str, list[float]]:
         """Fold ``k``'s training curves from epoch 1: a promoted trial's own epochs
         after those of the trials it continues."""
-        result = read_fold_result(self.trial_dir(trial_id), k)
+        result = self._fold_result(trial_id, k)
         if result is None:
             return {}
         history = {name: list(v) for name, v in result["history"].items()}
@@ -447,7 +485,7 @@ class Run:
         # Loaded into the network as it trained: the checkpoint holds the optimizer's
         # state too (under mixed_float16, a loss-scaling optimizer's), which only a built
         # optimizer of the same kind takes without a warning.
-        result = read_fold_result(self.trial_dir(trial_id), k) or {}
+        result = self._fold_result(trial_id, k) or {}
         precision = result.get("dtype_policy", self.options.precision)
         trained = self.build_network(trial_id, precision)
         trained.optimizer.build(trained.trainable_variables)
@@ -483,15 +521,19 @@ def load_run(path: Path, data: Path | None = None) -> Run:
     if data is not None:
         prepared = manifest_mod.open_data(data)
         options = relocate_data(path, options, prepared)
-    trials = {}
+    trials, unreadable = {}, []
     for p in sorted((path / PROJECT).glob("trial_*/trial.json"),
                     key=lambda p: p.parent.name.removeprefix("trial_").zfill(8)):
         try:
             t = Trial.load(str(p))
-        except (ValueError, KeyError, json.JSONDecodeError):
-            continue  # being written by a running search right now
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            # Reported, never dropped: keras-tuner rewrites trial.json in place, so a
+            # running search's file may be caught mid-write; anything else is damage.
+            unreadable.append(UnreadableRecord(p, type(exc).__name__))
+            continue
         trials[t.trial_id] = t
-    return Run(path=path, options=options, splits=split, trials=trials, _data=prepared)
+    return Run(path=path, options=options, splits=split, trials=trials,
+               unreadable=unreadable, _data=prepared)
 
 
 def find_trial(run: Run, trial_id: str) -> Any | None:
@@ -532,8 +574,12 @@ def summarize(out: Path) -> dict[str, Any]:
     from keras_tuner.engine.trial import Trial
 
     folders = {}  # trial -> its folder, as found on disk
+    unreadable = []
     for path in sorted((Path(out) / PROJECT).glob("trial_*/trial.json")):
-        folders[Trial.load(str(path))] = path.parent
+        try:
+            folders[Trial.load(str(path))] = path.parent
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            unreadable.append(str(UnreadableRecord(path, type(exc).__name__)))
     trials = list(folders)
     completed = sorted((t for t in trials if t.status == "COMPLETED" and t.score is not None),
                        key=lambda t: t.score, reverse=True)
@@ -545,4 +591,5 @@ def summarize(out: Path) -> dict[str, Any]:
     failed = [{"trial_id": t.trial_id, "status": t.status,
                "message": trial_message(folders[t], t)}
               for t in trials if t.status in ("FAILED", "INVALID")]
-    return {"completed": rows, "failed": failed, "n_trials": len(trials)}
+    return {"completed": rows, "failed": failed, "n_trials": len(trials),
+            "unreadable": unreadable}

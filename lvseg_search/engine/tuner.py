@@ -32,6 +32,7 @@ from lvseg_search.engine.run import (
     CHECKPOINT,
     FAILURE,
     RESULT,
+    UnreadableRecord,
     fold_dir,
     read_fold_result,
     trial_message,
@@ -228,7 +229,13 @@ class CVHyperband(keras_tuner.Hyperband):
                   and self.cv.n_folds * (epochs - initial) >= TRACED_VALIDATION_FROM)
         try:
             for k in range(self.cv.n_folds):
-                done = read_fold_result(trial_dir, k)
+                try:
+                    done = read_fold_result(trial_dir, k)
+                except UnreadableRecord as exc:
+                    # Damaged on disk: said, and the fold trained again.
+                    print(f"trial {trial.trial_id} fold {k + 1}: {exc}; training the fold "
+                          "again", flush=True)
+                    done = None
                 if done is not None:
                     results.append(done)
                     continue
@@ -297,7 +304,7 @@ class CVHyperband(keras_tuner.Hyperband):
         fit_seconds = time.perf_counter() - start
         tmp = out / f".{os.getpid()}.{CHECKPOINT}"
         model.save_weights(str(tmp))
-        os.replace(tmp, out / CHECKPOINT)
+        atomic.replace(tmp, out / CHECKPOINT)
         # Full-resolution scores with physical units of the saved (last-epoch) model, from
         # the last validation's probabilities resized as the deployable model does.
         t_eval = time.perf_counter()
@@ -359,6 +366,7 @@ class CVHyperband(keras_tuner.Hyperband):
         t = self.oracle.get_trial(trial.trial_id)
         if self.tensorboard_dir is not None and t.status == "COMPLETED":
             trial_dir = Path(self.get_trial_dir(t.trial_id))
+            # Just written by this trial (atomically), so readable.
             folds = [read_fold_result(trial_dir, k) for k in range(self.cv.n_folds)]
             metrics = {name: t.metrics.get_last_value(name) for name in t.metrics.metrics}
             hparams.write_trial(self.tensorboard_dir, t.trial_id, t.hyperparameters.values,

@@ -9,6 +9,7 @@ it steps 6.72 mm for slices 10 mm apart).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -16,13 +17,17 @@ import pandas as pd
 from lvseg_search.data.ingest import distinct_positions, spacing_along_normal
 
 
-def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float]
+def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float],
+                  geometry_problems: Sequence[str] = ()
                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-phase LV volumes of one study and, for a whole stack, EDV, ESV and EF.
 
     Args:
         rows: Per-image rows with ``slice_index``, ``phase_index`` and ``area_mm2``.
         normal_positions: Each image's position along the slice normal (mm).
+        geometry_problems: What makes the stack's positions unusable
+            (``studies.geometry_problems``): volumes need the spacing between slices,
+            so with any problem there are none (NaN) and no EF, and the summary says why.
 
     Returns:
         Volumes per phase (``phase_index``, ``slices``, ``volume_ml``) and the study
@@ -39,6 +44,11 @@ def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float]
     volumes["volume_ml"] = volumes["area_mm2"] * spacing / 1000.0
     summary: dict[str, Any] = {"images": len(frame), "slices": int(slices),
                                "phases": int(phases), "slice_spacing_mm": spacing}
+    if geometry_problems:
+        volumes["volume_ml"] = float("nan")
+        summary.update({"slice_spacing_mm": None, "ejection_fraction": None,
+                        "why_no_ef": "no volumes: " + "; ".join(geometry_problems)})
+        return volumes.drop(columns="area_mm2"), summary
     complete = (volumes["slices"] == slices).all()
     if slices < 3 or phases < 2 or not complete or len(positions) != slices:
         summary["ejection_fraction"] = None
