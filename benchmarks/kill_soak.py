@@ -8,7 +8,7 @@ trained again. At the end: every trial completed once, every record readable (ea
 JSON parses, each checkpoint opens as HDF5), stray temporary files, and the final
 ranking against the uninterrupted run's.
 
-    python benchmarks/kill_soak.py [--kills 10] [--seed 0] [--recycle-every 3]
+    python benchmarks/kill_soak.py [--kills 10] [--seed 0] [--recycle-every 3] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -90,19 +90,23 @@ def audit(out: Path) -> dict[str, list[str]]:
     return {"corrupt": corrupt, "stray": stray}
 
 
-def run_until_killed(cmd: list[str], delay: float) -> tuple[bool, str, float]:
+def run_until_killed(cmd: list[str], delay: float) -> tuple[bool, str, float, float]:
     """Runs the search and SIGKILLs its whole process group after ``delay`` seconds.
 
     Returns:
-        Whether it finished by itself first, its last printed line, and the seconds run.
+        Whether it finished by itself first, its last printed line, the seconds run, and
+        when it started (epoch seconds).
     """
+    began = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     last = [""]
 
     def follow():
         for line in proc.stdout:
-            if line.strip():
+            # TensorFlow's start-up log lines say nothing of the search's progress.
+            if line.strip() and line[:5] not in ("I0000", "W0000", "E0000") \
+                    and "absl::InitializeLog" not in line:
                 last[0] = line.strip()
 
     reader = threading.Thread(target=follow, daemon=True)
@@ -116,10 +120,19 @@ def run_until_killed(cmd: list[str], delay: float) -> tuple[bool, str, float]:
         proc.wait()
         finished = False
     reader.join(timeout=5)
-    return finished, last[0], time.monotonic() - start
+    return finished, last[0], time.monotonic() - start, began
+
+
+def training_started(line: str, fold: Path) -> bool:
+    """Whether the last line printed says this run was training ``fold``."""
+    trial = fold.parent.name.removeprefix("trial_")
+    k = int(fold.name.removeprefix("fold_"))
+    return line.startswith((f"trial {trial} fold {k + 1}/", f"trial {trial}: epochs"))
 
 
 def doing(line: str) -> str:
+    if not line:
+        return "starting up (loading TensorFlow)"
     if "epoch" in line and "fold" in line:
         return "training an epoch (or validating it, or writing its checkpoint)"
     if "done: CV Dice" in line:
@@ -138,10 +151,14 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recycle-every", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.keep:
+            tmp = args.keep
+            tmp.mkdir(parents=True, exist_ok=False)
         synth(tmp / "phantom", 5, seed=3, size=32, progress=False)
         prepare(tmp / "phantom", tmp / "data", progress=False)
         space = tmp / "soak.toml"
@@ -164,13 +181,19 @@ def main() -> None:
             before, _ = fold_state(out) if out.exists() else ({}, [])
             # Random moments over the whole run: a restart costs a few seconds of start-up,
             # so the search still advances between kills.
-            finished, line, ran = run_until_killed(cmd, rng.uniform(4.0, max(8.0, wall / 4)))
+            finished, line, ran, began = run_until_killed(
+                cmd, rng.uniform(6.0, max(12.0, wall / 3)))
             if finished:
                 print(f"(the search finished before kill {kills + 1}; {ran:.0f} s)")
                 break
             kills += 1
             done, running = fold_state(out)
             retrained = [p for p, stamp in before.items() if done.get(p) != stamp]
+            # A fold is lost by this kill if this run had begun it (made its folder, or
+            # printed its epochs); a fold left by an earlier kill and not begun again is
+            # not lost twice.
+            running = [r for r in running
+                       if r.stat().st_mtime >= began or training_started(line, r)]
             lost_total += len(running)
             retrained_total += len(retrained)
             print(f"kill {kills:2d} after {ran:5.1f} s, {doing(line)}: {len(done)} folds "

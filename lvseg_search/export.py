@@ -78,7 +78,7 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     o = run.options
     config = o.pipeline().training()
     n = run.data.slices(patients)
-    data = make_dataset(patient_files(run.data, patients, config), config, n)
+    data = make_dataset(patient_files(run.data, patients, config), config, n, repeat=True)
     keras.utils.set_random_seed(weights_seed(o.seed, trial.trial_id))
     model = run.build_network(trial.trial_id)
 
@@ -94,7 +94,7 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     # A search with a fixed number of steps per epoch chose its epoch count in steps: the
     # retraining takes as many (each over all the patients).
     steps = o.steps_per_epoch or batches_per_epoch(n, config)
-    model.fit(data.repeat(), steps_per_epoch=steps, epochs=epochs,
+    model.fit(data, steps_per_epoch=steps, epochs=epochs,
               callbacks=callbacks, shuffle=False, verbose=0)
     return model, patients, steps
 

@@ -136,17 +136,16 @@ _PARALLEL_CALLS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_geta
                       else os.cpu_count() or 1)
 
 
-def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int | None = None):
-    """Builds the batched dataset of ``(image float32 [B,H,W,1], mask uint8 [B,H,W,1])``.
+def prepared_examples(files: Sequence[Path], config: PipelineConfig,
+                      n_examples: int | None = None):
+    """The examples of ``files`` normalized and resized, cached in memory after the first
+    pass (when ``config.cache``): the part of the pipeline worth keeping between fits.
 
     Args:
         files: Shard files.
         config: Pipeline settings.
         n_examples: Number of examples in ``files`` when known (from the manifest); it
             lets Keras know the epoch length without a counting pass.
-
-    Returns:
-        A ``tf.data.Dataset``.
 
     Raises:
         UserError: Unknown normalization or empty file list.
@@ -162,8 +161,27 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int 
         num_parallel_calls=_PARALLEL_CALLS, deterministic=True)
     if n_examples is not None:
         ds = ds.apply(t.data.experimental.assert_cardinality(n_examples))
-    if config.cache:
-        ds = ds.cache()
+    return ds.cache() if config.cache else ds
+
+
+def make_batches(examples, config: PipelineConfig, repeat: bool = False):
+    """Shuffled, batched, augmented batches of prepared examples.
+
+    A new dataset's random streams (shuffling, augmentation) start from ``config.seed``
+    while one dataset's later iterators continue them, so build one per ``fit`` from
+    the same (cached) examples: each fit then sees the same batches, whatever ran
+    before it in the process, and a fold trained again after a kill, in a fresh
+    process or by another worker, sees exactly the batches it would have seen in one
+    uninterrupted process.
+
+    Args:
+        examples: From :func:`prepared_examples`.
+        config: Pipeline settings.
+        repeat: Pass over the examples without end (each pass shuffled and augmented
+            afresh); give Keras the epoch length as steps.
+    """
+    t = tf()
+    ds = examples
     if config.shuffle:
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
@@ -173,6 +191,8 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int 
             t.autograph.experimental.do_not_convert(
                 lambda pair, r: _augment(pair[0], pair[1], r, config)),
             num_parallel_calls=_PARALLEL_CALLS, deterministic=True)
+    if repeat:
+        ds = ds.repeat()
     ds = ds.prefetch(2)
     options = t.data.Options()
     options.deterministic = True
@@ -182,6 +202,17 @@ def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int 
     # hundreds of short fits).
     options.autotune.enabled = False
     return ds.with_options(options)
+
+
+def make_dataset(files: Sequence[Path], config: PipelineConfig, n_examples: int | None = None,
+                 repeat: bool = False):
+    """Builds the batched dataset of ``(image float32 [B,H,W,1], mask uint8 [B,H,W,1])``:
+    :func:`prepared_examples`, then :func:`make_batches`.
+
+    Raises:
+        UserError: Unknown normalization or empty file list.
+    """
+    return make_batches(prepared_examples(files, config, n_examples), config, repeat)
 
 
 def batches_per_epoch(n_examples: int, config: PipelineConfig) -> int:

@@ -11,8 +11,9 @@ from lvseg_search.data.manifest import PreparedData
 from lvseg_search.data.pipeline import (
     PipelineConfig,
     batches_per_epoch,
-    make_dataset,
+    make_batches,
     patient_files,
+    prepared_examples,
 )
 
 if TYPE_CHECKING:
@@ -58,29 +59,32 @@ class CrossValidation:
         return [self._files[p] for p in patients]
 
     def fold(self, k: int) -> dict[str, Any]:
-        """Fold ``k``'s training data as keyword arguments of ``Model.fit``.
+        """Fold ``k``'s training data for one ``Model.fit``, as its keyword arguments.
 
-        The dataset repeats, with the epoch length given as steps (one pass over the
-        training slices unless ``steps_per_epoch`` says otherwise): Keras then keeps one
-        iterator per fit, where a finite dataset costs two new iterators per epoch (one
-        made and dropped at each epoch's end), which stalled every epoch by up to a
-        second on 2 cores. Validation is not here: see :meth:`validation`.
+        The examples are read, preprocessed and cached once per fold; the batches over
+        them are a new dataset at every call, so that every fit of this fold sees the
+        same stream of batches, whatever was trained before it in this process (see
+        ``pipeline.make_batches``). The dataset repeats, with the epoch length given as
+        steps (one pass over the training slices unless ``steps_per_epoch`` says
+        otherwise): Keras then keeps one iterator per fit, where a finite dataset costs
+        two new iterators per epoch, which stalled every epoch by up to a second on 2
+        cores. Validation is not here: see :meth:`validation`.
 
         Returns:
             ``x`` and ``steps_per_epoch``.
         """
+        config = self.config.training()
+        if self.replicas > 1:
+            # Every batch must split evenly over the replicas.
+            config = replace(config, drop_remainder=True)
         if k not in self._datasets:
             train_ids = self.patients(k, "train")
             n_train = self.data.slices(train_ids)
-            config = self.config.training()
-            if self.replicas > 1:
-                # Every batch must split evenly over the replicas.
-                config = replace(config, drop_remainder=True)
-            train = make_dataset(self._shards(train_ids), config, n_train)
-            self._datasets[k] = (train.repeat(), self.steps_per_epoch
+            examples = prepared_examples(self._shards(train_ids), config, n_train)
+            self._datasets[k] = (examples, self.steps_per_epoch
                                  or batches_per_epoch(n_train, config))
-        train, steps = self._datasets[k]
-        return {"x": train, "steps_per_epoch": steps}
+        examples, steps = self._datasets[k]
+        return {"x": make_batches(examples, config, repeat=True), "steps_per_epoch": steps}
 
     def validation(self, k: int) -> ValidationSet:
         """Fold ``k``'s validation patients, read and preprocessed once and kept: as

@@ -244,13 +244,15 @@ class CVHyperband(keras_tuner.Hyperband):
                     model = self._try_build(hp)
                     with maybe_distribute(self.distribution_strategy):
                         model.optimizer.build(model.trainable_variables)
-                    initial_state = ([v.numpy() for v in model.weights],
+                    # Variables, not weights: the dropout layers' seed states too, so
+                    # that every fold starts alike, whichever folds ran before it here.
+                    initial_state = ([v.numpy() for v in model.variables],
                                      [v.numpy() for v in model.optimizer.variables])
                     forward = traced_forward(model) if traced else None
                 else:
                     # One model per trial, reset per fold: building and tracing a model
                     # costs more than a small trial's training.
-                    for v, value in zip(model.weights, initial_state[0], strict=True):
+                    for v, value in zip(model.variables, initial_state[0], strict=True):
                         v.assign(value)
                     for v, value in zip(model.optimizer.variables, initial_state[1],
                                         strict=True):
@@ -271,6 +273,11 @@ class CVHyperband(keras_tuner.Hyperband):
                   forward: Callable[[np.ndarray], Any] | None = None) -> dict[str, Any]:
         out = fold_dir(trial_dir, k)
         out.mkdir(parents=True, exist_ok=True)
+        # Temporary files of a process killed while it wrote this fold's checkpoint or
+        # result: the fold starts again, so they are garbage.
+        for stray in out.glob(".*"):
+            if stray.is_file():
+                stray.unlink(missing_ok=True)
         resumed_from = None
         if parent is not None:
             source = fold_dir(Path(self.get_trial_dir(parent)), k) / CHECKPOINT

@@ -42,7 +42,28 @@ def test_an_epoch_of_steps_is_one_pass_over_the_fold(tiny_data):
         sizes = [len(images) for images, _ in train]
         # Batches do not straddle epochs: each epoch ends with its own short batch.
         assert sum(sizes[:fit["steps_per_epoch"]]) == n_train == sum(sizes[fit["steps_per_epoch"]:])
-    assert cv.fold(0)["x"] is cv.fold(0)["x"]  # built once, reused by every trial
+    # The examples are read and cached once, and every fit gets its own batches over them.
+    examples = cv._datasets[0][0]
+    assert cv.fold(0)["x"] is not cv.fold(0)["x"] and cv._datasets[0][0] is examples
+
+
+def test_every_fit_of_a_fold_sees_the_same_batches_whatever_came_before(tiny_data):
+    # A fold trained again after a kill (a fresh process) or by another worker must see
+    # the batches it would have seen in one uninterrupted process: the stream depends on
+    # the seed and the batch number only, not on how often the dataset was read before.
+    cv = _cv(tiny_data)
+    steps = cv.fold(0)["steps_per_epoch"]
+    first = [(x.numpy(), m.numpy()) for x, m in itertools.islice(cv.fold(0)["x"], 3 * steps)]
+    for k in (1, 0):  # other fits in between
+        list(itertools.islice(cv.fold(k)["x"], steps + 1))
+    again = [(x.numpy(), m.numpy()) for x, m in itertools.islice(cv.fold(0)["x"], 3 * steps)]
+    for (x1, m1), (x2, m2) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(m1, m2)
+    # Within a fit, every pass is shuffled and augmented afresh.
+    assert not np.array_equal(first[0][0], first[steps][0])
+    fresh = CrossValidation(cv.data, cv.splits, cv.config).fold(0)["x"]
+    np.testing.assert_array_equal(next(iter(fresh))[0].numpy(), first[0][0])
 
 
 def test_validation_set_holds_what_the_pipeline_feeds(tiny_data):
