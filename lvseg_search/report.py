@@ -88,7 +88,8 @@ def plot_dice_vs_hyperparameters(run: Run, table: pd.DataFrame) -> str | None:
 
     space = run.space
     names = [p.name for p in space.params.values() if not p.fixed] + [hparams.EPOCHS]
-    names = [n for n in names if n in table and table[n].nunique() > 0]
+    # Only what varied among the completed trials: a panel of one value says nothing.
+    names = [n for n in names if n in table and table[n].nunique() > 1]
     if table.empty or not names:
         return None
     cols = min(3, len(names))
@@ -105,8 +106,11 @@ def plot_dice_vs_hyperparameters(run: Run, table: pd.DataFrame) -> str | None:
 
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(NullFormatter())
+                # A range narrower than a decade gets no major tick of its own.
+                ticks = np.geomspace(values.min(), values.max(), 3)
+                ax.set_xticks(ticks, [f"{v:.1e}" for v in ticks])
         else:  # categories: jittered strips, one per value
-            levels = sorted(values.unique(), key=str)
+            levels = sorted(values.unique(), key=_natural_key)
             x = np.array([levels.index(v) for v in values], dtype=float)
             ax.scatter(x + rng.uniform(-0.12, 0.12, len(x)), table["cv_dice"], s=22, alpha=0.75)
             ax.set_xticks(range(len(levels)), [str(v) for v in levels])
@@ -145,9 +149,67 @@ def plot_learning_curves(run: Run, table: pd.DataFrame) -> str | None:
     return _png(fig)
 
 
-def plot_overlays(run: Run, trial_id: str) -> tuple[str | None, list[dict[str, Any]]]:
+def plot_brackets(run: Run) -> str | None:
+    """Hyperband's brackets: each trial's CV Dice at its rung (epochs), one panel per
+    bracket, with a line from each trial to the trial that continued it (promoted)."""
+    import matplotlib.pyplot as plt
+
+    points: dict[int, list[tuple[str, int, float, str | None]]] = {}
+    for t in run.trials.values():
+        hp = t.hyperparameters.values
+        if "tuner/bracket" not in hp or t.score is None or t.status != "COMPLETED":
+            continue
+        points.setdefault(int(hp["tuner/bracket"]), []).append(
+            (t.trial_id, int(hp["tuner/epochs"]), float(t.score), hp.get("tuner/trial_id")))
+    if not points:
+        return None
+    brackets = sorted(points, reverse=True)
+    fig, axes = plt.subplots(1, len(brackets), figsize=(min(4.0 * len(brackets), 13), 3.2),
+                             squeeze=False, sharey=True)
+    for ax, b in zip(axes.flat, brackets, strict=True):
+        where = {tid: (epochs, score) for tid, epochs, score, _ in points[b]}
+        promoted = {parent for *_, parent in points[b] if parent}
+        for _, epochs, score, parent in points[b]:
+            if parent in where:
+                (x0, y0) = where[parent]
+                ax.plot([x0, epochs], [y0, score], color="#4a78c2", lw=1, alpha=0.7)
+        for tid, epochs, score, _ in points[b]:
+            ax.scatter([epochs], [score], s=26, zorder=3,
+                       color="#4a78c2" if tid in promoted else "#9aa3b5")
+        ax.set_xscale("log", base=2)
+        rungs = sorted({epochs for _, epochs, _, _ in points[b]})
+        ax.set_xticks(rungs, [str(r) for r in rungs])
+        ax.set_title(f"bracket {b} ({len(points[b])} trials)", fontsize=9)
+        ax.set_xlabel("epochs (rung)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("CV Dice")
+    fig.suptitle("blue: promoted to the next rung; grey: stopped", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def score_test(run: Run, networks: list[Any]) -> dict[str, Any] | None:
+    """The held-out test patients' scores for the average of a trial's fold models
+    (None without test patients)."""
+    from lvseg_search.evaluate.scoring import load_patients, score_patients
+    from lvseg_search.model.serving import make_predictor
+
+    if not run.splits["test"]:
+        return None
+    predict = make_predictor(networks, run.options.image_size, run.options.normalization)
+    _, summary = score_patients(predict, load_patients(run.data, run.splits["test"]))
+    return summary
+
+
+def plot_overlays(run: Run, trial_id: str,
+                  networks: list[Any] | None = None) -> tuple[str | None, list[dict[str, Any]]]:
     """Image, expert contour and predicted contour for the best trial's validation
     patients (each scored by the fold model that did not see them).
+
+    Args:
+        run: The run.
+        trial_id: The trial.
+        networks: Its fold models, if already built (else built here).
 
     Returns:
         The figure (base64 PNG, None when no fold finished) and per-image scores.
@@ -160,7 +222,7 @@ def plot_overlays(run: Run, trial_id: str) -> tuple[str | None, list[dict[str, A
 
     panels, scores = [], []
     for k in range(run.n_folds):
-        model = run.fold_network(trial_id, k)
+        model = networks[k] if networks is not None else run.fold_network(trial_id, k)
         predict = make_predictor([model], run.options.image_size, run.options.normalization)
         for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
             _, pred = segment(predict, patient.images)
@@ -195,10 +257,18 @@ def plot_overlays(run: Run, trial_id: str) -> tuple[str | None, list[dict[str, A
     return _png(fig), scores
 
 
-def _fmt(value: Any) -> str:
+# Digits that mean something, per column of the Markdown table and the console.
+_DIGITS = {"cv_dice": 3, "cv_dice_std": 3, "apd_mm": 1, "hausdorff_mm": 1,
+           "good_contours_pct": 0, "train_seconds": 0}
+
+
+def _fmt(value: Any, column: str = "") -> str:
     if isinstance(value, float | np.floating):
         if math.isnan(value):
             return "-"
+        digits = _DIGITS.get(column, 3 if column.startswith("dice_fold_") else None)
+        if digits is not None:
+            return f"{value:.{digits}f}"
         return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}"
     return str(value)
 
@@ -208,16 +278,6 @@ def _columns(table: pd.DataFrame, n_folds: int) -> list[str]:
              *[f"dice_fold_{k}" for k in range(n_folds)], "apd_mm", "hausdorff_mm",
              "good_contours_pct", "parameters", "scored_epoch", "train_seconds"]
     return [c for c in shown if c in table]
-
-
-def _network(row: pd.Series) -> str:
-    if row.get("architecture") == "lab_fcn":
-        return "lab FCN"
-    return (f"depth {row['depth']} x{row['base_filters']} k{row['kernel_size']} "
-            f"c{row['convs_per_stage']} {row['downsampling']} {row['decoder']} "
-            f"{row['normalization']} {row['activation']} drop {row['dropout']} "
-            f"{row['loss']} {row['optimizer']} lr {row['learning_rate']:.2e}"
-            + (" cosine" if row.get("lr_schedule") == "cosine" else ""))
 
 
 def _status_line(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]) -> str:
@@ -243,21 +303,40 @@ def _unreadable_hint(run: Run) -> str:
             "folder to have a resumed search run it again")
 
 
-def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]) -> str:
-    """The report as Markdown."""
+def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
+                    test: dict[str, Any] | None = None) -> str:
+    """The report as Markdown: the best trial first, then every trial."""
     o = run.options
     lines = [f"# Search report: {run.path.name}", "",
              f"Space `{Path(o.space).stem}`, {run.n_folds} patient-grouped folds, "
-             f"{len(run.splits['test'])} held-out test patient(s) (never used here), "
-             f"images {o.image_size} px, Hyperband max {o.max_epochs} epochs, factor {o.factor}.",
+             f"{len(run.splits['test'])} held-out test patient(s), network input "
+             f"{o.image_size} px, Hyperband max {o.max_epochs} epochs, factor {o.factor}.",
              "", _status_line(run, table, pending) + ".", ""]
     if not table.empty:
+        best = table.iloc[0]
+        folds = ", ".join(_round(best.get(f"dice_fold_{k}"), 3) for k in range(run.n_folds))
+        lines += [f"**Best: trial {best['trial']}**, {network_words(best)}: CV Dice "
+                  f"{_round(best['cv_dice'], 3)} +- {_round(best['cv_dice_std'], 3)} "
+                  f"(folds {folds}), APD {_round(best['apd_mm'], 1)} mm, good contours "
+                  f"{_round(best['good_contours_pct'], 0)}%, Hausdorff "
+                  f"{_round(best['hausdorff_mm'], 1)} mm; {_count(best['parameters'])} "
+                  f"parameters, {int(best['scored_epoch'])} epochs.", ""]
+        if test:
+            lines += [f"Held-out test ({len(run.splits['test'])} patient(s), the best trial's "
+                      f"fold models averaged): Dice {test['dice']:.3f}, APD "
+                      f"{_round(test['apd_mm'], 1)} mm, good contours "
+                      f"{_round(test['good_contours_pct'], 0)}%.", ""]
+        lines += [f"Export it: `{_export_command(run)}`", ""]
+        varied, fixed = hyperparameter_spread(run, table)
+        if fixed:
+            lines += ["The same in every completed trial: "
+                      + ", ".join(f"{n} {v}" for n, v in fixed.items()) + ".", ""]
         cols = _columns(table, run.n_folds)
-        lines += ["| " + " | ".join(cols) + " | network |",
+        lines += ["| " + " | ".join(cols) + " | network (what varied) |",
                   "|" + "---|" * (len(cols) + 1)]
         for _, row in table.iterrows():
-            lines.append("| " + " | ".join(_fmt(row[c]) for c in cols)
-                         + f" | {_network(row)} |")
+            chips = ", ".join(_chip_text(n, row[n]) for n in varied)
+            lines.append("| " + " | ".join(_fmt(row[c], c) for c in cols) + f" | {chips} |")
         lines += ["", EPOCH_RULE, ""]
     broken = _unreadable(run)
     if broken:
@@ -276,59 +355,331 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
     return "\n".join(lines)
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;
-text-align:right}th{background:#f0f0f0}td.l{text-align:left}tr:first-child td{font-weight:600}
-img{max-width:100%;border:1px solid #ddd}.note{color:#555;font-size:13px}"""
+CSS = """
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;padding:12px 20px;
+max-width:1240px;color:#1d2330}
+h1{font-size:20px;margin:4px 0}h2{font-size:16px;margin:22px 0 8px}
+.sub,.note{color:#5b6475;font-size:12.5px}
+.summary{display:flex;gap:16px;flex-wrap:wrap;margin:10px 0 6px}
+.card{flex:1 1 560px;border:1px solid #cfd6e4;border-radius:8px;padding:12px 16px;
+background:#f7f9fd}
+.side{flex:1 1 320px;border:1px solid #e1e5ee;border-radius:8px;padding:12px 16px}
+.label{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#5b6475}
+.net{font-size:15px;font-weight:600;margin:2px 0 8px}
+.figs{display:flex;gap:22px;flex-wrap:wrap}
+.fig b{display:block;font-size:24px;font-weight:650}.fig span{font-size:12px;color:#5b6475}
+.fig small{font-size:13px;color:#1d2330;font-weight:400}
+.meta{margin-top:8px;font-size:12.5px;color:#394152}
+.side div{margin-bottom:8px}
+code{background:#eef1f7;border-radius:4px;padding:1px 5px;font-size:12.5px;word-break:break-all}
+img{max-width:100%;height:auto;border:1px solid #e1e5ee;border-radius:4px}
+.plots{display:grid;grid-template-columns:1fr;gap:6px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{border-bottom:1px solid #e6e9f0;padding:4px 6px;text-align:right;vertical-align:top}
+th{background:#f0f3f8;cursor:pointer;user-select:none;white-space:nowrap}
+th.sorted-asc:after{content:" \2191"}th.sorted-desc:after{content:" \2193"}
+td.l,th.l{text-align:left}
+.chip{display:inline-block;background:#e8edf7;border-radius:10px;padding:0 7px;margin:1px 2px;
+font-size:11.5px;white-space:nowrap}
+tr.more td{background:#fafbfd;text-align:left;font-size:12px;color:#394152}
+tr.more{display:none}tr.more.open{display:table-row}
+button.toggle{border:0;background:none;cursor:pointer;font-size:12px;padding:0 4px 0 0}
+.status-failed td:first-child{border-left:3px solid #c0392b}
+.status-running td:first-child{border-left:3px solid #e0a100}
+.controls{margin:6px 0;font-size:13px}
+"""
+
+# Sorting by any column and filtering by status, in a few lines so that the page stays
+# one self-contained file that works offline. Each trial is a row plus its details row,
+# which moves with it.
+SCRIPT = """
+(function(){
+var table=document.getElementById('trials');if(!table)return;var body=table.tBodies[0];
+function pairs(){var r=[],rows=body.rows;
+ for(var i=0;i<rows.length;i+=2)r.push([rows[i],rows[i+1]]);return r;}
+table.querySelectorAll('th[data-key]').forEach(function(th){th.addEventListener('click',function(){
+ var key=th.dataset.key,asc=!th.classList.contains('sorted-asc');
+ table.querySelectorAll('th').forEach(function(h){h.classList.remove('sorted-asc','sorted-desc');});
+ th.classList.add(asc?'sorted-asc':'sorted-desc');
+ var ps=pairs();ps.sort(function(a,b){
+  var x=a[0].getAttribute('data-'+key),y=b[0].getAttribute('data-'+key);
+  var nx=parseFloat(x),ny=parseFloat(y),empty=function(v){return v===null||v==='';};
+  if(empty(x)||empty(y))return empty(x)-empty(y);
+  var c=(isNaN(nx)||isNaN(ny))?x.localeCompare(y):nx-ny;return asc?c:-c;});
+ ps.forEach(function(p){body.appendChild(p[0]);body.appendChild(p[1]);});});});
+table.addEventListener('click',function(ev){var b=ev.target.closest('button.toggle');if(!b)return;
+ var more=b.closest('tr').nextElementSibling;more.classList.toggle('open');
+ b.textContent=more.classList.contains('open')?'\\u25be':'\\u25b8';});
+var pick=document.getElementById('status');if(pick)pick.addEventListener('change',function(){
+ pairs().forEach(function(p){var show=pick.value==='all'||p[0].dataset.status===pick.value;
+  p[0].style.display=show?'':'none';if(!show)p[1].classList.remove('open');});});
+})();
+"""
+
+# The columns of the HTML table: key, heading, formatter of the value shown.
+_DECODERS = {"unet": "U-Net (skip connections)", "transposed": "transposed-conv decoder",
+             "fcn": "FCN up-score"}
+
+
+def _natural_key(value: Any) -> tuple:
+    """Numbers in numeric order (8 before 16), then everything else as text."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def hyperparameter_spread(run: Run, table: pd.DataFrame) -> tuple[list[str], dict[str, Any]]:
+    """The space's hyperparameters that took several values among the completed trials,
+    and the value of each one that never varied."""
+    names = [n for n in run.space.params if n in table]
+    varied = [n for n in names if table[n].nunique() > 1]
+    fixed = {n: table[n].iloc[0] for n in names if table[n].nunique() == 1}
+    return varied, fixed
+
+
+def network_words(row: pd.Series | dict[str, Any]) -> str:
+    """A trial's network in words."""
+    if row.get("architecture") == "lab_fcn":
+        return "the lab's FCN (strided convs, one transposed-conv up-score)"
+    norm = {"batch": "batch norm", "group": "group norm", "none": "no norm"}.get(
+        str(row.get("normalization")), f"{row.get('normalization')} norm")
+    words = (f"{_DECODERS.get(str(row.get('decoder')), row.get('decoder'))}, "
+             f"{row.get('depth')} level{'' if str(row.get('depth')) == '1' else 's'}, "
+             f"{row.get('base_filters')} base filters, "
+             f"{row.get('kernel_size')}x{row.get('kernel_size')} convs "
+             f"({row.get('convs_per_stage')} per level), "
+             f"{str(row.get('downsampling')).replace('_', ' ')} down, {norm}, "
+             f"{row.get('activation')}")
+    if float(row.get("dropout") or 0) > 0:
+        words += f", dropout {row.get('dropout')}"
+    lr = row.get("learning_rate")
+    words += (f"; {str(row.get('loss')).replace('_', ' + ')} loss, {row.get('optimizer')} "
+              f"lr {float(lr):.1e}" if lr is not None else "")
+    if row.get("lr_schedule") == "cosine":
+        words += " (cosine)"
+    return words
+
+
+def _chip_text(name: str, value: Any) -> str:
+    short = {"depth": "depth", "base_filters": "x", "kernel_size": "k",
+             "convs_per_stage": "convs", "learning_rate": "lr", "dropout": "drop"}
+    if name == "learning_rate":
+        return f"lr {float(value):.1e}"
+    if name == "base_filters":
+        return f"x{value}"
+    if name == "kernel_size":
+        return f"k{value}"
+    if name in short:
+        return f"{short[name]} {value}"
+    return str(value).replace("_", " ")
+
+
+def _duration(seconds: float) -> str:
+    if not seconds or math.isnan(seconds):
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _count(n: float) -> str:
+    n = float(n)
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} k" if n >= 1e3 else f"{n:.0f}"
+
+
+def _round(value: Any, digits: int) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def search_progress(run: Run, table: pd.DataFrame,
+                    pending: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the search went: trials by state, elapsed time (from the run's splits to its
+    last fold result) and the training time of all folds."""
+    failed = sum(p["status"] in ("failed", "invalid") for p in pending)
+    results = list((run.path / "tuner").glob("trial_*/fold_*/result.json"))
+    splits_file = run.path / "splits.json"
+    elapsed = (max(p.stat().st_mtime for p in results) - splits_file.stat().st_mtime
+               if results and splits_file.is_file() else math.nan)
+    return {"completed": len(table), "failed": failed, "running": len(pending) - failed,
+            "unreadable": len(run.unreadable), "elapsed_seconds": elapsed,
+            "running_now": is_locked(run.path)}
+
+
+def _export_command(run: Run) -> str:
+    return f"lvseg-search export {run.path} --out models/{run.path.name}"
+
+
+def _summary_card(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
+                  test: dict[str, Any] | None) -> str:
+    e = html.escape
+    progress = search_progress(run, table, pending)
+    state = (f"{progress['completed']} completed, {progress['failed']} failed, "
+             f"{progress['running']} running or interrupted"
+             + (f", {progress['unreadable']} unreadable record(s)" if progress["unreadable"]
+                else "")
+             + (" (a search is running now)" if progress["running_now"] else ""))
+    side = [f"<div><span class='label'>Search</span><br>{e(state)}; "
+            f"{e(_duration(progress['elapsed_seconds']))} from start to the last result</div>"]
+    if run.splits["test"]:
+        if test:
+            side.append("<div><span class='label'>Held-out test</span><br>"
+                        f"{len(run.splits['test'])} patient(s): Dice <b>{test['dice']:.3f}</b>, "
+                        f"APD {_round(test['apd_mm'], 1)} mm, good contours "
+                        f"{_round(test['good_contours_pct'], 0)}% (the best trial's fold "
+                        "models averaged; <code>export</code> scores its retrained model "
+                        "on them too)</div>")
+        else:
+            side.append(f"<div><span class='label'>Held-out test</span><br>"
+                        f"{len(run.splits['test'])} patient(s), scored by <code>export</code>"
+                        "</div>")
+    if table.empty:
+        return ("<section class='summary'><div class='card'><div class='label'>Best network"
+                "</div><div class='net'>No trial has completed yet.</div></div>"
+                f"<div class='side'>{''.join(side)}</div></section>")
+    best = table.iloc[0]
+    folds = " · ".join(_round(best.get(f"dice_fold_{k}"), 3) for k in range(run.n_folds))
+    side.append("<div><span class='label'>Next</span><br>export the best network:<br>"
+                f"<code>{e(_export_command(run))}</code></div>")
+    figs = [("CV Dice", f"{_round(best['cv_dice'], 3)} <small>± "
+                        f"{_round(best['cv_dice_std'], 3)}</small>", f"folds {folds}"),
+            ("APD", f"{_round(best['apd_mm'], 1)} <small>mm</small>", "avg perpendicular"),
+            ("good contours", f"{_round(best['good_contours_pct'], 0)} <small>%</small>",
+             "APD < 5 mm"),
+            ("Hausdorff", f"{_round(best['hausdorff_mm'], 1)} <small>mm</small>", "")]
+    cells = "".join(f"<div class='fig'><b>{v}</b><span>{e(k)}{' · ' + e(s) if s else ''}"
+                    "</span></div>" for k, v, s in figs)
+    return ("<section class='summary'><div class='card'>"
+            f"<div class='label'>Best network · trial {e(str(best['trial']))}</div>"
+            f"<div class='net'>{e(network_words(best))}</div><div class='figs'>{cells}</div>"
+            f"<div class='meta'>{_count(best['parameters'])} parameters · "
+            f"{int(best['scored_epoch'])} epochs · {_duration(best['train_seconds'])} of "
+            f"training over {run.n_folds} folds</div></div>"
+            f"<div class='side'>{''.join(side)}</div></section>")
+
+
+# (key, heading, digits or None for text) of the trial table's visible columns.
+_COLUMNS = (("rank", "#", 0), ("trial", "trial", None), ("status", "status", None),
+            ("cv_dice", "CV Dice", 3), ("cv_dice_std", "±", 3), ("apd_mm", "APD mm", 1),
+            ("good_contours_pct", "good %", 0), ("hausdorff_mm", "HD mm", 1),
+            ("parameters", "params", None), ("scored_epoch", "epochs", 0),
+            ("train_seconds", "time", None))
+
+
+def _trial_rows(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
+                varied: list[str]) -> str:
+    e = html.escape
+    rows = []
+    records = [dict(r, status="completed") for r in table.to_dict("records")]
+    records += [{"trial": p["trial"], "status": "failed" if p["status"] in ("failed", "invalid")
+                 else "running", "reason": p["reason"], "folds_done": p["folds_done"],
+                 **{k: v for k, v in hparams.session_values(
+                     run.trials[p["trial"]].hyperparameters.values).items()}}
+                for p in pending if p["trial"] in run.trials]
+    for r in records:
+        data, cells = {}, []
+        for key, _, digits in _COLUMNS:
+            value = r.get(key)
+            data[key] = "" if value is None or (isinstance(value, float) and math.isnan(value)) \
+                else str(value)
+            if key == "trial":
+                shown = (f"<button class='toggle' title='details'>\u25b8</button>"
+                         f"{e(str(value))}")
+            elif key == "parameters":
+                shown = _count(value) if value else "-"
+            elif key == "train_seconds":
+                shown = _duration(value) if value else "-"
+            elif digits is None:
+                shown = e(str(value)) if value is not None else "-"
+            else:
+                shown = _round(value, digits)
+            cells.append(f"<td>{shown}</td>" if key != "trial" else f"<td class='l'>{shown}</td>")
+        chips = "".join(f"<span class='chip'>{e(_chip_text(n, r[n]))}</span>"
+                        for n in varied if n in r)
+        attrs = " ".join(f"data-{k.replace('_', '-')}='{e(v)}'" for k, v in data.items())
+        rows.append(f"<tr class='status-{r['status']}' {attrs}>{''.join(cells)}"
+                    f"<td class='l'>{chips}</td></tr>")
+        details = [f"<b>{e(network_words(r))}</b>"]
+        fold_dice = [f"fold {k}: {_round(r.get(f'dice_fold_{k}'), 3)}"
+                     for k in range(run.n_folds) if r.get(f"dice_fold_{k}") is not None]
+        if fold_dice:
+            details.append("Dice per fold: " + ", ".join(fold_dice))
+        if r.get("continues"):
+            details.append(f"continues trial {e(str(r['continues']))}")
+        if r.get("reason"):
+            details.append(f"{e(r['status'])} ({e(str(r.get('folds_done', '')))} folds "
+                           f"done): {e(str(r['reason']))}")
+        values = ", ".join(f"{n} = {e(str(r[n]))}" for n in run.space.params if n in r)
+        details.append(f"hyperparameters: {values}")
+        rows.append(f"<tr class='more'><td colspan='{len(_COLUMNS) + 1}'>"
+                    + "<br>".join(details) + "</td></tr>")
+    return "".join(rows)
 
 
 def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
-                figures: dict[str, str | None]) -> str:
-    """The report as one self-contained HTML page (plots embedded as PNG data)."""
+                figures: dict[str, str | None], test: dict[str, Any] | None = None) -> str:
+    """The report as one self-contained HTML page that works offline (plots embedded as
+    PNG data, a few lines of inline JavaScript to sort and filter the table): the best
+    trial's summary first, then the plots, then one row per trial."""
     o = run.options
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(run.path.name)}"
-             f" - lvseg-search report</title><style>{CSS}</style></head><body>",
+    varied, fixed = hyperparameter_spread(run, table) if not table.empty else ([], {})
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+             f"<title>{e(run.path.name)} - lvseg-search report</title>"
+             f"<style>{CSS}</style></head><body>",
              f"<h1>Search report: {e(run.path.name)}</h1>",
-             f"<p>Space <b>{e(Path(o.space).stem)}</b>, {run.n_folds} patient-grouped folds, "
-             f"{len(run.splits['test'])} held-out test patient(s), images {o.image_size} px, "
-             f"Hyperband max {o.max_epochs} epochs, factor {o.factor}.<br>"
-             f"{e(_status_line(run, table, pending))}.</p>"]
-    if not table.empty:
-        cols = _columns(table, run.n_folds)
-        parts.append("<h2>Trials by CV Dice</h2><table><tr>"
-                     + "".join(f"<th>{e(c)}</th>" for c in cols) + "<th>network</th></tr>")
-        for _, row in table.iterrows():
-            parts.append("<tr>" + "".join(f"<td>{e(_fmt(row[c]))}</td>" for c in cols)
-                         + f"<td class='l'>{e(_network(row))}</td></tr>")
-        parts.append(f"</table><p class='note'>{e(EPOCH_RULE)}</p>")
-    captions = {"hyperparameters": "CV Dice against each hyperparameter that varies",
-                "curves": f"Learning curves of the top {TOP_CURVES} trials (validation Dice, "
-                          "each fold and the mean; promoted trials include the epochs of the "
-                          "trials they continue)",
+             f"<div class='sub'>space {e(Path(o.space).stem)} · {run.n_folds} "
+             f"patient-grouped folds · {len(run.splits['test'])} held-out test patient(s) · "
+             f"network input {o.image_size} px · Hyperband up to {o.max_epochs} epochs, "
+             f"factor {o.factor} · seed {o.seed}</div>",
+             _summary_card(run, table, pending, test)]
+    captions = {"hyperparameters": "CV Dice against each hyperparameter that varied",
+                "curves": f"Learning curves of the top {TOP_CURVES} trials (validation Dice "
+                          "at the network's input size, each fold and the mean; promoted "
+                          "trials include the epochs of the trials they continue)",
+                "brackets": "Hyperband brackets: each trial's CV Dice at its rung, lines "
+                            "from a trial to the one that continued it",
                 "overlays": "Best trial: expert (green) and predicted (red) contours on its "
                             "validation patients"}
-    for key, caption in captions.items():
-        if figures.get(key):
-            parts.append(f"<h2>{e(caption)}</h2><img alt='{e(key)}' "
-                         f"src='data:image/png;base64,{figures[key]}'>")
+    plots = [f"<h2>{e(caption)}</h2><img alt='{e(key)}' "
+             f"src='data:image/png;base64,{figures[key]}'>"
+             for key, caption in captions.items() if figures.get(key)]
+    if plots:
+        parts.append("<div class='plots'>" + "".join(plots) + "</div>")
+    if not table.empty or pending:
+        parts.append("<h2>Trials</h2>")
+        if fixed:
+            parts.append("<p class='note'>The same in every completed trial: "
+                         + ", ".join(f"{e(n)} {e(str(v))}" for n, v in fixed.items()) + "</p>")
+        parts.append("<div class='controls'>Show <select id='status'>"
+                     "<option value='all'>all trials</option>"
+                     "<option value='completed'>completed</option>"
+                     "<option value='failed'>failed</option>"
+                     "<option value='running'>running or interrupted</option></select>"
+                     " · click a heading to sort · \u25b8 for a trial's details</div>")
+        heads = "".join(f"<th data-key='{k.replace('_', '-')}'"
+                        f"{' class=l' if k == 'trial' else ''}>{e(h)}</th>"
+                        for k, h, _ in _COLUMNS)
+        parts.append(f"<table id='trials'><thead><tr>{heads}<th class='l'>network "
+                     "(what varied)</th></tr></thead><tbody>"
+                     + _trial_rows(run, table, pending, varied) + "</tbody></table>")
+        parts.append(f"<p class='note'>{e(EPOCH_RULE)}</p>")
     broken = _unreadable(run)
     if broken:
         parts.append(f"<h2>Unreadable records</h2><p class='note'>{e(_unreadable_hint(run))}."
-                     "</p><table><tr><th>file</th><th>problem</th></tr>")
+                     "</p><table><tr><th class='l'>file</th><th>problem</th></tr>")
         parts += [f"<tr><td class='l'>{e(str(u.path))}</td><td>{e(u.reason)}</td></tr>"
                   for u in broken]
         parts.append("</table>")
-    if pending:
-        parts.append("<h2>Not complete</h2><table><tr><th>trial</th><th>status</th>"
-                     "<th>folds done</th><th>reason</th></tr>")
-        parts += [f"<tr><td>{e(p['trial'])}</td><td>{e(p['status'])}</td>"
-                  f"<td>{e(p['folds_done'])}</td><td class='l'>{e(p['reason'])}</td></tr>"
-                  for p in pending]
-        parts.append("</table>")
     parts.append(f"<p class='note'>TensorBoard: <code>tensorboard --logdir "
                  f"{e(str(run.path / hparams.DIRNAME))}</code> (HParams tab). Written "
-                 f"{time.strftime('%Y-%m-%d %H:%M')}.</p></body></html>")
+                 f"{time.strftime('%Y-%m-%d %H:%M')}.</p><script>{SCRIPT}</script>"
+                 "</body></html>")
     return "\n".join(parts)
 
 
@@ -382,19 +733,25 @@ def write_report(run_dir: Path, out: Path | None = None, overlays: bool = True,
     pending = unfinished(run)
     figures: dict[str, str | None] = {}
     image_scores: list[dict[str, Any]] = []
+    test = None
     if not table.empty:
         figures["hyperparameters"] = plot_dice_vs_hyperparameters(run, table)
         figures["curves"] = plot_learning_curves(run, table)
+        figures["brackets"] = plot_brackets(run)
         if overlays:
             import keras
 
-            figures["overlays"], image_scores = plot_overlays(run, str(table["trial"][0]))
+            best = str(table["trial"][0])
+            networks = [run.fold_network(best, k) for k in range(run.n_folds)]
+            figures["overlays"], image_scores = plot_overlays(run, best, networks)
+            test = score_test(run, networks)
+            del networks
             keras.backend.clear_session()
     sync_tensorboard(run)
     files = {"csv": out / "report.csv", "md": out / "report.md", "html": out / "report.html"}
     atomic.write_text(files["csv"], table.to_csv(index=False))
-    atomic.write_text(files["md"], render_markdown(run, table, pending))
-    atomic.write_text(files["html"], render_html(run, table, pending, figures))
+    atomic.write_text(files["md"], render_markdown(run, table, pending, test))
+    atomic.write_text(files["html"], render_html(run, table, pending, figures, test))
     if image_scores:
         files["images_csv"] = out / "report_best_trial_images.csv"
         atomic.write_text(files["images_csv"], pd.DataFrame(image_scores).to_csv(index=False))

@@ -32,9 +32,11 @@ def test_tensorboard_holds_the_space_the_metrics_and_one_session_per_trial(tiny_
     experiment, sessions, scalars = read_logs(tiny_run / "tensorboard")
     assert experiment is not None
     declared = {h.name: h for h in experiment.hparam_infos}
-    for name in ("depth", "base_filters", "decoder", "downsampling", "learning_rate", "loss",
+    for name in ("depth", "base_filters", "decoder", "downsampling", "learning_rate",
                  "epochs"):
         assert name in declared
+    # What the space fixes is not a column of its own (the sessions still record it).
+    assert not {"loss", "optimizer", "kernel_size", "normalization"} & set(declared)
     assert list(declared["depth"].domain_discrete.values) and declared["depth"]
     assert declared["learning_rate"].domain_interval.min_value == pytest.approx(1e-3)
     assert declared["learning_rate"].domain_interval.max_value == pytest.approx(1e-2)
@@ -71,10 +73,14 @@ def test_report_ranks_trials_and_embeds_its_plots(tiny_run, capsys):
     assert table["good_contours_pct"].between(0, 100).all()
     page = (tiny_run / "report.html").read_text()
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert len(images) == 3  # hyperparameters, learning curves, overlays
+    assert len(images) == 4  # hyperparameters, learning curves, brackets, overlays
     for data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG")
-    assert "src='http" not in page and "<script" not in page  # self-contained
+    # Self-contained: no file or script from elsewhere, the script inline.
+    assert "src='http" not in page and "<script src" not in page and "<link" not in page
+    # The summary comes first, with the command that exports the best trial.
+    assert page.index("class='summary'") < page.index("<img") < page.index("id='trials'")
+    assert f"lvseg-search export {tiny_run} --out models/{tiny_run.name}" in page
     md = (tiny_run / "report.md").read_text()
     assert f"| 1 | {table['trial'][0]:04d} |" in md
     assert "best: trial" in capsys.readouterr().out
@@ -375,3 +381,80 @@ def test_a_folder_is_split_into_its_dicom_series():
     assert names == [("p/series_0010-0013", 8), ("p/series_0002", 2)]
     assert split_series("p", files[:4], sax[:4])[0][0] == "p/series_0010"
     assert split_series("p", files[:4] * 2, sax)[0][0] == "p"
+
+
+def _chromium() -> str:
+    """The system's Chromium (installed by .ci/run from Debian's packages)."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no Chromium on this machine (apt-get install chromium): the report is not "
+                "checked in a browser here")
+
+
+# Runs in the page once it has loaded, as a person would look at it, and writes what it
+# saw into the page for --dump-dom to return.
+PROBE = """<script>window.addEventListener('load', function () {
+  var r = {width: window.innerWidth, height: window.innerHeight,
+           scroll_width: document.documentElement.scrollWidth};
+  var card = document.querySelector('.summary .card').getBoundingClientRect();
+  r.card_top = card.top; r.card_bottom = card.bottom;
+  var imgs = Array.prototype.slice.call(document.images);
+  r.images = imgs.length;
+  r.loaded = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  function column(key) {
+    return Array.prototype.slice.call(document.querySelectorAll('#trials tbody tr'))
+      .filter(function (tr) { return !tr.classList.contains('more'); })
+      .map(function (tr) { return tr.getAttribute('data-' + key); });
+  }
+  var th = document.querySelector("th[data-key='apd-mm']");
+  th.click(); r.apd_up = column('apd-mm');
+  th.click(); r.apd_down = column('apd-mm');
+  var toggle = document.querySelector('#trials button.toggle');
+  toggle.click();
+  r.details_open = getComputedStyle(toggle.closest('tr').nextElementSibling).display;
+  var pick = document.getElementById('status');
+  pick.value = 'failed'; pick.dispatchEvent(new Event('change'));
+  r.shown_failed = Array.prototype.slice.call(document.querySelectorAll('#trials tbody tr'))
+    .filter(function (tr) { return !tr.classList.contains('more') && tr.style.display !== 'none'; })
+    .length;
+  var pre = document.createElement('pre'); pre.id = 'probe';
+  pre.textContent = JSON.stringify(r); document.body.appendChild(pre);
+});</script>"""
+
+
+def test_report_as_a_person_sees_it_in_chromium(tiny_run, tmp_path):
+    import subprocess
+
+    from lvseg_search.report import write_report
+
+    browser = _chromium()
+    files = write_report(tiny_run, tmp_path / "report", verbose=False)["files"]
+    page = files["html"].read_text()
+    probe = tmp_path / "report" / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+             "--window-size=1280,800"]
+    dom = subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    seen = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom).group(1)
+                      .replace("&quot;", '"'))
+    # The window is 1280 x 800; the page gets all its width and (headless) 650-800 px of
+    # its height, as a browser with its bars would.
+    assert seen["width"] == 1280 and 600 <= seen["height"] <= 800
+    assert seen["card_top"] >= 0 and seen["card_bottom"] <= seen["height"]  # above the fold
+    assert seen["scroll_width"] <= 1280  # no sideways scrolling
+    assert seen["images"] == 4 and seen["loaded"] == 4  # every plot shows
+    values = [float(v) for v in seen["apd_up"]]
+    assert values == sorted(values) and len(values) >= 2  # sorted by a click...
+    assert [float(v) for v in seen["apd_down"]] == sorted(values, reverse=True)  # ...and back
+    assert seen["details_open"] == "table-row" and seen["shown_failed"] == 0
+    shot = tmp_path / "top.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", files["html"].as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.read_bytes().startswith(b"\x89PNG")

@@ -42,7 +42,7 @@ def _domain(param):
 
 
 def write_config(logdir: Path, space: SearchSpace, n_folds: int, max_epochs: int) -> None:
-    """Declares the space's hyperparameters and the search's metrics.
+    """Declares the space's varying hyperparameters and the search's metrics.
 
     Args:
         logdir: The run's TensorBoard folder.
@@ -53,7 +53,10 @@ def write_config(logdir: Path, space: SearchSpace, n_folds: int, max_epochs: int
     from tensorboard.plugins.hparams import api as hp
 
     t = tf()
-    hparams = [hp.HParam(p.name, _domain(p)) for p in space.params.values()]
+    # A hyperparameter the space fixes is the same in every session: left out of the
+    # experiment's declared columns (the sessions still record it), so the HParams table
+    # opens on what varies.
+    hparams = [hp.HParam(p.name, _domain(p)) for p in space.params.values() if not p.fixed]
     hparams.append(hp.HParam(EPOCHS, hp.IntInterval(1, int(max_epochs)),
                              description="Hyperband epoch budget of the trial"))
     metrics = [hp.Metric(tag, display_name=name, description=text)
