@@ -24,11 +24,13 @@ from lvseg_search.engine.run import Run, completed_trials, load_run, trial_messa
 from lvseg_search.engine.trial_score import hparams_metrics, scored_epoch
 
 # What every figure of a row is (the trial score's epoch rule), said under each table.
-EPOCH_RULE = ("Every figure of a row is at one epoch, the trial's last (`scored_epoch`): "
+EPOCH_RULE = ("Every figure of a row is at one epoch, the trial's last (`scored_epoch`), "
+              "and on the masks as delivered (each image's stored grid, largest region): "
               "CV Dice is the mean over folds of the validation Dice of the fold models as "
               "saved, and APD, Hausdorff and good contours (APD < 5 mm) are those same "
-              "models' on the validation patients at full resolution, averaged over folds. "
-              "(Runs written before this rule ranked by the best mean epoch.)")
+              "models', averaged over folds. The learning curves are at the network's "
+              "input size. (Runs written before this rule ranked by the best mean epoch "
+              "at the network's input size.)")
 TOP_CURVES = 3  # learning curves drawn for this many of the best trials
 OVERLAYS_PER_PATIENT = 4
 

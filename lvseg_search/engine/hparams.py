@@ -21,7 +21,7 @@ DIRNAME = "tensorboard"
 EPOCHS = "epochs"  # Hyperband's epoch budget of the trial (keras-tuner's tuner/epochs)
 # (tag, display name, description) of the trial-level metrics.
 TRIAL_METRICS = (
-    ("cv_dice", "CV Dice", "mean validation Dice over the folds at the last epoch"),
+    ("cv_dice", "CV Dice", "mean validation Dice over the folds, last epoch, masks as delivered"),
     ("cv_dice_std", "CV Dice std", "standard deviation of the folds' validation Dice"),
     ("apd_mm", "APD (mm)", "average perpendicular distance, validation, last epoch"),
     ("hausdorff_mm", "Hausdorff (mm)", "Hausdorff distance, validation, last epoch"),

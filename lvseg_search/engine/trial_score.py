@@ -15,7 +15,8 @@ class UnscorableTrial(ValueError):
 
 
 def cv_score(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Scores a trial from its fold results, every figure at one epoch: the last.
+    """Scores a trial from its fold results, every figure at one epoch (the last) and on
+    the masks as delivered.
 
     Each fold is scored by its model as saved (its last epoch): the Dice that ranks the
     trial, and the contour distances (APD, Hausdorff, good contours), come from the same
@@ -23,6 +24,13 @@ def cv_score(results: list[dict[str, Any]]) -> dict[str, float]:
     ``export`` retrains for as many epochs. Picking the best of each trial's epochs
     instead would rank it by a model that no checkpoint holds, and by a maximum over
     noisy epochs, which is biased upwards.
+
+    The Dice that ranks the trial (and that Hyperband promotes by) is that of the masks
+    as the product delivers them: the network's probabilities resized back to each
+    image's stored grid, arg-max, largest region, against the stored mask (the fold
+    result's ``evaluation.dice``). The per-epoch curves stay at the network's input size,
+    which is cheaper; their last value is kept as ``val_dice_network``. Fold results
+    written before they held the delivered Dice are scored by their last epoch's.
 
     Args:
         results: The folds' saved results (``history.val_dice``, ``initial_epoch``,
@@ -50,13 +58,16 @@ def cv_score(results: list[dict[str, Any]]) -> dict[str, float]:
         raise UnscorableTrial("folds trained for different numbers of epochs ("
                               + ", ".join(f"fold {r['fold']}: {e}" for r, e in
                                           zip(results, ends, strict=True)) + ")")
-    values = np.array(last, dtype=np.float64)
+    delivered = [r.get("evaluation", {}).get("dice") for r in results]
+    on_delivered = all(d is not None for d in delivered)
+    values = np.array(delivered if on_delivered else last, dtype=np.float64)
     if not np.isfinite(values).all():
         bad = [str(r["fold"]) for r, v in zip(results, values, strict=True)
                if not np.isfinite(v)]
         raise UnscorableTrial(f"fold {', '.join(bad)}: validation Dice is not a number")
     metrics = {"val_dice": float(values.mean()), "val_dice_std": float(values.std()),
-               "scored_epoch": float(ends[0])}
+               "scored_epoch": float(ends[0]),
+               "val_dice_network": float(np.mean(last))}
     for r, value in zip(results, values, strict=True):
         metrics[f"val_dice_fold_{r['fold']}"] = float(value)
     for key in EVALUATION_METRICS:

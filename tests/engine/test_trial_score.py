@@ -66,3 +66,13 @@ def test_runs_scored_by_the_older_rule_keep_their_epoch():
     assert scored_epoch({"best_epoch": 7.0}) == 7
     assert scored_epoch({"scored_epoch": 9.0, "best_epoch": 7.0}) == 9
     assert scored_epoch({}) == 0
+
+
+def test_the_score_is_the_dice_of_the_masks_as_delivered():
+    # The network-grid curves end at 0.6 and 0.8; the full-resolution masks as delivered
+    # score 0.5 and 0.7, and that is what ranks the trial.
+    m = cv_score([_fold(0, [0.2, 0.6], dice=0.5), _fold(1, [0.3, 0.8], dice=0.7)])
+    assert m["val_dice"] == pytest.approx(0.6) and m["val_dice_network"] == pytest.approx(0.7)
+    assert (m["val_dice_fold_0"], m["val_dice_fold_1"]) == pytest.approx((0.5, 0.7))
+    with pytest.raises(UnscorableTrial, match="fold 1: validation Dice is not a number"):
+        cv_score([_fold(0, [0.6], dice=0.5), _fold(1, [0.8], dice=math.nan)])
