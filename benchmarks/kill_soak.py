@@ -25,31 +25,16 @@ import threading
 import time
 from pathlib import Path
 
+from search_overhead import TINY_SPACE  # the same tiny networks as that benchmark's
+
 from lvseg_search.data.phantom import synth
 from lvseg_search.prepare import prepare
-
-SPACE = """
-[hyperparameters]
-architecture = { values = ["encoder_decoder"] }
-depth = { values = [1, 2] }
-base_filters = { values = [4, 8] }
-kernel_size = { values = [3] }
-convs_per_stage = { values = [1] }
-downsampling = { values = ["max_pool", "strided_conv"] }
-decoder = { values = ["unet"] }
-normalization = { values = ["batch"] }
-dropout = { values = [0.0] }
-activation = { values = ["relu"] }
-loss = { values = ["crossentropy_dice"] }
-optimizer = { values = ["adam"] }
-learning_rate = { min = 1e-3, max = 1e-2, sampling = "log" }
-"""
 
 
 def command(data: Path, out: Path, space: Path, seed: int, recycle: int) -> list[str]:
     return [sys.executable, "-m", "lvseg_search", "search", "--data", str(data),
             "--space", str(space), "--out", str(out), "--folds", "3", "--max-epochs", "4",
-            "--factor", "2", "--image-size", "32", "--batch-size", "4",
+            "--factor", "2", "--iterations", "2", "--image-size", "32", "--batch-size", "4",
             "--steps-per-epoch", "4", "--seed", str(seed), "--recycle-every", str(recycle)]
 
 
@@ -162,7 +147,7 @@ def main() -> None:
         synth(tmp / "phantom", 5, seed=3, size=32, progress=False)
         prepare(tmp / "phantom", tmp / "data", progress=False)
         space = tmp / "soak.toml"
-        space.write_text(SPACE)
+        space.write_text(TINY_SPACE)
 
         start = time.monotonic()
         ref = subprocess.run(command(tmp / "data", tmp / "reference", space, args.seed,

@@ -364,17 +364,17 @@ max-width:1240px;color:#1d2330}
 h1{font-size:20px;margin:4px 0}h2{font-size:16px;margin:22px 0 8px}
 .sub,.note{color:#5b6475;font-size:12.5px}
 .summary{display:flex;gap:16px;flex-wrap:wrap;margin:10px 0 6px}
-.card{flex:1 1 560px;border:1px solid #cfd6e4;border-radius:8px;padding:12px 16px;
+.card{flex:2 1 600px;border:1px solid #cfd6e4;border-radius:8px;padding:12px 16px;
 background:#f7f9fd}
-.side{flex:1 1 320px;border:1px solid #e1e5ee;border-radius:8px;padding:12px 16px}
+.side{flex:1 1 280px;border:1px solid #e1e5ee;border-radius:8px;padding:12px 16px}
 .label{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#5b6475}
 .net{font-size:15px;font-weight:600;margin:2px 0 8px}
-.figs{display:flex;gap:22px;flex-wrap:wrap}
+.figs{display:flex;gap:18px;flex-wrap:wrap}
 .fig b{display:block;font-size:24px;font-weight:650}.fig span{font-size:12px;color:#5b6475}
 .fig small{font-size:13px;color:#1d2330;font-weight:400}
 .meta{margin-top:8px;font-size:12.5px;color:#394152}
 .side div{margin-bottom:8px}
-code{background:#eef1f7;border-radius:4px;padding:1px 5px;font-size:12.5px;word-break:break-all}
+code{background:#eef1f7;border-radius:4px;padding:1px 5px;font-size:12.5px;overflow-wrap:anywhere}
 img{max-width:100%;height:auto;border:1px solid #e1e5ee;border-radius:4px}
 .plots{display:grid;grid-template-columns:1fr;gap:6px}
 table{border-collapse:collapse;width:100%;font-size:13px}
