@@ -167,7 +167,7 @@ def main() -> None:
             # Random moments over the whole run: a restart costs a few seconds of start-up,
             # so the search still advances between kills.
             finished, line, ran, began = run_until_killed(
-                cmd, rng.uniform(6.0, max(12.0, wall / 3)))
+                cmd, rng.uniform(7.0, 16.0))
             if finished:
                 print(f"(the search finished before kill {kills + 1}; {ran:.0f} s)")
                 break
