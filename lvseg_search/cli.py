@@ -127,7 +127,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                hyperband_iterations=args.iterations, image_size=args.image_size,
                batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
                normalization=args.normalization, seed=args.seed, precision=args.precision,
-               jit=args.jit, max_trials=args.max_trials,
+               jit=args.jit, max_trials=args.max_trials, oracle=args.oracle,
                recycle_every=args.recycle_every or None)
     return 0
 
@@ -228,7 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-ids", help="comma-separated patient ids to hold out instead")
     _split_options(p)
     p.add_argument("--splits", type=Path, help="use this splits.json instead")
-    p.add_argument("--max-epochs", type=int, help="Hyperband's largest epoch budget")
+    p.add_argument("--oracle", choices=["hyperband", "random", "bayesian", "fixed"],
+                   help="keras-tuner's oracle that samples the trials (default hyperband); "
+                        "random and bayesian train every trial --max-epochs epochs, "
+                        "--max-trials trials (default 10); fixed trains the space's "
+                        "[default] network only, as a baseline")
+    p.add_argument("--max-epochs", type=int,
+                   help="epochs of the longest trial (Hyperband's largest budget)")
     p.add_argument("--factor", type=int, help="Hyperband's reduction factor")
     p.add_argument("--iterations", type=int,
                    help="Hyperband iterations; re-run with more to extend a search")

@@ -218,7 +218,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             networks = [run.fold_network(trial.trial_id, k) for k in range(run.n_folds)]
             trained_on = sorted({p for f in run.splits["folds"] for p in f["train"]})
             training = {"mode": "ensemble", "models": run.n_folds,
-                        "epochs": int(trial.hyperparameters.values.get("tuner/epochs", 0))}
+                        "epochs": scored_epoch(metrics)}
             if verbose:
                 print(f"export: ensemble of trial {trial.trial_id}'s {run.n_folds} fold models",
                       flush=True)
@@ -295,7 +295,8 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "task": "left-ventricle blood pool segmentation of short-axis cine cardiac MRI",
         "search": {"run": run.path.name, "space": Path(o.space).stem, "trial": trial.trial_id,
-                   "folds": run.n_folds, "max_epochs": o.max_epochs, "factor": o.factor,
+                   "folds": run.n_folds, "oracle": o.oracle, "max_epochs": o.max_epochs,
+                   "factor": o.factor,
                    "seed": o.seed, "precision_in_search": o.precision,
                    "steps_per_epoch": o.steps_per_epoch,  # 0: one pass over the training
                    "augmentation": {"rotation_deg": o.augment_rotation_deg,

@@ -52,7 +52,7 @@ def trial_table(run: Run) -> pd.DataFrame:
                     "parameters": int(m.get("parameters") or
                                       (folds[0].get("parameters", 0) if folds else 0)),
                     "scored_epoch": scored_epoch(m),
-                    "epochs": int(hp.get("tuner/epochs", 0)),
+                    "epochs": int(hp.get("tuner/epochs", run.options.max_epochs)),
                     "continues": hp.get("tuner/trial_id") or "",
                     "train_seconds": round(sum(f.get("train_seconds", 0.0) for f in folds), 1)})
         row.update(hparams.session_values({k: v for k, v in hp.items()
@@ -312,7 +312,7 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
     lines = [f"# Search report: {run.path.name}", "",
              f"Space `{Path(o.space).stem}`, {run.n_folds} patient-grouped folds, "
              f"{len(run.splits['test'])} held-out test patient(s), network input "
-             f"{o.image_size} px, Hyperband max {o.max_epochs} epochs, factor {o.factor}.",
+             f"{o.image_size} px, {_plan(run)}.",
              "", _status_line(run, table, pending) + ".", ""]
     if not table.empty:
         best = table.iloc[0]
@@ -512,6 +512,16 @@ def search_progress(run: Run, table: pd.DataFrame,
             "running_now": is_locked(run.path)}
 
 
+def _plan(run: Run) -> str:
+    """How the search sampled and trained its trials, in words."""
+    o = run.options
+    if o.oracle == "hyperband":
+        return f"Hyperband up to {o.max_epochs} epochs, factor {o.factor}"
+    if o.oracle == "fixed":
+        return f"the space's default network, {o.max_epochs} epochs"
+    return f"{o.oracle} search, {o.max_trials} trials of {o.max_epochs} epochs"
+
+
 def _export_command(run: Run) -> str:
     return f"lvseg-search export {run.path} --out models/{run.path.name}"
 
@@ -637,8 +647,7 @@ def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
              f"<h1>Search report: {e(run.path.name)}</h1>",
              f"<div class='sub'>space {e(Path(o.space).stem)} · {run.n_folds} "
              f"patient-grouped folds · {len(run.splits['test'])} held-out test patient(s) · "
-             f"network input {o.image_size} px · Hyperband up to {o.max_epochs} epochs, "
-             f"factor {o.factor} · seed {o.seed}</div>",
+             f"network input {o.image_size} px · {e(_plan(run))} · seed {o.seed}</div>",
              _summary_card(run, table, pending, test)]
     captions = {"hyperparameters": "CV Dice against each hyperparameter that varied",
                 "curves": f"Learning curves of the top {TOP_CURVES} trials (validation Dice "

@@ -465,3 +465,65 @@ def test_weight_seeds_stay_in_numpys_range():
 
     assert weights_seed(3, "0005") == 3 * 100003 + 5  # small seeds: as before
     assert 0 <= weights_seed(2**32 - 2, "19") < 2**32
+
+
+@pytest.mark.parametrize("oracle", ["random", "bayesian"])
+def test_every_oracle_cross_validates_and_resumes_after_a_kill(oracle, tiny_data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
+           "--space", str(TINY), "--out", str(out), "--oracle", oracle, "--max-trials", "3",
+           "--folds", "2", "--max-epochs", "2", "--image-size", "32", "--batch-size", "4",
+           "--steps-per-epoch", "2", "--recycle-every", "0", "--quiet"]
+    marker = out / "tuner" / "trial_1" / "fold_0" / RESULT
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the search never finished a fold of its second trial"
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("tuner/trial_*/fold_*/" + RESULT)}
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for path, stamp in finished.items():
+        assert path.stat().st_mtime_ns == stamp, f"{path} was trained again"
+    record = json.loads((out / "search.json").read_text())
+    assert (record["oracle"], record["max_trials"]) == (oracle, 3)
+    trials = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/trial.json")]
+    assert len(trials) == 3 and all(t["status"] == "COMPLETED" for t in trials)
+    for t in trials:
+        # No Hyperband bookkeeping: every trial trains the whole budget from scratch.
+        assert not any(k.startswith("tuner/") for k in t["hyperparameters"]["values"])
+        folds = sorted((out / "tuner" / f"trial_{t['trial_id']}").glob("fold_*"))
+        assert len(folds) == 2
+        for k, fold in enumerate(folds):
+            assert (fold / CHECKPOINT).is_file()
+            result = json.loads((fold / RESULT).read_text())
+            assert result["initial_epoch"] == 0 and len(result["history"]["val_dice"]) == 2
+            assert f"val_dice_fold_{k}" in t["metrics"]["metrics"]
+
+
+def test_the_fixed_oracle_trains_the_spaces_default_network(tiny_data, tmp_path):
+    from lvseg_search.errors import UserError
+
+    common = dict(folds=2, max_epochs=2, image_size=32, batch_size=4, steps_per_epoch=1,
+                  verbose=False)
+    with pytest.raises(UserError, match="--oracle fixed: the space 'tiny' .* no \\[default\\]"):
+        run_search(tiny_data, tmp_path / "none", str(TINY), oracle="fixed", **common)
+    assert not (tmp_path / "none").exists()
+    space = tmp_path / "tiny_default.toml"
+    space.write_text(TINY.read_text() + "\n[default]\ndepth = 2\nbase_filters = 4\n"
+                     'downsampling = "strided_conv"\ndecoder = "unet"\nlearning_rate = 5e-3\n')
+    summary = run_search(tiny_data, tmp_path / "run", str(space), oracle="fixed", **common)
+    assert summary["n_trials"] == 1 and len(summary["completed"]) == 1
+    values = summary["completed"][0]["hyperparameters"]
+    assert (values["depth"], values["base_filters"], values["downsampling"],
+            values["decoder"], values["learning_rate"]) == (2, 4, "strided_conv", "unet", 5e-3)
+    assert json.loads((tmp_path / "run" / "search.json").read_text())["oracle"] == "fixed"
+    assert len(list((tmp_path / "run").glob("tuner/trial_*/fold_*/" + RESULT))) == 2

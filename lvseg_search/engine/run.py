@@ -46,6 +46,10 @@ PROJECT = "tuner"
 SPLIT_OPTIONS = ("folds", "test_patients", "test_ids", "test_seed", "stratify", "groups_file",
                  "group_column")
 STRATIFY = ("slices", "group")
+# keras-tuner's oracles (engine.tuner.make_oracle), and the trials the random and the
+# Bayesian ones run by default, as in keras-tuner.
+ORACLES = ("hyperband", "random", "bayesian", "fixed")
+DEFAULT_MAX_TRIALS = 10
 # Options that only size the search, not how a trial trains: a run may resume with others.
 BUDGET_OPTIONS = ("max_trials", "hyperband_iterations")
 # Training augmentation (flips always): the pipeline's defaults unless the space sets them.
@@ -143,6 +147,8 @@ class SearchOptions:
     # (a run resumes from its splits.json, so older folders need no other value).
     test_seed: int = 0
     stratify: str = "slices"
+    # keras-tuner's oracle that samples trials (run folders before the choice: Hyperband).
+    oracle: str = "hyperband"
     groups_file: str = ""
     group_column: str = "group"
 
@@ -183,6 +189,19 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
     if precision not in PRECISIONS:
         raise UserError(f"--precision: unknown {precision!r}; choose {', '.join(PRECISIONS)}")
     check_image_size(space, merged["image_size"])
+    oracle = given.get("oracle") or "hyperband"
+    if oracle not in ORACLES:
+        raise UserError(f"--oracle: unknown {oracle!r}; choose one of {', '.join(ORACLES)}")
+    max_trials = given.get("max_trials")
+    if oracle == "fixed":
+        if not space.default:
+            raise UserError(f"--oracle fixed: the space {space.name!r} ({space.path}) has no "
+                            "[default] table; add one value per hyperparameter, or choose "
+                            "another --oracle")
+        max_trials = 1
+    elif oracle != "hyperband" and max_trials is None:
+        # What keras-tuner's RandomSearch and BayesianOptimization take by default.
+        max_trials = DEFAULT_MAX_TRIALS
     groups_file = given.get("groups_file")
     stratify = given.get("stratify") or ("group" if groups_file else "slices")
     if stratify not in STRATIFY:
@@ -197,7 +216,7 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         space_digest=space.digest,
         test_patients=int(given.get("test_patients") or 0),
         test_ids=tuple(given.get("test_ids") or ()), seed=int(given.get("seed") or 0),
-        precision=precision, jit=bool(given.get("jit")), max_trials=given.get("max_trials"),
+        precision=precision, jit=bool(given.get("jit")), max_trials=max_trials, oracle=oracle,
         **merged)
 
 

@@ -50,7 +50,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     from lvseg_search.engine import hparams
     from lvseg_search.engine.cv import CrossValidation
     from lvseg_search.engine.distribute import make_strategy
-    from lvseg_search.engine.tuner import CVHyperband
+    from lvseg_search.engine.tuner import CVTuner, make_oracle
     from lvseg_search.model.hypermodel import SegmentationHyperModel
 
     # The hypermodel sets Keras's process-wide dtype policy (--precision) at each build,
@@ -69,27 +69,36 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
                                         jit_compile=options.jit, precision=options.precision)
     # keras-tuner announces a resume with a bare print; ours below says more.
     with contextlib.redirect_stdout(io.StringIO()):
-        tuner = CVHyperband(cv, seed=options.seed, verbose=verbose, hypermodel=hypermodel,
-                            max_epochs=options.max_epochs, factor=options.factor,
-                            hyperband_iterations=options.hyperband_iterations,
-                            distribution_strategy=dist, directory=str(out), project_name=PROJECT,
-                            tensorboard_dir=out / hparams.DIRNAME, trial_budget=trial_budget,
-                            on_share_ending=on_share_ending)
+        oracle = make_oracle(options.oracle, seed=options.seed, max_epochs=options.max_epochs,
+                             factor=options.factor,
+                             hyperband_iterations=options.hyperband_iterations,
+                             max_trials=options.max_trials, default=sp.default)
+        tuner = CVTuner(cv, oracle, options.max_epochs, seed=options.seed, verbose=verbose,
+                        hypermodel=hypermodel, distribution_strategy=dist, directory=str(out),
+                        project_name=PROJECT, tensorboard_dir=out / hparams.DIRNAME,
+                        trial_budget=trial_budget, on_share_ending=on_share_ending)
     is_chief = role == "chief"
     logdir = out / hparams.DIRNAME
     if role != "worker" and not any(logdir.glob("events.out.tfevents.*")):
         hparams.write_config(logdir, sp, cv.n_folds, options.max_epochs)
     if is_chief or not hasattr(tuner.oracle, "stub"):
-        # A cap on Hyperband's own schedule, for a fixed budget (the oracle owns it).
+        # A cap on Hyperband's own schedule (or the other oracles' budget), for a fixed
+        # budget: a resumed oracle took it from its saved state, and the run's options may
+        # have changed it since, to extend or cap the search.
         tuner.oracle.max_trials = options.max_trials
-        # A resumed oracle took its iterations from its saved state; the run's options may
-        # have raised them since, to extend a finished schedule.
-        tuner.oracle.hyperband_iterations = options.hyperband_iterations
+        if options.oracle == "hyperband":
+            # Likewise its iterations, to extend a finished schedule.
+            tuner.oracle.hyperband_iterations = options.hyperband_iterations
     if verbose and not is_chief and header:
+        plan = (f"Hyperband, max {options.max_epochs} epochs, factor {options.factor}"
+                if options.oracle == "hyperband" else
+                f"the space's [default] network, {options.max_epochs} epochs"
+                if options.oracle == "fixed" else
+                f"{options.oracle} search, {options.max_trials} trials of "
+                f"{options.max_epochs} epochs")
         print(f"search: space {sp.name}, {cv.n_folds} patient-grouped folds, "
-              f"{len(split['test'])} held-out test patient(s), max {options.max_epochs} "
-              f"epochs, factor {options.factor}, images {options.image_size}px -> {out}",
-              flush=True)
+              f"{len(split['test'])} held-out test patient(s), {plan}, images "
+              f"{options.image_size}px -> {out}", flush=True)
         print(splits.format_balance(split, data.slice_counts), flush=True)
         done = len(list((out / PROJECT).glob("trial_*/trial.json")))
         if done:

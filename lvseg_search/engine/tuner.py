@@ -31,6 +31,7 @@ from lvseg_search.engine.cv import CrossValidation
 from lvseg_search.engine.run import (
     CHECKPOINT,
     FAILURE,
+    ORACLES,
     RESULT,
     UnreadableRecord,
     fold_dir,
@@ -126,13 +127,59 @@ def weights_seed(seed: int, trial_id: str) -> int:
     return (seed * 100003 + int(trial_id)) % 2**32
 
 
-class CVHyperband(keras_tuner.Hyperband):
-    """Hyperband whose trials are scored by K-fold cross-validation.
+def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
+                hyperband_iterations: int, max_trials: int | None,
+                default: dict[str, Any] | None = None) -> keras_tuner.Oracle:
+    """One of keras-tuner's own oracles for the search, maximizing ``val_dice``.
+
+    Args:
+        kind: ``hyperband`` (epochs by rung, ``factor`` and ``hyperband_iterations``),
+            ``random`` or ``bayesian`` (every trial trains ``max_epochs`` epochs, up to
+            ``max_trials`` trials), or ``fixed`` (one trial: ``default``).
+        seed: The search's seed (keras-tuner takes 0 for none and draws a random one,
+            so the oracle gets ``seed + 1``).
+        max_epochs: Epochs of the longest trial.
+        factor: Hyperband's reduction factor.
+        hyperband_iterations: Hyperband's iterations.
+        max_trials: Trials at most (Hyperband: a cap on its schedule; None: none).
+        default: The space's default configuration, for ``fixed``.
+
+    Raises:
+        ValueError: An unknown kind.
+    """
+    objective = keras_tuner.Objective("val_dice", direction="max")
+    common = {"objective": objective, "seed": seed + 1, "max_consecutive_failed_trials": 8}
+    if kind == "hyperband":
+        return keras_tuner.oracles.HyperbandOracle(
+            max_epochs=max_epochs, factor=factor, hyperband_iterations=hyperband_iterations,
+            **common)
+    if kind == "random":
+        return keras_tuner.oracles.RandomSearchOracle(max_trials=max_trials, **common)
+    if kind == "bayesian":
+        return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=max_trials, **common)
+    if kind == "fixed":
+        # keras-tuner's own way to pin values: the space registers its hyperparameters
+        # on these, and a registered Fixed value wins over the space's choice or range.
+        fixed = keras_tuner.HyperParameters()
+        for name, value in (default or {}).items():
+            fixed.Fixed(name, value)
+        return keras_tuner.oracles.RandomSearchOracle(
+            max_trials=1, hyperparameters=fixed, tune_new_entries=False, **common)
+    raise ValueError(f"unknown oracle {kind!r}; choose one of {', '.join(ORACLES)}")
+
+
+class CVTuner(keras_tuner.Tuner):
+    """keras-tuner's Tuner with every trial scored by K-fold cross-validation, driven by
+    any of its oracles (:func:`make_oracle`): Hyperband's trials train from their
+    ``tuner/initial_epoch`` to ``tuner/epochs``, continuing their parent's fold
+    checkpoints; the other oracles' trials train ``max_epochs`` from scratch.
 
     Args:
         cv: The folds (training and validation pipelines).
-        seed: Seed of the search: the hyperparameters Hyperband samples and the fold
-            models' initial weights.
+        oracle: The oracle.
+        max_epochs: Epochs of the longest trial (learning-rate schedules span them).
+        seed: Seed of the search: the fold models' initial weights (the oracle has its
+            own, see :func:`make_oracle`).
         verbose: Print progress (trial, fold, epoch, best CV Dice so far).
         tensorboard_dir: Write each finished trial's HParams session and fold curves here.
         trial_budget: Stop after this many trials in this process (``recycle`` is then
@@ -140,21 +187,18 @@ class CVHyperband(keras_tuner.Hyperband):
         on_share_ending: Called once, as this process starts the last trial of its
             ``trial_budget`` while more trials follow, so that the next process can load
             TensorFlow during that trial instead of after it.
-        **kwargs: Passed to ``keras_tuner.Hyperband`` (hypermodel, max_epochs, factor,
-            hyperband_iterations, directory, project_name, ...).
+        **kwargs: Passed to ``keras_tuner.Tuner`` (hypermodel, directory, project_name,
+            distribution_strategy, ...).
     """
 
-    def __init__(self, cv: CrossValidation, seed: int = 0, verbose: bool = True,
-                 tensorboard_dir: Path | None = None, trial_budget: int | None = None,
+    def __init__(self, cv: CrossValidation, oracle: keras_tuner.Oracle, max_epochs: int,
+                 seed: int = 0, verbose: bool = True, tensorboard_dir: Path | None = None,
+                 trial_budget: int | None = None,
                  on_share_ending: Callable[[], None] | None = None, **kwargs):
-        kwargs.setdefault("objective", keras_tuner.Objective("val_dice", direction="max"))
-        kwargs.setdefault("max_consecutive_failed_trials", 8)
-        # keras-tuner takes a seed of 0 for none and draws a random one, so the default
-        # --seed 0 sampled other hyperparameters at every run; ours are shifted by one.
-        super().__init__(seed=seed + 1, **kwargs)
+        super().__init__(oracle=oracle, **kwargs)
         # Learning-rate schedules run over the search's max_epochs; a worker's oracle is
         # a remote client without Hyperband's attributes, so the tuner keeps its own.
-        self.max_epochs = int(kwargs.get("max_epochs", 100))
+        self.max_epochs = int(max_epochs)
         self.cv = cv
         self.seed = seed
         self.verbose = verbose
@@ -197,6 +241,8 @@ class CVHyperband(keras_tuner.Hyperband):
         try:
             if oracle.max_trials is not None and len(oracle.trials) >= oracle.max_trials:
                 return True
+            if not isinstance(oracle, keras_tuner.oracles.HyperbandOracle):
+                return False
             oracle._remove_completed_brackets()
             return (not oracle._brackets and oracle._current_bracket == 0
                     and oracle._current_iteration + 1 == oracle.hyperband_iterations)
@@ -212,15 +258,12 @@ class CVHyperband(keras_tuner.Hyperband):
                 f"the hypermodel returned {type(model).__name__}, not a keras.Model")
         return model
 
-    def _build_hypermodel(self, hp):
-        # Hyperband's own override loads the parent's single checkpoint here; with
-        # cross-validation each fold loads its own parent checkpoint in run_trial.
-        return keras_tuner.Tuner._build_hypermodel(self, hp)
-
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         hp = trial.hyperparameters
-        epochs = int(hp.values["tuner/epochs"])
-        initial = int(hp.values["tuner/initial_epoch"])
+        # Hyperband says where a trial starts and ends; other oracles' trials train the
+        # whole budget from scratch.
+        epochs = int(hp.values.get("tuner/epochs", self.max_epochs))
+        initial = int(hp.values.get("tuner/initial_epoch", 0))
         parent = hp.values.get("tuner/trial_id")
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         results: list[dict[str, Any]] = []
@@ -358,9 +401,10 @@ class CVHyperband(keras_tuner.Hyperband):
                               for k in v if not k.startswith("tuner/"))
             origin = (f", continues trial {v['tuner/trial_id']}" if "tuner/trial_id" in v
                       else "")
-            print(f"trial {trial.trial_id}: epochs {v['tuner/initial_epoch']}->"
-                  f"{v['tuner/epochs']} (bracket {v['tuner/bracket']}, round "
-                  f"{v['tuner/round']}{origin}) {shown}", flush=True)
+            where = (f" (bracket {v['tuner/bracket']}, round {v['tuner/round']}{origin})"
+                     if "tuner/bracket" in v else "")
+            print(f"trial {trial.trial_id}: epochs {v.get('tuner/initial_epoch', 0)}->"
+                  f"{v.get('tuner/epochs', self.max_epochs)}{where} {shown}", flush=True)
 
     def on_trial_end(self, trial):
         if trial.status in ("FAILED", "INVALID") and trial.message:

@@ -89,6 +89,9 @@ class SearchSpace:
     params: dict[str, Param]
     search: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    # The [default] table: one value per hyperparameter, a sensible fixed network to
+    # train as a baseline (``search --oracle fixed``); empty when the file has none.
+    default: dict[str, Any] = field(default_factory=dict)
 
     def register(self, hp) -> dict[str, Any]:
         """Declares every hyperparameter on a keras-tuner ``HyperParameters`` object.
@@ -198,10 +201,10 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
-    unknown = set(doc) - {"hyperparameters", "search", "description"}
+    unknown = set(doc) - {"hyperparameters", "search", "description", "default"}
     if unknown:
         raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; a space has "
-                        "'description', [hyperparameters] and [search]")
+                        "'description', [hyperparameters], [search] and [default]")
     hps = doc.get("hyperparameters")
     if not isinstance(hps, dict) or not hps:
         raise UserError(f"{path}: no [hyperparameters] table")
@@ -229,7 +232,39 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
             raise UserError(f"{path}: [search] {key} = {value} is out of range; use 0 "
                             f"(none) to {AUGMENT_LIMITS[key]:g}")
     return SearchSpace(name=path.stem, path=path, params=params, search=dict(search),
-                       digest=hashlib.sha256(raw).hexdigest()[:16])
+                       digest=hashlib.sha256(raw).hexdigest()[:16],
+                       default=_default(path, doc.get("default"), params))
+
+
+def _default(path: Path, table: Any, params: dict[str, Param]) -> dict[str, Any]:
+    """The [default] table checked against the space: a known hyperparameter each, its
+    value in the space's domain, and every hyperparameter given (one the space fixes may
+    be left out: it takes that value)."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise UserError(f"{path}: [default] must be a table of one value per hyperparameter")
+    values = {}
+    for name, value in table.items():
+        if name not in params:
+            raise UserError(f"{path}: [default] has unknown hyperparameter {name!r}; known: "
+                            f"{', '.join(params)}")
+        p = params[name]
+        if p.values:
+            if isinstance(value, bool) or value not in p.values:
+                raise UserError(f"{path}: [default] {name} = {value!r} is not one of the "
+                                f"space's values ({', '.join(map(str, p.values))})")
+            values[name] = p.values[p.values.index(value)]
+        else:
+            values[name] = _check_value(path, f"[default] {name}", p.kind, (p.min, p.max),
+                                        value)
+    for name, p in params.items():
+        if name not in values:
+            if not p.fixed:
+                raise UserError(f"{path}: [default] gives no value for {name!r}; give one "
+                                "value per hyperparameter that varies")
+            values[name] = p.values[0] if p.values else p.min
+    return {name: values[name] for name in params}
 
 
 def check_image_size(space: SearchSpace, image_size: int) -> None:

@@ -136,3 +136,36 @@ def test_steps_per_epoch_comes_from_the_space_or_the_command_line(tmp_path):
     assert given.steps_per_epoch == 0  # 0 on the command line: one pass, over the space's 7
     with pytest.raises(UserError, match=r"^--steps-per-epoch: -3 must be 0 \(one pass"):
         resolve_options(load_space("quick"), tmp_path, image_size=64, steps_per_epoch=-3)
+
+
+VARYING = GOOD.replace("depth = { values = [2] }", "depth = { values = [2, 3] }").replace(
+    "learning_rate = { values = [0.001] }", "learning_rate = { min = 1e-4, max = 1e-2 }")
+
+
+def test_a_default_configuration_gives_one_value_per_hyperparameter(tmp_path):
+    space = load_space(_write(tmp_path, "[hyperparameters]\n" + VARYING
+                              + "\n[default]\ndepth = 3\nlearning_rate = 3e-3\n"))
+    # What the space fixes needs no line of its own.
+    assert space.default["depth"] == 3 and space.default["learning_rate"] == 3e-3
+    assert space.default["decoder"] == "unet" and set(space.default) == set(space.params)
+    # keras-tuner's Fixed values win over the space's choices and ranges.
+    hp = kt.HyperParameters()
+    for name, value in space.default.items():
+        hp.Fixed(name, value)
+    assert space.register(hp) == space.default
+    for name in ("quick", "default"):  # the shipped spaces name one
+        assert set(load_space(name).default) == set(HYPERPARAMETERS)
+
+
+@pytest.mark.parametrize("default,needle", [
+    ("depth = 3\nwidth = 2", "[default] has unknown hyperparameter 'width'"),
+    ("depth = 4\nlearning_rate = 3e-3", "[default] depth = 4 is not one of the space's values"),
+    ("depth = 3\nlearning_rate = 0.5", "is outside"),
+    ("depth = 3", "[default] gives no value for 'learning_rate'"),
+    ('depth = "deep"\nlearning_rate = 3e-3', "is not one of the space's values"),
+])
+def test_bad_default_configurations_are_refused(tmp_path, default, needle):
+    path = _write(tmp_path, "[hyperparameters]\n" + VARYING + "\n[default]\n" + default + "\n")
+    with pytest.raises(UserError) as info:
+        load_space(path)
+    assert needle in str(info.value) and str(path) in str(info.value)
