@@ -23,7 +23,7 @@ import numpy as np
 from lvseg_search import __version__, atomic
 from lvseg_search.data.manifest import PreparedData
 from lvseg_search.engine.lock import run_lock
-from lvseg_search.engine.run import Run, best_trial, find_trial, load_run
+from lvseg_search.engine.run import SEARCH_FILE, Run, best_trial, find_trial, load_run
 from lvseg_search.engine.trial_score import scored_epoch
 from lvseg_search.errors import UserError
 from lvseg_search.model.formats import (
@@ -182,7 +182,10 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
         UserError: No completed trial, an unknown trial, a bad option, a data folder not
             found, or an exported format that disagrees with the Keras model.
     """
-    with run_lock(run_dir, "export", "export from it", create=False):
+    # A folder that holds no search gets no lock file: load_run refuses it below.
+    holds_search = (Path(run_dir) / SEARCH_FILE).is_file()
+    with (run_lock(run_dir, "export", "export from it", create=False) if holds_search
+          else contextlib.nullcontext()):
         return _export(run_dir, out, ensemble=ensemble, epochs=epochs, trial_id=trial_id,
                        onnx=onnx, overwrite=overwrite, verbose=verbose, data=data)
 

@@ -250,7 +250,7 @@ def test_report_and_export_refuse_a_folder_without_a_search(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "not a search run folder" in err
-    assert not (tmp_path / "m").exists()
+    assert not (tmp_path / "m").exists() and not (tmp_path / ".lock").exists()
 
 
 def test_export_refuses_an_unknown_trial_and_writes_nothing(tiny_run, tmp_path, capsys):
