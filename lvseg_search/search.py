@@ -114,6 +114,8 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
             prepared = manifest.open_data(options.data)
             # Every shard read to its end now, not inside the first trial.
             prepared.verify()
+            # Before the lock: a folder of something else gets no lock file in it.
+            run_mod.check_out_folder(out, overwrite)
             created = not out.exists()
             try:
                 held.enter_context(run_lock(out, "search", "search in it"))

@@ -164,3 +164,13 @@ with atomic.output_dir(out, overwrite=True) as tmp:
         (tmp / "a.txt").write_text("new")
     assert (tmp_path / "out" / "a.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_folder_of_something_else_is_refused_and_left_as_it_was(tiny_data, tmp_path, capsys):
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    assert main(["search", "--data", str(tiny_data), "--out", str(other), *QUICK]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists and holds no search" in err
+    assert sorted(p.name for p in other.iterdir()) == ["todo.txt"]  # no lock file left

@@ -282,9 +282,7 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         if updated:
             atomic.write_json(record, {**previous, **updated})
         return options, split
-    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not overwrite:
-        raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
-                        "another folder or pass --overwrite")
+    check_out_folder(out, overwrite)
     if given_split is not None:
         split = given_split
     else:
@@ -309,6 +307,19 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
     # search.json last: it marks the folder as a search.
     atomic.write_json(record, asdict(options))
     return options, split
+
+
+def check_out_folder(out: Path, overwrite: bool) -> None:
+    """Refuses a run folder that exists, holds something, and holds no search.
+
+    Raises:
+        UserError: It does, and ``overwrite`` is false.
+    """
+    out = Path(out)
+    if (out.is_dir() and not (out / SEARCH_FILE).is_file() and not overwrite
+            and any(p.name != LOCK_FILE for p in out.iterdir())):
+        raise UserError(f"{out}: output folder (--out) exists and holds no search; choose "
+                        "another folder or pass --overwrite")
 
 
 def read_options(out: Path, missing: str) -> SearchOptions:
