@@ -116,14 +116,17 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
             prepared.verify()
             # Before the lock: a folder of something else gets no lock file in it.
             run_mod.check_out_folder(out, overwrite)
-            created = not out.exists()
+            created, locked = not out.exists(), False
             try:
                 held.enter_context(run_lock(out, "search", "search in it"))
+                locked = True
                 options, split = run_mod.prepare_run(out, options, prepared, overwrite,
                                                      splits_file)
             except BaseException:
-                if created and not (out / run_mod.SEARCH_FILE).exists():
-                    shutil.rmtree(out, ignore_errors=True)  # made by this command only
+                # Only a folder this command made and locked: a refused second search
+                # must not remove the folder that the first one is preparing.
+                if created and locked and not (out / run_mod.SEARCH_FILE).exists():
+                    shutil.rmtree(out, ignore_errors=True)
                 raise
     except BaseException:
         if child is not None:
