@@ -333,18 +333,18 @@ def test_nan_loss_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_p
     assert failed_lrs == {1000.0}
 
 
-def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tmp_path):
+def _kill_then_resume(cmd: list[str], out: Path, marker: Path) -> dict[Path, int]:
+    """Runs a search command, SIGKILLs it once ``marker`` exists, runs it again to the
+    end, and checks that no fold finished before the kill was trained again.
+
+    Returns:
+        The fold results finished before the kill (path -> mtime).
+    """
     import os
     import signal
     import subprocess
-    import sys
     import time
 
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
-           "--space", str(TINY), "--out", str(out), "--folds", "3", "--max-epochs", "2",
-           "--factor", "2", "--image-size", "32", "--batch-size", "4", "--quiet"]
-    marker = out / "tuner" / "trial_0001" / "fold_0" / RESULT
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -353,14 +353,26 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
     proc.wait()
     assert marker.exists(), "the search never finished a fold of its second trial"
     finished = {p: p.stat().st_mtime_ns for p in out.glob("tuner/trial_*/fold_*/" + RESULT)}
-    assert len(finished) < 15  # killed before the end
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     for path, stamp in finished.items():
         assert path.stat().st_mtime_ns == stamp, f"{path} was trained again"
+    return finished
+
+
+def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tmp_path):
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
+           "--space", str(TINY), "--out", str(out), "--folds", "3", "--max-epochs", "2",
+           "--factor", "2", "--image-size", "32", "--batch-size", "4", "--quiet"]
+    finished = _kill_then_resume(cmd, out, out / "tuner" / "trial_0001" / "fold_0" / RESULT)
+    assert len(finished) < 15  # killed before the end
     trials = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/trial.json")]
     assert len(trials) == 5 and all(t["status"] == "COMPLETED" for t in trials)
     assert len(list(out.glob("tuner/trial_*/fold_*/" + RESULT))) == 15
+
 
 
 def test_search_command_on_the_real_subset(real_prepared, tmp_path, capfd):
@@ -469,30 +481,14 @@ def test_weight_seeds_stay_in_numpys_range():
 
 @pytest.mark.parametrize("oracle", ["random", "bayesian"])
 def test_every_oracle_cross_validates_and_resumes_after_a_kill(oracle, tiny_data, tmp_path):
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
            "--space", str(TINY), "--out", str(out), "--oracle", oracle, "--max-trials", "3",
            "--folds", "2", "--max-epochs", "2", "--image-size", "32", "--batch-size", "4",
            "--steps-per-epoch", "2", "--recycle-every", "0", "--quiet"]
-    marker = out / "tuner" / "trial_1" / "fold_0" / RESULT
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), "the search never finished a fold of its second trial"
-    finished = {p: p.stat().st_mtime_ns for p in out.glob("tuner/trial_*/fold_*/" + RESULT)}
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    for path, stamp in finished.items():
-        assert path.stat().st_mtime_ns == stamp, f"{path} was trained again"
+    _kill_then_resume(cmd, out, out / "tuner" / "trial_1" / "fold_0" / RESULT)
     record = json.loads((out / "search.json").read_text())
     assert (record["oracle"], record["max_trials"]) == (oracle, 3)
     trials = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/trial.json")]
