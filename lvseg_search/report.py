@@ -285,16 +285,11 @@ def _columns(table: pd.DataFrame, n_folds: int) -> list[str]:
 def _status_line(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]) -> str:
     failed = sum(p["status"] in ("failed", "invalid") for p in pending)
     other = len(pending) - failed
-    broken = _unreadable(run)
+    broken = run.unreadable
     return (f"{len(table)} trial(s) completed, {other} running or interrupted, {failed} failed "
             f"(of {len(run.trials) + sum(u.path.name == 'trial.json' for u in broken)} "
             "started)" + (f"; {len(broken)} record(s) unreadable, listed below" if broken
                           else ""))
-
-
-def _unreadable(run: Run) -> list[Any]:
-    """The run's records that exist but cannot be read (``Run.unreadable``)."""
-    return list(run.unreadable)
 
 
 def _unreadable_hint(run: Run) -> str:
@@ -340,7 +335,7 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
             chips = ", ".join(_chip_text(n, row[n]) for n in varied)
             lines.append("| " + " | ".join(_fmt(row[c], c) for c in cols) + f" | {chips} |")
         lines += ["", EPOCH_RULE, ""]
-    broken = _unreadable(run)
+    broken = run.unreadable
     if broken:
         lines += ["## Unreadable records", "", _unreadable_hint(run) + ".", "",
                   "| file | problem |", "|---|---|"]
@@ -419,7 +414,7 @@ var pick=document.getElementById('status');if(pick)pick.addEventListener('change
 })();
 """
 
-# The columns of the HTML table: key, heading, formatter of the value shown.
+# What each decoder is, in words.
 _DECODERS = {"unet": "U-Net (skip connections)", "transposed": "transposed-conv decoder",
              "fcn": "FCN up-score"}
 
@@ -680,7 +675,7 @@ def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
                      "(what varied)</th></tr></thead><tbody>"
                      + _trial_rows(run, table, pending, varied) + "</tbody></table>")
         parts.append(f"<p class='note'>{e(EPOCH_RULE)}</p>")
-    broken = _unreadable(run)
+    broken = run.unreadable
     if broken:
         parts.append(f"<h2>Unreadable records</h2><p class='note'>{e(_unreadable_hint(run))}."
                      "</p><table><tr><th class='l'>file</th><th>problem</th></tr>")

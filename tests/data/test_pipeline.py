@@ -6,7 +6,6 @@ from lvseg_search.data.pipeline import PipelineConfig, make_dataset, patient_fil
 from lvseg_search.errors import UserError
 
 PATIENTS = ["SCD0000101", "SCD0000201", "SCD0000301"]
-_data = open_data
 
 
 def _collect(ds):
@@ -15,7 +14,8 @@ def _collect(ds):
 
 def test_batches_have_expected_shapes_and_labels(real_prepared):
     config = PipelineConfig(image_size=64, batch_size=8)
-    batches = _collect(make_dataset(patient_files(_data(real_prepared), PATIENTS, config), config))
+    files = patient_files(open_data(real_prepared), PATIENTS, config)
+    batches = _collect(make_dataset(files, config))
     assert sum(x.shape[0] for x, _ in batches) == 56
     x, m = batches[0]
     assert x.shape == (8, 64, 64, 1) and x.dtype == np.float32
@@ -30,7 +30,7 @@ def test_batches_have_expected_shapes_and_labels(real_prepared):
 ])
 def test_per_image_normalization(real_prepared, method, check):
     config = PipelineConfig(normalization=method, batch_size=4)
-    x, _ = _collect(make_dataset(patient_files(_data(real_prepared), PATIENTS[:1], config),
+    x, _ = _collect(make_dataset(patient_files(open_data(real_prepared), PATIENTS[:1], config),
                                  config))[0]
     for image in x:
         assert check(image)
@@ -38,7 +38,7 @@ def test_per_image_normalization(real_prepared, method, check):
 
 def test_seeded_training_pipeline_is_deterministic_and_varies_per_epoch(real_prepared):
     config = PipelineConfig(image_size=64, batch_size=8, seed=3).training()
-    files = patient_files(_data(real_prepared), PATIENTS, config)
+    files = patient_files(open_data(real_prepared), PATIENTS, config)
     ds = make_dataset(files, config)
     epoch1, epoch2 = _collect(ds), _collect(ds)
     again = _collect(make_dataset(files, config))
@@ -56,7 +56,8 @@ def test_augmentation_keeps_image_and_mask_aligned(real_prepared):
     shifts."""
     config = PipelineConfig(image_size=128, batch_size=56, seed=0, normalization="minmax",
                             max_rotation_deg=30, max_scale=0.2, max_shift=0.1).training()
-    x, m = _collect(make_dataset(patient_files(_data(real_prepared), PATIENTS, config), config))[0]
+    files = patient_files(open_data(real_prepared), PATIENTS, config)
+    x, m = _collect(make_dataset(files, config))[0]
     ratios = []
     for image, mask in zip(x[..., 0], m[..., 0], strict=True):
         if mask.sum() > 20:
@@ -68,7 +69,7 @@ def test_augmentation_keeps_image_and_mask_aligned(real_prepared):
 def test_shifts_move_the_lv_by_at_most_max_shift(real_prepared, shift):
     """Flips keep the LV's distance from the image centre; only a shift changes it."""
     def distances(config):
-        files = patient_files(_data(real_prepared), PATIENTS, config)
+        files = patient_files(open_data(real_prepared), PATIENTS, config)
         (_, masks), = _collect(make_dataset(files, config))
         out = []
         for mask in masks[..., 0]:
@@ -91,4 +92,4 @@ def test_unknown_normalization_and_patient_are_refused(real_prepared):
         make_dataset([real_prepared / "SCD0000101.tfrecord"],
                      PipelineConfig(normalization="histeq"))
     with pytest.raises(UserError, match="NOBODY"):
-        patient_files(_data(real_prepared), ["NOBODY"], PipelineConfig())
+        patient_files(open_data(real_prepared), ["NOBODY"], PipelineConfig())
