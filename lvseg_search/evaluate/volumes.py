@@ -62,4 +62,6 @@ def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float],
     summary.update({"ed_phase": int(ed["phase_index"]), "es_phase": int(es["phase_index"]),
                     "edv_ml": edv, "esv_ml": esv, "stroke_volume_ml": edv - esv,
                     "ejection_fraction": (edv - esv) / edv if edv > 0 else None})
+    if edv <= 0:
+        summary["why_no_ef"] = "no LV segmented at any phase (every volume is 0)"
     return volumes.drop(columns="area_mm2"), summary

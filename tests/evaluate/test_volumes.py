@@ -27,3 +27,10 @@ def test_no_ejection_fraction_without_a_whole_stack():
     areas = {(0, 0): 1000.0, (1, 0): 1500.0, (2, 0): 500.0, (0, 1): 400.0, (1, 1): 700.0}
     _, summary = stack_volumes(_rows(areas), [8.0 * s for s, _ in areas])
     assert summary["ejection_fraction"] is None and "whole short-axis stack" in summary["why_no_ef"]
+
+
+def test_a_stack_with_no_lv_says_why_it_has_no_ejection_fraction():
+    areas = {(s, p): 0.0 for s in range(3) for p in range(2)}
+    _, summary = stack_volumes(_rows(areas), [8.0 * s for s, _ in areas])
+    assert summary["ejection_fraction"] is None
+    assert "no LV segmented" in summary["why_no_ef"]
