@@ -4,7 +4,7 @@ thread) for the SavedModel, TFLite and ``model.predict``, and the ejection fract
 SCD0000101 (predicted on its whole short-axis stack, and from the expert contours).
 
     lvseg-search prepare ../shared/data/sunnybrook-subset --out DATA
-    lvseg-search search --data DATA --space quick --out results/real --folds 3 --image-size 128
+    lvseg-search search --data DATA --space quick --out results/real --folds 3
     python benchmarks/export_predict.py results/real [--model MODEL_DIR] [--repeats 100]
 """
 
@@ -23,13 +23,13 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnyb
 STUDY = "SCD0000101"
 
 
-def median_ms(fn, image: np.ndarray, repeats: int) -> float:
+def median_ms(fn, inputs: tuple, repeats: int) -> float:
     for _ in range(5):  # warm-up: first calls trace, allocate and pick kernels
-        fn(image)
+        fn(*inputs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn(image)
+        fn(*inputs)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -88,16 +88,20 @@ def main() -> None:
         print(f"held-out test patients: Dice {t['dice']:.3f}, APD {t['apd_mm']:.2f} mm, "
               f"Hausdorff {t['hausdorff_mm']:.2f} mm, good contours {t['good_contours_pct']:.0f}%")
 
-    image = read_image(args.data / "dicoms" / STUDY / "1.dcm").pixels[None]
+    dicom = read_image(args.data / "dicoms" / STUDY / "1.dcm")
+    image = dicom.pixels[None]
+    spacing = np.asarray([dicom.pixel_spacing_mm], np.float32)
+    inputs = {"raw": image, "pixel_spacing_mm": spacing}
     serve = saved_model_runner(model_dir / "saved_model")
     lite = tflite_runner(model_dir / "model.tflite")
     model = keras.models.load_model(model_dir / "model.keras", safe_mode=True)
     h, w = image.shape[1:]
     print(f"\nsingle-image latency, {h}x{w} int16 in, 1 CPU thread, median of {args.repeats}:")
-    for name, fn in (("SavedModel", serve), ("TFLite", lite),
-                     ("model.predict", lambda x: model.predict(x, verbose=0)),
-                     ("Keras call", lambda x: model(x))):
-        print(f"  {name:14s} {median_ms(fn, image, args.repeats):8.2f} ms")
+    for name, fn, given in (("SavedModel", serve, (image, spacing)),
+                            ("TFLite", lite, (image, spacing)),
+                            ("model.predict", lambda x: model.predict(x, verbose=0), (inputs,)),
+                            ("Keras call", lambda x: model(x), (inputs,))):
+        print(f"  {name:14s} {median_ms(fn, given, args.repeats):8.2f} ms")
 
     print(f"\nejection fraction of {STUDY}:")
     studies = predict(model_dir, args.data / "dicoms" / STUDY, tmp / "pred", overlays=False,
@@ -116,8 +120,9 @@ def main() -> None:
 
         trial = best_trial(run)
         k = next(i for i, f in enumerate(run.splits["folds"]) if STUDY in f["val"])
+        o = run.options
         fold_model = build_serving_model([run.fold_network(trial.trial_id, k)],
-                                         run.options.image_size, run.options.normalization)
+                                         o.image_size, o.normalization, o.spacing_mm or None)
         held_out = tmp / "fold_model"
         fold_model.export(str(held_out / "saved_model"), format="tf_saved_model",
                           verbose=False)

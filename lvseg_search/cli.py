@@ -125,9 +125,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
                groups_file=args.groups, group_column=args.group_column,
                max_epochs=args.max_epochs, factor=args.factor,
                hyperband_iterations=args.iterations, image_size=args.image_size,
+               spacing=args.spacing, field_of_view=args.field_of_view,
                batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
                normalization=args.normalization, seed=args.seed, precision=args.precision,
                jit=args.jit, max_trials=args.max_trials, oracle=args.oracle,
+               include_default=args.include_default,
                recycle_every=args.recycle_every or None)
     return 0
 
@@ -158,7 +160,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from lvseg_search.predict import predict
 
     predict(args.model, args.dicom, args.out, overlays=not args.no_overlays,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, pixel_spacing=args.pixel_spacing)
     return 0
 
 
@@ -188,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace patient ids by salted hashes")
     p.add_argument("--salt", help="salt for --pseudonymize (or $LVSEG_SALT; default random)")
     p.add_argument("--allow-mixed-sizes", action="store_true",
-                   help="accept images of different sizes (then set --image-size to train)")
+                   help="accept images of different sizes (the physical grid takes any; "
+                        "with --spacing none, search resizes them to --image-size)")
     p.add_argument("--accept-image-level-split", action="store_true",
                    help="accept lab TFRecords without patient ids (leakage-prone)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -233,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "random and bayesian train every trial --max-epochs epochs, "
                         "--max-trials trials (default 10); fixed trains the space's "
                         "[default] network only, as a baseline")
+    p.add_argument("--include-default", action="store_true",
+                   help="make the space's [default] network the search's first trial, a "
+                        "baseline the search's best must beat")
     p.add_argument("--max-epochs", type=int,
                    help="epochs of the longest trial (Hyperband's largest budget)")
     p.add_argument("--factor", type=int, help="Hyperband's reduction factor")
@@ -241,7 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-trials", type=int,
                    help="stop after this many trials (default: Hyperband's full schedule); "
                    "re-run with more to extend a search")
-    p.add_argument("--image-size", type=int, help="train on SIZE x SIZE images")
+    p.add_argument("--spacing", metavar="MM|none",
+                   help="pixel size of the network's grid, mm (default: the median of the "
+                        "training images'); 'none' resizes whole images to --image-size "
+                        "whatever their pixel size")
+    p.add_argument("--field-of-view", type=float, metavar="MM",
+                   help="side of the square field of view cut around each image's centre "
+                        "(default: holds every labelled LV of the training data, with a "
+                        "margin)")
+    p.add_argument("--image-size", type=int,
+                   help="the network's SIZE x SIZE input (default: field of view over "
+                        "spacing; with --spacing none, the space's or 128)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps-per-epoch", type=int, metavar="N",
                    help="training batches per epoch (space default or 0: one pass over "
@@ -297,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dicom", type=Path, help="a DICOM file, or a folder (one study per folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
+    p.add_argument("--pixel-spacing", metavar="R,C",
+                   help="pixel size (row, column) in mm for images whose DICOM has no valid "
+                        "PixelSpacing (never overrides one that has)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_cmd_predict)
 

@@ -99,15 +99,23 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     return model, patients, steps
 
 
-def _probe_inputs(patients: list[Any]) -> list[np.ndarray]:
-    """Inputs the formats are compared on: stored images (test patients, else
-    validation ones) and one odd-sized random image, each its own batch of 1..4."""
+def _probe_inputs(patients: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Inputs the formats are compared on: stored images with their spacing (test
+    patients, else validation ones), the same at other pixel spacings, and odd-sized,
+    non-square random images of unequal row and column spacing; batches of 1..4."""
     rng = np.random.default_rng(0)
-    batches: list[np.ndarray] = []
+    batches: list[tuple[np.ndarray, np.ndarray]] = []
     for p in patients[:2]:
         if p.images.dtype != object:
-            batches.append(p.images[: min(4, len(p.images))])
-    batches.append(rng.integers(0, 1200, (1, 97, 131)).astype(np.int16))
+            n = min(4, len(p.images))
+            spacing = p.spacing_mm[:n].astype(np.float32)
+            batches.append((p.images[:n], spacing))
+            batches.append((p.images[:n], spacing * np.float32(0.6)))
+            batches.append((p.images[:n], spacing * np.float32(1.7)))
+    batches.append((rng.integers(0, 1200, (1, 97, 131)).astype(np.int16),
+                    np.array([[1.9, 0.8]], np.float32)))
+    batches.append((rng.integers(0, 1200, (2, 180, 120)).astype(np.int16),
+                    np.array([[0.7, 0.7], [1.4, 1.2]], np.float32)))
     return batches
 
 
@@ -118,7 +126,7 @@ def check_parity(reference, candidates: dict[str, Any],
     Args:
         reference: The Keras serving model.
         candidates: Format name -> function from raw batch to ``{"probabilities", "mask"}``.
-        batches: Raw int16 batches.
+        batches: Raw int16 batches with their pixel spacing.
 
     Returns:
         Per format: ``max_abs_diff`` of the probabilities and ``mask_mismatch_pixels``
@@ -129,7 +137,7 @@ def check_parity(reference, candidates: dict[str, Any],
             format's probabilities differ by more than ``PARITY_TOLERANCE``, or any of
             its mask pixels differs (nothing is written then).
     """
-    expected = [{k: np.asarray(v) for k, v in reference(b).items()} for b in batches]
+    expected = [{k: np.asarray(v) for k, v in reference(*b).items()} for b in batches]
     if not all(np.isfinite(ref["probabilities"]).all() for ref in expected):
         raise UserError("keras: the model's probabilities hold NaN or infinite values; "
                         "nothing was written (re-run the search or export another --trial)")
@@ -137,7 +145,7 @@ def check_parity(reference, candidates: dict[str, Any],
     for name, run_format in candidates.items():
         diff, mismatch = 0.0, 0
         for b, ref in zip(batches, expected, strict=True):
-            got = run_format(b)
+            got = run_format(*b)
             probs = np.asarray(got["probabilities"])
             mask = np.asarray(got["mask"])
             if probs.shape != ref["probabilities"].shape or mask.shape != ref["mask"].shape:
@@ -196,7 +204,8 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
     import keras
 
     from lvseg_search.evaluate.scoring import load_patients, score_patients
-    from lvseg_search.model.serving import build_serving_model
+    from lvseg_search.model.formats import check_inputs
+    from lvseg_search.model.serving import RAW, SPACING, build_serving_model
 
     start = time.perf_counter()
     run = load_run(run_dir, data)
@@ -234,10 +243,12 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             networks = [network]
             training = {"mode": "retrain", "epochs": n, "steps_per_epoch": steps}
         training["patients"] = trained_on
-        model = build_serving_model(networks, o.image_size, o.normalization)
+        model = build_serving_model(networks, o.image_size, o.normalization,
+                                    o.spacing_mm or None)
 
-        def keras_run(raw):
-            return {k: np.asarray(v) for k, v in model(np.asarray(raw, np.int16)).items()}
+        def keras_run(raw, pixel_spacing):
+            raw, spacing = check_inputs(raw, pixel_spacing)
+            return {k: np.asarray(v) for k, v in model({RAW: raw, SPACING: spacing}).items()}
 
         test = None
         if run.splits["test"]:
@@ -263,8 +274,10 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
         reloaded = keras.models.load_model(tmp / KERAS_FILE, safe_mode=True)
         candidates = {
             "saved_model": saved_model_runner(tmp / SAVED_MODEL),
-            "keras_file": lambda raw: {k: np.asarray(v) for k, v in
-                                       reloaded(np.asarray(raw, np.int16)).items()},
+            "keras_file": lambda raw, spacing: {
+                k: np.asarray(v) for k, v in
+                reloaded({RAW: np.asarray(raw, np.int16),
+                          SPACING: np.asarray(spacing, np.float32)}).items()},
             "tflite": tflite_runner(tmp / TFLITE_FILE),
         }
         onnx_status = "not requested"
@@ -284,6 +297,36 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
     return card
 
 
+def grid(o) -> dict[str, Any]:
+    """The network's grid, as the model card records it."""
+    if not o.physical:
+        return {"mode": "whole image resized", "image_size": o.image_size,
+                "spacing_mm": None, "field_of_view_mm": None}
+    return {"mode": "physical", "image_size": o.image_size, "spacing_mm": o.spacing_mm,
+            "field_of_view_mm": round(o.image_size * o.spacing_mm, 3),
+            "field_of_view_asked_mm": o.field_of_view_mm, "centred_on": "image centre"}
+
+
+def augmentation(o) -> dict[str, Any]:
+    """A search's training augmentation, as the model card records it: magnitudes, and
+    the probabilities of the ones drawn per image with their fixed ranges."""
+    from lvseg_search.data import pipeline as p
+
+    def drawn(probability: float, **ranges: Any) -> dict[str, Any]:
+        return {"probability": probability, **ranges}
+
+    return {"flips": True, "rotation_deg": o.augment_rotation_deg, "zoom": o.augment_scale,
+            "zoom_on": "physical grid" if o.physical else "resized image",
+            "shift": o.augment_shift, "gain_offset": o.augment_intensity,
+            "gamma": drawn(o.augment_gamma, range=list(p.GAMMA_RANGE)),
+            "contrast": drawn(o.augment_contrast, range=list(p.CONTRAST_RANGE)),
+            "brightness": drawn(o.augment_brightness, range=list(p.BRIGHTNESS_RANGE)),
+            "noise": drawn(o.augment_noise, variance=list(p.NOISE_VARIANCE)),
+            "blur": drawn(o.augment_blur, sigma_px=list(p.BLUR_SIGMA_PX)),
+            "low_resolution": drawn(o.augment_low_resolution,
+                                    zoom=list(p.LOW_RESOLUTION_ZOOM))}
+
+
 def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, Any],
                 test: dict[str, Any] | None, parity: dict[str, Any], onnx_status: str,
                 folder: Path) -> dict[str, Any]:
@@ -294,7 +337,8 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
              for name in (KERAS_FILE, TFLITE_FILE, ONNX_FILE) if (folder / name).is_file()}
     files[SAVED_MODEL + "/"] = {"signature": "serving_default"}
     return {
-        "model_card_version": 1,
+        "model_card_version": 2,
+        "serving_contract": 2,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "task": "left-ventricle blood pool segmentation of short-axis cine cardiac MRI",
         "search": {"run": run.path.name, "space": Path(o.space).stem, "trial": trial.trial_id,
@@ -302,9 +346,8 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
                    "factor": o.factor,
                    "seed": o.seed, "precision_in_search": o.precision,
                    "steps_per_epoch": o.steps_per_epoch,  # 0: one pass over the training
-                   "augmentation": {"rotation_deg": o.augment_rotation_deg,
-                                    "scale": o.augment_scale, "shift": o.augment_shift,
-                                    "intensity": o.augment_intensity, "flips": True}},
+                   "augmentation": augmentation(o)},
+        "grid": grid(o),
         "hyperparameters": hp,
         "cross_validation": {
             "dice_mean": metrics.get("val_dice"), "dice_std": metrics.get("val_dice_std"),
@@ -318,13 +361,20 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
                  "source_layout": m.get("source_layout"), "patients": len(m["patients"]),
                  "slices": m.get("n_slices"), "classes": m.get("classes"),
                  "pseudonymized": m.get("pseudonymized")},
-        "input": {"name": "raw", "dtype": "int16", "shape": ["batch", "height", "width"],
-                  "meaning": "raw stored DICOM pixel values of short-axis MR frames, any size; "
-                             "all images of one batch share a size",
-                  "preprocessing_inside": f"per-image {o.normalization} normalization, "
-                                          f"bilinear resize to {o.image_size}x{o.image_size}"},
-        "outputs": {"probabilities": "float32 [batch, height, width], LV probability at the "
-                                     "input size",
+        "inputs": {
+            "raw": {"dtype": "int16", "shape": ["batch", "height", "width"],
+                    "meaning": "raw stored DICOM pixel values of short-axis MR frames, any "
+                               "size; all images of one batch share a size"},
+            "pixel_spacing_mm": {"dtype": "float32", "shape": ["batch", 2],
+                                 "meaning": "each image's DICOM PixelSpacing (row, column) "
+                                            "in mm" + ("" if o.physical else
+                                                       "; ignored by this model (trained "
+                                                       "with --spacing none)")}},
+        "preprocessing_inside": f"per-image {o.normalization} normalization, then "
+                                + (f"{o.grid_text()} (bilinear, antialiased when shrinking)"
+                                   if o.physical else o.grid_text()),
+        "outputs": {"probabilities": "float32 [batch, height, width], LV probability on the "
+                                     "input grid (0 outside the field of view)",
                     "mask": "uint8 [batch, height, width], 1 = LV blood pool"},
         "postprocessing": "mask is each image's largest 4-connected region of the "
                           "network's arg-max, inside the model (as scored)",

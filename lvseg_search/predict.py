@@ -56,23 +56,60 @@ def overlay_png(image: np.ndarray, mask: np.ndarray) -> bytes:
     return tf().io.encode_png(rgb.round().astype(np.uint8)).numpy()
 
 
+def parse_pixel_spacing(text: str | None) -> tuple[float, float] | None:
+    """``--pixel-spacing R,C`` (mm), or None when not given.
+
+    Raises:
+        UserError: Not two positive numbers.
+    """
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"--pixel-spacing: {text!r} is not two positive sizes in mm; give "
+                        "row,column, e.g. 1.25,1.25")
+    return values[0], values[1]
+
+
+def image_spacing(path: Path, image: DicomImage,
+                  fallback: tuple[float, float] | None) -> tuple[float, float]:
+    """An image's pixel spacing: its DICOM PixelSpacing, else ``--pixel-spacing``.
+
+    Raises:
+        UserError: The file has no usable PixelSpacing and none was given.
+    """
+    spacing = image.pixel_spacing_mm
+    if all(np.isfinite(v) and v > 0 for v in spacing):
+        return float(spacing[0]), float(spacing[1])
+    if fallback is not None:
+        return fallback
+    found = ("none" if not any(np.isfinite(v) for v in spacing)
+             else ", ".join(f"{v:g}" for v in spacing))
+    raise UserError(f"{path}: no usable PixelSpacing (found {found}); the model needs each "
+                    "image's pixel size: pass --pixel-spacing R,C in mm")
+
+
 def _predict_series(serve, study: str, files: list[Path], images: list[DicomImage],
-                    tmp: Path, overlays: bool, batch_size: int
+                    tmp: Path, overlays: bool, batch_size: int,
+                    spacings: list[tuple[float, float]]
                     ) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]]:
     """Segments one series into ``tmp``: its per-image rows, volumes and summary."""
-    _, masks = segment(serve, [im.pixels for im in images], batch_size)
+    _, masks = segment(serve, [im.pixels for im in images], spacings, batch_size)
     problems = geometry_problems(images)
     indexing = index_frames(images, positions_usable=not problems)
     rows = []
-    for path, im, mask, (s, ph) in zip(files, images, masks, indexing.indices,
-                                       strict=True):
+    for path, im, mask, (s, ph), spacing in zip(files, images, masks, indexing.indices,
+                                                spacings, strict=True):
         (tmp / "masks" / study).mkdir(parents=True, exist_ok=True)
         np.save(tmp / "masks" / study / f"{path.stem}.npy", mask)
         if overlays:
             (tmp / "overlays" / study).mkdir(parents=True, exist_ok=True)
             (tmp / "overlays" / study / f"{path.stem}.png").write_bytes(
                 overlay_png(im.pixels, mask))
-        pixel_area = im.pixel_spacing_mm[0] * im.pixel_spacing_mm[1]
+        pixel_area = spacing[0] * spacing[1]
         rows.append({"study": study, "file": path.name, "instance_number": im.instance_number,
                      "slice_index": int(s), "phase_index": int(ph),
                      "position_mm": round(im.normal_position_mm, 3),
@@ -86,8 +123,8 @@ def _predict_series(serve, study: str, files: list[Path], images: list[DicomImag
 
 
 def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
-            batch_size: int = 16, overwrite: bool = False,
-            verbose: bool = True) -> dict[str, Any]:
+            batch_size: int = 16, overwrite: bool = False, verbose: bool = True,
+            pixel_spacing: str | tuple[float, float] | None = None) -> dict[str, Any]:
     """Segments DICOM images with an exported model.
 
     Writes ``masks/<study>/<name>.npy`` (uint8, 1 = LV), ``overlays/<study>/<name>.png``,
@@ -103,13 +140,17 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
         batch_size: Images per model call.
         overwrite: Replace an existing output folder.
         verbose: Print a summary.
+        pixel_spacing: ``R,C`` mm for images whose DICOM has no usable PixelSpacing.
 
     Returns:
         Per study: its summary (see :func:`stack_volumes`).
 
     Raises:
-        UserError: Bad model folder, missing or unreadable DICOM, or existing ``out``.
+        UserError: Bad model folder, missing or unreadable DICOM, an image without a
+            pixel spacing, or existing ``out`` (nothing is written then).
     """
+    fallback = (pixel_spacing if isinstance(pixel_spacing, tuple)
+                else parse_pixel_spacing(pixel_spacing))
     serve = load_model(model_dir)
     studies = find_dicoms(source)
     area_rows: list[dict[str, Any]] = []
@@ -119,8 +160,10 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
         for folder, folder_files in studies.items():
             images = [read_image(f) for f in folder_files]
             for study, files, series in split_series(folder, folder_files, images):
+                spacings = [image_spacing(f, im, fallback)
+                            for f, im in zip(files, series, strict=True)]
                 rows, volumes, summaries[study] = _predict_series(
-                    serve, study, files, series, tmp, overlays, batch_size)
+                    serve, study, files, series, tmp, overlays, batch_size, spacings)
                 area_rows += rows
                 volume_tables.append(volumes.assign(study=study))
         pd.DataFrame(area_rows).to_csv(tmp / "areas.csv", index=False)

@@ -198,7 +198,8 @@ def score_test(run: Run, networks: list[Any]) -> dict[str, Any] | None:
 
     if not run.splits["test"]:
         return None
-    predict = make_predictor(networks, run.options.image_size, run.options.normalization)
+    o = run.options
+    predict = make_predictor(networks, o.image_size, o.normalization, o.spacing_mm or None)
     _, summary = score_patients(predict, load_patients(run.data, run.splits["test"]))
     return summary
 
@@ -225,9 +226,10 @@ def plot_overlays(run: Run, trial_id: str,
     panels, scores = [], []
     for k in range(run.n_folds):
         model = networks[k] if networks is not None else run.fold_network(trial_id, k)
-        predict = make_predictor([model], run.options.image_size, run.options.normalization)
+        o = run.options
+        predict = make_predictor([model], o.image_size, o.normalization, o.spacing_mm or None)
         for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
-            _, pred = segment(predict, patient.images)
+            _, pred = segment(predict, patient.images, patient.spacing_mm)
             rows, _ = score_masks(pred, patient)
             scores += [{"fold": k, **r} for r in rows]
             picks = np.unique(np.linspace(0, len(patient.images) - 1,
@@ -300,14 +302,29 @@ def _unreadable_hint(run: Run) -> str:
             "folder to have a resumed search run it again")
 
 
+def augmentation_text(o) -> str:
+    """A search's training augmentation, in words."""
+    parts = [f"flips, rotation up to {o.augment_rotation_deg:g} deg, zoom +-"
+             f"{100 * o.augment_scale:.0f}%"]
+    if o.augment_shift:
+        parts.append(f"shift +-{100 * o.augment_shift:.0f}%")
+    parts.append(f"gain/offset +-{o.augment_intensity:g}")
+    for name, key in (("gamma", "augment_gamma"), ("contrast", "augment_contrast"),
+                      ("brightness", "augment_brightness"), ("noise", "augment_noise"),
+                      ("blur", "augment_blur"), ("low resolution", "augment_low_resolution")):
+        if getattr(o, key):
+            parts.append(f"{name} p={getattr(o, key):g}")
+    return ", ".join(parts)
+
+
 def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
                     test: dict[str, Any] | None = None) -> str:
     """The report as Markdown: the best trial first, then every trial."""
     o = run.options
     lines = [f"# Search report: {run.path.name}", "",
              f"Space `{Path(o.space).stem}`, {run.n_folds} patient-grouped folds, "
-             f"{len(run.splits['test'])} held-out test patient(s), network input "
-             f"{o.image_size} px, {_plan(run)}.",
+             f"{len(run.splits['test'])} held-out test patient(s), network input: "
+             f"{o.grid_text()}; {_plan(run)}. Augmentation: {augmentation_text(o)}.",
              "", _status_line(run, table, pending) + ".", ""]
     if not table.empty:
         best = table.iloc[0]
@@ -642,7 +659,8 @@ def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
              f"<h1>Search report: {e(run.path.name)}</h1>",
              f"<div class='sub'>space {e(Path(o.space).stem)} · {run.n_folds} "
              f"patient-grouped folds · {len(run.splits['test'])} held-out test patient(s) · "
-             f"network input {o.image_size} px · {e(_plan(run))} · seed {o.seed}</div>",
+             f"network input: {e(o.grid_text())} · {e(_plan(run))} · seed {o.seed}</div>",
+             f"<div class='sub'>augmentation: {e(augmentation_text(o))}</div>",
              _summary_card(run, table, pending, test)]
     captions = {"hyperparameters": "CV Dice against each hyperparameter that varied",
                 "curves": f"Learning curves of the top {TOP_CURVES} trials (validation Dice "

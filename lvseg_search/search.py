@@ -121,7 +121,7 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
                 held.enter_context(run_lock(out, "search", "search in it"))
                 locked = True
                 options, split = run_mod.prepare_run(out, options, prepared, overwrite,
-                                                     splits_file)
+                                                     splits_file, sp)
             except BaseException:
                 # Only a folder this command made and locked: a refused second search
                 # must not remove the folder that the first one is preparing.

@@ -124,19 +124,55 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
         {p for f in split["folds"] for p in f["val"]})
     assert card["test"]["patients"] == split["test"]
     assert 0 <= card["test"]["dice"] <= 1 and card["data"]["fingerprint_sha256"]
-    assert card["input"]["dtype"] == "int16"
+    assert card["serving_contract"] == 2
+    assert card["inputs"]["raw"]["dtype"] == "int16"
+    assert card["inputs"]["pixel_spacing_mm"]["shape"] == ["batch", 2]
+    search = json.loads((tiny_run / "search.json").read_text())
+    assert card["grid"] == {"mode": "physical", "image_size": 32,
+                            "spacing_mm": search["spacing_mm"],
+                            "field_of_view_mm": pytest.approx(32 * search["spacing_mm"], abs=1e-3),
+                            "field_of_view_asked_mm": search["field_of_view_mm"],
+                            "centred_on": "image centre"}
+    assert card["search"]["augmentation"]["gamma"] == {"probability": 0.3,
+                                                       "range": [0.7, 1.5]}
 
-    # The .keras file loads in safe mode in a fresh process, and takes any image size.
+    # The .keras file loads in safe mode in a fresh process, and takes any image size
+    # and spacing; a spacing that is not one (row, column) pair per image is refused.
     import subprocess
     import sys
 
     code = ("import numpy as np, keras, lvseg_search.model.serving\n"
             f"m = keras.models.load_model({str(model_dir / 'model.keras')!r}, safe_mode=True)\n"
-            "out = m(np.zeros((2, 40, 56), np.int16) + 100)\n"
-            "print(tuple(out['probabilities'].shape), tuple(out['mask'].shape))\n")
+            "out = m({'raw': np.zeros((2, 40, 56), np.int16) + 100,\n"
+            "         'pixel_spacing_mm': np.ones((2, 2), np.float32)})\n"
+            "print(tuple(out['probabilities'].shape), tuple(out['mask'].shape))\n"
+            "try:\n"
+            "    m({'raw': np.zeros((2, 40, 56), np.int16),\n"
+            "       'pixel_spacing_mm': np.ones((2, 3), np.float32)})\n"
+            "except ValueError as e:\n"
+            "    print('refused', 'expected shape=(None, 2)' in str(e))\n")
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stderr[-1500:]
-    assert fresh.stdout.strip() == "(2, 40, 56) (2, 40, 56)"
+    assert fresh.stdout.split("\n")[:2] == ["(2, 40, 56) (2, 40, 56)", "refused True"]
+
+    # The SavedModel's signature fails on a spacing for another number of images or
+    # with one value per image (inside the graph; TensorFlow does not check a
+    # signature's static shapes, so a 3-column spacing passes there), and the package's
+    # runner refuses every wrong shape first with a clear message.
+    import tensorflow as tf
+
+    from lvseg_search.model.formats import saved_model_runner
+
+    serve = tf.saved_model.load(str(model_dir / "saved_model")).signatures["serving_default"]
+    raw = tf.zeros((2, 40, 56), tf.int16)
+    for bad in ((1, 2), (2, 1), (3, 2)):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            serve(raw=raw, pixel_spacing_mm=tf.ones(bad))
+    runner = saved_model_runner(model_dir / "saved_model")
+    with pytest.raises(ValueError, match=r"pixel_spacing_mm: expected shape \(2, 2\)"):
+        runner(np.zeros((2, 40, 56), np.int16), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="positive number of mm"):
+        runner(np.zeros((2, 40, 56), np.int16), np.zeros((2, 2)))
 
     # predict on the held-out patient's study, read straight from DICOM.
     phantom = tiny_data.parent / "phantom" / "dicoms" / split["test"][0]
@@ -192,6 +228,35 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
                     for p in sorted(folder.rglob("*")) if p.is_file())
     for needle in (b"Phantom", b"19700101"):
         assert needle not in blob
+
+    # An image without a usable PixelSpacing: one line naming it and --pixel-spacing,
+    # exit 2, nothing written; given --pixel-spacing, its areas are in mm^2.
+    for name, edit in (("nospacing", lambda ds: delattr(ds, "PixelSpacing")),
+                       ("zerospacing", lambda ds: setattr(ds, "PixelSpacing", [0, 0]))):
+        folder = tmp_path / name
+        folder.mkdir()
+        files = sorted(phantom.glob("*.dcm"))
+        for i, f in enumerate(files):
+            ds = pydicom.dcmread(f)
+            if i == 1:
+                edit(ds)
+            ds.save_as(folder / f.name)
+        capsys.readouterr()
+        assert main(["predict", str(model_dir), str(folder), "--out",
+                     str(tmp_path / f"out-{name}")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and files[1].name in err and "--pixel-spacing R,C" in err
+        assert "no usable PixelSpacing" in err
+        assert not (tmp_path / f"out-{name}").exists()
+    assert main(["predict", str(model_dir), str(tmp_path / "nospacing"), "--out",
+                 str(tmp_path / "out-given"), "--pixel-spacing", "2.5,2.5",
+                 "--no-overlays"]) == 0
+    given = pd.read_csv(tmp_path / "out-given" / "areas.csv")
+    assert given["area_mm2"].notna().all()
+    assert given.iloc[1]["area_mm2"] == pytest.approx(given.iloc[1]["lv_pixels"] * 6.25)
+    assert main(["predict", str(model_dir), str(tmp_path / "nospacing"), "--out",
+                 str(tmp_path / "out-bad"), "--pixel-spacing", "2.5"]) == 2
+    assert "--pixel-spacing: '2.5' is not two positive sizes" in capsys.readouterr().err
 
     # Bad inputs: one line, exit 2, nothing written.
     (tmp_path / "empty").mkdir()

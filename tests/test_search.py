@@ -279,7 +279,8 @@ def test_a_moved_data_folder_is_found_again_with_data(tiny_data, tmp_path, capsy
     # The search resumes from the new place and records it; other data is refused.
     run_search(moved, out, str(TINY), **common)
     assert json.loads((out / "search.json").read_text())["data"] == str(moved.resolve())
-    with pytest.raises(UserError, match=r"other options \(data\)"):
+    # Other data: refused (the grid chosen from it differs too).
+    with pytest.raises(UserError, match=r"other options \(data[,)]"):
         run_search(other, out, str(TINY), **common)
     # A run folder from before the data's digest was kept: its patients must be there.
     record = json.loads((out / "search.json").read_text())
@@ -523,3 +524,23 @@ def test_the_fixed_oracle_trains_the_spaces_default_network(tiny_data, tmp_path)
             values["decoder"], values["learning_rate"]) == (2, 4, "strided_conv", "unet", 5e-3)
     assert json.loads((tmp_path / "run" / "search.json").read_text())["oracle"] == "fixed"
     assert len(list((tmp_path / "run").glob("tuner/trial_*/fold_*/" + RESULT))) == 2
+
+
+@pytest.mark.parametrize("oracle", ["hyperband", "random"])
+def test_include_default_makes_the_default_network_the_first_trial(oracle, tiny_data,
+                                                                   tmp_path):
+    from lvseg_search.errors import UserError
+
+    common = dict(folds=2, max_epochs=2, factor=2, max_trials=2, image_size=32, batch_size=4,
+                  steps_per_epoch=1, verbose=False, oracle=oracle, include_default=True)
+    with pytest.raises(UserError, match="--include-default: the space 'tiny' .* no \\[default"):
+        run_search(tiny_data, tmp_path / "none", str(TINY), **common)
+    space = tmp_path / "tiny_default.toml"
+    space.write_text(TINY.read_text() + "\n[default]\ndepth = 2\nbase_filters = 8\n"
+                     'downsampling = "max_pool"\ndecoder = "transposed"\nlearning_rate = 4e-3\n')
+    summary = run_search(tiny_data, tmp_path / "run", str(space), **common)
+    by_id = {t["trial_id"]: t["hyperparameters"] for t in summary["completed"]}
+    first = by_id[min(by_id)]
+    assert (first["depth"], first["base_filters"], first["downsampling"], first["decoder"],
+            first["learning_rate"]) == (2, 8, "max_pool", "transposed", 4e-3)
+    assert len(by_id) == 2 and by_id[max(by_id)] != first  # then the oracle's own draws

@@ -1,6 +1,14 @@
-"""``tf.data`` input pipeline over shard files: parse -> normalize -> resize -> cache
--> shuffle -> batch -> augment (per image, vectorized over the batch) -> prefetch.
-Deterministic for a given seed."""
+"""``tf.data`` input pipeline over shard files: parse -> normalize -> resample onto the
+network's grid -> cache -> shuffle -> batch -> augment (per image, vectorized over the
+batch) -> prefetch. Deterministic for a given seed.
+
+The network's grid is physical: ``image_size`` pixels of ``spacing_mm`` per side,
+centred on each image's centre, whatever the image's matrix and pixel spacing; the
+deployable model resamples with the same weights (``model.resample``, tested equal).
+Masks are resampled as one-hot class maps and arg-maxed, so that a class keeps its
+area in mm whatever the ratio of spacings. ``spacing_mm=None`` resizes whole images
+instead (``--spacing none``).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ from lvseg_search.data.manifest import PreparedData
 from lvseg_search.errors import UserError
 
 NORMALIZATIONS = ("zscore", "minmax", "percentile")
+# Classes a mask may hold (background, blood pool, myocardium): the depth of its one-hot map.
+MAX_CLASSES = 3
 
 
 @dataclass(frozen=True)
@@ -24,7 +34,10 @@ class PipelineConfig:
     """How images become training batches.
 
     Attributes:
-        image_size: Resize to this many rows and columns; None keeps the stored size.
+        image_size: The network's rows and columns; None keeps the stored size (with no
+            ``spacing_mm`` only).
+        spacing_mm: The network grid's pixel size, mm; None resizes whole images to
+            ``image_size`` whatever their spacing.
         normalization: Per-image normalization, one of ``NORMALIZATIONS``.
         batch_size: Images per batch.
         augment: Apply random flips, rotations, scales and intensity changes.
@@ -35,6 +48,16 @@ class PipelineConfig:
             size; about nnU-Net's range).
         max_shift: Largest translation, as a fraction of the image size.
         intensity: Largest relative gain and offset change.
+        gamma: Probability of a gamma change, 0.7 to 1.5 on the image's own range
+            (mean and spread kept), after nnU-Net's ``GammaTransform``.
+        contrast: Probability of a contrast change, x0.75 to x1.25 about the mean,
+            clipped to the image's range.
+        brightness: Probability of a multiplicative brightness change, x0.75 to x1.25.
+        noise: Probability of additive Gaussian noise, variance 0 to 0.1 (of the
+            normalized image).
+        blur: Probability of a Gaussian blur, sigma 0.5 to 1 pixel.
+        low_resolution: Probability of simulated low resolution: nearest-neighbour
+            sampling at 0.5 to 1 times the grid's resolution, then bilinear back.
         cache: Cache normalized, resized images in memory after the first epoch.
         shuffle: Shuffle examples each epoch.
         shuffle_buffer: Shuffle buffer size.
@@ -44,6 +67,7 @@ class PipelineConfig:
     """
 
     image_size: int | None = None
+    spacing_mm: float | None = None
     normalization: str = "zscore"
     batch_size: int = 8
     augment: bool = False
@@ -51,6 +75,12 @@ class PipelineConfig:
     max_scale: float = 0.25
     max_shift: float = 0.0
     intensity: float = 0.1
+    gamma: float = 0.0
+    contrast: float = 0.0
+    brightness: float = 0.0
+    noise: float = 0.0
+    blur: float = 0.0
+    low_resolution: float = 0.0
     cache: bool = True
     shuffle: bool = False
     shuffle_buffer: int = 2048
@@ -78,10 +108,74 @@ def _normalize(image, method: str):
     return (t.clip_by_value(x, lo, hi) - lo) / (hi - lo + 1e-6)
 
 
+def grid_weights(out_size, in_size, out_spacing, in_spacing):
+    """``model.resample.grid_weights`` in TensorFlow (the pipeline may not depend on the
+    model stage): weights ``[batch, out, in]`` resampling one axis between
+    centre-aligned grids of the given pixel sizes (``[batch]`` or scalars)."""
+    t = tf()
+    ratio = t.reshape(t.cast(out_spacing, t.float32) / t.cast(in_spacing, t.float32),
+                      [-1, 1, 1])
+    n_out, n_in = t.cast(out_size, t.float32), t.cast(in_size, t.float32)
+    i = t.reshape(t.cast(t.range(out_size), t.float32), [1, -1, 1])
+    j = t.reshape(t.cast(t.range(in_size), t.float32), [1, 1, -1])
+    centre = n_in / 2 - 0.5 + (i + 0.5 - n_out / 2) * ratio
+    width = t.maximum(ratio, 1.0)
+    weights = t.nn.relu(1.0 - t.abs(j - centre) / width)
+    inside = t.cast(t.logical_and(centre >= -0.5, centre <= n_in - 0.5), t.float32)
+    total = t.reduce_sum(weights, axis=-1, keepdims=True)
+    return weights * inside / t.maximum(total, 1e-12)
+
+
+def _weights(shape, pixel_spacing, size: int, spacing_mm: float):
+    t = tf()
+    pixel_spacing = t.cast(pixel_spacing, t.float32)
+    return (grid_weights(size, shape[1], spacing_mm, pixel_spacing[:, 0]),
+            grid_weights(size, shape[2], spacing_mm, pixel_spacing[:, 1]))
+
+
+def grid_masks(masks, pixel_spacing, size: int, spacing_mm: float):
+    """Resamples class masks onto the network's grid: each class's one-hot map as an
+    image, then the arg-max (so a class keeps its area in mm at any ratio of spacings).
+
+    Args:
+        masks: Class labels ``[B, H, W, 1]`` (any integer type).
+        pixel_spacing: ``[B, 2]`` (row, column) mm.
+        size: The grid's pixels per side.
+        spacing_mm: The grid's pixel size.
+
+    Returns:
+        uint8 ``[B, size, size, 1]``; background outside an image's field of view.
+    """
+    t = tf()
+    rows, cols = _weights(t.shape(masks), pixel_spacing, size, spacing_mm)
+    onehot = t.one_hot(t.cast(masks[..., 0], t.int32), MAX_CLASSES, dtype=t.float32)
+    fractions = t.einsum("bhs,bstc,bwt->bhwc", rows, onehot, cols)
+    return t.cast(t.argmax(fractions, axis=-1), t.uint8)[..., None]
+
+
+def grid_images(images, pixel_spacing, size: int, spacing_mm: float):
+    """Resamples images ``float32 [B, H, W, 1]`` onto the network's grid (bilinear,
+    antialiased when shrinking); 0 outside an image's field of view.
+
+    Args:
+        images: float32 ``[B, H, W, 1]``.
+        pixel_spacing: ``[B, 2]`` (row, column) mm.
+        size: The grid's pixels per side.
+        spacing_mm: The grid's pixel size.
+    """
+    t = tf()
+    rows, cols = _weights(t.shape(images), pixel_spacing, size, spacing_mm)
+    return t.einsum("bhs,bstc,bwt->bhwc", rows, images, cols)
+
+
 def _prepare(example, config: PipelineConfig):
     t = tf()
     image = _normalize(example["image"], config.normalization)[..., None]
     mask = example["mask"][..., None]
+    if config.spacing_mm:
+        spacing = example["pixel_spacing_mm"][None]
+        return (grid_images(image[None], spacing, config.image_size, config.spacing_mm)[0],
+                grid_masks(mask[None], spacing, config.image_size, config.spacing_mm)[0])
     if config.image_size:
         size = [config.image_size, config.image_size]
         image = t.image.resize(image, size, method="bilinear")
@@ -89,15 +183,63 @@ def _prepare(example, config: PipelineConfig):
     return image, mask
 
 
+# nnU-Net's ranges (its 2-D defaults); the probabilities are options.
+GAMMA_RANGE = (0.7, 1.5)
+CONTRAST_RANGE = (0.75, 1.25)
+BRIGHTNESS_RANGE = (0.75, 1.25)
+NOISE_VARIANCE = (0.0, 0.1)
+BLUR_SIGMA_PX = (0.5, 1.0)
+LOW_RESOLUTION_ZOOM = (0.5, 1.0)
+_BLUR_RADIUS = 3  # pixels: covers 3 sigma of the widest blur
+
+
+def _warp(t, images, transforms, interpolation: str):
+    """One projective warp of every image by its own transform (output -> input)."""
+    shape = t.shape(images)
+    return t.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3],
+        fill_value=0.0, interpolation=interpolation, fill_mode="NEAREST")
+
+
+def _scaling(t, factor):
+    """Transforms ``[B, 8]`` mapping output pixel ``p`` to input ``p * factor``."""
+    zeros = t.zeros_like(factor)
+    return t.stack([factor, zeros, zeros, zeros, factor, zeros, zeros, zeros], axis=1)
+
+
+def _blur(t, images, sigma):
+    """Separable Gaussian blur, each image with its own sigma (0: unchanged): the batch
+    becomes the channels of one depthwise convolution."""
+    offsets = t.cast(t.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1), t.float32)
+    safe = t.maximum(sigma, 1e-3)[:, None]
+    kernel = t.exp(-0.5 * t.square(offsets[None, :] / safe))
+    kernel = kernel / t.reduce_sum(kernel, axis=1, keepdims=True)  # [B, K]
+    x = t.transpose(images, [3, 1, 2, 0])  # [1, H, W, B]
+    along_rows = t.transpose(kernel)[:, None, :, None]  # [K, 1, B, 1]
+    along_cols = t.transpose(kernel)[None, :, :, None]  # [1, K, B, 1]
+    x = t.nn.depthwise_conv2d(x, along_rows, [1, 1, 1, 1], "SAME")
+    x = t.nn.depthwise_conv2d(x, along_cols, [1, 1, 1, 1], "SAME")
+    return t.transpose(x, [3, 1, 2, 0])
+
+
 def _augment(images, masks, rand, config: PipelineConfig):
-    """Augments a whole batch at once (one vectorized warp), each image with its own draw."""
+    """Augments a whole batch at once (vectorized), each image with its own draw: one
+    spatial warp (flips, rotation, zoom, shift; on the physical grid, so a zoom is a
+    change of size in mm), then, each with its probability, noise, blur, brightness,
+    contrast, low resolution and gamma (nnU-Net's order), then gain and offset."""
     t = tf()
     seeds = t.random.experimental.stateless_split(
-        t.stack([rand, t.constant(config.seed, t.int64)]), 8)
+        t.stack([rand, t.constant(config.seed, t.int64)]), 24)
     b = t.shape(images)[0]
 
     def u(i, lo, hi, shape=None):
         return t.random.stateless_uniform(shape if shape is not None else [b], seeds[i], lo, hi)
+
+    def chosen(i, probability):
+        return u(i, 0.0, 1.0) < probability
+
+    def per_image(v):
+        return t.reshape(v, [-1, 1, 1, 1])
 
     theta = u(2, -1.0, 1.0) * config.max_rotation_deg * math.pi / 180
     scale = 1.0 + u(3, -config.max_scale, config.max_scale)
@@ -118,14 +260,40 @@ def _augment(images, masks, rand, config: PipelineConfig):
     zeros = t.zeros_like(a0)
     transforms = t.stack([a0 * sx, a1 * sy, a0 * tx + a1 * ty + a2,
                           b0 * sx, b1 * sy, b0 * tx + b1 * ty + b2, zeros, zeros], axis=1)
+    images = _warp(t, images, transforms, "BILINEAR")
+    masks = t.cast(_warp(t, t.cast(masks, t.float32), transforms, "NEAREST"), t.uint8)
 
-    def warp(x, interpolation):
-        return t.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=transforms, output_shape=t.stack([h, w]),
-            fill_value=0.0, interpolation=interpolation, fill_mode="NEAREST")
-
-    images = warp(images, "BILINEAR")
-    masks = t.cast(warp(t.cast(masks, t.float32), "NEAREST"), t.uint8)
+    if config.noise > 0:
+        std = t.sqrt(u(8, *NOISE_VARIANCE)) * t.cast(chosen(9, config.noise), t.float32)
+        images += per_image(std) * t.random.stateless_normal(t.shape(images), seeds[10])
+    if config.blur > 0:
+        sigma = u(11, *BLUR_SIGMA_PX) * t.cast(chosen(12, config.blur), t.float32)
+        images = _blur(t, images, sigma)
+    if config.brightness > 0:
+        factor = t.where(chosen(13, config.brightness), u(14, *BRIGHTNESS_RANGE), 1.0)
+        images *= per_image(factor)
+    if config.contrast > 0:
+        factor = t.where(chosen(15, config.contrast), u(16, *CONTRAST_RANGE), 1.0)
+        mean = t.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        lo = t.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+        hi = t.reduce_max(images, axis=[1, 2, 3], keepdims=True)
+        images = t.clip_by_value((images - mean) * per_image(factor) + mean, lo, hi)
+    if config.low_resolution > 0:
+        zoom = t.where(chosen(17, config.low_resolution), u(18, *LOW_RESOLUTION_ZOOM), 1.0)
+        coarse = _warp(t, images, _scaling(t, 1.0 / zoom), "NEAREST")
+        images = _warp(t, coarse, _scaling(t, zoom), "BILINEAR")
+    if config.gamma > 0:
+        # Half the draws darken, half brighten (nnU-Net), on the image's own range, then
+        # its mean and spread are restored.
+        low, high = GAMMA_RANGE
+        gamma = t.where(u(19, 0.0, 1.0) < 0.5, u(20, low, 1.0), u(21, 1.0, high))
+        gamma = t.where(chosen(22, config.gamma), gamma, 1.0)
+        mean, var = t.nn.moments(images, axes=[1, 2, 3], keepdims=True)
+        lo = t.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+        span = t.reduce_max(images, axis=[1, 2, 3], keepdims=True) - lo + 1e-6
+        curved = t.pow((images - lo) / span, per_image(gamma)) * span + lo
+        new_mean, new_var = t.nn.moments(curved, axes=[1, 2, 3], keepdims=True)
+        images = (curved - new_mean) / t.sqrt(new_var + 1e-12) * t.sqrt(var) + mean
     gain = 1.0 + u(4, -config.intensity, config.intensity, [b, 1, 1, 1])
     offset = u(5, -config.intensity, config.intensity, [b, 1, 1, 1])
     return images * gain + offset, masks
@@ -239,7 +407,7 @@ def patient_files(data: PreparedData, patients: Sequence[str],
     """
     if len(data.manifest["image_sizes"]) > 1 and not config.image_size:
         raise UserError(f"{data.root / manifest_mod.FILENAME}: images come in several "
-                        "sizes; set --image-size")
+                        "sizes; set --image-size (or use the physical grid)")
     files = []
     for pid in patients:
         path = data.shard(pid)

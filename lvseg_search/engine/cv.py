@@ -96,5 +96,6 @@ class CrossValidation:
 
             patients = load_patients(self.data, self.patients(k, "val"))
             self._validation[k] = validation_set(patients, self.config.image_size,
-                                                 self.config.normalization)
+                                                 self.config.normalization,
+                                                 self.config.spacing_mm)
         return self._validation[k]

@@ -33,7 +33,7 @@ from lvseg_search.data.manifest import PreparedData
 from lvseg_search.data.pipeline import PipelineConfig
 from lvseg_search.engine.lock import LOCK_FILE
 from lvseg_search.errors import UserError
-from lvseg_search.model.space import SearchSpace, check_image_size, load_space
+from lvseg_search.model.space import SearchSpace, check_image_size, largest_stride, load_space
 
 CHECKPOINT = "checkpoint.weights.h5"
 RESULT = "result.json"
@@ -53,10 +53,15 @@ DEFAULT_MAX_TRIALS = 10
 # Options that only size the search, not how a trial trains: a run may resume with others.
 BUDGET_OPTIONS = ("max_trials", "hyperband_iterations")
 # Training augmentation (flips always): the pipeline's defaults unless the space sets them.
+# The last six are probabilities, nnU-Net's defaults for 2-D (the ranges are fixed,
+# see data.pipeline).
 AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
                     "augment_scale": PipelineConfig.max_scale,
                     "augment_shift": PipelineConfig.max_shift,
-                    "augment_intensity": PipelineConfig.intensity}
+                    "augment_intensity": PipelineConfig.intensity,
+                    "augment_gamma": 0.3, "augment_contrast": 0.15,
+                    "augment_brightness": 0.15, "augment_noise": 0.1, "augment_blur": 0.2,
+                    "augment_low_resolution": 0.25}
 # steps_per_epoch 0: an epoch is one pass over the fold's training slices.
 DEFAULTS = {"max_epochs": 9, "factor": 3, "hyperband_iterations": 1, "image_size": 128,
             "batch_size": 8, "folds": 3, "normalization": "zscore", "steps_per_epoch": 0,
@@ -151,6 +156,21 @@ class SearchOptions:
     oracle: str = "hyperband"
     groups_file: str = ""
     group_column: str = "group"
+    # The network's grid: pixel size and field of view, mm (data.target_grid). None
+    # until chosen from the data (prepare_run); 0 resizes whole images to image_size
+    # (--spacing none, and run folders written before the physical grid).
+    spacing_mm: float | None = 0.0
+    field_of_view_mm: float | None = 0.0
+    # Augmentations added with the physical grid (probabilities); older run folders
+    # trained without them.
+    augment_gamma: float = 0.0
+    augment_contrast: float = 0.0
+    augment_brightness: float = 0.0
+    augment_noise: float = 0.0
+    augment_blur: float = 0.0
+    augment_low_resolution: float = 0.0
+    # The space's [default] network as the search's first trial (a baseline inside it).
+    include_default: bool = False
 
     def pipeline(self, batch_size: int | None = None) -> PipelineConfig:
         """The search's pipeline settings (``.training()`` adds shuffling and the
@@ -160,10 +180,27 @@ class SearchOptions:
             batch_size: Images per batch (default: the search's).
         """
         return PipelineConfig(
-            image_size=self.image_size, normalization=self.normalization,
+            image_size=self.image_size, spacing_mm=self.spacing_mm or None,
+            normalization=self.normalization,
             batch_size=batch_size or self.batch_size, seed=self.seed,
             max_rotation_deg=self.augment_rotation_deg, max_scale=self.augment_scale,
-            max_shift=self.augment_shift, intensity=self.augment_intensity)
+            max_shift=self.augment_shift, intensity=self.augment_intensity,
+            gamma=self.augment_gamma, contrast=self.augment_contrast,
+            brightness=self.augment_brightness, noise=self.augment_noise,
+            blur=self.augment_blur, low_resolution=self.augment_low_resolution)
+
+    @property
+    def physical(self) -> bool:
+        """Whether the network sees a physical grid (else whole images resized)."""
+        return bool(self.spacing_mm)
+
+    def grid_text(self) -> str:
+        """The network's input, in words."""
+        if not self.physical:
+            return f"whole images resized to {self.image_size} x {self.image_size} px"
+        return (f"{self.image_size} x {self.image_size} px of {self.spacing_mm:.3g} mm "
+                f"({self.image_size * self.spacing_mm:.0f} mm field of view) around each "
+                "image's centre")
 
 
 def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptions:
@@ -174,8 +211,17 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
     """
     merged = {key: given.get(key) if given.get(key) is not None
               else space.search.get(key, default) for key, default in DEFAULTS.items()}
+    spacing, field_of_view = parse_spacing(given.get("spacing")), given.get("field_of_view")
+    if spacing == 0.0 and field_of_view is not None:
+        raise UserError("--field-of-view: with --spacing none the whole image is resized; "
+                        "drop one of them")
+    if spacing != 0.0:
+        # On the physical grid the size follows from the pixel size and the field of
+        # view unless given on the command line (a space's image size is for --spacing
+        # none); chosen with the data, in prepare_run.
+        merged["image_size"] = given.get("image_size") or 0
     for key in ("max_epochs", "image_size", "batch_size", "hyperband_iterations"):
-        if merged[key] < 1:
+        if merged[key] < 1 and not (key == "image_size" and spacing != 0.0):
             opt = "--iterations" if key == "hyperband_iterations" else f"--{key.replace('_', '-')}"
             raise UserError(f"{opt}: {merged[key]} must be at least 1")
     if merged["steps_per_epoch"] < 0:
@@ -188,11 +234,22 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
     precision = given.get("precision") or "float32"
     if precision not in PRECISIONS:
         raise UserError(f"--precision: unknown {precision!r}; choose {', '.join(PRECISIONS)}")
-    check_image_size(space, merged["image_size"])
+    if merged["image_size"]:
+        check_image_size(space, merged["image_size"])
+    if field_of_view is not None and field_of_view <= 0:
+        raise UserError(f"--field-of-view: {field_of_view:g} mm must be more than 0")
+    if (spacing and merged["image_size"] and field_of_view is not None):
+        raise UserError("--image-size, --spacing and --field-of-view: any two decide the "
+                        "third; drop one")
     oracle = given.get("oracle") or "hyperband"
     if oracle not in ORACLES:
         raise UserError(f"--oracle: unknown {oracle!r}; choose one of {', '.join(ORACLES)}")
     max_trials = given.get("max_trials")
+    include_default = bool(given.get("include_default"))
+    if include_default and not space.default:
+        raise UserError(f"--include-default: the space {space.name!r} ({space.path}) has no "
+                        "[default] table; add one value per hyperparameter, or drop the "
+                        "option")
     if oracle == "fixed":
         if not space.default:
             raise UserError(f"--oracle fixed: the space {space.name!r} ({space.path}) has no "
@@ -217,11 +274,49 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         test_patients=int(given.get("test_patients") or 0),
         test_ids=tuple(given.get("test_ids") or ()), seed=int(given.get("seed") or 0),
         precision=precision, jit=bool(given.get("jit")), max_trials=max_trials, oracle=oracle,
-        **merged)
+        spacing_mm=spacing, field_of_view_mm=field_of_view,
+        include_default=include_default and oracle != "fixed", **merged)
+
+
+def parse_spacing(value: Any) -> float | None:
+    """``--spacing``: None (not given: from the data), ``none`` (0.0: whole images
+    resized) or a pixel size in mm.
+
+    Raises:
+        UserError: Neither a positive number nor ``none``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return 0.0
+    try:
+        mm = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--spacing: {value!r} is neither a pixel size in mm nor 'none'") from None
+    if not mm > 0 or mm == float("inf"):
+        raise UserError(f"--spacing: {value} must be a pixel size above 0 mm, or 'none'")
+    return mm
+
+
+def resolve_grid(options: SearchOptions, data: PreparedData, split: dict[str, Any],
+                 space: SearchSpace) -> SearchOptions:
+    """The options with the network's grid chosen (``data.target_grid``) from the
+    patients the search trains and validates on; unchanged with ``--spacing none``."""
+    if options.spacing_mm == 0.0:
+        return options
+    from lvseg_search.data.target_grid import choose_grid
+
+    patients = sorted({p for f in split["folds"] for p in f["train"] + f["val"]})
+    grid = choose_grid(data, patients, largest_stride(space), spacing_mm=options.spacing_mm,
+                       field_of_view_mm=options.field_of_view_mm,
+                       image_size=options.image_size or None)
+    return replace(options, spacing_mm=grid.spacing_mm, image_size=grid.size,
+                   field_of_view_mm=grid.field_of_view_mm)
 
 
 def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite: bool,
-                splits_file: Path | None) -> tuple[SearchOptions, dict[str, Any]]:
+                splits_file: Path | None, space: SearchSpace
+                ) -> tuple[SearchOptions, dict[str, Any]]:
     """Creates or resumes a run folder.
 
     Args:
@@ -230,6 +325,7 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         data: The prepared data folder the options name.
         overwrite: Start afresh even if ``out`` holds a search.
         splits_file: Use these splits instead of making new ones.
+        space: The search space (its networks' stride sizes the grid).
 
     Returns:
         The options as recorded (with the data's digest, ``splits_file``, its folds and test
@@ -252,8 +348,21 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
     record = out / SEARCH_FILE
     if record.is_file() and not overwrite:
         previous = json.loads(record.read_text(encoding="utf-8"))
-        # An option added since the run was written counts as the value it trained with.
+        split = splits_mod.load(out / splits_mod.FILENAME, list(counts))
         legacy = {f.name: f.default for f in fields(SearchOptions) if f.default is not MISSING}
+        if "spacing_mm" not in previous:
+            # Written before the physical grid: resumed as it trained (whole images),
+            # unless a grid is asked for explicitly (then the options differ, below).
+            unknown = {k: legacy[k] for k in legacy if k not in previous
+                       and k.startswith("augment_")}
+            if options.spacing_mm is None and options.field_of_view_mm is None:
+                unknown.update(spacing_mm=0.0, field_of_view_mm=0.0,
+                               image_size=options.image_size or previous["image_size"])
+            options = replace(options, **unknown)
+        # The grid chosen again from the same data and patients: the same, unless an
+        # option that decides it changed.
+        options = resolve_grid(options, data, split, space)
+        # An option added since the run was written counts as the value it trained with.
         # Compared elsewhere: the space by its contents (space_digest), not by the path
         # (older runs hold relative ones); a splits file by its folds, below, not by the
         # recorded counts (older runs hold the command line's defaults); the data by its
@@ -271,7 +380,6 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
             raise UserError(f"{out}: holds a search with other options ({', '.join(changed)}); "
                             "re-run with the same options to resume, or choose another "
                             "--out, or pass --overwrite")
-        split = splits_mod.load(out / splits_mod.FILENAME, list(counts))
         if given_split is not None and (given_split["folds"], given_split["test"]) != (
                 split["folds"], split["test"]):
             raise UserError(f"--splits: {splits_file} differs from the splits of the search in "
@@ -295,6 +403,7 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         split = splits_mod.make_splits(counts, options.folds, test_patients=options.test_patients,
                                        test_ids=options.test_ids, seed=options.seed,
                                        test_seed=options.test_seed, groups=groups)
+    options = resolve_grid(options, data, split, space)
     # Only once the new splits are sound does an overwritten run go (all but the lock
     # that this search holds).
     if overwrite and out.exists():

@@ -72,7 +72,8 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
         oracle = make_oracle(options.oracle, seed=options.seed, max_epochs=options.max_epochs,
                              factor=options.factor,
                              hyperband_iterations=options.hyperband_iterations,
-                             max_trials=options.max_trials, default=sp.default)
+                             max_trials=options.max_trials, default=sp.default,
+                             include_default=options.include_default)
         tuner = CVTuner(cv, oracle, options.max_epochs, seed=options.seed, verbose=verbose,
                         hypermodel=hypermodel, distribution_strategy=dist, directory=str(out),
                         project_name=PROJECT, tensorboard_dir=out / hparams.DIRNAME,
@@ -97,8 +98,8 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
                 f"{options.oracle} search, {options.max_trials} trials of "
                 f"{options.max_epochs} epochs")
         print(f"search: space {sp.name}, {cv.n_folds} patient-grouped folds, "
-              f"{len(split['test'])} held-out test patient(s), {plan}, images "
-              f"{options.image_size}px -> {out}", flush=True)
+              f"{len(split['test'])} held-out test patient(s), {plan}; network input: "
+              f"{options.grid_text()} -> {out}", flush=True)
         print(splits.format_balance(split, data.slice_counts), flush=True)
         done = len(list((out / PROJECT).glob("trial_*/trial.json")))
         if done:

@@ -127,9 +127,28 @@ def weights_seed(seed: int, trial_id: str) -> int:
     return (seed * 100003 + int(trial_id)) % 2**32
 
 
+def _default_first(oracle_class: type) -> type:
+    """``oracle_class`` whose first trial is the space's default configuration: the
+    first random draw is replaced by it (a resumed search, which has trials, draws as
+    usual). keras-tuner's oracles sample every trial at random; the rest of their
+    behaviour (Hyperband's brackets, the Bayesian model) is untouched."""
+
+    class DefaultFirst(oracle_class):
+        first_values: dict[str, Any] = {}
+
+        def _random_values(self):
+            if self.first_values and not self.trials:
+                return dict(self.first_values)
+            return super()._random_values()
+
+    DefaultFirst.__name__ = DefaultFirst.__qualname__ = f"DefaultFirst{oracle_class.__name__}"
+    return DefaultFirst
+
+
 def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
                 hyperband_iterations: int, max_trials: int | None,
-                default: dict[str, Any] | None = None) -> keras_tuner.Oracle:
+                default: dict[str, Any] | None = None,
+                include_default: bool = False) -> keras_tuner.Oracle:
     """One of keras-tuner's own oracles for the search, maximizing ``val_dice``.
 
     Args:
@@ -142,21 +161,31 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
         factor: Hyperband's reduction factor.
         hyperband_iterations: Hyperband's iterations.
         max_trials: Trials at most (Hyperband: a cap on its schedule; None: none).
-        default: The space's default configuration, for ``fixed``.
+        default: The space's default configuration, for ``fixed`` and
+            ``include_default``.
+        include_default: Make the default configuration the first trial (a baseline
+            inside the search; ``hyperband``, ``random`` and ``bayesian``).
 
     Raises:
-        ValueError: An unknown kind.
+        ValueError: An unknown kind, or ``include_default`` without a default.
     """
     objective = keras_tuner.Objective("val_dice", direction="max")
     common = {"objective": objective, "seed": seed + 1, "max_consecutive_failed_trials": 8}
-    if kind == "hyperband":
-        return keras_tuner.oracles.HyperbandOracle(
-            max_epochs=max_epochs, factor=factor, hyperband_iterations=hyperband_iterations,
-            **common)
-    if kind == "random":
-        return keras_tuner.oracles.RandomSearchOracle(max_trials=max_trials, **common)
-    if kind == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=max_trials, **common)
+    if include_default and kind != "fixed" and not default:
+        raise ValueError("include_default: the space has no [default] configuration")
+    classes = {"hyperband": keras_tuner.oracles.HyperbandOracle,
+               "random": keras_tuner.oracles.RandomSearchOracle,
+               "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}
+    if kind in classes:
+        oracle_class = _default_first(classes[kind]) if include_default else classes[kind]
+        if kind == "hyperband":
+            oracle = oracle_class(max_epochs=max_epochs, factor=factor,
+                                  hyperband_iterations=hyperband_iterations, **common)
+        else:
+            oracle = oracle_class(max_trials=max_trials, **common)
+        if include_default:
+            oracle.first_values = dict(default or {})
+        return oracle
     if kind == "fixed":
         # keras-tuner's own way to pin values: the space registers its hyperparameters
         # on these, and a registered Fixed value wins over the space's choice or range.

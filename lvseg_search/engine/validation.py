@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lvseg_search.data.pipeline import grid_masks
 from lvseg_search.evaluate.measures import dice
 from lvseg_search.evaluate.scoring import LV, PatientImages, same_size_groups
 from lvseg_search.model.postprocess import keep_largest_regions, largest_region
@@ -39,13 +40,15 @@ class ValidationSet:
     Attributes:
         patients: The patients as stored (raw pixels, masks, spacing).
         inputs: Per patient, normalized images ``float32 [n, S, S, 1]``.
-        labels: Per patient, class labels ``uint8 [n, S, S, 1]`` (nearest-neighbour
-            resized, as the training pipeline resizes masks).
+        labels: Per patient, class labels ``uint8 [n, S, S, 1]`` (resampled as the
+            training pipeline resamples masks).
+        spacing_mm: The network grid's pixel size (None: whole images resized).
     """
 
     patients: tuple[PatientImages, ...]
     inputs: tuple[np.ndarray, ...]
     labels: tuple[np.ndarray, ...]
+    spacing_mm: float | None = None
 
     @property
     def size(self) -> int:
@@ -54,18 +57,19 @@ class ValidationSet:
 
 
 def validation_set(patients: Sequence[PatientImages], image_size: int,
-                   normalization: str) -> ValidationSet:
+                   normalization: str, spacing_mm: float | None = None) -> ValidationSet:
     """Preprocesses validation patients once for every epoch of every trial.
 
     Args:
         patients: Patients from ``scoring.load_patients``.
         image_size: The networks' input rows and columns.
         normalization: The per-image normalization of the training pipeline.
+        spacing_mm: The network grid's pixel size (None: whole images resized).
 
     Returns:
         The patients with their network inputs and labels.
     """
-    pre = Preprocess(image_size, normalization, dtype="float32")
+    pre = Preprocess(image_size, normalization, spacing_mm, dtype="float32")
     size = (image_size, image_size)
     inputs, labels = [], []
     for p in patients:
@@ -74,12 +78,16 @@ def validation_set(patients: Sequence[PatientImages], image_size: int,
         for group in same_size_groups(p.images):
             raw = np.stack([p.images[i] for i in group])
             masks = np.stack([p.masks[i] for i in group])[..., None]
-            x[group] = ops.convert_to_numpy(pre(raw))
-            y[group] = ops.convert_to_numpy(ops.image.resize(masks, size,
-                                                             interpolation="nearest"))
+            spacing = p.spacing_mm[group].astype(np.float32)
+            x[group] = ops.convert_to_numpy(pre(raw, spacing))
+            if spacing_mm:
+                y[group] = grid_masks(masks, spacing, image_size, spacing_mm).numpy()
+            else:
+                y[group] = ops.convert_to_numpy(ops.image.resize(masks, size,
+                                                                 interpolation="nearest"))
         inputs.append(x)
         labels.append(y)
-    return ValidationSet(tuple(patients), tuple(inputs), tuple(labels))
+    return ValidationSet(tuple(patients), tuple(inputs), tuple(labels), spacing_mm)
 
 
 def traced_forward(model: keras.Model) -> Callable[[np.ndarray], Any]:
@@ -175,13 +183,13 @@ class FoldValidation(keras.callbacks.Callback):
         """
         if self.probabilities is None:
             raise RuntimeError("FoldValidation.masks before any evaluation")
-        restore = RestoreSize(1, dtype="float32")
+        restore = RestoreSize(1, self.data.spacing_mm, dtype="float32")
         out = []
         for p, probs in zip(self.data.patients, self.probabilities, strict=True):
             masks: list[np.ndarray | None] = [None] * len(p.images)
             for group in same_size_groups(p.images):
                 raw = np.stack([p.images[i] for i in group])
-                _, mask = restore(probs[group], raw)
+                _, mask = restore(probs[group], raw, p.spacing_mm[group].astype(np.float32))
                 for i, m in zip(group, keep_largest_regions(ops.convert_to_numpy(mask)),
                                 strict=True):
                     masks[i] = m

@@ -88,13 +88,18 @@ def same_size_groups(images: Sequence[np.ndarray]) -> list[list[int]]:
     return list(groups.values())
 
 
-def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: Sequence[np.ndarray],
+Predictor = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
+
+
+def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequence[Any],
             batch_size: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Runs a segmenter over 2-D images, batching those of equal size.
 
     Args:
-        predict: Maps raw int16 ``[B, H, W]`` to ``{"probabilities", "mask"}``.
+        predict: Maps raw int16 ``[B, H, W]`` and pixel spacing float32 ``[B, 2]`` (row,
+            column, mm) to ``{"probabilities", "mask"}``.
         images: ``[N, H, W]`` int16, or any sequence of differently sized images.
+        spacing_mm: Each image's (row, column) pixel spacing, mm.
         batch_size: Images per call.
 
     Returns:
@@ -108,7 +113,8 @@ def segment(predict: Callable[[np.ndarray], dict[str, Any]], images: Sequence[np
     for indices in same_size_groups(images):
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            out = predict(np.stack([images[i] for i in chunk]))
+            out = predict(np.stack([images[i] for i in chunk]),
+                          np.asarray([spacing_mm[i] for i in chunk], np.float32))
             for i, p, m in zip(chunk, np.asarray(out["probabilities"]),
                                keep_largest_regions(np.asarray(out["mask"])), strict=True):
                 probs[i], masks[i] = p, m
@@ -134,21 +140,20 @@ def score_masks(pred: Sequence[np.ndarray],
     return rows, volume_dice([m.astype(bool) for m in pred], truth)
 
 
-def score_patients(predict: Callable[[np.ndarray], dict[str, Any]],
-                   patients: Sequence[PatientImages],
+def score_patients(predict: Predictor, patients: Sequence[PatientImages],
                    batch_size: int = 16) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Scores a segmenter on patients.
 
     Args:
-        predict: Maps raw int16 ``[B, H, W]`` to ``{"probabilities", "mask"}``.
+        predict: See :func:`segment`.
         patients: Patients from :func:`load_patients`.
         batch_size: Images per call of ``predict``.
 
     Returns:
         Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize`).
     """
-    return score_predictions([segment(predict, p.images, batch_size)[1] for p in patients],
-                             patients)
+    return score_predictions([segment(predict, p.images, p.spacing_mm, batch_size)[1]
+                              for p in patients], patients)
 
 
 def score_predictions(masks: Sequence[Sequence[np.ndarray]], patients: Sequence[PatientImages]

@@ -1,7 +1,9 @@
 """The deployable model's file formats inside an exported model folder, and a runner
-for each: a function from a raw int16 batch to ``{"probabilities", "mask"}`` numpy
-arrays, so that ``export`` can check every format against the Keras model and
-``predict`` can serve one. TensorFlow (and tf2onnx/onnxruntime) load lazily.
+for each: a function from a raw int16 batch ``[B, H, W]`` and its pixel spacing
+``[B, 2]`` (row, column, mm) to ``{"probabilities", "mask"}`` numpy arrays, so that
+``export`` can check every format against the Keras model and ``predict`` can serve
+one. Models of serving contract 1 (raw pixels only) run too; they ignore the spacing.
+TensorFlow (and tf2onnx/onnxruntime) load lazily.
 """
 
 from __future__ import annotations
@@ -15,6 +17,27 @@ SAVED_MODEL = "saved_model"
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
+SPACING = "pixel_spacing_mm"  # the serving signature's second input (contract 2)
+
+
+def check_inputs(raw, pixel_spacing) -> tuple[np.ndarray, np.ndarray]:
+    """The serving inputs as the signature takes them.
+
+    Raises:
+        ValueError: ``raw`` is not ``[B, H, W]``, or the spacing is not ``[B, 2]`` of
+            positive finite millimetres.
+    """
+    raw = np.asarray(raw, np.int16)
+    spacing = np.asarray(pixel_spacing, np.float32)
+    if raw.ndim != 3:
+        raise ValueError(f"raw: expected int16 [batch, height, width], got shape {raw.shape}")
+    if spacing.shape != (raw.shape[0], 2):
+        raise ValueError(f"pixel_spacing_mm: expected shape ({raw.shape[0]}, 2), one (row, "
+                         f"column) pair in mm per image, got {spacing.shape}")
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise ValueError("pixel_spacing_mm: every value must be a positive number of mm, got "
+                         f"{spacing.tolist()}")
+    return raw, spacing
 
 
 def tflite_runner(path: Path):
@@ -27,7 +50,13 @@ def tflite_runner(path: Path):
         warnings.simplefilter("ignore")  # the interpreter's move to LiteRT is announced
         interpreter = tf().lite.Interpreter(model_path=str(path), num_threads=1)
     runner = interpreter.get_signature_runner("serving_default")
-    return lambda raw: runner(raw=np.asarray(raw, np.int16))
+    takes_spacing = SPACING in interpreter.get_signature_list()["serving_default"]["inputs"]
+
+    def run(raw, pixel_spacing):
+        raw, spacing = check_inputs(raw, pixel_spacing)
+        return runner(raw=raw, **({SPACING: spacing} if takes_spacing else {}))
+
+    return run
 
 
 def saved_model_runner(path: Path):
@@ -37,7 +66,15 @@ def saved_model_runner(path: Path):
     t = tf()
     loaded = t.saved_model.load(str(path))
     serve = loaded.signatures["serving_default"]
-    return lambda raw: {k: v.numpy() for k, v in serve(raw=t.constant(raw, t.int16)).items()}
+    takes_spacing = SPACING in serve.structured_input_signature[1]
+
+    def run(raw, pixel_spacing):
+        raw, spacing = check_inputs(raw, pixel_spacing)
+        extra = {SPACING: t.constant(spacing)} if takes_spacing else {}
+        return {k: v.numpy() for k, v in serve(raw=t.constant(raw), **extra).items()}
+
+    run.contract = 2 if takes_spacing else 1
+    return run
 
 
 def write_onnx(saved_model: Path, out: Path) -> tuple[Any, str]:
@@ -63,9 +100,14 @@ def write_onnx(saved_model: Path, out: Path) -> tuple[Any, str]:
     session = onnxruntime.InferenceSession(str(out), options,
                                            providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    inputs = [i.name for i in session.get_inputs()]
+    raw_name = next(n for n in inputs if "raw" in n)
+    spacing_name = next((n for n in inputs if "spacing" in n), None)
 
-    def run_onnx(raw):
-        values = session.run(None, {session.get_inputs()[0].name: np.asarray(raw, np.int16)})
+    def run_onnx(raw, pixel_spacing):
+        raw, spacing = check_inputs(raw, pixel_spacing)
+        feed = {raw_name: raw, **({spacing_name: spacing} if spacing_name else {})}
+        values = session.run(None, feed)
         named = dict(zip(names, values, strict=True))
         return {"probabilities": next(v for k, v in named.items() if "prob" in k),
                 "mask": next(v for k, v in named.items() if "mask" in k)}

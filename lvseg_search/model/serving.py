@@ -1,12 +1,16 @@
-"""The deployable model: raw stored pixel values ``[batch, H, W]`` of any size in, LV
-probabilities and mask (its largest region) at the input size out.
+"""The deployable model (serving contract 2): raw stored pixel values ``[batch, H, W]``
+of any size and their pixel spacing ``[batch, 2]`` (row, column, mm) in, LV
+probabilities and mask (its largest region) on the input grid out.
 
-The search trains networks on normalized ``S x S`` images; this wraps one (or an
-ensemble of several) with the same per-image normalization and resizing the training
-pipeline applies, so every exported format (SavedModel, ``.keras``, TFLite) and
-``predict`` run exactly one code path. ``keras.ops`` only: the wrapper is plain Keras
-and loads with ``safe_mode=True`` once this module is imported (it registers the
-layers below).
+The search trains networks on normalized ``S x S`` images of one physical grid (``S``
+pixels of the target spacing, centred on the image; see ``resample``); this wraps one (or
+an ensemble of several) with the same per-image normalization and resampling the
+training pipeline applies, and the inverse resampling, so every exported format
+(SavedModel, ``.keras``, TFLite, ONNX) and ``predict`` run exactly one code path.
+Models of searches made with ``--spacing none`` resize whole images to ``S x S``
+instead (and ignore the spacing). ``keras.ops`` only: the wrapper is plain Keras and
+loads with ``safe_mode=True`` once this module is imported (it registers the layers
+below).
 """
 
 from __future__ import annotations
@@ -16,28 +20,42 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
+from lvseg_search.model.resample import from_grid, to_grid
+
 NORMALIZATIONS = ("zscore", "minmax", "percentile")
 EPS = 1e-6  # the same epsilon as the training pipeline's normalization
 
 
+def _per_image(pixel_spacing, raw):
+    """The spacing as ``[batch, 2]``: a reshape that fails inside the graph when the
+    spacing holds another number of values than two per image (a SavedModel signature
+    checks the dtype, not the shape; where the graph knows the last axis is 2, as from
+    the signature, only the number of rows is checked at run time)."""
+    return ops.reshape(ops.cast(pixel_spacing, "float32"), (ops.shape(raw)[0], 2))
+
+
 @keras.saving.register_keras_serializable(package="lvseg_search")
 class Preprocess(layers.Layer):
-    """Per-image normalization and bilinear resize to the network's input size, as in
-    the training pipeline (``pipeline._prepare``).
+    """Per-image normalization, then resampling onto the network's grid, as in the
+    training pipeline (``pipeline._prepare``).
 
     Args:
         image_size: Rows and columns the network takes.
         normalization: ``zscore``, ``minmax`` or ``percentile`` (1st to 99th).
+        spacing_mm: The grid's pixel size; None resizes the whole image to
+            ``image_size`` (models of ``--spacing none`` searches and of contract 1).
     """
 
-    def __init__(self, image_size: int, normalization: str = "zscore", **kwargs):
+    def __init__(self, image_size: int, normalization: str = "zscore",
+                 spacing_mm: float | None = None, **kwargs):
         super().__init__(**kwargs)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}")
         self.image_size = int(image_size)
         self.normalization = normalization
+        self.spacing_mm = None if spacing_mm is None else float(spacing_mm)
 
-    def call(self, raw):
+    def call(self, raw, pixel_spacing=None):
         x = ops.cast(raw, "float32")
         if self.normalization == "zscore":
             mean = ops.mean(x, axis=(1, 2), keepdims=True)
@@ -55,16 +73,22 @@ class Preprocess(layers.Layer):
             lo = ops.reshape(lo, (-1, 1, 1))
             hi = ops.reshape(hi, (-1, 1, 1))
             x = (ops.clip(x, lo, hi) - lo) / (hi - lo + EPS)
-        size = (self.image_size, self.image_size)
         # expand_dims, not x[..., None]: TFLite has no strided slice that adds an axis.
-        return ops.image.resize(ops.expand_dims(x, -1), size, interpolation="bilinear")
+        x = ops.expand_dims(x, -1)
+        if self.spacing_mm is not None:
+            return to_grid(x, _per_image(pixel_spacing, raw), self.image_size, self.spacing_mm)
+        size = (self.image_size, self.image_size)
+        return ops.image.resize(x, size, interpolation="bilinear")
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.image_size, self.image_size, 1)
+    def compute_output_shape(self, raw_shape, pixel_spacing_shape=None):
+        return (raw_shape[0], self.image_size, self.image_size, 1)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "image_size": self.image_size,
-                "normalization": self.normalization}
+        config = {**super().get_config(), "image_size": self.image_size,
+                  "normalization": self.normalization}
+        if self.spacing_mm is not None:  # contract 1 models' configs stay loadable as saved
+            config["spacing_mm"] = self.spacing_mm
+        return config
 
 
 def _interpolation_matrix(out_size, in_size: int):
@@ -95,32 +119,46 @@ def resize_bilinear(images, height, width):
 
 @keras.saving.register_keras_serializable(package="lvseg_search")
 class RestoreSize(layers.Layer):
-    """Class probabilities ``[B, S, S, C]`` -> the LV class's probability resized back to
-    the raw input's ``[B, H, W]``, and its arg-max mask (uint8, 1 = LV).
+    """Class probabilities ``[B, S, S, C]`` -> the LV class's probability back on the raw
+    input's grid ``[B, H, W]``, and its arg-max mask (uint8, 1 = LV). Outside the
+    network's field of view the probability is 0 and the mask empty.
 
     Args:
         class_id: The LV class (1: blood pool).
+        spacing_mm: The network grid's pixel size; None: the network saw the whole image
+            resized (see :class:`Preprocess`).
     """
 
-    def __init__(self, class_id: int = 1, **kwargs):
+    def __init__(self, class_id: int = 1, spacing_mm: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.class_id = int(class_id)
+        self.spacing_mm = None if spacing_mm is None else float(spacing_mm)
 
-    def call(self, probabilities, raw):
+    def call(self, probabilities, raw, pixel_spacing=None):
         shape = ops.shape(raw)
-        full = resize_bilinear(ops.cast(probabilities, "float32"), shape[1], shape[2])
+        probabilities = ops.cast(probabilities, "float32")
+        if self.spacing_mm is not None:
+            full = from_grid(probabilities, _per_image(pixel_spacing, raw), shape[1],
+                             shape[2], self.spacing_mm)
+        else:
+            full = resize_bilinear(probabilities, shape[1], shape[2])
         lv = full[..., self.class_id]
         # A comparison with the per-pixel maximum rather than argmax: TensorFlow's argmax
-        # lowers to bit operations that TFLite's builtin ops lack.
-        mask = ops.cast(ops.greater_equal(lv, ops.max(full, axis=-1)), "uint8")
+        # lowers to bit operations that TFLite's builtin ops lack. Outside the field of
+        # view every class is 0: no LV there.
+        mask = ops.cast(ops.logical_and(ops.greater_equal(lv, ops.max(full, axis=-1)),
+                                        ops.greater(lv, 0.0)), "uint8")
         return lv, mask
 
-    def compute_output_shape(self, probabilities_shape, raw_shape):
+    def compute_output_shape(self, probabilities_shape, raw_shape, pixel_spacing_shape=None):
         shape = (raw_shape[0], raw_shape[1], raw_shape[2])
         return shape, shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "class_id": self.class_id}
+        config = {**super().get_config(), "class_id": self.class_id}
+        if self.spacing_mm is not None:
+            config["spacing_mm"] = self.spacing_mm
+        return config
 
 
 def region_labels(binary):
@@ -206,23 +244,32 @@ class LargestRegion(layers.Layer):
         return binary_shape
 
 
+RAW = "raw"
+SPACING = "pixel_spacing_mm"
+
+
 def build_serving_model(networks: Sequence[keras.Model], image_size: int,
-                        normalization: str, class_id: int = 1) -> keras.Model:
-    """Wraps trained networks into the deployable model.
+                        normalization: str, spacing_mm: float | None,
+                        class_id: int = 1) -> keras.Model:
+    """Wraps trained networks into the deployable model (serving contract 2).
 
     Args:
         networks: One network, or several whose probabilities are averaged (an ensemble
             of fold models).
         image_size: The networks' input rows and columns.
         normalization: The per-image normalization used in training.
+        spacing_mm: The networks' grid pixel size (None: whole images resized).
         class_id: The LV class.
 
     Returns:
-        A model from ``raw`` int16 ``[B, H, W]`` to ``{"probabilities": float32 [B, H, W],
-        "mask": uint8 [B, H, W]}``, the mask being the largest region of the arg-max.
+        A model from ``{"raw": int16 [B, H, W], "pixel_spacing_mm": float32 [B, 2]}`` to
+        ``{"probabilities": float32 [B, H, W], "mask": uint8 [B, H, W]}``, the mask
+        being the largest region of the arg-max.
     """
-    raw = keras.Input((None, None), dtype="int16", name="raw")
-    x = Preprocess(image_size, normalization, name="preprocess", dtype="float32")(raw)
+    raw = keras.Input((None, None), dtype="int16", name=RAW)
+    spacing = keras.Input((2,), dtype="float32", name=SPACING)
+    x = Preprocess(image_size, normalization, spacing_mm, name="preprocess",
+                   dtype="float32")(raw, spacing)
     # Uncompiled views of the trained networks (same layers and weights): the saved
     # model then needs no loss or metric classes to load. Fold models share one name,
     # so an ensemble names each apart.
@@ -231,13 +278,15 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                 for k, net in enumerate(networks)]
     outputs = [net(x) for net in networks]
     probs = outputs[0] if len(outputs) == 1 else layers.Average(name="ensemble")(outputs)
-    lv, mask = RestoreSize(class_id, name="restore_size", dtype="float32")(probs, raw)
+    lv, mask = RestoreSize(class_id, spacing_mm, name="restore_size",
+                           dtype="float32")(probs, raw, spacing)
     mask = LargestRegion(name="largest_region")(mask)
-    return keras.Model(raw, {"probabilities": lv, "mask": mask}, name="lvseg")
+    return keras.Model({RAW: raw, SPACING: spacing}, {"probabilities": lv, "mask": mask},
+                       name="lvseg")
 
 
 def make_predictor(networks: Sequence[keras.Model], image_size: int, normalization: str,
-                   class_id: int = 1):
+                   spacing_mm: float | None, class_id: int = 1):
     """The serving model's computation as a plain function, run eagerly.
 
     Scoring a fold model this way builds no wrapper model and traces no graph, which
@@ -249,20 +298,23 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         networks: As for :func:`build_serving_model`.
         image_size: The networks' input rows and columns.
         normalization: The per-image normalization used in training.
+        spacing_mm: The networks' grid pixel size (None: whole images resized).
         class_id: The LV class.
 
     Returns:
-        A function from raw int16 ``[B, H, W]`` to numpy ``{"probabilities", "mask"}``.
+        A function from raw int16 ``[B, H, W]`` and pixel spacing ``[B, 2]`` to numpy
+        ``{"probabilities", "mask"}``.
     """
-    pre = Preprocess(image_size, normalization, dtype="float32")
-    post = RestoreSize(class_id, dtype="float32")
+    pre = Preprocess(image_size, normalization, spacing_mm, dtype="float32")
+    post = RestoreSize(class_id, spacing_mm, dtype="float32")
 
-    def predict(raw) -> dict:
+    def predict(raw, pixel_spacing) -> dict:
         raw = ops.convert_to_tensor(raw, dtype="int16")
-        x = pre(raw)
+        pixel_spacing = ops.convert_to_tensor(pixel_spacing, dtype="float32")
+        x = pre(raw, pixel_spacing)
         outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
         probs = outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs), axis=0)
-        lv, mask = post(probs, raw)
+        lv, mask = post(probs, raw, pixel_spacing)
         return {"probabilities": ops.convert_to_numpy(lv), "mask": ops.convert_to_numpy(mask)}
 
     return predict

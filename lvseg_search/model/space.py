@@ -51,9 +51,12 @@ HYPERPARAMETERS: dict[str, tuple[str, Any]] = {
 # value they then take.
 OPTIONAL = {"lr_schedule": "constant"}
 
-# Largest meaningful value of each augmentation option (all start at 0: none).
+# Largest meaningful value of each augmentation option (all start at 0: none); the
+# last six are probabilities.
 AUGMENT_LIMITS = {"augment_rotation_deg": 180.0, "augment_scale": 0.9, "augment_shift": 0.5,
-                  "augment_intensity": 1.0}
+                  "augment_intensity": 1.0, "augment_gamma": 1.0, "augment_contrast": 1.0,
+                  "augment_brightness": 1.0, "augment_noise": 1.0, "augment_blur": 1.0,
+                  "augment_low_resolution": 1.0}
 
 SEARCH_OPTIONS: dict[str, type] = {
     "max_epochs": int, "factor": int, "hyperband_iterations": int, "image_size": int,
@@ -267,15 +270,21 @@ def _default(path: Path, table: Any, params: dict[str, Param]) -> dict[str, Any]
     return {name: values[name] for name in params}
 
 
+def largest_stride(space: SearchSpace) -> int:
+    """The largest downsampling of the space's networks: every input size must be a
+    multiple of it."""
+    archs = space.params["architecture"].values
+    return max((2 ** int(space.largest("depth")) if a == "encoder_decoder" else 16)
+               for a in archs)
+
+
 def check_image_size(space: SearchSpace, image_size: int) -> None:
     """Checks every network of the space fits ``image_size``.
 
     Raises:
         UserError: The image size is not divisible by the deepest network's stride.
     """
-    archs = space.params["architecture"].values
-    stride = max((2 ** int(space.largest("depth")) if a == "encoder_decoder" else 16)
-                 for a in archs)
+    stride = largest_stride(space)
     if image_size % stride:
         raise UserError(f"--image-size: {image_size} is not divisible by {stride}, the "
                         f"largest downsampling of space {space.name!r}; use a multiple of "

@@ -110,7 +110,7 @@ def test_fold_validation_scores_as_keras_and_the_deployable_model(tiny_data):
     assert history.history["val_dice"][-1] == _approx(np.mean(kept))
 
     # Full-resolution scores from the kept probabilities equal the deployable model's.
-    predict = make_predictor([model], 32, cv.config.normalization)
+    predict = make_predictor([model], 32, cv.config.normalization, cv.config.spacing_mm)
     patients = cv.validation(0).patients
     ours = score_predictions(validation.masks(), patients)
     theirs = score_patients(predict, patients)

@@ -125,7 +125,9 @@ def test_model_code_builds_and_trains_under_jax_without_tensorflow():
         from lvseg_search.model.postprocess import keep_largest_regions
         from lvseg_search.model.serving import LargestRegion, build_serving_model
         raw = np.random.default_rng(1).integers(0, 900, (2, 40, 48)).astype("int16")
-        out = build_serving_model([model], 32, "zscore").predict_on_batch(raw)
+        spacing = np.array([[1.4, 1.4], [0.8, 1.1]], "float32")
+        out = build_serving_model([model], 32, "zscore", 1.5).predict_on_batch(
+            {"raw": raw, "pixel_spacing_mm": spacing})
         masks = (np.random.default_rng(2).random((3, 20, 24)) > 0.5).astype("uint8")
         same = np.array_equal(np.asarray(LargestRegion()(masks)),
                               np.stack(keep_largest_regions(masks)))

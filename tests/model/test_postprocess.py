@@ -46,11 +46,13 @@ def test_keep_largest_regions_keeps_each_masks_dtype():
 def test_segment_delivers_the_largest_region_and_the_raw_probabilities():
     raw = _two_regions().astype(np.float32)
 
-    def predict(batch):
+    def predict(batch, spacing):
+        assert spacing.shape == (len(batch), 2)
         return {"probabilities": np.repeat(raw[None], len(batch), 0),
                 "mask": np.repeat(_two_regions()[None], len(batch), 0)}
 
-    probs, masks = segment(predict, np.zeros((3, 16, 16), np.int16), batch_size=2)
+    probs, masks = segment(predict, np.zeros((3, 16, 16), np.int16), np.ones((3, 2)),
+                           batch_size=2)
     assert all(m.dtype == np.uint8 and m.sum() == 36 for m in masks)
     assert all(p.sum() == raw.sum() for p in probs)
 
@@ -102,9 +104,10 @@ def test_serving_model_delivers_the_largest_region_of_its_own_mask():
     keras.utils.set_random_seed(3)
     inp = keras.Input((16, 16, 1))
     net = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same", activation="softmax")(inp))
-    model = build_serving_model([net], 16, "zscore")
+    model = build_serving_model([net], 16, "zscore", 1.0)
     raw_mask = keras.Model(model.input, model.get_layer("restore_size").output[1])
-    images = np.random.default_rng(1).integers(0, 1000, (3, 37, 29)).astype(np.int16)
+    images = {"raw": np.random.default_rng(1).integers(0, 1000, (3, 37, 29)).astype(np.int16),
+              "pixel_spacing_mm": np.full((3, 2), 0.9, np.float32)}
     before = np.asarray(raw_mask.predict_on_batch(images))
     assert max(len(np.unique(_label(m))) for m in before) > 3  # several regions to drop
     after = np.asarray(model.predict_on_batch(images)["mask"])

@@ -1,0 +1,119 @@
+"""Robustness to other scanners' pixel sizes and matrices, from a finished search.
+
+For the best trial's fold models, each held-out (validation) patient's mean per-image
+Dice on the masks as delivered: at its native grid, with the image resampled so that
+the anatomy looks x0.6, x0.75, x1.5 and x2 larger on the same matrix (what another
+scanner's pixel size gives; the model is told the new spacing), and cut to a
+non-square matrix (256 x 200 from 256 x 256, same spacing).
+
+The test images are made with SciPy (``ndimage.affine_transform``), apart from the
+package's own resampling: images bilinear, after a Gaussian prefilter when the anatomy
+shrinks (a coarser acquisition); masks as one-hot maps, then arg-max.
+
+    python benchmarks/robustness.py results/real [--scales 0.6 0.75 1.5 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+
+def rescale(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image and mask zoomed by ``factor`` about the image centre, same matrix.
+
+    An output pixel ``p`` samples the input at ``c + (p - c) / factor`` (pixel-centre
+    coordinates, ``c`` the centre); outside the input is 0 (air) and background.
+    """
+    shape = np.array(image.shape, dtype=np.float64)
+    centre = shape / 2 - 0.5
+    matrix = np.full(2, 1.0 / factor)
+    offset = centre - centre / factor
+    source = image.astype(np.float64)
+    if factor < 1:  # a coarser acquisition: blur to the new pixel size first
+        source = ndimage.gaussian_filter(source, 0.5 * np.sqrt(1 / factor ** 2 - 1))
+    out = ndimage.affine_transform(source, matrix, offset, order=1, mode="constant", cval=0.0)
+    classes = int(mask.max()) + 1
+    onehot = [ndimage.affine_transform((mask == c).astype(np.float64), matrix, offset, order=1,
+                                       mode="constant", cval=1.0 if c == 0 else 0.0)
+              for c in range(classes)]
+    return (np.clip(np.round(out), np.iinfo(np.int16).min, np.iinfo(np.int16).max)
+            .astype(np.int16), np.argmax(np.stack(onehot), axis=0).astype(np.uint8))
+
+
+def crop_columns(image: np.ndarray, width: int) -> np.ndarray:
+    """The central ``width`` columns."""
+    start = (image.shape[1] - width) // 2
+    return image[:, start:start + width]
+
+
+def conditions(scales: list[float], crop: tuple[int, int]):
+    """(name, function of image, mask, spacing -> image, mask, spacing) per condition."""
+    out = [("native", lambda im, m, sp: (im, m, sp))]
+    for f in scales:
+        out.append((f"anatomy x{f:g}",
+                    lambda im, m, sp, f=f: (*rescale(im, m, f), sp / f)))
+    rows, cols = crop
+
+    def cropped(im, m, sp):
+        if im.shape[0] < rows or im.shape[1] < cols:
+            return im, m, sp
+        r0 = (im.shape[0] - rows) // 2
+        return (crop_columns(im[r0:r0 + rows], cols), crop_columns(m[r0:r0 + rows], cols), sp)
+
+    out.append((f"{rows} x {cols} crop", cropped))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished search (real subset)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.6, 0.75, 1.5, 2.0])
+    parser.add_argument("--crop", type=int, nargs=2, default=[256, 200], metavar=("ROWS", "COLS"))
+    parser.add_argument("--trial", help="trial id (default: the best)")
+    args = parser.parse_args()
+
+    from lvseg_search.engine.run import best_trial, find_trial, load_run
+    from lvseg_search.evaluate.measures import dice
+    from lvseg_search.evaluate.scoring import load_patients, segment
+    from lvseg_search.model.serving import make_predictor
+
+    start = time.perf_counter()
+    run = load_run(args.run)
+    o = run.options
+    trial = find_trial(run, args.trial) if args.trial else best_trial(run)
+    tests = conditions(args.scales, tuple(args.crop))
+    scores: dict[str, dict[str, list[float]]] = {name: {} for name, _ in tests}
+    for k in range(run.n_folds):
+        predict = make_predictor([run.fold_network(trial.trial_id, k)], o.image_size,
+                                 o.normalization, o.spacing_mm or None)
+        for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
+            for name, change in tests:
+                changed = [change(im, m, sp) for im, m, sp in
+                           zip(patient.images, patient.masks, patient.spacing_mm, strict=True)]
+                images = [c[0] for c in changed]
+                spacing = [c[2] for c in changed]
+                _, pred = segment(predict, images, spacing)
+                scores[name][patient.patient_id] = [
+                    dice(p.astype(bool), c[1] == 1) for p, c in zip(pred, changed, strict=True)]
+    patients = list(next(iter(scores.values())))
+    print(f"\n{run.path.name}: trial {trial.trial_id}, network input {o.grid_text()}")
+    print("mean per-image Dice of each held-out patient (its fold's model), delivered masks")
+    header = f"{'condition':>18} {'mean':>6} {'vs native':>9}  " + "  ".join(
+        f"{p:>10}" for p in patients)
+    print(header)
+    native = np.mean([np.mean(v) for v in scores["native"].values()])
+    for name, _ in tests:
+        per = [np.mean(scores[name][p]) for p in patients]
+        mean = float(np.mean(per))
+        print(f"{name:>18} {mean:6.3f} {mean - native:+9.3f}  "
+              + "  ".join(f"{v:10.3f}" for v in per))
+    print(f"({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
