@@ -94,6 +94,8 @@ def main() -> None:
     inputs = {"raw": image, "pixel_spacing_mm": spacing}
     serve = saved_model_runner(model_dir / "saved_model")
     lite = tflite_runner(model_dir / "model.tflite")
+    import lvseg_search.model.serving  # noqa: F401 - registers the layers the file names
+
     model = keras.models.load_model(model_dir / "model.keras", safe_mode=True)
     h, w = image.shape[1:]
     print(f"\nsingle-image latency, {h}x{w} int16 in, 1 CPU thread, median of {args.repeats}:")
