@@ -13,6 +13,9 @@ from lvseg_search import __version__
 from lvseg_search._tf import exit_without_teardown
 from lvseg_search.errors import UserError
 
+# model.tta.TTA_MODES, spelled out: importing it would load Keras for every command.
+TTA_CHOICES = ("none", "flips", "dihedral")
+
 log = logging.getLogger("lvseg_search")
 
 
@@ -152,7 +155,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     export(args.run, args.out, ensemble=args.ensemble, epochs=args.epochs,
            trial_id=args.trial, onnx=not args.no_onnx, overwrite=args.overwrite,
-           data=args.data)
+           data=args.data, tta=args.tta,
+           largest_region=False if args.no_largest_region else None)
     return 0
 
 
@@ -304,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "scored at)")
     p.add_argument("--trial", help="export this trial id instead of the best")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX even if tf2onnx is here")
+    p.add_argument("--tta", choices=TTA_CHOICES,
+                   help="test-time augmentation inside the model (default: the one with "
+                        "the best out-of-fold CV Dice)")
+    p.add_argument("--no-largest-region", action="store_true",
+                   help="deliver the arg-max mask as it is (default: keep only the largest "
+                        "region when that raises the out-of-fold CV Dice)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--data", type=Path, help=MOVED_DATA)
     p.set_defaults(func=_cmd_export)

@@ -2,7 +2,9 @@
 search as a deployable model.
 
 The best trial is retrained on every non-test patient for as many epochs as it was scored at (or its
-fold models are averaged, ``--ensemble``), scored on the held-out test patients, and
+fold models are averaged, ``--ensemble``), with the test-time augmentation and
+largest-region post-processing that its out-of-fold predictions favour
+(``evaluate.decision``), scored on the held-out test patients, and
 written as a SavedModel with a serving signature, a ``.keras`` file, a TFLite model
 (and ONNX when tf2onnx is installed), each checked against the Keras model on the same
 inputs, plus ``model_card.json``.
@@ -31,9 +33,7 @@ from lvseg_search.model.formats import (
     ONNX_FILE,
     SAVED_MODEL,
     TFLITE_FILE,
-    saved_model_runner,
-    tflite_runner,
-    write_onnx,
+    write_formats,
 )
 
 CARD = "model_card.json"
@@ -169,7 +169,8 @@ def check_parity(reference, candidates: dict[str, Any],
 
 def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | None = None,
            trial_id: str | None = None, onnx: bool = True, overwrite: bool = False,
-           verbose: bool = True, data: Path | None = None) -> dict[str, Any]:
+           verbose: bool = True, data: Path | None = None, tta: str | None = None,
+           largest_region: bool | None = None) -> dict[str, Any]:
     """Exports the best (or a chosen) trial of a search.
 
     Args:
@@ -182,6 +183,10 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
         overwrite: Replace an existing model folder.
         verbose: Print progress.
         data: The prepared data folder, if it moved since the search.
+        tta: Test-time augmentation (``tta.TTA_MODES``); None: the one of the best
+            out-of-fold CV Dice.
+        largest_region: Keep only each mask's largest region; None: decided by the
+            out-of-fold CV Dice.
 
     Returns:
         The model card.
@@ -195,17 +200,21 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
     with (run_lock(run_dir, "export", "export from it", create=False) if holds_search
           else contextlib.nullcontext()):
         return _export(run_dir, out, ensemble=ensemble, epochs=epochs, trial_id=trial_id,
-                       onnx=onnx, overwrite=overwrite, verbose=verbose, data=data)
+                       onnx=onnx, overwrite=overwrite, verbose=verbose, data=data, tta=tta,
+                       largest_region=largest_region)
 
 
 def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             trial_id: str | None, onnx: bool, overwrite: bool, verbose: bool,
-            data: Path | None) -> dict[str, Any]:
+            data: Path | None, tta: str | None,
+            largest_region: bool | None) -> dict[str, Any]:
     import keras
 
+    from lvseg_search.evaluate.decision import table_text
     from lvseg_search.evaluate.scoring import load_patients, score_patients
     from lvseg_search.model.formats import check_inputs
     from lvseg_search.model.serving import RAW, SPACING, build_serving_model
+    from lvseg_search.model.tta import TTA_MODES
 
     start = time.perf_counter()
     run = load_run(run_dir, data)
@@ -223,11 +232,19 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
     if ensemble and epochs is not None:
         raise UserError("--epochs and --ensemble: the fold models are used as trained; "
                         "choose one")
+    if tta is not None and tta not in TTA_MODES:
+        raise UserError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
     o = run.options
     keras.mixed_precision.set_dtype_policy("float32")  # exported formats are float32
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
+        fold_networks = [run.fold_network(trial.trial_id, k) for k in range(run.n_folds)]
+        decision = _decide(run, fold_networks, tta, largest_region)
+        if verbose:
+            print(f"export: test-time augmentation and largest region, out-of-fold CV Dice "
+                  f"of trial {trial.trial_id}:\n{table_text(decision['out_of_fold'], decision)}",
+                  flush=True)
         if ensemble:
-            networks = [run.fold_network(trial.trial_id, k) for k in range(run.n_folds)]
+            networks = fold_networks
             trained_on = sorted({p for f in run.splits["folds"] for p in f["train"]})
             training = {"mode": "ensemble", "models": run.n_folds,
                         "epochs": scored_epoch(metrics)}
@@ -239,12 +256,15 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             if verbose:
                 print(f"export: retraining trial {trial.trial_id} on all non-test patients "
                       f"for {n} epochs", flush=True)
+            del fold_networks
+            keras.backend.clear_session()
             network, trained_on, steps = retrain(run, trial, n, verbose)
             networks = [network]
             training = {"mode": "retrain", "epochs": n, "steps_per_epoch": steps}
         training["patients"] = trained_on
         model = build_serving_model(networks, o.image_size, o.normalization,
-                                    o.spacing_mm or None)
+                                    o.spacing_mm or None, tta=decision["tta"],
+                                    largest_region=decision["largest_region"])
 
         def keras_run(raw, pixel_spacing):
             raw, spacing = check_inputs(raw, pixel_spacing)
@@ -253,7 +273,8 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
         test = None
         if run.splits["test"]:
             test_patients = load_patients(run.data, run.splits["test"])
-            rows, summary = score_patients(keras_run, test_patients)
+            rows, summary = score_patients(keras_run, test_patients,
+                                           largest_region=decision["largest_region"])
             per_patient = {p: float(np.mean([r["dice"] for r in rows if r["patient_id"] == p]))
                            for p in run.splits["test"]}
             test = {"patients": run.splits["test"], **summary, "dice_per_patient": per_patient}
@@ -265,36 +286,45 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
         else:
             probe_patients = load_patients(run.data, run.splits["folds"][0]["val"][:1])
 
-        model.save(tmp / KERAS_FILE)
-        model.export(str(tmp / SAVED_MODEL), format="tf_saved_model", verbose=False)
-        from lvseg_search._tf import tf
-
-        converter = tf().lite.TFLiteConverter.from_saved_model(str(tmp / SAVED_MODEL))
-        (tmp / TFLITE_FILE).write_bytes(converter.convert())
-        reloaded = keras.models.load_model(tmp / KERAS_FILE, safe_mode=True)
-        candidates = {
-            "saved_model": saved_model_runner(tmp / SAVED_MODEL),
-            "keras_file": lambda raw, spacing: {
-                k: np.asarray(v) for k, v in
-                reloaded({RAW: np.asarray(raw, np.int16),
-                          SPACING: np.asarray(spacing, np.float32)}).items()},
-            "tflite": tflite_runner(tmp / TFLITE_FILE),
-        }
-        onnx_status = "not requested"
-        if onnx:
-            runner, onnx_status = write_onnx(tmp / SAVED_MODEL, tmp / ONNX_FILE)
-            if runner is not None:
-                candidates["onnx"] = runner
+        candidates, onnx_status = write_formats(model, tmp, onnx)
         parity = check_parity(keras_run, candidates, _probe_inputs(probe_patients))
         if verbose:
             for name, r in parity.items():
                 print(f"export: {name}: max |probability difference| {r['max_abs_diff']:.2e}, "
                       f"{r['mask_mismatch_pixels']} mask pixel(s) differ", flush=True)
-        card = _model_card(run, trial, metrics, training, test, parity, onnx_status, tmp)
+        card = _model_card(run, trial, metrics, training, test, parity, onnx_status, tmp,
+                           decision)
         atomic.write_json(tmp / CARD, card)
     if verbose:
         print(f"export: done in {time.perf_counter() - start:.0f} s -> {out}")
     return card
+
+
+def _decide(run: Run, fold_networks: list[Any], tta: str | None,
+            largest_region: bool | None) -> dict[str, Any]:
+    """The test-time augmentation and largest-region setting to export, from the trial's
+    out-of-fold predictions (each fold model on the patients it never saw).
+
+    Returns:
+        The chosen ``tta`` and ``largest_region``, its ``cv_dice``, ``decided_by`` and
+        the whole ``out_of_fold`` table.
+    """
+    from lvseg_search.evaluate.decision import TIE, choose, out_of_fold_table
+    from lvseg_search.evaluate.scoring import load_patients
+
+    o = run.options
+    folds = [(net, load_patients(run.data, run.splits["folds"][k]["val"]))
+             for k, net in enumerate(fold_networks)]
+    table = out_of_fold_table(folds, o.image_size, o.normalization, o.spacing_mm or None)
+    chosen = choose(table, tta, largest_region)
+    forced = [name for name, value in (("--tta", tta), ("--no-largest-region",
+                                                        largest_region)) if value is not None]
+    return {"tta": chosen["tta"], "largest_region": chosen["largest_region"],
+            "cv_dice": chosen["cv_dice"],
+            "decided_by": (" and ".join(forced) + " (the rest by " if forced else "")
+            + f"out-of-fold CV Dice, highest wins, gains under {TIE:g} are ties that go "
+              "to the cheaper setting" + (")" if forced else ""),
+            "out_of_fold": table}
 
 
 def grid(o) -> dict[str, Any]:
@@ -329,7 +359,7 @@ def augmentation(o) -> dict[str, Any]:
 
 def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, Any],
                 test: dict[str, Any] | None, parity: dict[str, Any], onnx_status: str,
-                folder: Path) -> dict[str, Any]:
+                folder: Path, decision: dict[str, Any]) -> dict[str, Any]:
     m = run.data.manifest
     o = run.options
     hp = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
@@ -337,7 +367,7 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
              for name in (KERAS_FILE, TFLITE_FILE, ONNX_FILE) if (folder / name).is_file()}
     files[SAVED_MODEL + "/"] = {"signature": "serving_default"}
     return {
-        "model_card_version": 2,
+        "model_card_version": 3,
         "serving_contract": 2,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "task": "left-ventricle blood pool segmentation of short-axis cine cardiac MRI",
@@ -376,8 +406,17 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
         "outputs": {"probabilities": "float32 [batch, height, width], LV probability on the "
                                      "input grid (0 outside the field of view)",
                     "mask": "uint8 [batch, height, width], 1 = LV blood pool"},
-        "postprocessing": "mask is each image's largest 4-connected region of the "
-                          "network's arg-max, inside the model (as scored)",
+        "postprocessing": {
+            "tta": decision["tta"], "largest_region": decision["largest_region"],
+            "inside": "probabilities averaged over "
+                      + {"none": "the image alone", "flips": "the 4 flips of the network "
+                         "input", "dihedral": "the 8 flips and 90-degree turns of the "
+                         "network input"}[decision["tta"]]
+                      + "; mask = "
+                      + ("each image's largest 4-connected region of the arg-max"
+                         if decision["largest_region"] else "the arg-max"),
+            "cv_dice": decision["cv_dice"], "decided_by": decision["decided_by"],
+            "out_of_fold": decision["out_of_fold"]},
         "formats": files,
         "onnx": onnx_status,
         "parity_max_abs_diff": parity,

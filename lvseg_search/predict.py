@@ -42,6 +42,18 @@ def load_model(model_dir: Path):
     return saved_model_runner(path)
 
 
+def keeps_largest_region(model_dir: Path) -> bool:
+    """Whether masks are reduced to their largest region: as the model card's
+    post-processing says (an export may decide against it); models exported before the
+    card recorded it always were."""
+    card = Path(model_dir) / "model_card.json"
+    try:
+        post = json.loads(card.read_text()).get("postprocessing")
+    except (OSError, ValueError):
+        return True
+    return bool(post.get("largest_region", True)) if isinstance(post, dict) else True
+
+
 def overlay_png(image: np.ndarray, mask: np.ndarray) -> bytes:
     """The image (1st-99th percentile window) with the mask tinted and outlined, as PNG."""
     from lvseg_search._tf import tf
@@ -94,10 +106,11 @@ def image_spacing(path: Path, image: DicomImage,
 
 def _predict_series(serve, study: str, files: list[Path], images: list[DicomImage],
                     tmp: Path, overlays: bool, batch_size: int,
-                    spacings: list[tuple[float, float]]
+                    spacings: list[tuple[float, float]], largest_region: bool = True
                     ) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]]:
     """Segments one series into ``tmp``: its per-image rows, volumes and summary."""
-    _, masks = segment(serve, [im.pixels for im in images], spacings, batch_size)
+    _, masks = segment(serve, [im.pixels for im in images], spacings, batch_size,
+                       largest_region)
     problems = geometry_problems(images)
     indexing = index_frames(images, positions_usable=not problems)
     rows = []
@@ -152,6 +165,7 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
     fallback = (pixel_spacing if isinstance(pixel_spacing, tuple)
                 else parse_pixel_spacing(pixel_spacing))
     serve = load_model(model_dir)
+    largest_region = keeps_largest_region(model_dir)
     studies = find_dicoms(source)
     area_rows: list[dict[str, Any]] = []
     volume_tables = []
@@ -163,7 +177,8 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
                 spacings = [image_spacing(f, im, fallback)
                             for f, im in zip(files, series, strict=True)]
                 rows, volumes, summaries[study] = _predict_series(
-                    serve, study, files, series, tmp, overlays, batch_size, spacings)
+                    serve, study, files, series, tmp, overlays, batch_size, spacings,
+                    largest_region)
                 area_rows += rows
                 volume_tables.append(volumes.assign(study=study))
         pd.DataFrame(area_rows).to_csv(tmp / "areas.csv", index=False)

@@ -204,8 +204,9 @@ def score_test(run: Run, networks: list[Any]) -> dict[str, Any] | None:
     return summary
 
 
-def plot_overlays(run: Run, trial_id: str,
-                  networks: list[Any] | None = None) -> tuple[str | None, list[dict[str, Any]]]:
+def plot_overlays(run: Run, trial_id: str, networks: list[Any] | None = None,
+                  validation: list[list[Any]] | None = None
+                  ) -> tuple[str | None, list[dict[str, Any]]]:
     """Image, expert contour and predicted contour for the best trial's validation
     patients (each scored by the fold model that did not see them).
 
@@ -213,13 +214,16 @@ def plot_overlays(run: Run, trial_id: str,
         run: The run.
         trial_id: The trial.
         networks: Its fold models, if already built (else built here).
+        validation: Each fold's validation patients, if already loaded.
 
     Returns:
-        The figure (base64 PNG, None when no fold finished) and per-image scores.
+        The figure (base64 PNG, None when no fold finished) and per-image scores, each
+        with its slice ``position`` (base, mid, apex; see ``positions``).
     """
     import matplotlib.pyplot as plt
 
     from lvseg_search.evaluate.measures import contour_mm
+    from lvseg_search.evaluate.positions import slice_positions
     from lvseg_search.evaluate.scoring import load_patients, score_masks, segment
     from lvseg_search.model.serving import make_predictor
 
@@ -228,10 +232,14 @@ def plot_overlays(run: Run, trial_id: str,
         model = networks[k] if networks is not None else run.fold_network(trial_id, k)
         o = run.options
         predict = make_predictor([model], o.image_size, o.normalization, o.spacing_mm or None)
-        for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
+        patients = (validation[k] if validation is not None
+                    else load_patients(run.data, run.splits["folds"][k]["val"]))
+        for patient in patients:
             _, pred = segment(predict, patient.images, patient.spacing_mm)
             rows, _ = score_masks(pred, patient)
-            scores += [{"fold": k, **r} for r in rows]
+            where = slice_positions(patient.slice_index, patient.masks, patient.spacing_mm)
+            scores += [{"fold": k, **r, "position": w} for r, w in zip(rows, where,
+                                                                       strict=True)]
             picks = np.unique(np.linspace(0, len(patient.images) - 1,
                                           min(OVERLAYS_PER_PATIENT, len(patient.images)))
                               .round().astype(int))
@@ -259,6 +267,93 @@ def plot_overlays(run: Run, trial_id: str,
                  "the patient)", fontsize=8)
     fig.tight_layout()
     return _png(fig), scores
+
+
+def position_table(scores: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """Mean per-image Dice (and number of images) of the best trial's out-of-fold
+    predictions per patient and slice position, so that weak slices show.
+
+    Args:
+        scores: Per-image rows of :func:`plot_overlays` (``patient_id``, ``position``,
+            ``dice``).
+
+    Returns:
+        One row per patient and one for all of them; None without scores.
+    """
+    from lvseg_search.evaluate.positions import POSITIONS
+
+    frame = pd.DataFrame(scores)
+    if frame.empty:
+        return None
+
+    def cell(dice: pd.Series) -> str:
+        return f"{dice.mean():.3f} ({len(dice)})" if len(dice) else "-"
+
+    rows = []
+    for pid, group in [*frame.groupby("patient_id", sort=True), ("all patients", frame)]:
+        rows.append({"patient": pid,
+                     **{w: cell(group.loc[group["position"] == w, "dice"]) for w in POSITIONS},
+                     "all": cell(group["dice"])})
+    return pd.DataFrame(rows)
+
+
+def decision_frame(table: list[dict[str, Any]], chosen: dict[str, Any]) -> pd.DataFrame:
+    """The out-of-fold CV figures of every test-time augmentation and largest-region
+    setting (``evaluate.decision``), the one ``export`` picks marked."""
+    return pd.DataFrame([{
+        "test-time augmentation": r["tta"],
+        "largest region": "yes" if r["largest_region"] else "no",
+        "CV Dice": f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}",
+        "APD mm": _round(r["apd_mm"], 2), "good contours %": _round(r["good_contours_pct"], 0),
+        "export": "chosen" if (r["tta"], r["largest_region"])
+        == (chosen["tta"], chosen["largest_region"]) else ""} for r in table])
+
+
+def best_trial_details(run: Run, trial_id: str, networks: list[Any],
+                       validation: list[list[Any]],
+                       scores: list[dict[str, Any]]) -> list[tuple[str, str, pd.DataFrame]]:
+    """The best trial's out-of-fold breakdowns: Dice by patient and slice position, and
+    the test-time augmentation and largest-region table that ``export`` decides by.
+
+    Returns:
+        (title, note, table) per section.
+    """
+    from lvseg_search.evaluate.decision import TIE, choose, out_of_fold_table
+
+    o = run.options
+    out = []
+    positions = position_table(scores)
+    if positions is not None:
+        out.append((f"Trial {trial_id}: Dice by patient and slice position",
+                    "Mean per-image Dice (images) of each validation patient, predicted by "
+                    "the fold model that never saw it; base, mid and apex are thirds of the "
+                    "patient's contoured slice positions, the base being the end where the "
+                    "expert's LV is larger.", positions))
+    table = out_of_fold_table(list(zip(networks, validation, strict=True)), o.image_size,
+                              o.normalization, o.spacing_mm or None)
+    out.append((f"Trial {trial_id}: test-time augmentation and largest region",
+                "CV Dice of the out-of-fold predictions with each setting; `export` keeps "
+                f"the highest (gains under {TIE:g} count as ties, which go to the cheaper "
+                "setting) unless --tta or --no-largest-region say otherwise. The search "
+                "ranked trials without test-time augmentation, with the largest region.",
+                decision_frame(table, choose(table))))
+    return out
+
+
+def _markdown_table(frame: pd.DataFrame) -> list[str]:
+    return (["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+            + ["| " + " | ".join(str(v) for v in row) + " |"
+               for row in frame.itertuples(index=False)])
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    e = html.escape
+    head = "".join(f"<th{' class=l' if i == 0 else ''}>{e(str(c))}</th>"
+                   for i, c in enumerate(frame.columns))
+    body = "".join("<tr>" + "".join(f"<td{' class=l' if i == 0 else ''}>{e(str(v))}</td>"
+                                    for i, v in enumerate(row)) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # Digits that mean something, per column of the Markdown table and the console.
@@ -318,7 +413,8 @@ def augmentation_text(o) -> str:
 
 
 def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
-                    test: dict[str, Any] | None = None) -> str:
+                    test: dict[str, Any] | None = None,
+                    details: list[tuple[str, str, pd.DataFrame]] = ()) -> str:
     """The report as Markdown: the best trial first, then every trial."""
     o = run.options
     lines = [f"# Search report: {run.path.name}", "",
@@ -352,6 +448,8 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
             chips = ", ".join(_chip_text(n, row[n]) for n in varied)
             lines.append("| " + " | ".join(_fmt(row[c], c) for c in cols) + f" | {chips} |")
         lines += ["", EPOCH_RULE, ""]
+    for title, note, frame in details:
+        lines += [f"## {title}", "", note, "", *_markdown_table(frame), ""]
     broken = run.unreadable
     if broken:
         lines += ["## Unreadable records", "", _unreadable_hint(run) + ".", "",
@@ -645,7 +743,8 @@ def _trial_rows(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
 
 
 def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
-                figures: dict[str, str | None], test: dict[str, Any] | None = None) -> str:
+                figures: dict[str, str | None], test: dict[str, Any] | None = None,
+                details: list[tuple[str, str, pd.DataFrame]] = ()) -> str:
     """The report as one self-contained HTML page that works offline (plots embedded as
     PNG data, a few lines of inline JavaScript to sort and filter the table): the best
     trial's summary first, then the plots, then one row per trial."""
@@ -675,6 +774,8 @@ def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
              for key, caption in captions.items() if figures.get(key)]
     if plots:
         parts.append("<div class='plots'>" + "".join(plots) + "</div>")
+    for title, note, frame in details:
+        parts.append(f"<h2>{e(title)}</h2><p class='note'>{e(note)}</p>{_html_table(frame)}")
     if not table.empty or pending:
         parts.append("<h2>Trials</h2>")
         if fixed:
@@ -757,6 +858,7 @@ def write_report(run_dir: Path, out: Path | None = None, overlays: bool = True,
     pending = unfinished(run)
     figures: dict[str, str | None] = {}
     image_scores: list[dict[str, Any]] = []
+    details: list[tuple[str, str, pd.DataFrame]] = []
     test = None
     if not table.empty:
         figures["hyperparameters"] = plot_dice_vs_hyperparameters(run, table)
@@ -765,17 +867,23 @@ def write_report(run_dir: Path, out: Path | None = None, overlays: bool = True,
         if overlays:
             import keras
 
+            from lvseg_search.evaluate.scoring import load_patients
+
             best = str(table["trial"][0])
             networks = [run.fold_network(best, k) for k in range(run.n_folds)]
-            figures["overlays"], image_scores = plot_overlays(run, best, networks)
+            validation = [load_patients(run.data, f["val"]) for f in run.splits["folds"]]
+            figures["overlays"], image_scores = plot_overlays(run, best, networks,
+                                                              validation)
+            details = best_trial_details(run, best, networks, validation, image_scores)
             test = score_test(run, networks)
             del networks
             keras.backend.clear_session()
     sync_tensorboard(run)
     files = {"csv": out / "report.csv", "md": out / "report.md", "html": out / "report.html"}
     atomic.write_text(files["csv"], table.to_csv(index=False))
-    atomic.write_text(files["md"], render_markdown(run, table, pending, test))
-    atomic.write_text(files["html"], render_html(run, table, pending, figures, test))
+    atomic.write_text(files["md"], render_markdown(run, table, pending, test, details))
+    atomic.write_text(files["html"], render_html(run, table, pending, figures, test,
+                                                 details))
     if image_scores:
         files["images_csv"] = out / "report_best_trial_images.csv"
         atomic.write_text(files["images_csv"], pd.DataFrame(image_scores).to_csv(index=False))

@@ -84,6 +84,21 @@ def test_report_ranks_trials_and_embeds_its_plots(tiny_run, capsys):
     md = (tiny_run / "report.md").read_text()
     assert f"| 1 | {table['trial'][0]:04d} |" in md
     assert "best: trial" in capsys.readouterr().out
+    # The best trial's out-of-fold breakdowns: by patient and slice position, and the
+    # test-time augmentation x largest-region table whose searched cell is its CV Dice.
+    images = pd.read_csv(tiny_run / "report_best_trial_images.csv")
+    assert set(images["position"]) <= {"base", "mid", "apex"}
+    positions = md[md.index("Dice by patient and slice position"):]
+    for pid in images["patient_id"].unique():
+        mean = images.loc[images["patient_id"] == pid, "dice"].mean()
+        assert f"| {pid} |" in positions and f"{mean:.3f} ({(images['patient_id'] == pid).sum()})" \
+            in positions
+    decision = md[md.index("test-time augmentation and largest region"):].split("\n\n")[2]
+    rows = [r for r in decision.splitlines()[2:]]
+    assert len(rows) == 6 and sum("chosen" in r for r in rows) == 1
+    searched = next(r for r in rows if r.startswith("| none | yes |"))
+    assert f"{table['cv_dice'][0]:.4f}"[:5] in searched
+    assert "Dice by patient and slice position" in page and "largest region" in page
 
 
 def test_report_on_an_interrupted_search_ranks_what_is_complete(tiny_run, tmp_path):
@@ -135,6 +150,19 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
                             "centred_on": "image centre"}
     assert card["search"]["augmentation"]["gamma"] == {"probability": 0.3,
                                                        "range": [0.7, 1.5]}
+
+    # Test-time augmentation and largest region were decided on out-of-fold predictions;
+    # the searched setting's figure there is the search's own CV Dice.
+    from lvseg_search.evaluate.decision import TIE
+
+    post = card["postprocessing"]
+    table = post["out_of_fold"]
+    assert len(table) == 6 and post["decided_by"].startswith("out-of-fold CV Dice")
+    searched = next(r for r in table if r["tta"] == "none" and r["largest_region"])
+    assert searched["cv_dice"] == pytest.approx(card["cross_validation"]["dice_mean"],
+                                                abs=1e-4)
+    assert post["cv_dice"] >= max(r["cv_dice"] for r in table) - TIE
+    assert "out-of-fold CV Dice of trial" in capsys.readouterr().out
 
     # The .keras file loads in safe mode in a fresh process, and takes any image size
     # and spacing; a spacing that is not one (row, column) pair per image is refused.
@@ -290,9 +318,20 @@ def manifest_reads(monkeypatch) -> list[str]:
 def test_export_ensemble_averages_the_fold_models(tiny_run, tmp_path, manifest_reads):
     from lvseg_search.export import export
 
-    card = export(tiny_run, tmp_path / "model", ensemble=True, onnx=False, verbose=False)
+    card = export(tiny_run, tmp_path / "model", ensemble=True, onnx=False, verbose=False,
+                  tta="dihedral", largest_region=False)
     assert len(manifest_reads) == 1  # read once, passed on
     assert card["training"]["mode"] == "ensemble" and card["training"]["models"] == 2
+    # Forced settings are exported as asked, and the card says who decided.
+    post = card["postprocessing"]
+    assert (post["tta"], post["largest_region"]) == ("dihedral", False)
+    assert post["decided_by"].startswith("--tta and --no-largest-region")
+    assert post["cv_dice"] == next(r["cv_dice"] for r in post["out_of_fold"]
+                                   if r["tta"] == "dihedral" and not r["largest_region"])
+    from lvseg_search.predict import keeps_largest_region
+
+    assert keeps_largest_region(tmp_path / "model") is False  # predict follows the card
+    assert keeps_largest_region(tmp_path) is True  # no card: models that always did
     assert (tmp_path / "model" / "saved_model" / "saved_model.pb").is_file()
     assert (tmp_path / "model" / "model.tflite").stat().st_size > 0
 

@@ -92,7 +92,8 @@ Predictor = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
 
 
 def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequence[Any],
-            batch_size: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            batch_size: int = 16,
+            largest_region: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Runs a segmenter over 2-D images, batching those of equal size.
 
     Args:
@@ -101,10 +102,12 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
         images: ``[N, H, W]`` int16, or any sequence of differently sized images.
         spacing_mm: Each image's (row, column) pixel spacing, mm.
         batch_size: Images per call.
+        largest_region: Keep each mask's largest region (see ``postprocess``); False
+            delivers the predictor's masks as they come.
 
     Returns:
-        Each image's LV probabilities (as the network gives them) and mask (the largest
-        region of the network's mask, see ``postprocess``), in the order of ``images``.
+        Each image's LV probabilities (as the network gives them) and mask, in the
+        order of ``images``.
     """
     probs: list[Any] = [None] * len(images)
     masks: list[Any] = [None] * len(images)
@@ -115,8 +118,11 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
             chunk = indices[start:start + batch_size]
             out = predict(np.stack([images[i] for i in chunk]),
                           np.asarray([spacing_mm[i] for i in chunk], np.float32))
-            for i, p, m in zip(chunk, np.asarray(out["probabilities"]),
-                               keep_largest_regions(np.asarray(out["mask"])), strict=True):
+            chunk_masks = np.asarray(out["mask"])
+            if largest_region:
+                chunk_masks = keep_largest_regions(chunk_masks)
+            for i, p, m in zip(chunk, np.asarray(out["probabilities"]), chunk_masks,
+                               strict=True):
                 probs[i], masks[i] = p, m
     return probs, masks
 
@@ -141,19 +147,21 @@ def score_masks(pred: Sequence[np.ndarray],
 
 
 def score_patients(predict: Predictor, patients: Sequence[PatientImages],
-                   batch_size: int = 16) -> tuple[list[dict[str, Any]], dict[str, float]]:
+                   batch_size: int = 16, largest_region: bool = True
+                   ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Scores a segmenter on patients.
 
     Args:
         predict: See :func:`segment`.
         patients: Patients from :func:`load_patients`.
         batch_size: Images per call of ``predict``.
+        largest_region: See :func:`segment`.
 
     Returns:
         Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize`).
     """
-    return score_predictions([segment(predict, p.images, p.spacing_mm, batch_size)[1]
-                              for p in patients], patients)
+    return score_predictions([segment(predict, p.images, p.spacing_mm, batch_size,
+                                      largest_region)[1] for p in patients], patients)
 
 
 def score_predictions(masks: Sequence[Sequence[np.ndarray]], patients: Sequence[PatientImages]

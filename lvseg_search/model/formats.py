@@ -113,3 +113,40 @@ def write_onnx(saved_model: Path, out: Path) -> tuple[Any, str]:
                 "mask": next(v for k, v in named.items() if "mask" in k)}
 
     return run_onnx, "written"
+
+
+def write_formats(model, folder: Path, onnx: bool = True) -> tuple[dict[str, Any], str]:
+    """Writes the serving model as ``.keras``, SavedModel, TFLite and (optionally) ONNX.
+
+    Args:
+        model: The Keras serving model (``serving.build_serving_model``).
+        folder: Where the files go.
+        onnx: Also write ONNX when tf2onnx is installed.
+
+    Returns:
+        A runner per written format (each reloaded from its file) and what happened to
+        ONNX.
+    """
+    import keras
+
+    from lvseg_search._tf import tf
+
+    model.save(folder / KERAS_FILE)
+    model.export(str(folder / SAVED_MODEL), format="tf_saved_model", verbose=False)
+    converter = tf().lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL))
+    (folder / TFLITE_FILE).write_bytes(converter.convert())
+    reloaded = keras.models.load_model(folder / KERAS_FILE, safe_mode=True)
+
+    def keras_file(raw, pixel_spacing):
+        raw, spacing = check_inputs(raw, pixel_spacing)
+        return {k: np.asarray(v) for k, v in
+                reloaded({"raw": raw, SPACING: spacing}).items()}
+
+    runners = {"saved_model": saved_model_runner(folder / SAVED_MODEL),
+               "keras_file": keras_file, "tflite": tflite_runner(folder / TFLITE_FILE)}
+    onnx_status = "not requested"
+    if onnx:
+        runner, onnx_status = write_onnx(folder / SAVED_MODEL, folder / ONNX_FILE)
+        if runner is not None:
+            runners["onnx"] = runner
+    return runners, onnx_status

@@ -1,11 +1,12 @@
 """The deployable model (serving contract 2): raw stored pixel values ``[batch, H, W]``
 of any size and their pixel spacing ``[batch, 2]`` (row, column, mm) in, LV
-probabilities and mask (its largest region) on the input grid out.
+probabilities and mask on the input grid out.
 
 The search trains networks on normalized ``S x S`` images of one physical grid (``S``
 pixels of the target spacing, centred on the image; see ``resample``); this wraps one (or
 an ensemble of several) with the same per-image normalization and resampling the
-training pipeline applies, and the inverse resampling, so every exported format
+training pipeline applies, optional test-time augmentation (``tta``), the inverse
+resampling and optional largest-region post-processing, so every exported format
 (SavedModel, ``.keras``, TFLite, ONNX) and ``predict`` run exactly one code path.
 Models of searches made with ``--spacing none`` resize whole images to ``S x S``
 instead (and ignore the spacing). ``keras.ops`` only: the wrapper is plain Keras and
@@ -21,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from lvseg_search.model.resample import from_grid, to_grid
+from lvseg_search.model.tta import AugmentedViews, AverageViews
 
 NORMALIZATIONS = ("zscore", "minmax", "percentile")
 EPS = 1e-6  # the same epsilon as the training pipeline's normalization
@@ -250,7 +252,8 @@ SPACING = "pixel_spacing_mm"
 
 def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                         normalization: str, spacing_mm: float | None,
-                        class_id: int = 1) -> keras.Model:
+                        class_id: int = 1, tta: str = "none",
+                        largest_region: bool = True) -> keras.Model:
     """Wraps trained networks into the deployable model (serving contract 2).
 
     Args:
@@ -260,16 +263,21 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
         normalization: The per-image normalization used in training.
         spacing_mm: The networks' grid pixel size (None: whole images resized).
         class_id: The LV class.
+        tta: Test-time augmentation (``tta.TTA_MODES``): probabilities averaged over
+            flipped and turned copies of the network's input.
+        largest_region: Deliver each image's largest region of the arg-max (else the
+            arg-max itself).
 
     Returns:
         A model from ``{"raw": int16 [B, H, W], "pixel_spacing_mm": float32 [B, 2]}`` to
-        ``{"probabilities": float32 [B, H, W], "mask": uint8 [B, H, W]}``, the mask
-        being the largest region of the arg-max.
+        ``{"probabilities": float32 [B, H, W], "mask": uint8 [B, H, W]}``.
     """
     raw = keras.Input((None, None), dtype="int16", name=RAW)
     spacing = keras.Input((2,), dtype="float32", name=SPACING)
     x = Preprocess(image_size, normalization, spacing_mm, name="preprocess",
                    dtype="float32")(raw, spacing)
+    if tta != "none":
+        x = AugmentedViews(tta, name="tta_views", dtype="float32")(x)
     # Uncompiled views of the trained networks (same layers and weights): the saved
     # model then needs no loss or metric classes to load. Fold models share one name,
     # so an ensemble names each apart.
@@ -278,15 +286,18 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                 for k, net in enumerate(networks)]
     outputs = [net(x) for net in networks]
     probs = outputs[0] if len(outputs) == 1 else layers.Average(name="ensemble")(outputs)
+    if tta != "none":
+        probs = AverageViews(tta, name="tta_average", dtype="float32")(probs)
     lv, mask = RestoreSize(class_id, spacing_mm, name="restore_size",
                            dtype="float32")(probs, raw, spacing)
-    mask = LargestRegion(name="largest_region")(mask)
+    if largest_region:
+        mask = LargestRegion(name="largest_region")(mask)
     return keras.Model({RAW: raw, SPACING: spacing}, {"probabilities": lv, "mask": mask},
                        name="lvseg")
 
 
 def make_predictor(networks: Sequence[keras.Model], image_size: int, normalization: str,
-                   spacing_mm: float | None, class_id: int = 1):
+                   spacing_mm: float | None, class_id: int = 1, tta: str = "none"):
     """The serving model's computation as a plain function, run eagerly.
 
     Scoring a fold model this way builds no wrapper model and traces no graph, which
@@ -300,6 +311,7 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         normalization: The per-image normalization used in training.
         spacing_mm: The networks' grid pixel size (None: whole images resized).
         class_id: The LV class.
+        tta: Test-time augmentation, as for :func:`build_serving_model`.
 
     Returns:
         A function from raw int16 ``[B, H, W]`` and pixel spacing ``[B, 2]`` to numpy
@@ -307,13 +319,15 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
     """
     pre = Preprocess(image_size, normalization, spacing_mm, dtype="float32")
     post = RestoreSize(class_id, spacing_mm, dtype="float32")
+    spread, gather = AugmentedViews(tta), AverageViews(tta)
 
     def predict(raw, pixel_spacing) -> dict:
         raw = ops.convert_to_tensor(raw, dtype="int16")
         pixel_spacing = ops.convert_to_tensor(pixel_spacing, dtype="float32")
-        x = pre(raw, pixel_spacing)
+        x = spread(pre(raw, pixel_spacing))
         outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
         probs = outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs), axis=0)
+        probs = gather(probs)
         lv, mask = post(probs, raw, pixel_spacing)
         return {"probabilities": ops.convert_to_numpy(lv), "mask": ops.convert_to_numpy(mask)}
 

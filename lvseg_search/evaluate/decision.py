@@ -1,0 +1,113 @@
+"""Test-time augmentation and largest-region post-processing, decided by cross-validation.
+
+Whether averaging over flipped copies or keeping only the largest region helps depends
+on the network and the data, so neither is assumed: each patient is predicted by the
+fold model that never saw it (out-of-fold, as nnU-Net decides its post-processing), and
+the CV Dice of every setting is computed the way the search computes a trial's (mean
+over folds of the mean per-image Dice of the masks as delivered). The setting with the
+highest CV Dice is kept; a gain below :data:`TIE` counts as none, and ties go to the
+cheaper setting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lvseg_search.evaluate.scoring import PatientImages, score_predictions, segment
+from lvseg_search.model.postprocess import keep_largest_regions
+from lvseg_search.model.serving import make_predictor
+from lvseg_search.model.tta import TTA_MODES
+
+# A CV Dice gain smaller than this is within the noise of a few patients' folds: the
+# cheaper setting is kept.
+TIE = 1e-3
+
+
+def _cost(row: dict[str, Any]) -> tuple[int, bool]:
+    return TTA_MODES.index(row["tta"]), bool(row["largest_region"])
+
+
+def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], image_size: int,
+                      normalization: str, spacing_mm: float | None,
+                      modes: Sequence[str] = TTA_MODES) -> list[dict[str, Any]]:
+    """CV figures of every test-time augmentation with and without largest region.
+
+    Args:
+        folds: Per fold, its network and the validation patients it never trained on.
+        image_size: The networks' input rows and columns.
+        normalization: The per-image normalization of training.
+        spacing_mm: The networks' grid pixel size (None: whole images resized).
+        modes: Test-time augmentations to try (``tta.TTA_MODES``).
+
+    Returns:
+        One row per setting, cheapest first: ``tta``, ``largest_region``, ``cv_dice``
+        (mean over folds), ``cv_dice_std``, ``dice_per_fold``, ``apd_mm``,
+        ``good_contours_pct`` (means over folds).
+    """
+    rows = []
+    for mode in modes:
+        per_fold = []
+        for network, patients in folds:
+            predict = make_predictor([network], image_size, normalization, spacing_mm,
+                                     tta=mode)
+            per_fold.append([segment(predict, p.images, p.spacing_mm,
+                                     largest_region=False)[1] for p in patients])
+        for largest in (False, True):
+            summaries = []
+            for masks, (_, patients) in zip(per_fold, folds, strict=True):
+                if largest:
+                    masks = [keep_largest_regions(m) for m in masks]
+                summaries.append(score_predictions(masks, patients)[1])
+            dice = np.array([s["dice"] for s in summaries])
+            rows.append({"tta": mode, "largest_region": largest,
+                         "cv_dice": float(dice.mean()), "cv_dice_std": float(dice.std()),
+                         "dice_per_fold": [float(d) for d in dice],
+                         "apd_mm": _mean(s["apd_mm"] for s in summaries),
+                         "good_contours_pct": _mean(s["good_contours_pct"]
+                                                    for s in summaries)})
+    return sorted(rows, key=_cost)
+
+
+def _mean(values) -> float:
+    found = [v for v in values if not math.isnan(v)]
+    return float(np.mean(found)) if found else math.nan
+
+
+def choose(table: Sequence[dict[str, Any]], tta: str | None = None,
+           largest_region: bool | None = None) -> dict[str, Any]:
+    """The setting to export: the highest CV Dice, the cheaper one of those within
+    :data:`TIE` of it, among the settings the user left open.
+
+    Args:
+        table: Rows of :func:`out_of_fold_table`.
+        tta: Force this test-time augmentation (None: decided here).
+        largest_region: Force largest-region post-processing on or off (None: decided).
+
+    Returns:
+        The chosen row.
+
+    Raises:
+        ValueError: No row of the table matches the forced settings.
+    """
+    open_rows = [r for r in table if (tta is None or r["tta"] == tta)
+                 and (largest_region is None or r["largest_region"] == largest_region)]
+    if not open_rows:
+        raise ValueError(f"no out-of-fold figures for tta={tta}, "
+                         f"largest_region={largest_region}")
+    best = max(r["cv_dice"] for r in open_rows)
+    return min((r for r in open_rows if r["cv_dice"] >= best - TIE), key=_cost)
+
+
+def table_text(table: Sequence[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
+    """The table as aligned text lines, the chosen row marked."""
+    lines = ["tta       largest region  CV Dice          APD mm  good contours"]
+    for r in table:
+        mark = "  <- chosen" if chosen is not None and _cost(r) == _cost(chosen) else ""
+        lines.append(f"{r['tta']:<9} {'yes' if r['largest_region'] else 'no':<15} "
+                     f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}  {r['apd_mm']:6.2f}  "
+                     f"{r['good_contours_pct']:5.1f}%{mark}")
+    return "\n".join(lines)

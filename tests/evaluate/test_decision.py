@@ -1,0 +1,75 @@
+"""Test-time augmentation and largest region, decided on out-of-fold predictions."""
+
+import numpy as np
+import pytest
+
+from lvseg_search.evaluate.decision import TIE, choose, out_of_fold_table, table_text
+from lvseg_search.evaluate.scoring import PatientImages
+
+
+def _patient(pid: str, seed: int, n: int = 3) -> PatientImages:
+    """Slices with a bright LV disk and a smaller bright blob that is not LV."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:40, :40]
+    images, masks = [], []
+    for i in range(n):
+        cy, cx = 20 + rng.integers(-3, 4), 20 + rng.integers(-3, 4)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= (7 + i) ** 2
+        blob = (yy - 5) ** 2 + (xx - 34) ** 2 <= 16
+        image = 100 + rng.normal(0, 5, (40, 40)) + 900 * (disk | blob)
+        images.append(image.astype(np.int16))
+        masks.append(disk.astype(np.uint8))
+    return PatientImages(pid, np.stack(images), np.stack(masks), np.ones((n, 2)),
+                         np.arange(n), np.zeros(n, int))
+
+
+def _pixelwise_network():
+    """LV wherever the normalized image is bright: flip-equivariant, and it finds the
+    blob too."""
+    import keras
+
+    x = keras.Input((40, 40, 1))
+    logits = keras.layers.Concatenate()([keras.ops.zeros_like(x), 4.0 * x - 2.0,
+                                         keras.ops.zeros_like(x) - 10.0])
+    return keras.Model(x, keras.layers.Softmax()(logits))
+
+
+def test_largest_region_is_kept_when_it_helps_and_tta_that_changes_nothing_is_not():
+    net = _pixelwise_network()
+    folds = [(net, [_patient("A", 0)]), (net, [_patient("B", 1)])]
+    table = out_of_fold_table(folds, 40, "zscore", 1.0)
+    assert [(r["tta"], r["largest_region"]) for r in table] == [
+        (m, lr) for m in ("none", "flips", "dihedral") for lr in (False, True)]
+    by = {(r["tta"], r["largest_region"]): r for r in table}
+    # The blob costs Dice without the largest region; with it every slice is right.
+    assert by["none", True]["cv_dice"] > by["none", False]["cv_dice"] + 0.05
+    assert by["none", True]["cv_dice"] > 0.95
+    assert len(by["none", True]["dice_per_fold"]) == 2
+    # A pixelwise network gives the same answer for every flip and turn.
+    for lr in (False, True):
+        assert by["dihedral", lr]["cv_dice"] == pytest.approx(by["none", lr]["cv_dice"],
+                                                               abs=1e-6)
+    chosen = choose(table)
+    assert (chosen["tta"], chosen["largest_region"]) == ("none", True)
+    # Forced settings: only the open choice is decided.
+    forced = choose(table, largest_region=False)
+    assert (forced["tta"], forced["largest_region"]) == ("none", False)
+    assert choose(table, tta="dihedral")["largest_region"] is True
+    assert "<- chosen" in table_text(table, chosen).splitlines()[2]
+
+
+def _row(tta, lr, dice):
+    return {"tta": tta, "largest_region": lr, "cv_dice": dice, "cv_dice_std": 0.0,
+            "apd_mm": 1.0, "good_contours_pct": 90.0}
+
+
+def test_a_gain_below_the_tie_goes_to_the_cheaper_setting():
+    base = 0.85
+    table = [_row("none", False, base), _row("none", True, base + TIE / 2),
+             _row("flips", False, base), _row("flips", True, base + 0.8 * TIE),
+             _row("dihedral", False, base), _row("dihedral", True, base + 5 * TIE)]
+    assert (choose(table)["tta"], choose(table)["largest_region"]) == ("dihedral", True)
+    table[-1]["cv_dice"] = base + 0.9 * TIE  # now every gain is a tie
+    assert (choose(table)["tta"], choose(table)["largest_region"]) == ("none", False)
+    with pytest.raises(ValueError, match="no out-of-fold figures"):
+        choose([r for r in table if r["tta"] == "none"], tta="flips")
