@@ -22,14 +22,37 @@ def _norm(x, kind: str):
         return layers.BatchNormalization(momentum=0.9)(x)
     if kind == "group":
         return layers.GroupNormalization(groups=min(8, x.shape[-1]))(x)
+    if kind == "instance":
+        # nnU-Net's normalization: statistics per image and channel, so they do not
+        # depend on the batch (batches of 2-8 slices on CPUs make batch statistics noisy).
+        return layers.GroupNormalization(groups=-1)(x)
     return x
 
 
-def _conv(x, filters: int, hp: dict[str, Any], strides: int = 1):
+def _conv(x, filters: int, hp: dict[str, Any], strides: int = 1, activate: bool = True):
     use_bias = hp["normalization"] == "none"
     x = layers.Conv2D(filters, hp["kernel_size"], strides=strides, padding="same",
                       use_bias=use_bias)(x)
-    return layers.Activation(hp["activation"])(_norm(x, hp["normalization"]))
+    x = _norm(x, hp["normalization"])
+    return layers.Activation(hp["activation"])(x) if activate else x
+
+
+def _stage(x, filters: int, hp: dict[str, Any]):
+    """One level's convolutions: plain, or a residual block (the convolutions plus an
+    identity shortcut, projected by a 1x1 convolution where the width changes; He et
+    al. 2016, as in nnU-Net's residual encoders), activated after the sum."""
+    n = hp["convs_per_stage"]
+    if hp.get("block", "plain") != "residual":
+        for _ in range(n):
+            x = _conv(x, filters, hp)
+        return x
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, use_bias=hp["normalization"] == "none")(x)
+        shortcut = _norm(shortcut, hp["normalization"])
+    for i in range(n):
+        x = _conv(x, filters, hp, activate=i < n - 1)
+    return layers.Activation(hp["activation"])(layers.Add()([x, shortcut]))
 
 
 def build_encoder_decoder(hp: dict[str, Any], image_size: int, num_classes: int) -> keras.Model:
@@ -46,16 +69,14 @@ def build_encoder_decoder(hp: dict[str, Any], image_size: int, num_classes: int)
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x, skips, filters = inputs, [], hp["base_filters"]
     for _ in range(hp["depth"]):
-        for _ in range(hp["convs_per_stage"]):
-            x = _conv(x, filters, hp)
+        x = _stage(x, filters, hp)
         skips.append(x)
         x = (layers.MaxPooling2D(2)(x) if hp["downsampling"] == "max_pool"
              else _conv(x, filters, hp, strides=2))
         if hp["dropout"] > 0:
             x = layers.SpatialDropout2D(hp["dropout"])(x)
         filters *= 2
-    for _ in range(hp["convs_per_stage"]):
-        x = _conv(x, filters, hp)
+    x = _stage(x, filters, hp)
     if hp["decoder"] == "fcn":
         # The lab's single up-score: 1x1 class scores, one transposed conv back to size.
         stride = 2 ** hp["depth"]
@@ -99,6 +120,8 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
         return keras.optimizers.AdamW(learning_rate)
     if name == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate)
+    if name == "sgd_nesterov":  # nnU-Net's optimizer (with its poly schedule)
+        return keras.optimizers.SGD(learning_rate, momentum=0.99, nesterov=True)
     return keras.optimizers.SGD(learning_rate, momentum=0.9)
 
 

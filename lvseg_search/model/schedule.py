@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "poly")
 COSINE_FLOOR = 0.01  # cosine decays to this fraction of the base rate at max_epochs
+POLY_EXPONENT = 0.9  # nnU-Net's polynomial decay: base * (1 - epoch / horizon) ** 0.9
 
 
 def learning_rate_at(epoch: int, base: float, schedule: str, horizon: int) -> float:
@@ -21,7 +22,8 @@ def learning_rate_at(epoch: int, base: float, schedule: str, horizon: int) -> fl
         epoch: Absolute epoch (0 = first epoch of the network's training).
         base: The trial's ``learning_rate``.
         schedule: One of ``SCHEDULES``.
-        horizon: The search's ``max_epochs``; cosine reaches its floor there.
+        horizon: The search's ``max_epochs``; cosine reaches its floor there, poly
+            its last epoch's rate (kept for any epoch past it).
 
     Raises:
         ValueError: Unknown schedule.
@@ -36,6 +38,9 @@ def learning_rate_at(epoch: int, base: float, schedule: str, horizon: int) -> fl
         decay = keras.optimizers.schedules.CosineDecay(base, max(horizon, 1),
                                                        alpha=COSINE_FLOOR)
         return float(keras.ops.convert_to_numpy(decay(epoch)))
+    if schedule == "poly":
+        horizon = max(horizon, 1)
+        return base * (1.0 - min(epoch, horizon - 1) / horizon) ** POLY_EXPONENT
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose {SCHEDULES}")
 
 

@@ -38,18 +38,23 @@ HYPERPARAMETERS: dict[str, tuple[str, Any]] = {
     "convs_per_stage": ("int", (1, 4)),
     "downsampling": ("choice", ("max_pool", "strided_conv")),
     "decoder": ("choice", ("unet", "transposed", "fcn")),
-    "normalization": ("choice", ("none", "batch", "group")),
+    "normalization": ("choice", ("none", "batch", "group", "instance")),
     "dropout": ("float", (0.0, 0.9)),
     "activation": ("choice", ("relu", "elu", "gelu", "swish")),
     "loss": ("choice", ("crossentropy", "dice", "crossentropy_dice")),
-    "optimizer": ("choice", ("adam", "adamw", "sgd", "rmsprop")),
+    "optimizer": ("choice", ("adam", "adamw", "sgd", "rmsprop", "sgd_nesterov")),
     "learning_rate": ("float", (1e-7, 1e3)),
     "lr_schedule": ("choice", SCHEDULES),
+    "block": ("choice", ("plain", "residual")),
 }
 
 # Hyperparameters a space may leave out (spaces written before they existed), and the
 # value they then take.
 OPTIONAL = {"lr_schedule": "constant"}
+# Hyperparameters added later still: a space that leaves one out does not declare it at
+# all (so its searches draw the same configurations from the same seed as before it
+# existed), and its networks take this value.
+UNDECLARED = {"block": "plain"}
 
 # Largest meaningful value of each augmentation option (all start at 0: none); the
 # last six are probabilities.
@@ -214,7 +219,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     params = {name: _param(path, name, spec) for name, spec in hps.items()}
     for name, value in OPTIONAL.items():
         params.setdefault(name, Param(name, HYPERPARAMETERS[name][0], values=(value,)))
-    missing = [n for n in HYPERPARAMETERS if n not in params]
+    missing = [n for n in HYPERPARAMETERS if n not in params and n not in UNDECLARED]
     if missing:
         raise UserError(f"{path}: hyperparameter(s) {', '.join(missing)} missing; give each "
                         "a value (values = [x]) or a range")

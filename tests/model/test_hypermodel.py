@@ -44,6 +44,45 @@ def test_depth_sets_the_number_of_downsamplings():
         assert len(pools) == depth
 
 
+def test_residual_blocks_add_a_shortcut_to_every_encoder_level_and_the_bottleneck():
+    for convs in (1, 2):
+        hp = {**BASE, "block": "residual", "convs_per_stage": convs}
+        model = build_encoder_decoder(hp, 32, 2)
+        adds = [la for la in model.layers if isinstance(la, keras.layers.Add)]
+        assert len(adds) == BASE["depth"] + 1
+        # A 1x1 projection where the width changes: the input (1 channel) and after each
+        # downsampling (max pooling keeps the width, the next level doubles it).
+        ones = [la for la in model.layers
+                if type(la) is keras.layers.Conv2D and la.kernel_size == (1, 1)
+                and la.name != "score"]
+        assert len(ones) == BASE["depth"] + 1
+        plain = build_encoder_decoder({**hp, "block": "plain"}, 32, 2)
+        assert model.count_params() > plain.count_params()
+        assert not any(isinstance(la, keras.layers.Add) for la in plain.layers)
+
+
+def test_instance_normalization_is_per_image_and_channel():
+    model = build_encoder_decoder({**BASE, "normalization": "instance"}, 32, 2)
+    norms = [la for la in model.layers if isinstance(la, keras.layers.GroupNormalization)]
+    assert norms and all(la.groups == la.input.shape[-1] for la in norms)
+    x = np.random.default_rng(1).normal(size=(3, 32, 32, 1)).astype("float32")
+    # No batch statistics: an image's output does not depend on the others in its batch.
+    np.testing.assert_allclose(model.predict(x, verbose=0)[:1], model.predict(x[:1], verbose=0),
+                               atol=1e-5)
+
+
+def test_nnunet_training_sgd_nesterov_with_poly_decay():
+    from lvseg_search.model.hypermodel import make_optimizer
+
+    opt = make_optimizer("sgd_nesterov", 0.01)
+    assert isinstance(opt, keras.optimizers.SGD)
+    assert opt.momentum == pytest.approx(0.99) and opt.nesterov is True
+    space = load_space("default")
+    for name, value in (("block", "residual"), ("normalization", "instance"),
+                        ("optimizer", "sgd_nesterov"), ("lr_schedule", "poly")):
+        assert value in space.params[name].values
+
+
 def test_lab_fcn_matches_the_seed_lab():
     model = build_lab_fcn(256, 2)
     convs = [la for la in model.layers if type(la) is keras.layers.Conv2D]

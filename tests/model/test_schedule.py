@@ -24,6 +24,18 @@ def test_cosine_runs_from_the_base_rate_to_its_floor_at_max_epochs():
         learning_rate_at(0, 0.01, "step", 30)
 
 
+def test_poly_decays_as_nnunet_and_holds_its_last_rate_past_the_horizon():
+    from lvseg_search.model.schedule import POLY_EXPONENT
+
+    assert learning_rate_at(0, 0.01, "poly", 30) == pytest.approx(0.01)
+    assert learning_rate_at(15, 0.01, "poly", 30) == pytest.approx(0.01 * 0.5 ** POLY_EXPONENT)
+    last = learning_rate_at(29, 0.01, "poly", 30)
+    assert last == pytest.approx(0.01 * (1 / 30) ** POLY_EXPONENT) and last > 0
+    assert learning_rate_at(40, 0.01, "poly", 30) == pytest.approx(last)
+    rates = [learning_rate_at(e, 0.01, "poly", 30) for e in range(30)]
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+
+
 def test_spaces_without_a_schedule_train_at_a_constant_rate():
     assert scheduler({"learning_rate": 0.01}, 30) == []
     assert scheduler({"learning_rate": 0.01, "lr_schedule": "constant"}, 30) == []

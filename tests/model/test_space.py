@@ -17,11 +17,29 @@ GOOD = "\n".join(f"{name} = {{ values = [{value}] }}" for name, value in [
 
 @pytest.mark.parametrize("name", ["quick", "default", "lab"])
 def test_shipped_spaces_load_and_declare_every_hyperparameter(name):
+    from lvseg_search.model.space import UNDECLARED
+
     space = load_space(name)
-    assert set(space.params) == set(HYPERPARAMETERS)
+    # The default space names the newest choices; the others leave them undeclared, so
+    # that their searches draw what they drew before those existed.
+    expected = set(HYPERPARAMETERS) - (set() if name == "default" else set(UNDECLARED))
+    assert set(space.params) == expected
     hp = kt.HyperParameters()
     values = space.register(hp)
-    assert set(values) == set(HYPERPARAMETERS)
+    assert set(values) == expected
+
+
+def test_a_space_without_a_block_declares_none_and_builds_plain_networks(tmp_path):
+    import keras
+
+    from lvseg_search.model.hypermodel import SegmentationHyperModel
+
+    space = load_space("quick")
+    assert "block" not in space.params
+    hp = kt.HyperParameters()
+    model = SegmentationHyperModel(space, 32).build(hp)
+    assert "block" not in hp.values
+    assert not any(isinstance(la, keras.layers.Add) for la in model.layers)
 
 
 def test_lab_space_is_the_lab_fcn_only():
@@ -154,7 +172,7 @@ def test_a_default_configuration_gives_one_value_per_hyperparameter(tmp_path):
         hp.Fixed(name, value)
     assert space.register(hp) == space.default
     for name in ("quick", "default"):  # the shipped spaces name one
-        assert set(load_space(name).default) == set(HYPERPARAMETERS)
+        assert set(load_space(name).default) == set(load_space(name).params)
 
 
 @pytest.mark.parametrize("default,needle", [
