@@ -4,13 +4,18 @@ For the best trial's fold models, each held-out (validation) patient's mean per-
 Dice on the masks as delivered: at its native grid, with the image resampled so that
 the anatomy looks x0.6, x0.75, x1.5 and x2 larger on the same matrix (what another
 scanner's pixel size gives; the model is told the new spacing), and cut to a
-non-square matrix (256 x 200 from 256 x 256, same spacing).
+non-square matrix (256 x 200 from 256 x 256, same spacing), and translated so that the
+LV's centre lies 20 and 40 mm from the image centre (a heart off the centre of the
+field of view, as planners often leave it; the network's field of view is cut around
+the image centre). Each condition is run with the field of view cut around the image
+centre (``roi = centre``) and around the LV found by a first, whole-image pass
+(``localized``).
 
 The test images are made with SciPy (``ndimage.affine_transform``), apart from the
 package's own resampling: images bilinear, after a Gaussian prefilter when the anatomy
 shrinks (a coarser acquisition); masks as one-hot maps, then arg-max.
 
-    python benchmarks/robustness.py results/real [--scales 0.6 0.75 1.5 2]
+    python benchmarks/robustness.py results/real [--scales 0.6 0.75 1.5 2] [--shifts 20 40]
 """
 
 from __future__ import annotations
@@ -45,13 +50,32 @@ def rescale(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndar
             .astype(np.int16), np.argmax(np.stack(onehot), axis=0).astype(np.uint8))
 
 
+def shift_lv(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray,
+             distance_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image and mask translated so that the expert LV's centre lies ``distance_mm``
+    from the image centre, further along the way it already lies from it (along the
+    diagonal when it sits at the centre); outside the input is 0 and background."""
+    centre = np.array(image.shape, dtype=np.float64) / 2 - 0.5
+    lv = np.array(ndimage.center_of_mass(mask == 1))
+    away_mm = (lv - centre) * spacing
+    norm = np.linalg.norm(away_mm)
+    direction = away_mm / norm if norm > 1e-6 else np.array([1.0, 1.0]) / np.sqrt(2)
+    move = (centre + direction * distance_mm / spacing) - lv  # pixels
+    out = ndimage.shift(image.astype(np.float64), move, order=1, mode="constant", cval=0.0)
+    classes = int(mask.max()) + 1
+    onehot = [ndimage.shift((mask == c).astype(np.float64), move, order=1, mode="constant",
+                            cval=1.0 if c == 0 else 0.0) for c in range(classes)]
+    return (np.round(out).astype(np.int16),
+            np.argmax(np.stack(onehot), axis=0).astype(np.uint8))
+
+
 def crop_columns(image: np.ndarray, width: int) -> np.ndarray:
     """The central ``width`` columns."""
     start = (image.shape[1] - width) // 2
     return image[:, start:start + width]
 
 
-def conditions(scales: list[float], crop: tuple[int, int]):
+def conditions(scales: list[float], crop: tuple[int, int], shifts: list[float] = ()):
     """(name, function of image, mask, spacing -> image, mask, spacing) per condition."""
     out = [("native", lambda im, m, sp: (im, m, sp))]
     for f in scales:
@@ -66,6 +90,9 @@ def conditions(scales: list[float], crop: tuple[int, int]):
         return (crop_columns(im[r0:r0 + rows], cols), crop_columns(m[r0:r0 + rows], cols), sp)
 
     out.append((f"{rows} x {cols} crop", cropped))
+    for d in shifts:
+        out.append((f"LV {d:g} mm off centre",
+                    lambda im, m, sp, d=d: (*shift_lv(im, m, sp, d), sp)))
     return out
 
 
@@ -74,6 +101,10 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a finished search (real subset)")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.6, 0.75, 1.5, 2.0])
     parser.add_argument("--crop", type=int, nargs=2, default=[256, 200], metavar=("ROWS", "COLS"))
+    parser.add_argument("--shifts", type=float, nargs="*", default=[20.0, 40.0],
+                        help="distances (mm) of the LV centre from the image centre")
+    parser.add_argument("--roi", nargs="+", default=["centre", "localized"],
+                        choices=["centre", "localized"])
     parser.add_argument("--trial", help="trial id (default: the best)")
     args = parser.parse_args()
 
@@ -86,32 +117,37 @@ def main() -> None:
     run = load_run(args.run)
     o = run.options
     trial = find_trial(run, args.trial) if args.trial else best_trial(run)
-    tests = conditions(args.scales, tuple(args.crop))
-    scores: dict[str, dict[str, list[float]]] = {name: {} for name, _ in tests}
+    tests = conditions(args.scales, tuple(args.crop), args.shifts)
+    rois = args.roi if o.spacing_mm else ["centre"]
+    scores = {(roi, name): {} for roi in rois for name, _ in tests}
     for k in range(run.n_folds):
-        predict = make_predictor([run.fold_network(trial.trial_id, k)], o.image_size,
-                                 o.normalization, o.spacing_mm or None)
+        network = run.fold_network(trial.trial_id, k)
         for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
             for name, change in tests:
                 changed = [change(im, m, sp) for im, m, sp in
                            zip(patient.images, patient.masks, patient.spacing_mm, strict=True)]
                 images = [c[0] for c in changed]
                 spacing = [c[2] for c in changed]
-                _, pred = segment(predict, images, spacing)
-                scores[name][patient.patient_id] = [
-                    dice(p.astype(bool), c[1] == 1) for p, c in zip(pred, changed, strict=True)]
+                for roi in rois:
+                    predict = make_predictor([network], o.image_size, o.normalization,
+                                             o.spacing_mm or None, roi=roi)
+                    _, pred = segment(predict, images, spacing)
+                    scores[roi, name][patient.patient_id] = [
+                        dice(p.astype(bool), c[1] == 1)
+                        for p, c in zip(pred, changed, strict=True)]
     patients = list(next(iter(scores.values())))
     print(f"\n{run.path.name}: trial {trial.trial_id}, network input {o.grid_text()}")
     print("mean per-image Dice of each held-out patient (its fold's model), delivered masks")
-    header = f"{'condition':>18} {'mean':>6} {'vs native':>9}  " + "  ".join(
-        f"{p:>10}" for p in patients)
-    print(header)
-    native = np.mean([np.mean(v) for v in scores["native"].values()])
-    for name, _ in tests:
-        per = [np.mean(scores[name][p]) for p in patients]
-        mean = float(np.mean(per))
-        print(f"{name:>18} {mean:6.3f} {mean - native:+9.3f}  "
-              + "  ".join(f"{v:10.3f}" for v in per))
+    for roi in rois:
+        print(f"\nroi = {roi}")
+        print(f"{'condition':>20} {'mean':>6} {'vs native':>9}  "
+              + "  ".join(f"{p:>10}" for p in patients))
+        native = np.mean([np.mean(v) for v in scores[roi, "native"].values()])
+        for name, _ in tests:
+            per = [np.mean(scores[roi, name][p]) for p in patients]
+            mean = float(np.mean(per))
+            print(f"{name:>20} {mean:6.3f} {mean - native:+9.3f}  "
+                  + "  ".join(f"{v:10.3f}" for v in per))
     print(f"({time.perf_counter() - start:.0f} s)")
 
 

@@ -156,7 +156,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     export(args.run, args.out, ensemble=args.ensemble, epochs=args.epochs,
            trial_id=args.trial, onnx=not args.no_onnx, overwrite=args.overwrite,
            data=args.data, tta=args.tta,
-           largest_region=False if args.no_largest_region else None)
+           largest_region=False if args.no_largest_region else None, roi=args.roi)
     return 0
 
 
@@ -311,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=TTA_CHOICES,
                    help="test-time augmentation inside the model (default: the one with "
                         "the best out-of-fold CV Dice)")
+    p.add_argument("--roi", choices=("centre", "localized"),
+                   help="cut the network's field of view around the image centre or around "
+                        "the LV a first, wider pass finds (default: by out-of-fold CV Dice; "
+                        "localized on a tie)")
     p.add_argument("--no-largest-region", action="store_true",
                    help="deliver the arg-max mask as it is (default: keep only the largest "
                         "region when that raises the out-of-fold CV Dice)")

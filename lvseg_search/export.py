@@ -119,23 +119,38 @@ def _probe_inputs(patients: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
     return batches
 
 
+def _tie_pixels(ref: np.ndarray, got: np.ndarray, classes: int) -> np.ndarray:
+    """Pixels where the two LV probabilities are so close to a tie of classes that float
+    rounding decides the arg-max. With two classes the LV wins at 0.5: a pixel is a tie
+    when the two probabilities lie on either side of it (or on it). With more, the LV ties
+    with another class somewhere between 1/C and 1/2, which is all that can be told from
+    the LV's probability alone."""
+    if classes <= 2:
+        return (ref - 0.5) * (got - 0.5) <= 0
+    return (ref >= 1.0 / classes - PARITY_TOLERANCE) & (ref <= 0.5 + PARITY_TOLERANCE)
+
+
 def check_parity(reference, candidates: dict[str, Any],
-                 batches: list[np.ndarray]) -> dict[str, dict[str, float]]:
+                 batches: list[np.ndarray], classes: int = 2) -> dict[str, dict[str, float]]:
     """Runs every format on the same inputs as the Keras model.
 
     Args:
         reference: The Keras serving model.
         candidates: Format name -> function from raw batch to ``{"probabilities", "mask"}``.
         batches: Raw int16 batches with their pixel spacing.
+        classes: The networks' classes (background included).
 
     Returns:
-        Per format: ``max_abs_diff`` of the probabilities and ``mask_mismatch_pixels``
-        (0 for every format that passes).
+        Per format: ``max_abs_diff`` of the probabilities, ``mask_mismatch_pixels`` (0
+        for every format that passes) and ``mask_tie_pixels``: mask pixels that differ
+        where the probabilities sit on a tie of classes, so that a difference within the
+        tolerance decides the arg-max (float formats round differently; the count is
+        reported, not hidden).
 
     Raises:
         UserError: The Keras model or a format gives a NaN or infinite probability, a
             format's probabilities differ by more than ``PARITY_TOLERANCE``, or any of
-            its mask pixels differs (nothing is written then).
+            its mask pixels differs other than at a tie (nothing is written then).
     """
     expected = [{k: np.asarray(v) for k, v in reference(*b).items()} for b in batches]
     if not all(np.isfinite(ref["probabilities"]).all() for ref in expected):
@@ -143,7 +158,7 @@ def check_parity(reference, candidates: dict[str, Any],
                         "nothing was written (re-run the search or export another --trial)")
     report = {}
     for name, run_format in candidates.items():
-        diff, mismatch = 0.0, 0
+        diff, mismatch, ties = 0.0, 0, 0
         for b, ref in zip(batches, expected, strict=True):
             got = run_format(*b)
             probs = np.asarray(got["probabilities"])
@@ -156,21 +171,26 @@ def check_parity(reference, candidates: dict[str, Any],
                                 "nothing was written")
             # NaN never wins a max(): a NaN difference must not pass as 0.
             diff = max(diff, float(np.abs(probs - ref["probabilities"]).max()))
-            mismatch += int((mask != ref["mask"]).sum())
-        report[name] = {"max_abs_diff": diff, "mask_mismatch_pixels": mismatch}
+            differ = mask != ref["mask"]
+            tie = differ & _tie_pixels(ref["probabilities"], probs, classes)
+            ties += int(tie.sum())
+            mismatch += int((differ & ~tie).sum())
+        report[name] = {"max_abs_diff": diff, "mask_mismatch_pixels": mismatch,
+                        "mask_tie_pixels": ties}
         if diff > PARITY_TOLERANCE:
             raise UserError(f"{name}: exported model differs from the Keras model by {diff:.2e} "
                             f"(> {PARITY_TOLERANCE:g}); nothing was written")
         if mismatch:
             raise UserError(f"{name}: exported model's mask differs from the Keras model's in "
-                            f"{mismatch} pixel(s); nothing was written")
+                            f"{mismatch} pixel(s) that are not ties of classes; nothing was "
+                            "written")
     return report
 
 
 def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | None = None,
            trial_id: str | None = None, onnx: bool = True, overwrite: bool = False,
            verbose: bool = True, data: Path | None = None, tta: str | None = None,
-           largest_region: bool | None = None) -> dict[str, Any]:
+           largest_region: bool | None = None, roi: str | None = None) -> dict[str, Any]:
     """Exports the best (or a chosen) trial of a search.
 
     Args:
@@ -187,6 +207,8 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
             out-of-fold CV Dice.
         largest_region: Keep only each mask's largest region; None: decided by the
             out-of-fold CV Dice.
+        roi: Cut the field of view around the image ``centre`` or the ``localized`` LV
+            (``serving.ROI_MODES``); None: decided by the out-of-fold CV Dice.
 
     Returns:
         The model card.
@@ -201,19 +223,19 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
           else contextlib.nullcontext()):
         return _export(run_dir, out, ensemble=ensemble, epochs=epochs, trial_id=trial_id,
                        onnx=onnx, overwrite=overwrite, verbose=verbose, data=data, tta=tta,
-                       largest_region=largest_region)
+                       largest_region=largest_region, roi=roi)
 
 
 def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             trial_id: str | None, onnx: bool, overwrite: bool, verbose: bool,
             data: Path | None, tta: str | None,
-            largest_region: bool | None) -> dict[str, Any]:
+            largest_region: bool | None, roi: str | None) -> dict[str, Any]:
     import keras
 
     from lvseg_search.evaluate.decision import table_text
     from lvseg_search.evaluate.scoring import load_patients, score_patients
     from lvseg_search.model.formats import check_inputs
-    from lvseg_search.model.serving import RAW, SPACING, build_serving_model
+    from lvseg_search.model.serving import RAW, ROI_MODES, SPACING, build_serving_model
     from lvseg_search.model.tta import TTA_MODES
 
     start = time.perf_counter()
@@ -235,10 +257,16 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
     if tta is not None and tta not in TTA_MODES:
         raise UserError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
     o = run.options
+    if roi is not None and roi not in ROI_MODES:
+        raise UserError(f"--roi: {roi!r} is not one of {', '.join(ROI_MODES)}")
+    if roi == "localized" and not o.physical:
+        raise UserError(f"--roi localized: {run.path} trained on whole images resized "
+                        "(--spacing none), which have no field of view to move; leave "
+                        "--roi out")
     keras.mixed_precision.set_dtype_policy("float32")  # exported formats are float32
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
         fold_networks = [run.fold_network(trial.trial_id, k) for k in range(run.n_folds)]
-        decision = _decide(run, fold_networks, tta, largest_region)
+        decision = _decide(run, fold_networks, tta, largest_region, roi)
         if verbose:
             print(f"export: test-time augmentation and largest region, out-of-fold CV Dice "
                   f"of trial {trial.trial_id}:\n{table_text(decision['out_of_fold'], decision)}",
@@ -264,7 +292,8 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
         training["patients"] = trained_on
         model = build_serving_model(networks, o.image_size, o.normalization,
                                     o.spacing_mm or None, tta=decision["tta"],
-                                    largest_region=decision["largest_region"])
+                                    largest_region=decision["largest_region"],
+                                    roi=decision["roi"])
 
         def keras_run(raw, pixel_spacing):
             raw, spacing = check_inputs(raw, pixel_spacing)
@@ -287,11 +316,14 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             probe_patients = load_patients(run.data, run.splits["folds"][0]["val"][:1])
 
         candidates, onnx_status = write_formats(model, tmp, onnx)
-        parity = check_parity(keras_run, candidates, _probe_inputs(probe_patients))
+        parity = check_parity(keras_run, candidates, _probe_inputs(probe_patients),
+                              classes=int(networks[0].output_shape[-1]))
         if verbose:
             for name, r in parity.items():
                 print(f"export: {name}: max |probability difference| {r['max_abs_diff']:.2e}, "
-                      f"{r['mask_mismatch_pixels']} mask pixel(s) differ", flush=True)
+                      f"{r['mask_mismatch_pixels']} mask pixel(s) differ"
+                      + (f" ({r['mask_tie_pixels']} more at ties of classes)"
+                         if r["mask_tie_pixels"] else ""), flush=True)
         card = _model_card(run, trial, metrics, training, test, parity, onnx_status, tmp,
                            decision)
         atomic.write_json(tmp / CARD, card)
@@ -301,40 +333,51 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
 
 
 def _decide(run: Run, fold_networks: list[Any], tta: str | None,
-            largest_region: bool | None) -> dict[str, Any]:
-    """The test-time augmentation and largest-region setting to export, from the trial's
-    out-of-fold predictions (each fold model on the patients it never saw).
+            largest_region: bool | None, roi: str | None) -> dict[str, Any]:
+    """The field of view, test-time augmentation and largest-region setting to export,
+    from the trial's out-of-fold predictions (each fold model on the patients it never
+    saw).
 
     Returns:
-        The chosen ``tta`` and ``largest_region``, its ``cv_dice``, ``decided_by`` and
-        the whole ``out_of_fold`` table.
+        The chosen ``roi``, ``tta`` and ``largest_region``, its ``cv_dice``,
+        ``decided_by`` and the whole ``out_of_fold`` table.
     """
     from lvseg_search.evaluate.decision import TIE, choose, out_of_fold_table
     from lvseg_search.evaluate.scoring import load_patients
+    from lvseg_search.model.serving import ROI_MODES
 
     o = run.options
     folds = [(net, load_patients(run.data, run.splits["folds"][k]["val"]))
              for k, net in enumerate(fold_networks)]
-    table = out_of_fold_table(folds, o.image_size, o.normalization, o.spacing_mm or None)
-    chosen = choose(table, tta, largest_region)
-    forced = [name for name, value in (("--tta", tta), ("--no-largest-region",
-                                                        largest_region)) if value is not None]
-    return {"tta": chosen["tta"], "largest_region": chosen["largest_region"],
+    table = out_of_fold_table(folds, o.image_size, o.normalization, o.spacing_mm or None,
+                              rois=ROI_MODES if o.physical else ("centre",))
+    chosen = choose(table, tta, largest_region, roi)
+    forced = [name for name, value in (("--roi", roi), ("--tta", tta),
+                                       ("--no-largest-region", largest_region))
+              if value is not None]
+    return {"roi": chosen["roi"], "tta": chosen["tta"],
+            "largest_region": chosen["largest_region"],
             "cv_dice": chosen["cv_dice"],
             "decided_by": (" and ".join(forced) + " (the rest by " if forced else "")
             + f"out-of-fold CV Dice, highest wins, gains under {TIE:g} are ties that go "
-              "to the cheaper setting" + (")" if forced else ""),
+              "to the cheaper setting, or to the localized field of view"
+            + (")" if forced else ""),
             "out_of_fold": table}
 
 
-def grid(o) -> dict[str, Any]:
+def grid(o, roi: str = "centre") -> dict[str, Any]:
     """The network's grid, as the model card records it."""
+    from lvseg_search.model.serving import LOCALIZE_PASSES
+
     if not o.physical:
         return {"mode": "whole image resized", "image_size": o.image_size,
                 "spacing_mm": None, "field_of_view_mm": None}
     return {"mode": "physical", "image_size": o.image_size, "spacing_mm": o.spacing_mm,
             "field_of_view_mm": round(o.image_size * o.spacing_mm, 3),
-            "field_of_view_asked_mm": o.field_of_view_mm, "centred_on": "image centre"}
+            "field_of_view_asked_mm": o.field_of_view_mm,
+            "centred_on": "image centre" if roi == "centre" else
+            f"the LV found by {LOCALIZE_PASSES} earlier pass(es) of the network, each "
+            "re-centred on the LV of the one before"}
 
 
 def augmentation(o) -> dict[str, Any]:
@@ -377,7 +420,7 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
                    "seed": o.seed, "precision_in_search": o.precision,
                    "steps_per_epoch": o.steps_per_epoch,  # 0: one pass over the training
                    "augmentation": augmentation(o)},
-        "grid": grid(o),
+        "grid": grid(o, decision["roi"]),
         "hyperparameters": hp,
         "cross_validation": {
             "dice_mean": metrics.get("val_dice"), "dice_std": metrics.get("val_dice_std"),
@@ -407,7 +450,8 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
                                      "input grid (0 outside the field of view)",
                     "mask": "uint8 [batch, height, width], 1 = LV blood pool"},
         "postprocessing": {
-            "tta": decision["tta"], "largest_region": decision["largest_region"],
+            "roi": decision["roi"], "tta": decision["tta"],
+            "largest_region": decision["largest_region"],
             "inside": "probabilities averaged over "
                       + {"none": "the image alone", "flips": "the 4 flips of the network "
                          "input", "dihedral": "the 8 flips and 90-degree turns of the "

@@ -301,12 +301,14 @@ def decision_frame(table: list[dict[str, Any]], chosen: dict[str, Any]) -> pd.Da
     """The out-of-fold CV figures of every test-time augmentation and largest-region
     setting (``evaluate.decision``), the one ``export`` picks marked."""
     return pd.DataFrame([{
+        "field of view": r.get("roi", "centre"),
         "test-time augmentation": r["tta"],
         "largest region": "yes" if r["largest_region"] else "no",
         "CV Dice": f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}",
         "APD mm": _round(r["apd_mm"], 2), "good contours %": _round(r["good_contours_pct"], 0),
-        "export": "chosen" if (r["tta"], r["largest_region"])
-        == (chosen["tta"], chosen["largest_region"]) else ""} for r in table])
+        "export": "chosen" if (r.get("roi"), r["tta"], r["largest_region"])
+        == (chosen.get("roi"), chosen["tta"], chosen["largest_region"]) else ""}
+        for r in table])
 
 
 def best_trial_details(run: Run, trial_id: str, networks: list[Any],
@@ -319,6 +321,7 @@ def best_trial_details(run: Run, trial_id: str, networks: list[Any],
         (title, note, table) per section.
     """
     from lvseg_search.evaluate.decision import TIE, choose, out_of_fold_table
+    from lvseg_search.model.serving import ROI_MODES
 
     o = run.options
     out = []
@@ -330,12 +333,16 @@ def best_trial_details(run: Run, trial_id: str, networks: list[Any],
                     "patient's contoured slice positions, the base being the end where the "
                     "expert's LV is larger.", positions))
     table = out_of_fold_table(list(zip(networks, validation, strict=True)), o.image_size,
-                              o.normalization, o.spacing_mm or None)
-    out.append((f"Trial {trial_id}: test-time augmentation and largest region",
+                              o.normalization, o.spacing_mm or None,
+                              rois=ROI_MODES if o.physical else ("centre",))
+    out.append((f"Trial {trial_id}: field of view, test-time augmentation and largest "
+                "region",
                 "CV Dice of the out-of-fold predictions with each setting; `export` keeps "
                 f"the highest (gains under {TIE:g} count as ties, which go to the cheaper "
-                "setting) unless --tta or --no-largest-region say otherwise. The search "
-                "ranked trials without test-time augmentation, with the largest region.",
+                "setting, or to the field of view cut around the localized LV) unless "
+                "--roi, --tta or --no-largest-region say otherwise. The search ranked "
+                "trials with the field of view around the image centre, without test-time "
+                "augmentation, with the largest region.",
                 decision_frame(table, choose(table))))
     return out
 
@@ -555,22 +562,26 @@ def network_words(row: pd.Series | dict[str, Any]) -> str:
     """A trial's network in words."""
     if row.get("architecture") == "lab_fcn":
         return "the lab's FCN (strided convs, one transposed-conv up-score)"
-    norm = {"batch": "batch norm", "group": "group norm", "none": "no norm"}.get(
-        str(row.get("normalization")), f"{row.get('normalization')} norm")
+    norm = {"batch": "batch norm", "group": "group norm", "instance": "instance norm",
+            "none": "no norm"}.get(str(row.get("normalization")),
+                                   f"{row.get('normalization')} norm")
     words = (f"{_DECODERS.get(str(row.get('decoder')), row.get('decoder'))}, "
              f"{row.get('depth')} level{'' if str(row.get('depth')) == '1' else 's'}, "
              f"{row.get('base_filters')} base filters, "
              f"{row.get('kernel_size')}x{row.get('kernel_size')} convs "
-             f"({row.get('convs_per_stage')} per level), "
+             f"({row.get('convs_per_stage')} per level"
+             f"{', residual' if row.get('block') == 'residual' else ''}), "
              f"{str(row.get('downsampling')).replace('_', ' ')} down, {norm}, "
              f"{row.get('activation')}")
     if float(row.get("dropout") or 0) > 0:
         words += f", dropout {row.get('dropout')}"
     lr = row.get("learning_rate")
-    words += (f"; {str(row.get('loss')).replace('_', ' + ')} loss, {row.get('optimizer')} "
+    optimizer = {"sgd_nesterov": "SGD (Nesterov 0.99)"}.get(str(row.get("optimizer")),
+                                                            row.get("optimizer"))
+    words += (f"; {str(row.get('loss')).replace('_', ' + ')} loss, {optimizer} "
               f"lr {float(lr):.1e}" if lr is not None else "")
-    if row.get("lr_schedule") == "cosine":
-        words += " (cosine)"
+    if row.get("lr_schedule") in ("cosine", "poly"):
+        words += f" ({row.get('lr_schedule')})"
     return words
 
 

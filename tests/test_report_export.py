@@ -95,8 +95,8 @@ def test_report_ranks_trials_and_embeds_its_plots(tiny_run, capsys):
             in positions
     decision = md[md.index("test-time augmentation and largest region"):].split("\n\n")[2]
     rows = [r for r in decision.splitlines()[2:]]
-    assert len(rows) == 6 and sum("chosen" in r for r in rows) == 1
-    searched = next(r for r in rows if r.startswith("| none | yes |"))
+    assert len(rows) == 12 and sum("chosen" in r for r in rows) == 1
+    searched = next(r for r in rows if r.startswith("| centre | none | yes |"))
     assert f"{table['cv_dice'][0]:.4f}"[:5] in searched
     assert "Dice by patient and slice position" in page and "largest region" in page
 
@@ -147,7 +147,9 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
                             "spacing_mm": search["spacing_mm"],
                             "field_of_view_mm": pytest.approx(32 * search["spacing_mm"], abs=1e-3),
                             "field_of_view_asked_mm": search["field_of_view_mm"],
-                            "centred_on": "image centre"}
+                            "centred_on": card["grid"]["centred_on"]}
+    assert (card["grid"]["centred_on"] == "image centre") == (
+        card["postprocessing"]["roi"] == "centre")
     assert card["search"]["augmentation"]["gamma"] == {"probability": 0.3,
                                                        "range": [0.7, 1.5]}
 
@@ -157,8 +159,10 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
 
     post = card["postprocessing"]
     table = post["out_of_fold"]
-    assert len(table) == 6 and post["decided_by"].startswith("out-of-fold CV Dice")
-    searched = next(r for r in table if r["tta"] == "none" and r["largest_region"])
+    assert len(table) == 12 and post["decided_by"].startswith("out-of-fold CV Dice")
+    assert {r["roi"] for r in table} == {"centre", "localized"}
+    searched = next(r for r in table
+                    if r["roi"] == "centre" and r["tta"] == "none" and r["largest_region"])
     assert searched["cv_dice"] == pytest.approx(card["cross_validation"]["dice_mean"],
                                                 abs=1e-4)
     assert post["cv_dice"] >= max(r["cv_dice"] for r in table) - TIE
@@ -327,7 +331,9 @@ def test_export_ensemble_averages_the_fold_models(tiny_run, tmp_path, manifest_r
     assert (post["tta"], post["largest_region"]) == ("dihedral", False)
     assert post["decided_by"].startswith("--tta and --no-largest-region")
     assert post["cv_dice"] == next(r["cv_dice"] for r in post["out_of_fold"]
-                                   if r["tta"] == "dihedral" and not r["largest_region"])
+                                   if r["tta"] == "dihedral" and not r["largest_region"]
+                                   and r["roi"] == post["roi"])
+    assert (card["grid"]["centred_on"] == "image centre") == (post["roi"] == "centre")
     from lvseg_search.predict import keeps_largest_region
 
     assert keeps_largest_region(tmp_path / "model") is False  # predict follows the card

@@ -1,4 +1,5 @@
-"""Test-time augmentation and largest-region post-processing, decided by cross-validation.
+"""Test-time augmentation, largest-region post-processing and where the field of view
+is cut, decided by cross-validation.
 
 Whether averaging over flipped copies or keeping only the largest region helps depends
 on the network and the data, so neither is assumed: each patient is predicted by the
@@ -6,7 +7,9 @@ fold model that never saw it (out-of-fold, as nnU-Net decides its post-processin
 the CV Dice of every setting is computed the way the search computes a trial's (mean
 over folds of the mean per-image Dice of the masks as delivered). The setting with the
 highest CV Dice is kept; a gain below :data:`TIE` counts as none, and ties go to the
-cheaper setting.
+cheaper setting, except that a field of view cut around the localized LV wins a tie with
+one cut around the image centre: it also holds for hearts far from the centre, which
+the patients of a cross-validation may not show.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from lvseg_search.evaluate.scoring import PatientImages, score_predictions, segment
 from lvseg_search.model.postprocess import keep_largest_regions
-from lvseg_search.model.serving import make_predictor
+from lvseg_search.model.serving import ROI_MODES, make_predictor
 from lvseg_search.model.tta import TTA_MODES
 
 # A CV Dice gain smaller than this is within the noise of a few patients' folds: the
@@ -27,14 +30,19 @@ from lvseg_search.model.tta import TTA_MODES
 TIE = 1e-3
 
 
-def _cost(row: dict[str, Any]) -> tuple[int, bool]:
-    return TTA_MODES.index(row["tta"]), bool(row["largest_region"])
+def _cost(row: dict[str, Any]) -> tuple[int, int, bool]:
+    """Order of preference among tied settings: fewer views, a localized field of view,
+    no post-processing."""
+    roi = row.get("roi", "centre")
+    return TTA_MODES.index(row["tta"]), -ROI_MODES.index(roi), bool(row["largest_region"])
 
 
 def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], image_size: int,
                       normalization: str, spacing_mm: float | None,
-                      modes: Sequence[str] = TTA_MODES) -> list[dict[str, Any]]:
-    """CV figures of every test-time augmentation with and without largest region.
+                      modes: Sequence[str] = TTA_MODES,
+                      rois: Sequence[str] = ("centre",)) -> list[dict[str, Any]]:
+    """CV figures of every test-time augmentation with and without largest region, for
+    each way of cutting the field of view.
 
     Args:
         folds: Per fold, its network and the validation patients it never trained on.
@@ -42,18 +50,21 @@ def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], imag
         normalization: The per-image normalization of training.
         spacing_mm: The networks' grid pixel size (None: whole images resized).
         modes: Test-time augmentations to try (``tta.TTA_MODES``).
+        rois: Fields of view to try (``serving.ROI_MODES``; ``localized`` needs a
+            physical grid).
 
     Returns:
-        One row per setting, cheapest first: ``tta``, ``largest_region``, ``cv_dice``
+        One row per setting, preferred first: ``roi``, ``tta``, ``largest_region``,
+        ``cv_dice``
         (mean over folds), ``cv_dice_std``, ``dice_per_fold``, ``apd_mm``,
         ``good_contours_pct`` (means over folds).
     """
     rows = []
-    for mode in modes:
+    for roi, mode in [(r, m) for r in rois for m in modes]:
         per_fold = []
         for network, patients in folds:
             predict = make_predictor([network], image_size, normalization, spacing_mm,
-                                     tta=mode)
+                                     tta=mode, roi=roi)
             per_fold.append([segment(predict, p.images, p.spacing_mm,
                                      largest_region=False)[1] for p in patients])
         for largest in (False, True):
@@ -63,7 +74,7 @@ def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], imag
                     masks = [keep_largest_regions(m) for m in masks]
                 summaries.append(score_predictions(masks, patients)[1])
             dice = np.array([s["dice"] for s in summaries])
-            rows.append({"tta": mode, "largest_region": largest,
+            rows.append({"roi": roi, "tta": mode, "largest_region": largest,
                          "cv_dice": float(dice.mean()), "cv_dice_std": float(dice.std()),
                          "dice_per_fold": [float(d) for d in dice],
                          "apd_mm": _mean(s["apd_mm"] for s in summaries),
@@ -78,14 +89,15 @@ def _mean(values) -> float:
 
 
 def choose(table: Sequence[dict[str, Any]], tta: str | None = None,
-           largest_region: bool | None = None) -> dict[str, Any]:
-    """The setting to export: the highest CV Dice, the cheaper one of those within
+           largest_region: bool | None = None, roi: str | None = None) -> dict[str, Any]:
+    """The setting to export: the highest CV Dice, the preferred one of those within
     :data:`TIE` of it, among the settings the user left open.
 
     Args:
         table: Rows of :func:`out_of_fold_table`.
         tta: Force this test-time augmentation (None: decided here).
         largest_region: Force largest-region post-processing on or off (None: decided).
+        roi: Force this field of view (None: decided).
 
     Returns:
         The chosen row.
@@ -94,9 +106,10 @@ def choose(table: Sequence[dict[str, Any]], tta: str | None = None,
         ValueError: No row of the table matches the forced settings.
     """
     open_rows = [r for r in table if (tta is None or r["tta"] == tta)
-                 and (largest_region is None or r["largest_region"] == largest_region)]
+                 and (largest_region is None or r["largest_region"] == largest_region)
+                 and (roi is None or r.get("roi", "centre") == roi)]
     if not open_rows:
-        raise ValueError(f"no out-of-fold figures for tta={tta}, "
+        raise ValueError(f"no out-of-fold figures for roi={roi}, tta={tta}, "
                          f"largest_region={largest_region}")
     best = max(r["cv_dice"] for r in open_rows)
     return min((r for r in open_rows if r["cv_dice"] >= best - TIE), key=_cost)
@@ -104,10 +117,11 @@ def choose(table: Sequence[dict[str, Any]], tta: str | None = None,
 
 def table_text(table: Sequence[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
     """The table as aligned text lines, the chosen row marked."""
-    lines = ["tta       largest region  CV Dice          APD mm  good contours"]
+    lines = ["roi        tta       largest region  CV Dice          APD mm  good contours"]
     for r in table:
         mark = "  <- chosen" if chosen is not None and _cost(r) == _cost(chosen) else ""
-        lines.append(f"{r['tta']:<9} {'yes' if r['largest_region'] else 'no':<15} "
+        lines.append(f"{r.get('roi', 'centre'):<10} {r['tta']:<9} "
+                     f"{'yes' if r['largest_region'] else 'no':<15} "
                      f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}  {r['apd_mm']:6.2f}  "
                      f"{r['good_contours_pct']:5.1f}%{mark}")
     return "\n".join(lines)

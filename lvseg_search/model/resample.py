@@ -2,7 +2,8 @@
 deployable model (``keras.ops`` only).
 
 The network sees every image on one grid: ``size x size`` pixels of ``spacing`` mm, centred
-on the image's centre (a field of view of ``size * spacing`` mm). An image of any matrix
+on the image's centre (a field of view of ``size * spacing`` mm), or on a point given in
+mm from it (the localized heart, see ``serving.LocateLV``). An image of any matrix
 and pixel spacing is resampled onto it and the network's probabilities back onto the
 image's own grid. Both directions are one separable linear map per axis, a ``[batch, out,
 in]`` weight matrix per image (each image has its own spacing):
@@ -27,7 +28,7 @@ from keras import ops
 EPS = 1e-12
 
 
-def grid_weights(out_size, in_size, out_spacing, in_spacing):
+def grid_weights(out_size, in_size, out_spacing, in_spacing, shift_mm=None):
     """Weights ``[batch, out, in]`` resampling one axis between centre-aligned grids.
 
     Args:
@@ -35,6 +36,8 @@ def grid_weights(out_size, in_size, out_spacing, in_spacing):
         in_size: Input pixels along the axis (int or scalar tensor).
         out_spacing: Output pixel size, mm: ``[batch]`` or a scalar.
         in_spacing: Input pixel size, mm: ``[batch]`` or a scalar.
+        shift_mm: Where the output grid's centre lies from the input grid's, mm:
+            ``[batch]``; None: the centres coincide.
 
     Returns:
         float32 ``[batch, out, in]`` (``[1, out, in]`` when both spacings are scalars).
@@ -47,6 +50,9 @@ def grid_weights(out_size, in_size, out_spacing, in_spacing):
     j = ops.reshape(ops.cast(ops.arange(in_size), "float32"), (1, 1, -1))
     # Input coordinate (pixel-centre units) of each output pixel's centre.
     centre = n_in / 2 - 0.5 + (i + 0.5 - n_out / 2) * ratio
+    if shift_mm is not None:
+        shift = ops.cast(shift_mm, "float32") / ops.cast(in_spacing, "float32")
+        centre = centre + ops.reshape(shift, (-1, 1, 1))
     width = ops.maximum(ratio, 1.0)
     weights = ops.relu(1.0 - ops.abs(j - centre) / width)
     inside = ops.cast(ops.logical_and(centre >= -0.5, centre <= n_in - 0.5), "float32")
@@ -70,26 +76,30 @@ def resample(images, rows, cols):
     return ops.einsum("bhs,bstc,bwt->bhwc", rows, images, cols)
 
 
-def to_grid(images, pixel_spacing, size: int, spacing: float):
+def to_grid(images, pixel_spacing, size: int, spacing, centre_mm=None):
     """Images on their stored grids -> the network's ``size x size`` grid.
 
     Args:
         images: float ``[B, H, W, C]``.
         pixel_spacing: ``[B, 2]`` (row, column) mm of the stored images.
         size: The grid's pixels per side.
-        spacing: The grid's pixel size, mm.
+        spacing: The grid's pixel size, mm (a number, or ``[B]`` per image).
+        centre_mm: ``[B, 2]`` where the grid's centre lies from each image's centre
+            (row, column, mm); None: on it.
 
     Returns:
         float32 ``[B, size, size, C]``.
     """
     shape = ops.shape(images)
     pixel_spacing = ops.cast(pixel_spacing, "float32")
-    rows = grid_weights(size, shape[1], spacing, pixel_spacing[:, 0])
-    cols = grid_weights(size, shape[2], spacing, pixel_spacing[:, 1])
+    row_shift, col_shift = ((None, None) if centre_mm is None
+                            else (centre_mm[:, 0], centre_mm[:, 1]))
+    rows = grid_weights(size, shape[1], spacing, pixel_spacing[:, 0], row_shift)
+    cols = grid_weights(size, shape[2], spacing, pixel_spacing[:, 1], col_shift)
     return resample(ops.cast(images, "float32"), rows, cols)
 
 
-def from_grid(values, pixel_spacing, height, width, spacing: float):
+def from_grid(values, pixel_spacing, height, width, spacing, centre_mm=None):
     """Values on the network's grid -> each image's stored ``height x width`` grid.
 
     Args:
@@ -97,12 +107,16 @@ def from_grid(values, pixel_spacing, height, width, spacing: float):
         pixel_spacing: ``[B, 2]`` (row, column) mm of the stored images.
         height: Stored rows (int or scalar tensor).
         width: Stored columns.
-        spacing: The grid's pixel size, mm.
+        spacing: The grid's pixel size, mm (a number, or ``[B]`` per image).
+        centre_mm: As for :func:`to_grid`.
 
     Returns:
         float32 ``[B, height, width, C]``; zero outside the grid's field of view.
     """
     pixel_spacing = ops.cast(pixel_spacing, "float32")
-    rows = grid_weights(height, values.shape[1], pixel_spacing[:, 0], spacing)
-    cols = grid_weights(width, values.shape[2], pixel_spacing[:, 1], spacing)
+    # The image's centre seen from the grid's: the opposite shift.
+    row_shift, col_shift = ((None, None) if centre_mm is None
+                            else (-centre_mm[:, 0], -centre_mm[:, 1]))
+    rows = grid_weights(height, values.shape[1], pixel_spacing[:, 0], spacing, row_shift)
+    cols = grid_weights(width, values.shape[2], pixel_spacing[:, 1], spacing, col_shift)
     return resample(ops.cast(values, "float32"), rows, cols)

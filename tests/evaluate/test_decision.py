@@ -73,3 +73,12 @@ def test_a_gain_below_the_tie_goes_to_the_cheaper_setting():
     assert (choose(table)["tta"], choose(table)["largest_region"]) == ("none", False)
     with pytest.raises(ValueError, match="no out-of-fold figures"):
         choose([r for r in table if r["tta"] == "none"], tta="flips")
+
+
+def test_a_localized_field_of_view_wins_a_tie_and_loses_to_a_real_gain():
+    rows = [{**_row("none", True, 0.850), "roi": "centre"},
+            {**_row("none", True, 0.8495), "roi": "localized"}]
+    assert choose(rows)["roi"] == "localized"
+    rows[1]["cv_dice"] = 0.845
+    assert choose(rows)["roi"] == "centre"
+    assert choose(rows, roi="localized")["cv_dice"] == 0.845

@@ -65,11 +65,11 @@ def test_dihedral_tta_is_the_mean_of_the_network_over_the_eight_transforms():
     assert np.abs(got - plain).max() > 1e-3  # the network is not symmetric: TTA changes it
 
 
-def test_tta_model_agrees_in_every_format_and_with_the_eager_predictor(tmp_path):
+def test_tta_model_agrees_with_the_eager_predictor():
+    """(Every exported format of a TTA model is checked in test_localize, with one
+    conversion for both.)"""
     import keras
 
-    from lvseg_search.export import check_parity
-    from lvseg_search.model.formats import write_formats
     from lvseg_search.model.serving import build_serving_model, make_predictor
 
     net = _network(3)
@@ -87,10 +87,6 @@ def test_tta_model_agrees_in_every_format_and_with_the_eager_predictor(tmp_path)
         return {k: np.asarray(v) for k, v in
                 model({"raw": raw, "pixel_spacing_mm": spacing}).items()}
 
-    runners, onnx_status = write_formats(model, tmp_path)
-    assert onnx_status == "written"  # tf2onnx is a test extra
-    report = check_parity(keras_run, runners, batches)
-    assert set(report) == {"saved_model", "keras_file", "tflite", "onnx"}
     eager = make_predictor([net], 16, "zscore", 2.0, tta="dihedral")
     for raw, spacing in batches:
         np.testing.assert_allclose(eager(raw, spacing)["probabilities"],
