@@ -166,6 +166,9 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
         include_default: Make the default configuration the first trial (a baseline
             inside the search; ``hyperband``, ``random`` and ``bayesian``).
 
+    Bayesian optimization draws its first :func:`initial_points` trials at random, then
+    follows its Gaussian process.
+
     Raises:
         ValueError: An unknown kind, or ``include_default`` without a default.
     """
@@ -181,6 +184,9 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
         if kind == "hyperband":
             oracle = oracle_class(max_epochs=max_epochs, factor=factor,
                                   hyperband_iterations=hyperband_iterations, **common)
+        elif kind == "bayesian":
+            oracle = oracle_class(max_trials=max_trials,
+                                  num_initial_points=initial_points(max_trials), **common)
         else:
             oracle = oracle_class(max_trials=max_trials, **common)
         if include_default:
@@ -195,6 +201,17 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
         return keras_tuner.oracles.RandomSearchOracle(
             max_trials=1, hyperparameters=fixed, tune_new_entries=False, **common)
     raise ValueError(f"unknown oracle {kind!r}; choose one of {', '.join(ORACLES)}")
+
+
+def initial_points(max_trials: int | None) -> int:
+    """Random trials before Bayesian optimization fits its Gaussian process: a third of
+    the trials, at least 3 (20 when the trials are not capped).
+
+    keras-tuner's own default is three per hyperparameter registered, single-valued
+    ones included: 39 for ``quick``, so a search of fewer trials never left random
+    sampling and ``--oracle bayesian`` was random search under another name.
+    """
+    return max(3, math.ceil((max_trials or 60) / 3))
 
 
 class CVTuner(keras_tuner.Tuner):
