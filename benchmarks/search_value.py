@@ -1,0 +1,291 @@
+"""The value of the search: does it find a better network for the same compute?
+
+Runs, on one data set and seed, the same cross-validated search with each of
+keras-tuner's oracles, and the space's fixed default network:
+
+- ``hyperband``: one Hyperband iteration (``--max-epochs``, ``--factor``);
+- ``random`` and ``bayesian``: ``--trials`` trials of ``--max-epochs`` epochs each
+  (at least as many epochs in all as Hyperband's iteration);
+- ``fixed``: the space's ``[default]`` network, ``--max-epochs`` epochs, and ``fixed_x3``,
+  the same network with three times the epochs (its learning-rate schedule stretched),
+  to see whether a baseline given more of the budget catches up.
+
+Then prints, per arm, the best CV Dice (on the masks as delivered) against cumulative
+training epochs (a trial's epochs, each over every fold), the epochs Hyperband needs to
+come within 0.01 of random search's final best, and writes a plot. Also measures the
+low-budget signal: from the random and Bayesian trials, which train the whole budget from
+scratch with the same learning-rate schedule as Hyperband's first-rung trials, the
+Spearman rank correlation between a trial's score after k epochs (several rules) and its
+final score.
+
+    python benchmarks/search_value.py --out DIR [--data RAW | --phantom] [--seed 0]
+        [--space quick] [--max-epochs 9] [--factor 3] [--trials 10]
+        [--steps-per-epoch 20] [--batch-size 4] [--arms random,hyperband,...]
+
+An interrupted run resumes (each arm is a search in its own folder under DIR). With
+``--report-only``, only the tables and the plot from what DIR holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook-subset"
+ARMS = ("random", "hyperband", "fixed", "bayesian", "fixed_x3")
+TARGET_GAP = 0.01
+
+
+def prepare_data(args: argparse.Namespace, out: Path) -> Path:
+    """The prepared data the arms share (made once under ``out``)."""
+    from lvseg_search.prepare import prepare
+
+    prepared = out / "prepared"
+    if (prepared / "manifest.json").is_file():
+        return prepared
+    if args.phantom:
+        from lvseg_search.data.phantom import synth
+
+        synth(out / "phantom", args.phantom_patients, seed=args.seed, size=args.phantom_size,
+              progress=False, overwrite=True)
+        prepare(out / "phantom", prepared, progress=False)
+    else:
+        prepare(args.data, prepared, progress=False)
+    return prepared
+
+
+def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> list[str]:
+    """The ``lvseg-search search`` command line of one arm."""
+    oracle = "fixed" if arm.startswith("fixed") else arm
+    epochs = args.max_epochs * (3 if arm == "fixed_x3" else 1)
+    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(data),
+           "--space", args.space, "--out", str(out / arm), "--folds", str(args.folds),
+           "--oracle", oracle, "--max-epochs", str(epochs), "--seed", str(args.seed),
+           "--batch-size", str(args.batch_size), "--quiet"]
+    if args.steps_per_epoch:
+        cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
+    if args.image_size:
+        cmd += ["--image-size", str(args.image_size)]
+    if arm == "hyperband":
+        cmd += ["--factor", str(args.factor), "--iterations", "1"]
+    elif arm in ("random", "bayesian"):
+        cmd += ["--max-trials", str(args.trials)]
+    return cmd
+
+
+def run_arm(arm: str, args: argparse.Namespace, data: Path, out: Path) -> float:
+    """Runs (or resumes) one arm, its progress in ``out/ARM.log``; returns wall seconds.
+
+    Raises:
+        RuntimeError: The search failed (its log says why).
+    """
+    cmd = arm_command(arm, args, data, out)
+    start = time.perf_counter()
+    with open(out / f"{arm}.log", "a") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"{arm}: search exited {code}; see {out / (arm + '.log')}")
+    seconds = time.perf_counter() - start
+    (out / arm / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
+    return seconds
+
+
+def arm_trials(run_dir: Path) -> list[dict]:
+    """An arm's trials in the order they ran: epochs trained, final score (None when
+    failed), and for trials trained from scratch each fold's per-epoch validation Dice."""
+    from lvseg_search.engine.run import load_run
+
+    run = load_run(run_dir)
+    rows = []
+    for tid, t in sorted(run.trials.items(), key=lambda kv: int(kv[0])):
+        hp = t.hyperparameters.values
+        epochs = int(hp.get("tuner/epochs", run.options.max_epochs))
+        initial = int(hp.get("tuner/initial_epoch", 0))
+        folds = run.fold_results(tid)
+        curves = ([f["history"].get("val_dice", []) for f in folds]
+                  if initial == 0 and all(folds) else None)
+        done = t.status == "COMPLETED" and t.score is not None
+        # A failed trial's epochs are those its folds finished (its compute was spent).
+        trained = (epochs - initial) if done else max(
+            (len(f["history"].get("val_dice", [])) for f in folds if f), default=0)
+        rows.append({"trial": tid, "epochs": trained, "score": t.score if done else None,
+                     "curves": curves, "status": t.status,
+                     "values": tuple(sorted((k, str(v)) for k, v in hp.items()
+                                            if not k.startswith("tuner/")))})
+    return rows
+
+
+def best_curve(trials: list[dict]) -> list[tuple[int, float]]:
+    """(cumulative epochs, best CV Dice so far) after each trial."""
+    curve, total, best = [], 0, -math.inf
+    for t in trials:
+        total += t["epochs"]
+        if t["score"] is not None:
+            best = max(best, t["score"])
+        curve.append((total, best))
+    return curve
+
+
+def best_at(curve: list[tuple[int, float]], epochs: float) -> float:
+    """The best CV Dice reached within ``epochs`` cumulative epochs (NaN: none yet)."""
+    found = [b for e, b in curve if e <= epochs and b > -math.inf]
+    return max(found) if found else math.nan
+
+
+def epochs_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
+    """Cumulative epochs at which the curve first reaches ``level`` (None: never)."""
+    return next((e for e, b in curve if b >= level), None)
+
+
+RULES = {
+    "last epoch": lambda c, k: c[k - 1],
+    "mean of last 2 epochs": lambda c, k: float(np.mean(c[max(0, k - 2):k])),
+    "best epoch so far": lambda c, k: max(c[:k]),
+}
+
+
+def rung_signal(trials: list[dict], max_epochs: int) -> list[dict]:
+    """Spearman correlation between the score after ``k`` epochs (each rule; the mean
+    over folds of the per-epoch validation Dice at the network's grid) and the final
+    score (delivered masks), over the trials trained from scratch to the full budget."""
+    full = [t for t in trials if t["score"] is not None and t["curves"]
+            and all(len(c) >= max_epochs for c in t["curves"])]
+    rows = []
+    if len(full) < 3:
+        return rows
+    final = [t["score"] for t in full]
+    for k in range(1, max_epochs + 1):
+        for name, rule in RULES.items():
+            early = [float(np.mean([rule(c, k) for c in t["curves"]])) for t in full]
+            rho = spearmanr(early, final).statistic
+            rows.append({"epochs": k, "rule": name, "spearman": float(rho), "n": len(full)})
+    return rows
+
+
+def first_rung_epochs(max_epochs: int, factor: int) -> int:
+    """Epochs of Hyperband's first rung (keras-tuner: max_epochs / factor^s_max, s_max the
+    number of times max_epochs divides by factor before it falls below 1, rounded up)."""
+    s_max, e = -1, float(max_epochs)
+    while e >= 1:
+        e /= factor
+        s_max += 1
+    return math.ceil(max_epochs / factor ** s_max)
+
+
+def report(out: Path, max_epochs: int, factor: int) -> str:
+    """The tables (markdown) and ``out/search_value.png`` from the arms found in ``out``."""
+    arms = {a: arm_trials(out / a) for a in ARMS if (out / a / "search.json").is_file()}
+    curves = {a: best_curve(t) for a, t in arms.items()}
+    lines = ["| arm | trials | epochs | best CV Dice | best within Hyperband's epochs | wall |",
+             "|---|---|---|---|---|---|"]
+    hb_total = curves["hyperband"][-1][0] if curves.get("hyperband") else None
+    for arm, curve in curves.items():
+        wall_file = out / arm / "wall_seconds.txt"
+        wall = f"{float(wall_file.read_text()) / 60:.0f} min" if wall_file.is_file() else "-"
+        within = f"{best_at(curve, hb_total):.3f}" if hb_total else "-"
+        lines.append(f"| {arm} | {len(arms[arm])} | {curve[-1][0] if curve else 0} | "
+                     f"{curve[-1][1]:.3f} | {within} | {wall} |")
+    if curves.get("hyperband") and curves.get("random"):
+        r_total, r_best = curves["random"][-1]
+        need = epochs_to_reach(curves["hyperband"], r_best - TARGET_GAP)
+        share = f"{need / r_total:.2f} of random's {r_total}" if need else "never"
+        lines.append("")
+        lines.append(f"Hyperband reaches random search's final best - {TARGET_GAP} "
+                     f"({r_best - TARGET_GAP:.3f}) after {need} epochs ({share}; target "
+                     "<= 0.33).")
+    # Bayesian optimization's random first trials are random search's (same seed, same
+    # draws, same initial weights): counted once.
+    scratch, seen = [], set()
+    for t in (t for a in ("random", "bayesian") for t in arms.get(a, [])):
+        if (t["trial"], t["values"]) not in seen:
+            seen.add((t["trial"], t["values"]))
+            scratch.append(t)
+    signal = rung_signal(scratch, max_epochs)
+    if signal:
+        rung = first_rung_epochs(max_epochs, factor)
+        lines += ["", f"Low-budget signal over {signal[0]['n']} trials trained {max_epochs} "
+                  f"epochs from scratch (Hyperband's first rung: {rung} epoch(s)); Spearman "
+                  "between the score after k epochs and the final score:", "",
+                  "| k | " + " | ".join(RULES) + " |", "|---" * (len(RULES) + 1) + "|"]
+        for k in range(1, max_epochs + 1):
+            rho = {r["rule"]: r["spearman"] for r in signal if r["epochs"] == k}
+            lines.append(f"| {k}{' (first rung)' if k == rung else ''} | "
+                         + " | ".join(f"{rho[name]:.2f}" for name in RULES) + " |")
+    text = "\n".join(lines)
+    plot(curves, out / "search_value.png")
+    (out / "search_value.md").write_text(text + "\n")
+    return text
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    """Best CV Dice against cumulative epochs, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, curve in curves.items():
+        points = [(e, b) for e, b in curve if b > -math.inf]
+        if not points:
+            continue
+        if arm.startswith("fixed"):
+            ax.scatter(*zip(*points, strict=True), label=arm, marker="x", zorder=3)
+        else:
+            ax.step(*zip(*points, strict=True), where="post", label=arm)
+    ax.set_xlabel("cumulative training epochs (each over every fold)")
+    ax.set_ylabel("best CV Dice so far (delivered masks)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="raw Sunnybrook-layout data (default: the real subset)")
+    parser.add_argument("--phantom", action="store_true",
+                        help="synthetic phantom patients instead of --data")
+    parser.add_argument("--phantom-patients", type=int, default=6)
+    parser.add_argument("--phantom-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--space", default="quick")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--max-epochs", type=int, default=9)
+    parser.add_argument("--factor", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=10,
+                        help="trials of random search and Bayesian optimization")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps-per-epoch", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        data = prepare_data(args, args.out)
+        for arm in args.arms.split(","):
+            if arm not in ARMS:
+                parser.error(f"--arms: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+            seconds = run_arm(arm, args, data, args.out)
+            print(f"{arm}: {seconds / 60:.1f} min", flush=True)
+    (args.out / "settings.json").write_text(json.dumps(
+        {k: str(v) for k, v in vars(args).items()}, indent=1))
+    print(report(args.out, args.max_epochs, args.factor))
+
+
+if __name__ == "__main__":
+    main()
