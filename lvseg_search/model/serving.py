@@ -125,12 +125,8 @@ class LocateLV(layers.Layer):
         self.spacing_mm = float(spacing_mm)
         self.class_id = int(class_id)
 
-    def call(self, probabilities, raw, pixel_spacing, centre_mm=None):
-        probabilities = ops.cast(probabilities, "float32")
-        lv = probabilities[..., self.class_id]
-        mask = ops.cast(ops.logical_and(
-            ops.greater_equal(lv, ops.max(probabilities, axis=-1)), ops.greater(lv, 0.0)),
-            "uint8")
+    def call(self, probabilities, centre_mm=None):
+        _, mask = lv_mask(ops.cast(probabilities, "float32"), self.class_id)
         keep = ops.cast(largest_region(mask), "float32")
         size = self.image_size
         index = ops.cast(ops.arange(size), "float32") - (size / 2 - 0.5)
@@ -141,13 +137,26 @@ class LocateLV(layers.Layer):
         moved = ops.stack([row * scale, col * scale], axis=-1)
         return moved if centre_mm is None else moved + centre_mm
 
-    def compute_output_shape(self, probabilities_shape, raw_shape, pixel_spacing_shape,
-                             centre_mm_shape=None):
+    def compute_output_shape(self, probabilities_shape, centre_mm_shape=None):
         return (probabilities_shape[0], 2)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "image_size": self.image_size,
                 "spacing_mm": self.spacing_mm, "class_id": self.class_id}
+
+
+def lv_mask(probabilities, class_id: int):
+    """The LV's probability ``[B, H, W]`` and its arg-max mask (uint8) from class
+    probabilities ``[B, H, W, C]``.
+
+    A comparison with the per-pixel maximum rather than argmax: TensorFlow's argmax
+    lowers to bit operations that TFLite's builtin ops lack. Where every class is 0
+    (outside the field of view) there is no LV.
+    """
+    lv = probabilities[..., class_id]
+    mask = ops.cast(ops.logical_and(ops.greater_equal(lv, ops.max(probabilities, axis=-1)),
+                                    ops.greater(lv, 0.0)), "uint8")
+    return lv, mask
 
 
 def _interpolation_matrix(out_size, in_size: int):
@@ -201,13 +210,7 @@ class RestoreSize(layers.Layer):
                              shape[2], self.spacing_mm, centre_mm)
         else:
             full = resize_bilinear(probabilities, shape[1], shape[2])
-        lv = full[..., self.class_id]
-        # A comparison with the per-pixel maximum rather than argmax: TensorFlow's argmax
-        # lowers to bit operations that TFLite's builtin ops lack. Outside the field of
-        # view every class is 0: no LV there.
-        mask = ops.cast(ops.logical_and(ops.greater_equal(lv, ops.max(full, axis=-1)),
-                                        ops.greater(lv, 0.0)), "uint8")
-        return lv, mask
+        return lv_mask(full, self.class_id)
 
     def compute_output_shape(self, probabilities_shape, raw_shape, pixel_spacing_shape=None,
                              centre_mm_shape=None):
@@ -374,7 +377,7 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                           dtype="float32")(raw, spacing, centre)
         centre = LocateLV(image_size, spacing_mm, class_id, name=f"locate_lv_{step}",
                           dtype="float32")(run_networks(view, f"ensemble_locate_{step}"),
-                                           raw, spacing, centre)
+                                           centre)
     x = Preprocess(image_size, normalization, spacing_mm, name="preprocess",
                    dtype="float32")(raw, spacing, centre)
     if tta != "none":
@@ -429,7 +432,7 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         centre = None
         for _ in range(LOCALIZE_PASSES if roi == "localized" else 0):
             view = pre(raw, pixel_spacing, centre)
-            centre = locate(run_networks(view), raw, pixel_spacing, centre)
+            centre = locate(run_networks(view), centre)
         probs = gather(run_networks(spread(pre(raw, pixel_spacing, centre))))
         lv, mask = post(probs, raw, pixel_spacing, centre)
         return {"probabilities": ops.convert_to_numpy(lv), "mask": ops.convert_to_numpy(mask)}

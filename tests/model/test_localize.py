@@ -33,20 +33,18 @@ def test_locate_lv_finds_the_largest_region_in_mm_from_the_image_centre():
     from lvseg_search.model.serving import LocateLV
 
     size = 16
-    raw = np.zeros((3, 64, 48), np.int16)
-    spacing = np.ones((3, 2), np.float32)
     lv = np.zeros((3, size, size), np.float32)
     lv[0][_disk((size, size), (3, 10), 2)] = 0.9  # the larger region
     lv[0][_disk((size, size), (12, 3), 1)] = 0.9
     lv[1][_disk((size, size), (7.5, 7.5), 2)] = 0.9  # at the grid's centre
     probs = np.stack([1 - lv, lv], axis=-1)  # image 3: no LV anywhere
     locate = LocateLV(size, 4.0)  # 4 mm grid pixels
-    centre = np.asarray(locate(probs, raw, spacing))
+    centre = np.asarray(locate(probs))
     np.testing.assert_allclose(centre[0], [(3 - 7.5) * 4.0, (10 - 7.5) * 4.0], atol=1e-4)
     np.testing.assert_allclose(centre[1:], 0.0, atol=1e-4)
     # On a grid that was itself centred elsewhere, the offsets add up; no LV: stay there.
     before = np.array([[10.0, -5.0], [3.0, 4.0], [-8.0, 2.0]], np.float32)
-    moved = np.asarray(locate(probs, raw, spacing, before))
+    moved = np.asarray(locate(probs, before))
     np.testing.assert_allclose(moved, centre + before, atol=1e-4)
 
 
