@@ -301,13 +301,13 @@ def decision_frame(table: list[dict[str, Any]], chosen: dict[str, Any]) -> pd.Da
     """The out-of-fold CV figures of every test-time augmentation and largest-region
     setting (``evaluate.decision``), the one ``export`` picks marked."""
     return pd.DataFrame([{
-        "field of view": r.get("roi", "centre"),
+        "field of view": r["roi"],
         "test-time augmentation": r["tta"],
         "largest region": "yes" if r["largest_region"] else "no",
         "CV Dice": f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}",
         "APD mm": _round(r["apd_mm"], 2), "good contours %": _round(r["good_contours_pct"], 0),
-        "export": "chosen" if (r.get("roi"), r["tta"], r["largest_region"])
-        == (chosen.get("roi"), chosen["tta"], chosen["largest_region"]) else ""}
+        "export": "chosen" if (r["roi"], r["tta"], r["largest_region"])
+        == (chosen["roi"], chosen["tta"], chosen["largest_region"]) else ""}
         for r in table])
 
 

@@ -33,8 +33,8 @@ TIE = 1e-3
 def _cost(row: dict[str, Any]) -> tuple[int, int, bool]:
     """Order of preference among tied settings: fewer views, a localized field of view,
     no post-processing."""
-    roi = row.get("roi", "centre")
-    return TTA_MODES.index(row["tta"]), -ROI_MODES.index(roi), bool(row["largest_region"])
+    return (TTA_MODES.index(row["tta"]), -ROI_MODES.index(row["roi"]),
+            bool(row["largest_region"]))
 
 
 def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], image_size: int,
@@ -107,7 +107,7 @@ def choose(table: Sequence[dict[str, Any]], tta: str | None = None,
     """
     open_rows = [r for r in table if (tta is None or r["tta"] == tta)
                  and (largest_region is None or r["largest_region"] == largest_region)
-                 and (roi is None or r.get("roi", "centre") == roi)]
+                 and (roi is None or r["roi"] == roi)]
     if not open_rows:
         raise ValueError(f"no out-of-fold figures for roi={roi}, tta={tta}, "
                          f"largest_region={largest_region}")
@@ -120,7 +120,7 @@ def table_text(table: Sequence[dict[str, Any]], chosen: dict[str, Any] | None = 
     lines = ["roi        tta       largest region  CV Dice          APD mm  good contours"]
     for r in table:
         mark = "  <- chosen" if chosen is not None and _cost(r) == _cost(chosen) else ""
-        lines.append(f"{r.get('roi', 'centre'):<10} {r['tta']:<9} "
+        lines.append(f"{r['roi']:<10} {r['tta']:<9} "
                      f"{'yes' if r['largest_region'] else 'no':<15} "
                      f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}  {r['apd_mm']:6.2f}  "
                      f"{r['good_contours_pct']:5.1f}%{mark}")

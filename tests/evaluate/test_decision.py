@@ -59,7 +59,7 @@ def test_largest_region_is_kept_when_it_helps_and_tta_that_changes_nothing_is_no
 
 
 def _row(tta, lr, dice):
-    return {"tta": tta, "largest_region": lr, "cv_dice": dice, "cv_dice_std": 0.0,
+    return {"roi": "centre", "tta": tta, "largest_region": lr, "cv_dice": dice, "cv_dice_std": 0.0,
             "apd_mm": 1.0, "good_contours_pct": 90.0}
 
 
