@@ -172,17 +172,7 @@ def rung_signal(trials: list[dict], max_epochs: int) -> list[dict]:
     return rows
 
 
-def first_rung_epochs(max_epochs: int, factor: int) -> int:
-    """Epochs of Hyperband's first rung (keras-tuner: max_epochs / factor^s_max, s_max the
-    number of times max_epochs divides by factor before it falls below 1, rounded up)."""
-    s_max, e = -1, float(max_epochs)
-    while e >= 1:
-        e /= factor
-        s_max += 1
-    return math.ceil(max_epochs / factor ** s_max)
-
-
-def report(out: Path, max_epochs: int, factor: int) -> str:
+def report(out: Path, max_epochs: int) -> str:
     """The tables (markdown) and ``out/search_value.png`` from the arms found in ``out``."""
     arms = {a: arm_trials(out / a) for a in ARMS if (out / a / "search.json").is_file()}
     curves = {a: best_curve(t) for a, t in arms.items()}
@@ -212,7 +202,9 @@ def report(out: Path, max_epochs: int, factor: int) -> str:
             scratch.append(t)
     signal = rung_signal(scratch, max_epochs)
     if signal:
-        rung = first_rung_epochs(max_epochs, factor)
+        # Hyperband's first rung: its shortest trial trained from scratch.
+        rung = min((t["epochs"] for t in arms.get("hyperband", []) if t["curves"]),
+                   default=None)
         lines += ["", f"Low-budget signal over {signal[0]['n']} trials trained {max_epochs} "
                   f"epochs from scratch (Hyperband's first rung: {rung} epoch(s)); Spearman "
                   "between the score after k epochs and the final score:", "",
@@ -284,7 +276,7 @@ def main() -> None:
             print(f"{arm}: {seconds / 60:.1f} min", flush=True)
     (args.out / "settings.json").write_text(json.dumps(
         {k: str(v) for k, v in vars(args).items()}, indent=1))
-    print(report(args.out, args.max_epochs, args.factor))
+    print(report(args.out, args.max_epochs))
 
 
 if __name__ == "__main__":
