@@ -6,10 +6,9 @@ the anatomy looks x0.6, x0.75, x1.5 and x2 larger on the same matrix (what anoth
 scanner's pixel size gives; the model is told the new spacing), and cut to a
 non-square matrix (256 x 200 from 256 x 256, same spacing), and translated so that the
 LV's centre lies 20 and 40 mm from the image centre (a heart off the centre of the
-field of view, as planners often leave it; the network's field of view is cut around
-the image centre). Each condition is run with the field of view cut around the image
-centre (``roi = centre``) and around the LV found by a first, whole-image pass
-(``localized``).
+image, as planners often leave it). Each condition is run with the network's field of
+view cut around the image centre (``roi = centre``) and cut again around the LV that a
+first, centred pass of the same network found (``localized``).
 
 The test images are made with SciPy (``ndimage.affine_transform``), apart from the
 package's own resampling: images bilinear, after a Gaussian prefilter when the anatomy
@@ -122,15 +121,15 @@ def main() -> None:
     scores = {(roi, name): {} for roi in rois for name, _ in tests}
     for k in range(run.n_folds):
         network = run.fold_network(trial.trial_id, k)
+        predictors = {roi: make_predictor([network], o.image_size, o.normalization,
+                                          o.spacing_mm or None, roi=roi) for roi in rois}
         for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
             for name, change in tests:
                 changed = [change(im, m, sp) for im, m, sp in
                            zip(patient.images, patient.masks, patient.spacing_mm, strict=True)]
                 images = [c[0] for c in changed]
                 spacing = [c[2] for c in changed]
-                for roi in rois:
-                    predict = make_predictor([network], o.image_size, o.normalization,
-                                             o.spacing_mm or None, roi=roi)
+                for roi, predict in predictors.items():
                     _, pred = segment(predict, images, spacing)
                     scores[roi, name][patient.patient_id] = [
                         dice(p.astype(bool), c[1] == 1)
