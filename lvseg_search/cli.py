@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the best out-of-fold CV Dice)")
     p.add_argument("--roi", choices=("centre", "localized"),
                    help="cut the network's field of view around the image centre or around "
-                        "the LV a first, wider pass finds (default: by out-of-fold CV Dice; "
-                        "localized on a tie)")
+                        "the LV a first, centred pass of the network finds (default: by "
+                        "out-of-fold CV Dice; localized on a tie)")
     p.add_argument("--no-largest-region", action="store_true",
                    help="deliver the arg-max mask as it is (default: keep only the largest "
                         "region when that raises the out-of-fold CV Dice)")

@@ -90,6 +90,12 @@ def test_spacing_none_resizes_whole_images(tiny_data, tmp_path, capsys):
                  "--spacing", "-1"]) == 2
     assert "--spacing: -1 must be a pixel size above 0 mm" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+    # Whole images have no field of view to move: one line, exit 2, nothing written.
+    assert main(["export", str(run), "--out", str(tmp_path / "model"), "--roi",
+                 "localized"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--roi localized" in err and "Traceback" not in err
+    assert not (tmp_path / "model").exists()
 
 
 def test_a_run_folder_from_before_the_grid_resumes_as_it_trained(tiny_data, tmp_path):
