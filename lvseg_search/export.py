@@ -13,7 +13,6 @@ inputs, plus ``model_card.json``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import platform
 import time
 from importlib import metadata
@@ -23,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from lvseg_search import __version__, atomic
-from lvseg_search.data.manifest import PreparedData
 from lvseg_search.engine.lock import run_lock
 from lvseg_search.engine.run import SEARCH_FILE, Run, best_trial, find_trial, load_run
 from lvseg_search.engine.trial_score import scored_epoch
@@ -38,15 +36,6 @@ from lvseg_search.model.formats import (
 
 CARD = "model_card.json"
 PARITY_TOLERANCE = 1e-4  # float32 formats must agree with the Keras model this closely
-
-
-def data_fingerprint(data: PreparedData) -> str:
-    """SHA-256 over the prepared shards (names and bytes, in patient order)."""
-    digest = hashlib.sha256()
-    for p in sorted(data.manifest["patients"], key=lambda p: p["patient_id"]):
-        digest.update(p["shard"].encode())
-        digest.update(hashlib.sha256((data.root / p["shard"]).read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -265,14 +254,13 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                         "--roi out")
     keras.mixed_precision.set_dtype_policy("float32")  # exported formats are float32
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
-        fold_networks = [run.fold_network(trial.trial_id, k) for k in range(run.n_folds)]
-        decision = _decide(run, fold_networks, tta, largest_region, roi)
+        decision = _decide(run, trial.trial_id, tta, largest_region, roi)
         if verbose:
             print(f"export: test-time augmentation and largest region, out-of-fold CV Dice "
                   f"of trial {trial.trial_id}:\n{table_text(decision['out_of_fold'], decision)}",
                   flush=True)
         if ensemble:
-            networks = fold_networks
+            networks = [run.fold_network(trial.trial_id, k) for k in range(run.n_folds)]
             trained_on = sorted({p for f in run.splits["folds"] for p in f["train"]})
             training = {"mode": "ensemble", "models": run.n_folds,
                         "epochs": scored_epoch(metrics)}
@@ -284,7 +272,6 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             if verbose:
                 print(f"export: retraining trial {trial.trial_id} on all non-test patients "
                       f"for {n} epochs", flush=True)
-            del fold_networks
             keras.backend.clear_session()
             network, trained_on, steps = retrain(run, trial, n, verbose)
             networks = [network]
@@ -332,7 +319,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
     return card
 
 
-def _decide(run: Run, fold_networks: list[Any], tta: str | None,
+def _decide(run: Run, trial_id: str, tta: str | None,
             largest_region: bool | None, roi: str | None) -> dict[str, Any]:
     """The field of view, test-time augmentation and largest-region setting to export,
     from the trial's out-of-fold predictions (each fold model on the patients it never
@@ -342,15 +329,10 @@ def _decide(run: Run, fold_networks: list[Any], tta: str | None,
         The chosen ``roi``, ``tta`` and ``largest_region``, its ``cv_dice``,
         ``decided_by`` and the whole ``out_of_fold`` table.
     """
-    from lvseg_search.evaluate.decision import TIE, choose, out_of_fold_table
-    from lvseg_search.evaluate.scoring import load_patients
-    from lvseg_search.model.serving import ROI_MODES
+    from lvseg_search.engine.out_of_fold import out_of_fold_decisions
+    from lvseg_search.evaluate.decision import TIE, choose
 
-    o = run.options
-    folds = [(net, load_patients(run.data, run.splits["folds"][k]["val"]))
-             for k, net in enumerate(fold_networks)]
-    table = out_of_fold_table(folds, o.image_size, o.normalization, o.spacing_mm or None,
-                              rois=ROI_MODES if o.physical else ("centre",))
+    table = out_of_fold_decisions(run, trial_id)
     chosen = choose(table, tta, largest_region, roi)
     forced = [name for name, value in (("--roi", roi), ("--tta", tta),
                                        ("--no-largest-region", largest_region))
@@ -430,7 +412,7 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
             "good_contours_pct": metrics.get("good_contours_pct")},
         "training": training,
         "test": test,
-        "data": {"fingerprint_sha256": data_fingerprint(run.data),
+        "data": {"fingerprint_sha256": run.data.fingerprint(),
                  "source_layout": m.get("source_layout"), "patients": len(m["patients"]),
                  "slices": m.get("n_slices"), "classes": m.get("classes"),
                  "pseudonymized": m.get("pseudonymized")},

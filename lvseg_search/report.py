@@ -320,10 +320,9 @@ def best_trial_details(run: Run, trial_id: str, networks: list[Any],
     Returns:
         (title, note, table) per section.
     """
-    from lvseg_search.evaluate.decision import TIE, choose, out_of_fold_table
-    from lvseg_search.model.serving import ROI_MODES
+    from lvseg_search.engine.out_of_fold import out_of_fold_decisions
+    from lvseg_search.evaluate.decision import TIE, choose
 
-    o = run.options
     out = []
     positions = position_table(scores)
     if positions is not None:
@@ -332,9 +331,7 @@ def best_trial_details(run: Run, trial_id: str, networks: list[Any],
                     "the fold model that never saw it; base, mid and apex are thirds of the "
                     "patient's contoured slice positions, the base being the end where the "
                     "expert's LV is larger.", positions))
-    table = out_of_fold_table(list(zip(networks, validation, strict=True)), o.image_size,
-                              o.normalization, o.spacing_mm or None,
-                              rois=ROI_MODES if o.physical else ("centre",))
+    table = out_of_fold_decisions(run, trial_id, lambda: networks)
     out.append((f"Trial {trial_id}: field of view, test-time augmentation and largest "
                 "region",
                 "CV Dice of the out-of-fold predictions with each setting; `export` keeps "

@@ -342,6 +342,39 @@ def test_export_ensemble_averages_the_fold_models(tiny_run, tmp_path, manifest_r
     assert (tmp_path / "model" / "model.tflite").stat().st_size > 0
 
 
+def test_out_of_fold_table_is_kept_and_computed_again_when_its_inputs_change(tiny_run,
+                                                                            tmp_path):
+    import shutil
+
+    from lvseg_search.engine.out_of_fold import FILE, out_of_fold_decisions
+    from lvseg_search.engine.run import CHECKPOINT, best_trial, fold_dir, load_run
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    tid = best_trial(run).trial_id
+    built = []
+
+    def networks():
+        built.append(1)
+        return [run.fold_network(tid, k) for k in range(run.n_folds)]
+
+    kept = run.trial_dir(tid) / FILE
+    kept.unlink(missing_ok=True)  # the report tests may have kept one
+    table = out_of_fold_decisions(run, tid, networks)
+    assert len(built) == 1 and kept.is_file()
+    assert out_of_fold_decisions(run, tid, networks) == table  # kept: no network built
+    assert len(built) == 1
+    # Another fold's weights in fold 0: the kept table no longer holds.
+    shutil.copyfile(fold_dir(run.trial_dir(tid), 1) / CHECKPOINT,
+                    fold_dir(run.trial_dir(tid), 0) / CHECKPOINT)
+    again = out_of_fold_decisions(run, tid, networks)
+    assert len(built) == 2
+    assert json.loads(kept.read_text())["table"] == again
+    kept.write_text("{not json")  # unreadable: computed again and rewritten, not an error
+    assert out_of_fold_decisions(run, tid, networks) == again and len(built) == 3
+    assert json.loads(kept.read_text())["table"] == again
+
+
 def test_report_and_search_read_the_manifest_once(tiny_run, tiny_data, tmp_path,
                                                   manifest_reads):
     from lvseg_search.report import write_report

@@ -178,6 +178,19 @@ class PreparedData:
         raise UserError(f"{self.root}: patient {patient_id} is not in the manifest"
                         + (f"; {hint}" if hint else ""))
 
+    def fingerprint(self, patients: Sequence[str] | None = None) -> str:
+        """SHA-256 over shards' names and bytes, in patient order.
+
+        Args:
+            patients: The patients whose shards count (default: all).
+        """
+        digest = hashlib.sha256()
+        for pid in sorted(patients if patients is not None else self.patient_ids):
+            entry = self.patient(pid)
+            digest.update(entry["shard"].encode())
+            digest.update(hashlib.sha256((self.root / entry["shard"]).read_bytes()).digest())
+        return digest.hexdigest()
+
     def shard(self, patient_id: str, hint: str = "") -> Path:
         """Path of a patient's shard (see :meth:`patient` for ``hint``)."""
         return self.root / self.patient(patient_id, hint)["shard"]

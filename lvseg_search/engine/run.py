@@ -611,9 +611,8 @@ class Run:
                                             num_classes=self.data.num_classes, precision=precision)
         return hypermodel.build(self.trials[trial_id].hyperparameters.copy())
 
-    def fold_network(self, trial_id: str, k: int):
-        """A trial's fold-``k`` network with its saved weights (last epoch trained),
-        computing in float32 whatever precision it trained in.
+    def fold_network_path(self, trial_id: str, k: int) -> Path:
+        """A trial's fold-``k`` checkpoint.
 
         Raises:
             UserError: The fold has no checkpoint.
@@ -621,6 +620,16 @@ class Run:
         path = fold_dir(self.trial_dir(trial_id), k) / CHECKPOINT
         if not path.is_file():
             raise UserError(f"{path}: missing; fold {k} of trial {trial_id} has not finished")
+        return path
+
+    def fold_network(self, trial_id: str, k: int):
+        """A trial's fold-``k`` network with its saved weights (last epoch trained),
+        computing in float32 whatever precision it trained in.
+
+        Raises:
+            UserError: The fold has no checkpoint.
+        """
+        path = self.fold_network_path(trial_id, k)
         # Loaded into the network as it trained: the checkpoint holds the optimizer's
         # state too (under mixed_float16, a loss-scaling optimizer's), which only a built
         # optimizer of the same kind takes without a warning.

@@ -1,0 +1,85 @@
+"""A trial's out-of-fold decision table (``evaluate.decision``), computed once and kept in
+the trial's folder.
+
+``report`` and ``export`` both need the table of the best trial, and ``report`` is run
+again and again while a search goes on; each computation predicts every validation image
+with every field of view and test-time augmentation (39 passes over the images on a
+physical grid). The table is a function of the fold checkpoints, the validation shards
+and the grid, so it is kept next to the checkpoints with a digest of all three and used
+again only while that digest matches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lvseg_search import atomic
+from lvseg_search.engine.run import CHECKPOINT, Run, fold_dir
+
+FILE = "out_of_fold.json"
+# Bumped when the table's rows or their computation change, which retires kept tables.
+FORMAT = 1
+
+
+def _digest(run: Run, trial_id: str, rois: Sequence[str], modes: Sequence[str]) -> str:
+    """What the table depends on: fold checkpoints, validation shards, grid, settings."""
+    digest = hashlib.sha256()
+    for k in range(run.n_folds):
+        digest.update((fold_dir(run.trial_dir(trial_id), k) / CHECKPOINT).read_bytes())
+    validation = [p for fold in run.splits["folds"] for p in fold["val"]]
+    digest.update(run.data.fingerprint(validation).encode())
+    o = run.options
+    digest.update(json.dumps([FORMAT, o.image_size, o.normalization, o.spacing_mm,
+                              list(rois), list(modes)]).encode())
+    return digest.hexdigest()
+
+
+def out_of_fold_decisions(run: Run, trial_id: str,
+                          networks: Callable[[], Sequence[Any]] | None = None
+                          ) -> list[dict[str, Any]]:
+    """The trial's out-of-fold table of every field of view, test-time augmentation and
+    largest-region setting: the kept one when its digest matches, else computed and kept.
+
+    Args:
+        run: The search.
+        trial_id: A completed trial (every fold has its checkpoint).
+        networks: Gives the trial's fold networks, in fold order, when the table must be
+            computed (default: loaded from the checkpoints).
+
+    Returns:
+        Rows of ``evaluate.decision.out_of_fold_table``.
+
+    Raises:
+        UserError: A fold checkpoint is missing (from ``Run.fold_network``).
+    """
+    from lvseg_search.evaluate.decision import out_of_fold_table
+    from lvseg_search.evaluate.scoring import load_patients
+    from lvseg_search.model.serving import ROI_MODES
+    from lvseg_search.model.tta import TTA_MODES
+
+    o = run.options
+    rois = ROI_MODES if o.physical else ("centre",)
+    for k in range(run.n_folds):
+        run.fold_network_path(trial_id, k)  # a missing checkpoint: one line, not a trace
+    digest = _digest(run, trial_id, rois, TTA_MODES)
+    path = run.trial_dir(trial_id) / FILE
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if kept.get("digest") == digest:
+            return kept["table"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass  # none kept, or unreadable: the table is derived data, computed again below
+    nets = list(networks()) if networks is not None else [
+        run.fold_network(trial_id, k) for k in range(run.n_folds)]
+    folds = [(net, load_patients(run.data, fold["val"]))
+             for net, fold in zip(nets, run.splits["folds"], strict=True)]
+    table = out_of_fold_table(folds, o.image_size, o.normalization, o.spacing_mm or None,
+                              modes=TTA_MODES, rois=rois)
+    # In a read-only run folder the table is right, only not kept.
+    with contextlib.suppress(OSError):
+        atomic.write_json(path, {"trial_id": trial_id, "digest": digest, "table": table})
+    return table
