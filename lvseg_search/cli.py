@@ -126,7 +126,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                test_patients=args.test_patients, test_ids=test_ids,
                test_seed=args.test_seed, stratify=_stratify(args),
                groups_file=args.groups, group_column=args.group_column,
-               max_epochs=args.max_epochs, factor=args.factor,
+               max_epochs=args.max_epochs, min_epochs=args.min_epochs, factor=args.factor,
                hyperband_iterations=args.iterations, image_size=args.image_size,
                spacing=args.spacing, field_of_view=args.field_of_view,
                batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
@@ -245,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "baseline the search's best must beat")
     p.add_argument("--max-epochs", type=int,
                    help="epochs of the longest trial (Hyperband's largest budget)")
+    p.add_argument("--min-epochs", type=int,
+                   help="epochs of Hyperband's shortest trials, its first rung (space "
+                        "default or 1); brackets whose first rung would be shorter are "
+                        "left out")
     p.add_argument("--factor", type=int, help="Hyperband's reduction factor")
     p.add_argument("--iterations", type=int,
                    help="Hyperband iterations; re-run with more to extend a search")

@@ -398,7 +398,7 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
         "task": "left-ventricle blood pool segmentation of short-axis cine cardiac MRI",
         "search": {"run": run.path.name, "space": Path(o.space).stem, "trial": trial.trial_id,
                    "folds": run.n_folds, "oracle": o.oracle, "max_epochs": o.max_epochs,
-                   "factor": o.factor,
+                   "min_epochs": o.min_epochs, "factor": o.factor,
                    "seed": o.seed, "precision_in_search": o.precision,
                    "steps_per_epoch": o.steps_per_epoch,  # 0: one pass over the training
                    "augmentation": augmentation(o)},

@@ -634,7 +634,7 @@ def _plan(run: Run) -> str:
     """How the search sampled and trained its trials, in words."""
     o = run.options
     if o.oracle == "hyperband":
-        return f"Hyperband up to {o.max_epochs} epochs, factor {o.factor}"
+        return f"Hyperband, {o.min_epochs} to {o.max_epochs} epochs, factor {o.factor}"
     if o.oracle == "fixed":
         return f"the space's default network, {o.max_epochs} epochs"
     return f"{o.oracle} search, {o.max_trials} trials of {o.max_epochs} epochs"

@@ -457,6 +457,31 @@ def test_recycled_search_with_bad_options_stops_its_early_child(tiny_data, tmp_p
     assert not multiprocessing.active_children()
 
 
+@pytest.mark.parametrize("value", ["0", "3"])
+def test_min_epochs_out_of_range_is_one_line(tiny_data, tmp_path, capsys, value):
+    from lvseg_search.cli import main
+
+    out = tmp_path / "run"
+    assert main(["search", "--data", str(tiny_data), "--space", str(TINY), "--out", str(out),
+                 "--max-epochs", "2", "--min-epochs", value, "--recycle-every", "0",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--min-epochs" in err and "--max-epochs" in err
+    assert not out.exists()
+
+
+def test_min_epochs_reaches_the_oracle_and_the_record(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, min_epochs=2, factor=2,
+               image_size=32, batch_size=4, steps_per_epoch=1, verbose=False,
+               recycle_every=None)
+    epochs = [json.loads((d / "trial.json").read_text())["hyperparameters"]["values"]
+              ["tuner/epochs"] for d in _trial_dirs(out).values()]
+    # Only the bracket of 2-epoch trials: keras-tuner's own would start with 1-epoch ones.
+    assert epochs and set(epochs) == {2}
+    assert json.loads((out / "search.json").read_text())["min_epochs"] == 2
+
+
 def test_the_same_seed_samples_the_same_hyperparameters(tiny_data, tmp_path):
     # keras-tuner takes a seed of 0 for "none": the default --seed 0 must still fix the
     # search (it sampled other hyperparameters at every run).

@@ -63,8 +63,9 @@ AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
                     "augment_brightness": 0.15, "augment_noise": 0.1, "augment_blur": 0.2,
                     "augment_low_resolution": 0.25}
 # steps_per_epoch 0: an epoch is one pass over the fold's training slices.
-DEFAULTS = {"max_epochs": 9, "factor": 3, "hyperband_iterations": 1, "image_size": 128,
-            "batch_size": 8, "folds": 3, "normalization": "zscore", "steps_per_epoch": 0,
+DEFAULTS = {"max_epochs": 9, "min_epochs": 1, "factor": 3, "hyperband_iterations": 1,
+            "image_size": 128, "batch_size": 8, "folds": 3, "normalization": "zscore",
+            "steps_per_epoch": 0,
             **AUGMENT_DEFAULTS}
 
 
@@ -171,6 +172,8 @@ class SearchOptions:
     augment_low_resolution: float = 0.0
     # The space's [default] network as the search's first trial (a baseline inside it).
     include_default: bool = False
+    # Hyperband's shortest rung (keras-tuner's own default, 1, before it was an option).
+    min_epochs: int = 1
 
     def pipeline(self, batch_size: int | None = None) -> PipelineConfig:
         """The search's pipeline settings (``.training()`` adds shuffling and the
@@ -229,6 +232,9 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
                         "over each fold's training slices) or more")
     if given.get("max_trials") is not None and given["max_trials"] < 1:
         raise UserError(f"--max-trials: {given['max_trials']} must be at least 1")
+    if not 1 <= merged["min_epochs"] <= merged["max_epochs"]:
+        raise UserError(f"--min-epochs: {merged['min_epochs']} must be from 1 to --max-epochs "
+                        f"({merged['max_epochs']})")
     if merged["factor"] < 2:
         raise UserError(f"--factor: {merged['factor']} must be at least 2")
     precision = given.get("precision") or "float32"
@@ -359,6 +365,10 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
                 unknown.update(spacing_mm=0.0, field_of_view_mm=0.0,
                                image_size=options.image_size or previous["image_size"])
             options = replace(options, **unknown)
+        if "min_epochs" not in previous:
+            # Written before Hyperband's shortest rung was an option: it ran keras-tuner's
+            # 1, and resumes so.
+            options = replace(options, min_epochs=1)
         # The grid chosen again from the same data and patients: the same, unless an
         # option that decides it changed.
         options = resolve_grid(options, data, split, space)

@@ -70,7 +70,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     # keras-tuner announces a resume with a bare print; ours below says more.
     with contextlib.redirect_stdout(io.StringIO()):
         oracle = make_oracle(options.oracle, seed=options.seed, max_epochs=options.max_epochs,
-                             factor=options.factor,
+                             factor=options.factor, min_epochs=options.min_epochs,
                              hyperband_iterations=options.hyperband_iterations,
                              max_trials=options.max_trials, default=sp.default,
                              include_default=options.include_default)
@@ -91,7 +91,8 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
             # Likewise its iterations, to extend a finished schedule.
             tuner.oracle.hyperband_iterations = options.hyperband_iterations
     if verbose and not is_chief and header:
-        plan = (f"Hyperband, max {options.max_epochs} epochs, factor {options.factor}"
+        plan = (f"Hyperband, {options.min_epochs} to {options.max_epochs} epochs, factor "
+                f"{options.factor}"
                 if options.oracle == "hyperband" else
                 f"the space's [default] network, {options.max_epochs} epochs"
                 if options.oracle == "fixed" else

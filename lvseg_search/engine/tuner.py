@@ -127,6 +127,28 @@ def weights_seed(seed: int, trial_id: str) -> int:
     return (seed * 100003 + int(trial_id)) % 2**32
 
 
+class HyperbandOracle(keras_tuner.oracles.HyperbandOracle):
+    """keras-tuner's Hyperband oracle with its shortest rung as a parameter.
+
+    keras-tuner keeps ``min_epochs`` (its shortest rung; brackets whose first rung would
+    be shorter are not run) as an attribute fixed at 1, and saves and restores it with
+    its state; here it is set before the first bracket starts. Everything else is the
+    stock oracle.
+
+    Args:
+        min_epochs: Epochs of the first rung of the most aggressive bracket.
+        **kwargs: keras-tuner's ``HyperbandOracle`` arguments.
+    """
+
+    def __init__(self, *, min_epochs: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.min_epochs = int(min_epochs)
+        # The stock constructor opened its first bracket for a shortest rung of 1.
+        self._current_bracket = self._get_num_brackets() - 1
+        self._brackets = []
+        self._start_new_bracket()
+
+
 def _default_first(oracle_class: type) -> type:
     """``oracle_class`` whose first trial is the space's default configuration: the
     first random draw is replaced by it (a resumed search, which has trials, draws as
@@ -146,7 +168,7 @@ def _default_first(oracle_class: type) -> type:
 
 
 def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
-                hyperband_iterations: int, max_trials: int | None,
+                hyperband_iterations: int, max_trials: int | None, min_epochs: int = 1,
                 default: dict[str, Any] | None = None,
                 include_default: bool = False) -> keras_tuner.Oracle:
     """One of keras-tuner's own oracles for the search, maximizing ``val_dice``.
@@ -159,6 +181,7 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
             so the oracle gets ``seed + 1``).
         max_epochs: Epochs of the longest trial.
         factor: Hyperband's reduction factor.
+        min_epochs: Hyperband's shortest rung (:class:`HyperbandOracle`).
         hyperband_iterations: Hyperband's iterations.
         max_trials: Trials at most (Hyperband: a cap on its schedule; None: none).
         default: The space's default configuration, for ``fixed`` and
@@ -176,13 +199,14 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
     common = {"objective": objective, "seed": seed + 1, "max_consecutive_failed_trials": 8}
     if include_default and kind != "fixed" and not default:
         raise ValueError("include_default: the space has no [default] configuration")
-    classes = {"hyperband": keras_tuner.oracles.HyperbandOracle,
+    classes = {"hyperband": HyperbandOracle,
                "random": keras_tuner.oracles.RandomSearchOracle,
                "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}
     if kind in classes:
         oracle_class = _default_first(classes[kind]) if include_default else classes[kind]
         if kind == "hyperband":
             oracle = oracle_class(max_epochs=max_epochs, factor=factor,
+                                  min_epochs=min_epochs,
                                   hyperband_iterations=hyperband_iterations, **common)
         elif kind == "bayesian":
             oracle = oracle_class(max_trials=max_trials,

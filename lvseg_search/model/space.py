@@ -64,8 +64,9 @@ AUGMENT_LIMITS = {"augment_rotation_deg": 180.0, "augment_scale": 0.9, "augment_
                   "augment_low_resolution": 1.0}
 
 SEARCH_OPTIONS: dict[str, type] = {
-    "max_epochs": int, "factor": int, "hyperband_iterations": int, "image_size": int,
-    "batch_size": int, "folds": int, "normalization": str, "steps_per_epoch": int,
+    "max_epochs": int, "min_epochs": int, "factor": int, "hyperband_iterations": int,
+    "image_size": int, "batch_size": int, "folds": int, "normalization": str,
+    "steps_per_epoch": int,
     **dict.fromkeys(AUGMENT_LIMITS, float),
 }
 
