@@ -61,6 +61,7 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
         patient_files,
     )
     from lvseg_search.engine.tuner import weights_seed
+    from lvseg_search.model.deep_supervision import inference_network
     from lvseg_search.model.schedule import scheduler
 
     patients = sorted({p for fold in run.splits["folds"] for p in fold["train"] + fold["val"]})
@@ -85,7 +86,8 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     steps = o.steps_per_epoch or batches_per_epoch(n, config)
     model.fit(data, steps_per_epoch=steps, epochs=epochs,
               callbacks=callbacks, shuffle=False, verbose=0)
-    return model, patients, steps
+    # Deep supervision's auxiliary outputs served training only.
+    return inference_network(model), patients, steps
 
 
 def _probe_inputs(patients: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -601,3 +601,30 @@ def test_report_as_a_person_sees_it_in_chromium(tiny_run, tmp_path):
     subprocess.run([browser, *flags, f"--screenshot={shot}", files["html"].as_uri()],
                    capture_output=True, timeout=120)
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_deep_supervision_searches_reports_and_exports_one_output(tiny_data, tmp_path):
+    from lvseg_search.export import export
+    from lvseg_search.report import write_report
+
+    space = tmp_path / "deep.toml"
+    text = TINY.read_text().replace('depth = { values = [1, 2] }', 'depth = { values = [2] }')
+    space.write_text(text.replace("[search]", 'deep_supervision = { values = ["on"] }\n\n'
+                                  "[search]"))
+    out = tmp_path / "run"
+    run_search(tiny_data, out, str(space), folds=2, test_patients=1, max_epochs=1, factor=2,
+               max_trials=1, image_size=32, batch_size=4, seed=3, steps_per_epoch=2,
+               verbose=False, recycle_every=None)
+    trial = json.loads(next((out / "tuner").glob("trial_*/trial.json")).read_text())
+    assert trial["status"] == "COMPLETED"
+    assert trial["hyperparameters"]["values"]["deep_supervision"] == "on"
+    write_report(out, verbose=False)
+    card = export(out, tmp_path / "model", onnx=False, verbose=False)
+    import zipfile
+
+    # The auxiliary outputs served training only: the exported model has none.
+    with zipfile.ZipFile(tmp_path / "model" / "model.keras") as z:
+        config = z.read("config.json").decode()
+    assert '"score"' in config and "score_level" not in config
+    assert card["hyperparameters"]["deep_supervision"] == "on"
+    assert all(r["max_abs_diff"] < 1e-4 for r in card["parity_max_abs_diff"].values())

@@ -639,6 +639,8 @@ class Run:
         Raises:
             UserError: The fold has no checkpoint.
         """
+        from lvseg_search.model.deep_supervision import inference_network
+
         path = self.fold_network_path(trial_id, k)
         # Loaded into the network as it trained: the checkpoint holds the optimizer's
         # state too (under mixed_float16, a loss-scaling optimizer's), which only a built
@@ -649,12 +651,12 @@ class Run:
         trained.optimizer.build(trained.trainable_variables)
         trained.load_weights(str(path))
         if precision == "float32":
-            return trained
+            return inference_network(trained)
         # Reports and exported models compute in float32; the weights are float32 in
         # every policy.
         model = self.build_network(trial_id)
         model.set_weights(trained.get_weights())
-        return model
+        return inference_network(model)
 
 
 def load_run(path: Path, data: Path | None = None) -> Run:

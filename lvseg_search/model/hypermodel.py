@@ -10,6 +10,7 @@ import keras
 import keras_tuner
 from keras import layers
 
+from lvseg_search.model.deep_supervision import DeepSupervision
 from lvseg_search.model.losses import get_loss
 from lvseg_search.model.metrics import Dice
 from lvseg_search.model.space import SearchSpace
@@ -84,16 +85,45 @@ def build_encoder_decoder(hp: dict[str, Any], image_size: int, num_classes: int)
         x = layers.Conv2DTranspose(num_classes, 2 * stride, strides=stride, padding="same",
                                    name="upscore")(x)
     else:
-        for skip in reversed(skips):
+        auxiliary = []
+        for level, skip in reversed(list(enumerate(skips))):
             filters //= 2
             x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same")(x)
             if hp["decoder"] == "unet":
                 x = layers.Concatenate()([x, skip])
             for _ in range(hp["convs_per_stage"]):
                 x = _conv(x, filters, hp)
+            if 1 <= level <= DEEP_SUPERVISION_LEVELS and deep_supervision(hp):
+                auxiliary.insert(0, _auxiliary_output(x, level, num_classes))
         x = layers.Conv2D(num_classes, 1, name="score")(x)
+        if auxiliary:
+            main = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+            return keras.Model(inputs, [main, *auxiliary], name="encoder_decoder")
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="encoder_decoder")
+
+
+# Decoder levels below full resolution that get an auxiliary output (nnU-Net leaves out
+# the coarsest ones, whose masks are a few pixels across).
+DEEP_SUPERVISION_LEVELS = 2
+
+
+def deep_supervision(hp: dict[str, Any]) -> bool:
+    """Whether a configuration trains with auxiliary outputs (``model.deep_supervision``):
+    asked for, with a decoder that has levels to supervise."""
+    return (hp.get("deep_supervision", "off") == "on" and hp["decoder"] != "fcn"
+            and hp["depth"] >= 2)
+
+
+def _auxiliary_output(x, level: int, num_classes: int):
+    """Class probabilities from a decoder level ``level`` halvings below full
+    resolution, upsampled back to it."""
+    x = layers.Conv2D(num_classes, 1, name=f"score_level_{level}")(x)
+    # Nearest: each coarse pixel is scored against the full-resolution pixels it covers
+    # (nnU-Net instead shrinks the masks to each level); bilinear resizing needs static
+    # spatial sizes, which the training batches do not declare.
+    x = layers.UpSampling2D(2 ** level)(x)
+    return layers.Activation("softmax", dtype="float32", name=f"probabilities_level_{level}")(x)
 
 
 def build_lab_fcn(image_size: int, num_classes: int) -> keras.Model:
@@ -155,6 +185,8 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
             model = build_lab_fcn(self.image_size, self.num_classes)
         else:
             model = build_encoder_decoder(values, self.image_size, self.num_classes)
+            if deep_supervision(values):
+                model = DeepSupervision(model, name="deep_supervision")
         model.compile(optimizer=make_optimizer(values["optimizer"], values["learning_rate"]),
                       loss=get_loss(values["loss"]), metrics=[Dice(class_id=1)],
                       jit_compile=self.jit_compile)

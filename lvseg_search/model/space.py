@@ -46,6 +46,7 @@ HYPERPARAMETERS: dict[str, tuple[str, Any]] = {
     "learning_rate": ("float", (1e-7, 1e3)),
     "lr_schedule": ("choice", SCHEDULES),
     "block": ("choice", ("plain", "residual")),
+    "deep_supervision": ("choice", ("off", "on")),
 }
 
 # Hyperparameters a space may leave out (spaces written before they existed), and the
@@ -54,7 +55,7 @@ OPTIONAL = {"lr_schedule": "constant"}
 # Hyperparameters added later still: a space that leaves one out does not declare it at
 # all (so its searches draw the same configurations from the same seed as before it
 # existed), and its networks take this value.
-UNDECLARED = {"block": "plain"}
+UNDECLARED = {"block": "plain", "deep_supervision": "off"}
 
 # Largest meaningful value of each augmentation option (all start at 0: none); the
 # last six are probabilities.

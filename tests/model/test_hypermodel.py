@@ -176,3 +176,65 @@ def test_model_code_builds_and_trains_under_jax_without_tensorflow():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "jax (None, 32, 32, 2) ['dice', 'loss'] lab_fcn" in proc.stdout
     assert "serving (2, 40, 48) True" in proc.stdout
+
+
+def _deep_supervised(seed: int = 0):
+    from lvseg_search.model.deep_supervision import DeepSupervision
+
+    keras.utils.set_random_seed(seed)
+    hp = kt.HyperParameters()
+    for name, value in {"depth": 3, "base_filters": 16, "convs_per_stage": 1,
+                        "kernel_size": 3, "decoder": "unet", "normalization": "batch",
+                        "dropout": 0.0, "activation": "relu", "loss": "crossentropy_dice",
+                        "optimizer": "adam", "learning_rate": 3e-3, "lr_schedule": "constant",
+                        "block": "plain", "deep_supervision": "on"}.items():
+        hp.Fixed(name, value)
+    model = SegmentationHyperModel(load_space("default"), 32).build(hp)
+    assert isinstance(model, DeepSupervision)
+    return model
+
+
+def test_deep_supervision_outputs_at_the_two_decoder_levels_below_full_resolution():
+    on = build_encoder_decoder({**BASE, "deep_supervision": "on"}, 32, 2)
+    assert [tuple(o.shape) for o in on.outputs] == [(None, 32, 32, 2)] * 3
+    # Main output first, then the auxiliary ones, finest first (their loss weights).
+    assert on.output_names == [
+        "probabilities", "probabilities_level_1", "probabilities_level_2"]
+    # Nothing to supervise: one level, or the lab's single up-score.
+    for hp in ({**BASE, "depth": 1}, {**BASE, "decoder": "fcn"}, BASE):
+        net = build_encoder_decoder({**hp, "deep_supervision": "on" if hp is not BASE
+                                     else "off"}, 32, 2)
+        assert len(net.outputs) == 1
+
+
+def test_deep_supervision_trains_on_every_level_and_serves_the_main_output(tmp_path):
+    from lvseg_search.model.deep_supervision import inference_network
+
+    model = _deep_supervised()
+    assert model.loss_weights_by_level == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 32, 32, 1)).astype("float32")
+    y = np.zeros((8, 32, 32, 1), "uint8")
+    y[:, 8:24, 8:24] = 1
+    x[y[..., 0] == 1] += 2.0
+    # The training loss is the weighted sum of every level's loss.
+    outputs = model(x, training=True)
+    assert len(outputs) == 3
+    per_level = [float(model.loss(y, o)) for o in outputs]
+    total = float(model.compute_loss(x, y, outputs, training=True))
+    weighted = sum(w * v for w, v in zip(model.loss_weights_by_level, per_level, strict=True))
+    assert total == pytest.approx(weighted, rel=1e-5)
+    history = model.fit(x, y, epochs=8, batch_size=8, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert {"loss", "dice"} <= set(history.history)
+    # Inference, validation and export see one output, the main one, with the same weights.
+    served = inference_network(model)
+    assert len(served.outputs) == 1 and served.output_shape == (None, 32, 32, 2)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(served(x)), atol=1e-6)
+    # A checkpoint of the training model loads into a fresh one (as a promoted trial's
+    # folds and the report's fold models do).
+    model.save_weights(str(tmp_path / "w.weights.h5"))
+    fresh = _deep_supervised(seed=1)
+    fresh.optimizer.build(fresh.trainable_variables)
+    fresh.load_weights(str(tmp_path / "w.weights.h5"))
+    np.testing.assert_allclose(np.asarray(fresh(x)), np.asarray(model(x)), atol=1e-6)
