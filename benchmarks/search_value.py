@@ -19,7 +19,7 @@ Spearman rank correlation between a trial's score after k epochs (several rules)
 final score.
 
     python benchmarks/search_value.py --out DIR [--data RAW | --phantom] [--seed 0]
-        [--space quick] [--max-epochs 9] [--factor 3] [--trials 10]
+        [--space quick] [--max-epochs 9] [--factor 3] [--min-epochs N] [--trials 10]
         [--steps-per-epoch 20] [--batch-size 4] [--arms random,hyperband,...]
 
 An interrupted run resumes (each arm is a search in its own folder under DIR). With
@@ -76,6 +76,8 @@ def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> li
         cmd += ["--image-size", str(args.image_size)]
     if arm == "hyperband":
         cmd += ["--factor", str(args.factor), "--iterations", "1"]
+        if args.min_epochs:
+            cmd += ["--min-epochs", str(args.min_epochs)]
     elif arm in ("random", "bayesian"):
         cmd += ["--max-trials", str(args.trials)]
     return cmd
@@ -172,7 +174,7 @@ def rung_signal(trials: list[dict], max_epochs: int) -> list[dict]:
     return rows
 
 
-def report(out: Path, max_epochs: int) -> str:
+def report(out: Path, max_epochs: int, factor: int = 3) -> str:
     """The tables (markdown) and ``out/search_value.png`` from the arms found in ``out``."""
     arms = {a: arm_trials(out / a) for a in ARMS if (out / a / "search.json").is_file()}
     curves = {a: best_curve(t) for a, t in arms.items()}
@@ -202,9 +204,10 @@ def report(out: Path, max_epochs: int) -> str:
             scratch.append(t)
     signal = rung_signal(scratch, max_epochs)
     if signal:
-        # Hyperband's first rung: its shortest trial trained from scratch.
+        # Hyperband's first rung: its shortest trial trained from scratch (without a
+        # Hyperband arm, the search's default: max_epochs / factor).
         rung = min((t["epochs"] for t in arms.get("hyperband", []) if t["curves"]),
-                   default=None)
+                   default=math.ceil(max_epochs / factor))
         lines += ["", f"Low-budget signal over {signal[0]['n']} trials trained {max_epochs} "
                   f"epochs from scratch (Hyperband's first rung: {rung} epoch(s)); Spearman "
                   "between the score after k epochs and the final score:", "",
@@ -258,6 +261,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--max-epochs", type=int, default=9)
     parser.add_argument("--factor", type=int, default=3)
+    parser.add_argument("--min-epochs", type=int, default=None,
+                        help="Hyperband's first rung (default: the search's, max / factor)")
     parser.add_argument("--trials", type=int, default=10,
                         help="trials of random search and Bayesian optimization")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -276,7 +281,7 @@ def main() -> None:
             print(f"{arm}: {seconds / 60:.1f} min", flush=True)
     (args.out / "settings.json").write_text(json.dumps(
         {k: str(v) for k, v in vars(args).items()}, indent=1))
-    print(report(args.out, args.max_epochs))
+    print(report(args.out, args.max_epochs, args.factor))
 
 
 if __name__ == "__main__":
