@@ -572,6 +572,8 @@ def network_words(row: pd.Series | dict[str, Any]) -> str:
              f"{row.get('activation')}")
     if float(row.get("dropout") or 0) > 0:
         words += f", dropout {row.get('dropout')}"
+    if row.get("deep_supervision") == "on":
+        words += ", deep supervision"
     lr = row.get("learning_rate")
     optimizer = {"sgd_nesterov": "SGD (Nesterov 0.99)"}.get(str(row.get("optimizer")),
                                                             row.get("optimizer"))
