@@ -331,7 +331,8 @@ def best_trial_details(run: Run, trial_id: str, networks: list[Any],
                     "the fold model that never saw it; base, mid and apex are thirds of the "
                     "patient's contoured slice positions, the base being the end where the "
                     "expert's LV is larger.", positions))
-    table = out_of_fold_decisions(run, trial_id, lambda: networks)
+    table = out_of_fold_decisions(run, trial_id,
+                                  lambda: list(zip(networks, validation, strict=True)))
     out.append((f"Trial {trial_id}: field of view, test-time augmentation and largest "
                 "region",
                 "CV Dice of the out-of-fold predictions with each setting; `export` keeps "

@@ -355,8 +355,11 @@ def test_out_of_fold_table_is_kept_and_computed_again_when_its_inputs_change(tin
     built = []
 
     def networks():
+        from lvseg_search.evaluate.scoring import load_patients
+
         built.append(1)
-        return [run.fold_network(tid, k) for k in range(run.n_folds)]
+        return [(run.fold_network(tid, k), load_patients(run.data, f["val"]))
+                for k, f in enumerate(run.splits["folds"])]
 
     kept = run.trial_dir(tid) / FILE
     kept.unlink(missing_ok=True)  # the report tests may have kept one

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lvseg_search import atomic
-from lvseg_search.engine.run import CHECKPOINT, Run, fold_dir
+from lvseg_search.engine.run import Run
 
 FILE = "out_of_fold.json"
 # Bumped when the table's rows or their computation change, which retires kept tables.
@@ -26,10 +26,14 @@ FORMAT = 1
 
 
 def _digest(run: Run, trial_id: str, rois: Sequence[str], modes: Sequence[str]) -> str:
-    """What the table depends on: fold checkpoints, validation shards, grid, settings."""
+    """What the table depends on: fold checkpoints, validation shards, grid, settings.
+
+    Raises:
+        UserError: A fold checkpoint is missing.
+    """
     digest = hashlib.sha256()
     for k in range(run.n_folds):
-        digest.update((fold_dir(run.trial_dir(trial_id), k) / CHECKPOINT).read_bytes())
+        digest.update(run.fold_network_path(trial_id, k).read_bytes())
     validation = [p for fold in run.splits["folds"] for p in fold["val"]]
     digest.update(run.data.fingerprint(validation).encode())
     o = run.options
@@ -39,7 +43,7 @@ def _digest(run: Run, trial_id: str, rois: Sequence[str], modes: Sequence[str]) 
 
 
 def out_of_fold_decisions(run: Run, trial_id: str,
-                          networks: Callable[[], Sequence[Any]] | None = None
+                          folds: Callable[[], Sequence[tuple[Any, Any]]] | None = None
                           ) -> list[dict[str, Any]]:
     """The trial's out-of-fold table of every field of view, test-time augmentation and
     largest-region setting: the kept one when its digest matches, else computed and kept.
@@ -47,14 +51,15 @@ def out_of_fold_decisions(run: Run, trial_id: str,
     Args:
         run: The search.
         trial_id: A completed trial (every fold has its checkpoint).
-        networks: Gives the trial's fold networks, in fold order, when the table must be
-            computed (default: loaded from the checkpoints).
+        folds: Gives, in fold order, each fold's network and its validation patients
+            (``evaluate.scoring.load_patients``) when the table must be computed (default:
+            loaded from the checkpoints and the shards).
 
     Returns:
         Rows of ``evaluate.decision.out_of_fold_table``.
 
     Raises:
-        UserError: A fold checkpoint is missing (from ``Run.fold_network``).
+        UserError: A fold checkpoint is missing.
     """
     from lvseg_search.evaluate.decision import out_of_fold_table
     from lvseg_search.evaluate.scoring import load_patients
@@ -63,8 +68,6 @@ def out_of_fold_decisions(run: Run, trial_id: str,
 
     o = run.options
     rois = ROI_MODES if o.physical else ("centre",)
-    for k in range(run.n_folds):
-        run.fold_network_path(trial_id, k)  # a missing checkpoint: one line, not a trace
     digest = _digest(run, trial_id, rois, TTA_MODES)
     path = run.trial_dir(trial_id) / FILE
     try:
@@ -73,11 +76,10 @@ def out_of_fold_decisions(run: Run, trial_id: str,
             return kept["table"]
     except (OSError, ValueError, AttributeError, KeyError):
         pass  # none kept, or unreadable: the table is derived data, computed again below
-    nets = list(networks()) if networks is not None else [
-        run.fold_network(trial_id, k) for k in range(run.n_folds)]
-    folds = [(net, load_patients(run.data, fold["val"]))
-             for net, fold in zip(nets, run.splits["folds"], strict=True)]
-    table = out_of_fold_table(folds, o.image_size, o.normalization, o.spacing_mm or None,
+    pairs = list(folds()) if folds is not None else [
+        (run.fold_network(trial_id, k), load_patients(run.data, fold["val"]))
+        for k, fold in enumerate(run.splits["folds"])]
+    table = out_of_fold_table(pairs, o.image_size, o.normalization, o.spacing_mm or None,
                               modes=TTA_MODES, rois=rois)
     # In a read-only run folder the table is right, only not kept.
     with contextlib.suppress(OSError):

@@ -14,12 +14,12 @@ from typing import Any
 import keras
 
 
-@keras.saving.register_keras_serializable(package="lvseg_search")
 class DeepSupervision(keras.Model):
     """Trains ``network``'s first output with its auxiliary outputs added to the loss.
 
     Called in training, it returns all outputs (the loss needs them); otherwise only the
-    main one, so validation, metrics and prediction see a one-output network.
+    main one, so validation, metrics and prediction see a one-output network. Only its
+    weights are ever saved (fold checkpoints); exports hold :meth:`inference_network`.
 
     Args:
         network: A functional model whose outputs are the main probabilities followed by
@@ -37,10 +37,6 @@ class DeepSupervision(keras.Model):
     @property
     def input_shape(self):
         return self.network.input_shape
-
-    @property
-    def output_shape(self):
-        return self.network.outputs[0].shape
 
     def call(self, inputs, training: bool = False):
         outputs = self.network(inputs, training=training)
@@ -63,15 +59,6 @@ class DeepSupervision(keras.Model):
         """The network with its main output only (shares the weights)."""
         return keras.Model(self.network.input, self.network.outputs[0],
                            name=self.network.name)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(),
-                "network": keras.saving.serialize_keras_object(self.network)}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> DeepSupervision:
-        network = keras.saving.deserialize_keras_object(config.pop("network"))
-        return cls(network, **config)
 
 
 def inference_network(model: keras.Model) -> keras.Model:
