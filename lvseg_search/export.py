@@ -374,7 +374,9 @@ def augmentation(o) -> dict[str, Any]:
 
     return {"flips": True, "rotation_deg": o.augment_rotation_deg, "zoom": o.augment_scale,
             "zoom_on": "physical grid" if o.physical else "resized image",
-            "shift": o.augment_shift, "gain_offset": o.augment_intensity,
+            "shift": o.augment_shift,
+            "view_around_lv_mm": o.augment_offset_mm if o.physical else 0.0,
+            "gain_offset": o.augment_intensity,
             "gamma": drawn(o.augment_gamma, range=list(p.GAMMA_RANGE)),
             "contrast": drawn(o.augment_contrast, range=list(p.CONTRAST_RANGE)),
             "brightness": drawn(o.augment_brightness, range=list(p.BRIGHTNESS_RANGE)),

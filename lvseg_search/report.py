@@ -408,6 +408,8 @@ def augmentation_text(o) -> str:
              f"{100 * o.augment_scale:.0f}%"]
     if o.augment_shift:
         parts.append(f"shift +-{100 * o.augment_shift:.0f}%")
+    if o.augment_offset_mm and o.physical:
+        parts.append(f"view around the LV +-{o.augment_offset_mm:g} mm")
     parts.append(f"gain/offset +-{o.augment_intensity:g}")
     for name, key in (("gamma", "augment_gamma"), ("contrast", "augment_contrast"),
                       ("brightness", "augment_brightness"), ("noise", "augment_noise"),

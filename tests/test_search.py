@@ -70,15 +70,19 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
     with pytest.raises(UserError, match="other options"):
         run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, factor=2, image_size=32,
                    batch_size=4, verbose=False)
-    # A run written before steps_per_epoch existed trained one pass per epoch: the same
-    # command resumes it (nothing left to run), another step count does not.
+    # A run written before steps_per_epoch existed trained one pass per epoch, one
+    # before training views around the LV around the image centre: the same command
+    # resumes it (nothing left to run), another step count does not.
     record = out / "search.json"
     options = json.loads(record.read_text())
-    del options["steps_per_epoch"]
+    assert options["augment_offset_mm"] > 0
+    del options["steps_per_epoch"], options["augment_offset_mm"]
     record.write_text(json.dumps(options))
     summary = run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2,
                          image_size=32, batch_size=4, verbose=False)
     assert summary["completed"] and not summary["failed"]
+    from lvseg_search.engine.run import read_options
+    assert read_options(out, "").pipeline().training().max_offset_mm == 0.0
     with pytest.raises(UserError, match=r"other options \(steps_per_epoch\)"):
         run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2, image_size=32,
                    batch_size=4, steps_per_epoch=2, verbose=False)

@@ -46,7 +46,15 @@ class PipelineConfig:
             subset's SCD0000101 against the other two); nnU-Net's 2-D default too.
         max_scale: Largest relative zoom in or out (hearts and fields of view differ in
             size; about nnU-Net's range).
-        max_shift: Largest translation, as a fraction of the image size.
+        max_shift: Largest translation, as a fraction of the image size (what moves
+            out of view leaves padding).
+        max_offset_mm: On the physical grid, training views are cut around the expert
+            LV's centre (the image's centre on a slice without LV), moved by up to this
+            many mm along each axis, from the image itself: the network learns hearts
+            anywhere in that range of its field of view, with real anatomy around them,
+            so that a first pass finds an off-centre heart (``roi = localized``) and
+            the view cut around it is one the network trained on. 0: around the
+            image's centre, as validation and the deployable model cut it.
         intensity: Largest relative gain and offset change.
         gamma: Probability of a gamma change, 0.7 to 1.5 on the image's own range
             (mean and spread kept), after nnU-Net's ``GammaTransform``.
@@ -74,6 +82,7 @@ class PipelineConfig:
     max_rotation_deg: float = 180.0
     max_scale: float = 0.25
     max_shift: float = 0.0
+    max_offset_mm: float = 0.0
     intensity: float = 0.1
     gamma: float = 0.0
     contrast: float = 0.0
@@ -108,10 +117,11 @@ def _normalize(image, method: str):
     return (t.clip_by_value(x, lo, hi) - lo) / (hi - lo + 1e-6)
 
 
-def grid_weights(out_size, in_size, out_spacing, in_spacing):
+def grid_weights(out_size, in_size, out_spacing, in_spacing, shift_mm=None):
     """``model.resample.grid_weights`` in TensorFlow (the pipeline may not depend on the
-    model stage): weights ``[batch, out, in]`` resampling one axis between
-    centre-aligned grids of the given pixel sizes (``[batch]`` or scalars)."""
+    model stage): weights ``[batch, out, in]`` resampling one axis between grids of the
+    given pixel sizes (``[batch]`` or scalars), the output's centre ``shift_mm``
+    (``[batch]``, None: 0) from the input's."""
     t = tf()
     ratio = t.reshape(t.cast(out_spacing, t.float32) / t.cast(in_spacing, t.float32),
                       [-1, 1, 1])
@@ -119,6 +129,9 @@ def grid_weights(out_size, in_size, out_spacing, in_spacing):
     i = t.reshape(t.cast(t.range(out_size), t.float32), [1, -1, 1])
     j = t.reshape(t.cast(t.range(in_size), t.float32), [1, 1, -1])
     centre = n_in / 2 - 0.5 + (i + 0.5 - n_out / 2) * ratio
+    if shift_mm is not None:
+        shift = t.cast(shift_mm, t.float32) / t.cast(in_spacing, t.float32)
+        centre += t.reshape(shift, [-1, 1, 1])
     width = t.maximum(ratio, 1.0)
     weights = t.nn.relu(1.0 - t.abs(j - centre) / width)
     inside = t.cast(t.logical_and(centre >= -0.5, centre <= n_in - 0.5), t.float32)
@@ -126,14 +139,15 @@ def grid_weights(out_size, in_size, out_spacing, in_spacing):
     return weights * inside / t.maximum(total, 1e-12)
 
 
-def _weights(shape, pixel_spacing, size: int, spacing_mm: float):
+def _weights(shape, pixel_spacing, size: int, spacing_mm: float, centre_mm=None):
     t = tf()
     pixel_spacing = t.cast(pixel_spacing, t.float32)
-    return (grid_weights(size, shape[1], spacing_mm, pixel_spacing[:, 0]),
-            grid_weights(size, shape[2], spacing_mm, pixel_spacing[:, 1]))
+    rows, cols = (None, None) if centre_mm is None else (centre_mm[:, 0], centre_mm[:, 1])
+    return (grid_weights(size, shape[1], spacing_mm, pixel_spacing[:, 0], rows),
+            grid_weights(size, shape[2], spacing_mm, pixel_spacing[:, 1], cols))
 
 
-def grid_masks(masks, pixel_spacing, size: int, spacing_mm: float):
+def grid_masks(masks, pixel_spacing, size: int, spacing_mm: float, centre_mm=None):
     """Resamples class masks onto the network's grid: each class's one-hot map as an
     image, then the arg-max (so a class keeps its area in mm at any ratio of spacings).
 
@@ -142,18 +156,20 @@ def grid_masks(masks, pixel_spacing, size: int, spacing_mm: float):
         pixel_spacing: ``[B, 2]`` (row, column) mm.
         size: The grid's pixels per side.
         spacing_mm: The grid's pixel size.
+        centre_mm: ``[B, 2]`` where the grid's centre lies from each image's centre
+            (row, column, mm); None: on it.
 
     Returns:
         uint8 ``[B, size, size, 1]``; background outside an image's field of view.
     """
     t = tf()
-    rows, cols = _weights(t.shape(masks), pixel_spacing, size, spacing_mm)
+    rows, cols = _weights(t.shape(masks), pixel_spacing, size, spacing_mm, centre_mm)
     onehot = t.one_hot(t.cast(masks[..., 0], t.int32), MAX_CLASSES, dtype=t.float32)
     fractions = t.einsum("bhs,bstc,bwt->bhwc", rows, onehot, cols)
     return t.cast(t.argmax(fractions, axis=-1), t.uint8)[..., None]
 
 
-def grid_images(images, pixel_spacing, size: int, spacing_mm: float):
+def grid_images(images, pixel_spacing, size: int, spacing_mm: float, centre_mm=None):
     """Resamples images ``float32 [B, H, W, 1]`` onto the network's grid (bilinear,
     antialiased when shrinking); 0 outside an image's field of view.
 
@@ -162,10 +178,40 @@ def grid_images(images, pixel_spacing, size: int, spacing_mm: float):
         pixel_spacing: ``[B, 2]`` (row, column) mm.
         size: The grid's pixels per side.
         spacing_mm: The grid's pixel size.
+        centre_mm: As for :func:`grid_masks`.
     """
     t = tf()
-    rows, cols = _weights(t.shape(images), pixel_spacing, size, spacing_mm)
+    rows, cols = _weights(t.shape(images), pixel_spacing, size, spacing_mm, centre_mm)
     return t.einsum("bhs,bstc,bwt->bhwc", rows, images, cols)
+
+
+def offset_margin(config: PipelineConfig) -> int:
+    """Pixels kept on each side of a training view beyond the network's field of view,
+    for the LV-centred views' random offsets (``max_offset_mm``); 0 without them."""
+    if not (config.augment and config.spacing_mm and config.max_offset_mm > 0):
+        return 0
+    return math.ceil(config.max_offset_mm / config.spacing_mm)
+
+
+def lv_centre_mm(mask, pixel_spacing, class_id: int = 1):
+    """The centroid of a mask's LV class, mm from the image's centre (row, column).
+
+    Args:
+        mask: Class labels ``[H, W]``.
+        pixel_spacing: ``[2]`` (row, column) mm.
+        class_id: The LV class.
+
+    Returns:
+        float32 ``[2]``; zeros when the mask holds no LV.
+    """
+    t = tf()
+    lv = t.cast(t.equal(t.cast(mask, t.int32), class_id), t.float32)
+    count = t.maximum(t.reduce_sum(lv), 1.0)
+    shape = t.cast(t.shape(lv), t.float32)
+    rows = t.cast(t.range(t.shape(lv)[0]), t.float32) - (shape[0] / 2 - 0.5)
+    cols = t.cast(t.range(t.shape(lv)[1]), t.float32) - (shape[1] / 2 - 0.5)
+    centre = t.stack([t.reduce_sum(lv * rows[:, None]), t.reduce_sum(lv * cols[None, :])])
+    return centre / count * t.cast(pixel_spacing, t.float32)
 
 
 def _prepare(example, config: PipelineConfig):
@@ -174,8 +220,15 @@ def _prepare(example, config: PipelineConfig):
     mask = example["mask"][..., None]
     if config.spacing_mm:
         spacing = example["pixel_spacing_mm"][None]
-        return (grid_images(image[None], spacing, config.image_size, config.spacing_mm)[0],
-                grid_masks(mask[None], spacing, config.image_size, config.spacing_mm)[0])
+        size, centre = config.image_size, None
+        margin = offset_margin(config)
+        if margin:
+            # A wider view around the LV: the augmentation cuts the network's field of
+            # view from it at a random offset.
+            size += 2 * margin
+            centre = lv_centre_mm(example["mask"], example["pixel_spacing_mm"])[None]
+        return (grid_images(image[None], spacing, size, config.spacing_mm, centre)[0],
+                grid_masks(mask[None], spacing, size, config.spacing_mm, centre)[0])
     if config.image_size:
         size = [config.image_size, config.image_size]
         image = t.image.resize(image, size, method="bilinear")
@@ -193,11 +246,13 @@ LOW_RESOLUTION_ZOOM = (0.5, 1.0)
 _BLUR_RADIUS = 3  # pixels: covers 3 sigma of the widest blur
 
 
-def _warp(t, images, transforms, interpolation: str):
-    """One projective warp of every image by its own transform (output -> input)."""
-    shape = t.shape(images)
+def _warp(t, images, transforms, interpolation: str, output_shape=None):
+    """One projective warp of every image by its own transform (output -> input), to
+    ``output_shape`` (rows, columns; default: the input's)."""
+    if output_shape is None:
+        output_shape = t.shape(images)[1:3]
     return t.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=shape[1:3],
+        images=images, transforms=transforms, output_shape=output_shape,
         fill_value=0.0, interpolation=interpolation, fill_mode="NEAREST")
 
 
@@ -226,7 +281,8 @@ def _augment(images, masks, rand, config: PipelineConfig):
     """Augments a whole batch at once (vectorized), each image with its own draw: one
     spatial warp (flips, rotation, zoom, shift; on the physical grid, so a zoom is a
     change of size in mm), then, each with its probability, noise, blur, brightness,
-    contrast, low resolution and gamma (nnU-Net's order), then gain and offset."""
+    contrast, low resolution and gamma (nnU-Net's order), then gain and offset. Views
+    cut wider for ``max_offset_mm`` come out at ``image_size``, moved by the offset."""
     t = tf()
     seeds = t.random.experimental.stateless_split(
         t.stack([rand, t.constant(config.seed, t.int64)]), 24)
@@ -243,15 +299,25 @@ def _augment(images, masks, rand, config: PipelineConfig):
 
     theta = u(2, -1.0, 1.0) * config.max_rotation_deg * math.pi / 180
     scale = 1.0 + u(3, -config.max_scale, config.max_scale)
-    h, w = t.shape(images)[1], t.shape(images)[2]
+    margin = offset_margin(config)
+    h_in, w_in = t.shape(images)[1], t.shape(images)[2]
+    h, w = (h_in, w_in) if not margin else (config.image_size, config.image_size)
     cy, cx = (t.cast(h, t.float32) - 1) / 2, (t.cast(w, t.float32) - 1) / 2
+    cy_in, cx_in = (t.cast(h_in, t.float32) - 1) / 2, (t.cast(w_in, t.float32) - 1) / 2
     # Output pixel -> input pixel: rotate by -theta and shrink by 1/scale about the centre.
     a0, a1 = t.cos(theta) / scale, t.sin(theta) / scale
     b0, b1 = -t.sin(theta) / scale, t.cos(theta) / scale
-    a2, b2 = cx - a0 * cx - a1 * cy, cy - b0 * cx - b1 * cy
+    a2, b2 = cx_in - a0 * cx - a1 * cy, cy_in - b0 * cx - b1 * cy
     # Then a shift: the LV is not always at the same place in the field of view.
     a2 += u(6, -config.max_shift, config.max_shift) * t.cast(w, t.float32)
     b2 += u(7, -config.max_shift, config.max_shift) * t.cast(h, t.float32)
+    if margin:
+        # Its own stream (the 24th split was unused), so that runs without offsets
+        # draw exactly the augmentations they drew before.
+        offset = t.random.stateless_uniform([b, 2], seeds[23], -1.0, 1.0)
+        offset *= config.max_offset_mm / config.spacing_mm
+        a2 += offset[:, 1]
+        b2 += offset[:, 0]
     # Flips are folded into the same transform (x -> w-1-x, y -> h-1-y): the warp is the
     # costly op on CPU, so each image is resampled once.
     sx = t.where(u(0, 0.0, 1.0) < 0.5, -1.0, 1.0)
@@ -260,8 +326,9 @@ def _augment(images, masks, rand, config: PipelineConfig):
     zeros = t.zeros_like(a0)
     transforms = t.stack([a0 * sx, a1 * sy, a0 * tx + a1 * ty + a2,
                           b0 * sx, b1 * sy, b0 * tx + b1 * ty + b2, zeros, zeros], axis=1)
-    images = _warp(t, images, transforms, "BILINEAR")
-    masks = t.cast(_warp(t, t.cast(masks, t.float32), transforms, "NEAREST"), t.uint8)
+    images = _warp(t, images, transforms, "BILINEAR", [h, w])
+    masks = t.cast(_warp(t, t.cast(masks, t.float32), transforms, "NEAREST", [h, w]),
+                   t.uint8)
 
     if config.noise > 0:
         std = t.sqrt(u(8, *NOISE_VARIANCE)) * t.cast(chosen(9, config.noise), t.float32)

@@ -59,6 +59,7 @@ BUDGET_OPTIONS = ("max_trials", "hyperband_iterations")
 AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
                     "augment_scale": PipelineConfig.max_scale,
                     "augment_shift": PipelineConfig.max_shift,
+                    "augment_offset_mm": 40.0,
                     "augment_intensity": PipelineConfig.intensity,
                     "augment_gamma": 0.3, "augment_contrast": 0.15,
                     "augment_brightness": 0.15, "augment_noise": 0.1, "augment_blur": 0.2,
@@ -176,6 +177,9 @@ class SearchOptions:
     include_default: bool = False
     # Hyperband's shortest rung (keras-tuner's own default, 1, before it was an option).
     min_epochs: int = 1
+    # Training views cut around the expert LV, moved by up to this many mm (physical
+    # grid only); older run folders cut them around the image centre.
+    augment_offset_mm: float = 0.0
 
     def pipeline(self, batch_size: int | None = None) -> PipelineConfig:
         """The search's pipeline settings (``.training()`` adds shuffling and the
@@ -189,7 +193,8 @@ class SearchOptions:
             normalization=self.normalization,
             batch_size=batch_size or self.batch_size, seed=self.seed,
             max_rotation_deg=self.augment_rotation_deg, max_scale=self.augment_scale,
-            max_shift=self.augment_shift, intensity=self.augment_intensity,
+            max_shift=self.augment_shift, max_offset_mm=self.augment_offset_mm,
+            intensity=self.augment_intensity,
             gamma=self.augment_gamma, contrast=self.augment_contrast,
             brightness=self.augment_brightness, noise=self.augment_noise,
             blur=self.augment_blur, low_resolution=self.augment_low_resolution)
@@ -377,6 +382,10 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
             # Written before Hyperband's shortest rung was an option: it ran keras-tuner's
             # 1, and resumes so.
             options = replace(options, min_epochs=1)
+        if "augment_offset_mm" not in previous:
+            # Written before training views were cut around the LV: resumes with views
+            # around the image centre, as its finished trials trained.
+            options = replace(options, augment_offset_mm=0.0)
         # The grid chosen again from the same data and patients: the same, unless an
         # option that decides it changed.
         options = resolve_grid(options, data, split, space)

@@ -58,8 +58,10 @@ OPTIONAL = {"lr_schedule": "constant"}
 UNDECLARED = {"block": "plain", "deep_supervision": "off"}
 
 # Largest meaningful value of each augmentation option (all start at 0: none); the
-# last six are probabilities.
+# last six are probabilities. augment_offset_mm is in mm (the LV-centred training views'
+# offsets, data.pipeline).
 AUGMENT_LIMITS = {"augment_rotation_deg": 180.0, "augment_scale": 0.9, "augment_shift": 0.5,
+                  "augment_offset_mm": 100.0,
                   "augment_intensity": 1.0, "augment_gamma": 1.0, "augment_contrast": 1.0,
                   "augment_brightness": 1.0, "augment_noise": 1.0, "augment_blur": 1.0,
                   "augment_low_resolution": 1.0}

@@ -93,3 +93,40 @@ def test_unknown_normalization_and_patient_are_refused(real_prepared):
                      PipelineConfig(normalization="histeq"))
     with pytest.raises(UserError, match="NOBODY"):
         patient_files(open_data(real_prepared), ["NOBODY"], PipelineConfig())
+
+
+def test_views_around_the_lv_move_it_by_at_most_the_offset_with_anatomy_around(real_prepared):
+    """Training views cut around the expert LV at a random offset: the LV's centre lies
+    within the offset of the view's centre, the offsets spread over their range, and
+    what comes into view is the image, not padding (the warp repeats the edge pixels:
+    runs of equal neighbours)."""
+    spacing, size, offset = 1.5, 96, 30.0
+
+    def views(**kw):
+        config = PipelineConfig(image_size=size, spacing_mm=spacing, batch_size=56, seed=0,
+                                max_rotation_deg=0.0, max_scale=0.0, intensity=0.0,
+                                augment=True, **kw)
+        files = patient_files(open_data(real_prepared), PATIENTS, config)
+        (x, m), = _collect(make_dataset(files, config))
+        return x[..., 0], m[..., 0]
+
+    x, m = views(max_offset_mm=offset)
+    assert x.shape == (56, size, size) and m.shape == (56, size, size)
+    centre = (size - 1) / 2
+    moved = []
+    for mask in m:
+        rows, cols = np.nonzero(mask == 1)
+        moved.append([(rows.mean() - centre) * spacing, (cols.mean() - centre) * spacing])
+    moved = np.abs(np.array(moved))
+    assert moved.max() <= offset + 2 * spacing
+    assert np.percentile(moved, 90) > 0.6 * offset
+    def repeated(images):
+        return np.mean((images[:, 1:, 1:] == images[:, :-1, 1:])
+                       | (images[:, 1:, 1:] == images[:, 1:, :-1]))
+
+    # The same offsets as padding (max_shift) fill part of the view; from the image, not.
+    padded, _ = views(max_shift=offset / (size * spacing))
+    assert repeated(padded) > 0.05 and repeated(x) < 0.1 * repeated(padded)
+    # Without the option, views stay centred on the image and come out at image_size.
+    plain, plain_masks = views()
+    assert plain.shape == (56, size, size)

@@ -69,6 +69,8 @@ def _write(tmp_path, body):
      "augment_scale = -0.1 is out of range"),
     ("[hyperparameters]\n" + GOOD + '\n[search]\naugment_shift = "a lot"',
      "augment_shift must be a number"),
+    ("[hyperparameters]\n" + GOOD + "\n[search]\naugment_offset_mm = 150",
+     "augment_offset_mm = 150 is out of range; use 0 (none) to 100"),
     ("[hyperparameters]\n" + GOOD + "\n[search]\nsteps_per_epoch = -1",
      "steps_per_epoch = -1 must be 0"),
     ("[hyperparameters]\n" + GOOD + "\n[search]\nsteps_per_epoch = 2.5",
@@ -131,18 +133,21 @@ def test_augmentation_comes_from_the_space_and_reaches_the_training_pipeline(tmp
     from lvseg_search.engine.run import AUGMENT_DEFAULTS, SearchOptions, resolve_options
 
     path = _write(tmp_path, f"[hyperparameters]\n{GOOD}\n[search]\naugment_rotation_deg = 30\n"
-                            "augment_scale = 0\n")
+                            "augment_scale = 0\naugment_offset_mm = 25\n")
     options = resolve_options(load_space(path), tmp_path, image_size=64)
     config = options.pipeline().training()
     assert (config.augment, config.max_rotation_deg, config.max_scale) == (True, 30, 0)
+    assert config.max_offset_mm == 25
     assert config.max_shift == AUGMENT_DEFAULTS["augment_shift"]
     assert config.intensity == AUGMENT_DEFAULTS["augment_intensity"]
     default = resolve_options(load_space("quick"), tmp_path, image_size=64).pipeline()
     assert default.max_rotation_deg == AUGMENT_DEFAULTS["augment_rotation_deg"]
+    assert default.max_offset_mm == AUGMENT_DEFAULTS["augment_offset_mm"] > 0
     # A run folder from before these options re-reads as trained: 10 degrees, 10% zoom.
     old = {k: v for k, v in asdict(options).items() if not k.startswith("augment_")}
     legacy = SearchOptions(**old).pipeline()
     assert (legacy.max_rotation_deg, legacy.max_scale, legacy.intensity) == (10.0, 0.1, 0.1)
+    assert legacy.max_offset_mm == 0.0
 
 
 def test_steps_per_epoch_comes_from_the_space_or_the_command_line(tmp_path):
