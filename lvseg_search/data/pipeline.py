@@ -204,6 +204,8 @@ def lv_centre_mm(mask, pixel_spacing, class_id: int = 1):
     Returns:
         float32 ``[2]``; zeros when the mask holds no LV.
     """
+    # By hand (scipy's ndimage.center_of_mass is NumPy): it runs inside the tf.data
+    # graph, once per example before the cache.
     t = tf()
     lv = t.cast(t.equal(t.cast(mask, t.int32), class_id), t.float32)
     count = t.maximum(t.reduce_sum(lv), 1.0)
