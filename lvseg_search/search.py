@@ -120,8 +120,9 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
             try:
                 held.enter_context(run_lock(out, "search", "search in it"))
                 locked = True
-                options, split = run_mod.prepare_run(out, options, prepared, overwrite,
-                                                     splits_file, sp)
+                options, split = run_mod.prepare_run(
+                    out, options, prepared, overwrite, splits_file, sp,
+                    frozenset(k for k, v in given.items() if v is not None))
             except BaseException:
                 # Only a folder this command made and locked: a refused second search
                 # must not remove the folder that the first one is preparing.

@@ -71,12 +71,13 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
         run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, factor=2, image_size=32,
                    batch_size=4, verbose=False)
     # A run written before steps_per_epoch existed trained one pass per epoch, one
-    # before training views around the LV around the image centre: the same command
-    # resumes it (nothing left to run), another step count does not.
+    # before training views around the LV around the image centre, one before
+    # --min-epochs keras-tuner's 1-epoch rung: the same command resumes it (nothing left
+    # to run), another step count or shortest rung does not.
     record = out / "search.json"
     options = json.loads(record.read_text())
     assert options["augment_offset_mm"] > 0
-    del options["steps_per_epoch"], options["augment_offset_mm"]
+    del options["steps_per_epoch"], options["augment_offset_mm"], options["min_epochs"]
     record.write_text(json.dumps(options))
     summary = run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2,
                          image_size=32, batch_size=4, verbose=False)
@@ -86,6 +87,9 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
     with pytest.raises(UserError, match=r"other options \(steps_per_epoch\)"):
         run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2, image_size=32,
                    batch_size=4, steps_per_epoch=2, verbose=False)
+    with pytest.raises(UserError, match=r"other options \(max_epochs, min_epochs\)"):
+        run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, min_epochs=2, factor=2,
+                   image_size=32, batch_size=4, verbose=False)
 
 
 def test_a_new_budget_extends_a_finished_search(tiny_data, tmp_path, capsys):

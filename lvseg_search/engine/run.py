@@ -334,8 +334,8 @@ def resolve_grid(options: SearchOptions, data: PreparedData, split: dict[str, An
 
 
 def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite: bool,
-                splits_file: Path | None, space: SearchSpace
-                ) -> tuple[SearchOptions, dict[str, Any]]:
+                splits_file: Path | None, space: SearchSpace,
+                given: frozenset[str] = frozenset()) -> tuple[SearchOptions, dict[str, Any]]:
     """Creates or resumes a run folder.
 
     Args:
@@ -345,6 +345,9 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         overwrite: Start afresh even if ``out`` holds a search.
         splits_file: Use these splits instead of making new ones.
         space: The search space (its networks' stride sizes the grid).
+        given: The options given on the command line: on resuming a run written before
+            one of them existed, a given value is compared with the one it trained with
+            instead of being replaced by it.
 
     Returns:
         The options as recorded (with the data's digest, ``splits_file``, its folds and test
@@ -378,9 +381,9 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
                 unknown.update(spacing_mm=0.0, field_of_view_mm=0.0,
                                image_size=options.image_size or previous["image_size"])
             options = replace(options, **unknown)
-        if "min_epochs" not in previous:
+        if "min_epochs" not in previous and "min_epochs" not in given:
             # Written before Hyperband's shortest rung was an option: it ran keras-tuner's
-            # 1, and resumes so.
+            # 1, and resumes so; another --min-epochs is refused below as a changed option.
             options = replace(options, min_epochs=1)
         if "augment_offset_mm" not in previous:
             # Written before training views were cut around the LV: resumes with views
