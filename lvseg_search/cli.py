@@ -156,7 +156,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     export(args.run, args.out, ensemble=args.ensemble, epochs=args.epochs,
            trial_id=args.trial, onnx=not args.no_onnx, overwrite=args.overwrite,
            data=args.data, tta=args.tta,
-           largest_region=False if args.no_largest_region else None, roi=args.roi)
+           largest_region=False if args.no_largest_region else None, roi=args.roi,
+           convex_hull=args.convex_hull)
     return 0
 
 
@@ -322,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-largest-region", action="store_true",
                    help="deliver the arg-max mask as it is (default: keep only the largest "
                         "region when that raises the out-of-fold CV Dice)")
+    p.add_argument("--convex-hull", action=argparse.BooleanOptionalAction, default=None,
+                   help="fill the largest region to its convex hull, closing the notches "
+                        "papillary muscles leave (default: when that raises the "
+                        "out-of-fold CV Dice)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--data", type=Path, help=MOVED_DATA)
     p.set_defaults(func=_cmd_export)

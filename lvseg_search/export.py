@@ -181,7 +181,8 @@ def check_parity(reference, candidates: dict[str, Any],
 def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | None = None,
            trial_id: str | None = None, onnx: bool = True, overwrite: bool = False,
            verbose: bool = True, data: Path | None = None, tta: str | None = None,
-           largest_region: bool | None = None, roi: str | None = None) -> dict[str, Any]:
+           largest_region: bool | None = None, roi: str | None = None,
+           convex_hull: bool | None = None) -> dict[str, Any]:
     """Exports the best (or a chosen) trial of a search.
 
     Args:
@@ -200,6 +201,8 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
             out-of-fold CV Dice.
         roi: Cut the field of view around the image ``centre`` or the ``localized`` LV
             (``serving.ROI_MODES``); None: decided by the out-of-fold CV Dice.
+        convex_hull: Fill the largest region to its convex hull; None: decided by the
+            out-of-fold CV Dice.
 
     Returns:
         The model card.
@@ -214,13 +217,14 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
           else contextlib.nullcontext()):
         return _export(run_dir, out, ensemble=ensemble, epochs=epochs, trial_id=trial_id,
                        onnx=onnx, overwrite=overwrite, verbose=verbose, data=data, tta=tta,
-                       largest_region=largest_region, roi=roi)
+                       largest_region=largest_region, roi=roi, convex_hull=convex_hull)
 
 
 def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             trial_id: str | None, onnx: bool, overwrite: bool, verbose: bool,
             data: Path | None, tta: str | None,
-            largest_region: bool | None, roi: str | None) -> dict[str, Any]:
+            largest_region: bool | None, roi: str | None,
+            convex_hull: bool | None) -> dict[str, Any]:
     import keras
 
     from lvseg_search.evaluate.decision import table_text
@@ -254,11 +258,14 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
         raise UserError(f"--roi localized: {run.path} trained on whole images resized "
                         "(--spacing none), which have no field of view to move; leave "
                         "--roi out")
+    if convex_hull and largest_region is False:
+        raise UserError("--convex-hull: fills the largest region's hull, which "
+                        "--no-largest-region turns off; drop one of them")
     keras.mixed_precision.set_dtype_policy("float32")  # exported formats are float32
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
-        decision = _decide(run, trial.trial_id, tta, largest_region, roi)
+        decision = _decide(run, trial.trial_id, tta, largest_region, roi, convex_hull)
         if verbose:
-            print(f"export: test-time augmentation and largest region, out-of-fold CV Dice "
+            print(f"export: test-time augmentation and post-processing, out-of-fold CV Dice "
                   f"of trial {trial.trial_id}:\n{table_text(decision['out_of_fold'], decision)}",
                   flush=True)
         if ensemble:
@@ -282,7 +289,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
         model = build_serving_model(networks, o.image_size, o.normalization,
                                     o.spacing_mm or None, tta=decision["tta"],
                                     largest_region=decision["largest_region"],
-                                    roi=decision["roi"])
+                                    roi=decision["roi"], convex_hull=decision["convex_hull"])
 
         def keras_run(raw, pixel_spacing):
             raw, spacing = check_inputs(raw, pixel_spacing)
@@ -321,26 +328,28 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
     return card
 
 
-def _decide(run: Run, trial_id: str, tta: str | None,
-            largest_region: bool | None, roi: str | None) -> dict[str, Any]:
-    """The field of view, test-time augmentation and largest-region setting to export,
+def _decide(run: Run, trial_id: str, tta: str | None, largest_region: bool | None,
+            roi: str | None, convex_hull: bool | None) -> dict[str, Any]:
+    """The field of view, test-time augmentation and post-processing to export,
     from the trial's out-of-fold predictions (each fold model on the patients it never
     saw).
 
     Returns:
-        The chosen ``roi``, ``tta`` and ``largest_region``, its ``cv_dice``,
+        The chosen ``roi``, ``tta``, ``largest_region`` and ``convex_hull``, its ``cv_dice``,
         ``decided_by`` and the whole ``out_of_fold`` table.
     """
     from lvseg_search.engine.out_of_fold import out_of_fold_decisions
     from lvseg_search.evaluate.decision import TIE, choose
 
     table = out_of_fold_decisions(run, trial_id)
-    chosen = choose(table, tta, largest_region, roi)
+    chosen = choose(table, tta, largest_region, roi, convex_hull)
     forced = [name for name, value in (("--roi", roi), ("--tta", tta),
-                                       ("--no-largest-region", largest_region))
+                                       ("--no-largest-region", largest_region),
+                                       ("--convex-hull" if convex_hull else "--no-convex-hull",
+                                        convex_hull))
               if value is not None]
     return {"roi": chosen["roi"], "tta": chosen["tta"],
-            "largest_region": chosen["largest_region"],
+            "largest_region": chosen["largest_region"], "convex_hull": chosen["convex_hull"],
             "cv_dice": chosen["cv_dice"],
             "decided_by": (" and ".join(forced) + " (the rest by " if forced else "")
             + f"out-of-fold CV Dice, highest wins, gains under {TIE:g} are ties that go "
@@ -438,13 +447,15 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
         "postprocessing": {
             "roi": decision["roi"], "tta": decision["tta"],
             "largest_region": decision["largest_region"],
+            "convex_hull": decision["convex_hull"],
             "inside": "probabilities averaged over "
                       + {"none": "the image alone", "flips": "the 4 flips of the network "
                          "input", "dihedral": "the 8 flips and 90-degree turns of the "
                          "network input"}[decision["tta"]]
                       + "; mask = "
                       + ("each image's largest 4-connected region of the arg-max"
-                         if decision["largest_region"] else "the arg-max"),
+                         if decision["largest_region"] else "the arg-max")
+                      + (", filled to its convex hull" if decision["convex_hull"] else ""),
             "cv_dice": decision["cv_dice"], "decided_by": decision["decided_by"],
             "out_of_fold": decision["out_of_fold"]},
         "formats": files,

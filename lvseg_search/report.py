@@ -298,16 +298,18 @@ def position_table(scores: list[dict[str, Any]]) -> pd.DataFrame | None:
 
 
 def decision_frame(table: list[dict[str, Any]], chosen: dict[str, Any]) -> pd.DataFrame:
-    """The out-of-fold CV figures of every test-time augmentation and largest-region
+    """The out-of-fold CV figures of every test-time augmentation and post-processing
     setting (``evaluate.decision``), the one ``export`` picks marked."""
+    from lvseg_search.evaluate.decision import CHOICE_KEYS
+
     return pd.DataFrame([{
         "field of view": r["roi"],
         "test-time augmentation": r["tta"],
         "largest region": "yes" if r["largest_region"] else "no",
+        "convex hull": "yes" if r["convex_hull"] else "no",
         "CV Dice": f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}",
         "APD mm": _round(r["apd_mm"], 2), "good contours %": _round(r["good_contours_pct"], 0),
-        "export": "chosen" if (r["roi"], r["tta"], r["largest_region"])
-        == (chosen["roi"], chosen["tta"], chosen["largest_region"]) else ""}
+        "export": "chosen" if all(r[k] == chosen[k] for k in CHOICE_KEYS) else ""}
         for r in table])
 
 
@@ -315,7 +317,7 @@ def best_trial_details(run: Run, trial_id: str, networks: list[Any],
                        validation: list[list[Any]],
                        scores: list[dict[str, Any]]) -> list[tuple[str, str, pd.DataFrame]]:
     """The best trial's out-of-fold breakdowns: Dice by patient and slice position, and
-    the test-time augmentation and largest-region table that ``export`` decides by.
+    the test-time augmentation and post-processing table that ``export`` decides by.
 
     Returns:
         (title, note, table) per section.
@@ -333,12 +335,13 @@ def best_trial_details(run: Run, trial_id: str, networks: list[Any],
                     "expert's LV is larger.", positions))
     table = out_of_fold_decisions(run, trial_id,
                                   lambda: list(zip(networks, validation, strict=True)))
-    out.append((f"Trial {trial_id}: field of view, test-time augmentation and largest "
-                "region",
+    out.append((f"Trial {trial_id}: field of view, test-time augmentation and "
+                "post-processing",
                 "CV Dice of the out-of-fold predictions with each setting; `export` keeps "
                 f"the highest (gains under {TIE:g} count as ties, which go to the cheaper "
                 "setting, or to the field of view cut around the localized LV) unless "
-                "--roi, --tta or --no-largest-region say otherwise. The search ranked "
+                "--roi, --tta, --no-largest-region or --[no-]convex-hull say otherwise. "
+                "The search ranked "
                 "trials with the field of view around the image centre, without test-time "
                 "augmentation, with the largest region.",
                 decision_frame(table, choose(table))))

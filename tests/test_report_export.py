@@ -93,12 +93,12 @@ def test_report_ranks_trials_and_embeds_its_plots(tiny_run, capsys):
         mean = images.loc[images["patient_id"] == pid, "dice"].mean()
         assert f"| {pid} |" in positions and f"{mean:.3f} ({(images['patient_id'] == pid).sum()})" \
             in positions
-    decision = md[md.index("test-time augmentation and largest region"):].split("\n\n")[2]
+    decision = md[md.index("test-time augmentation and post-processing"):].split("\n\n")[2]
     rows = [r for r in decision.splitlines()[2:]]
-    assert len(rows) == 12 and sum("chosen" in r for r in rows) == 1
-    searched = next(r for r in rows if r.startswith("| centre | none | yes |"))
+    assert len(rows) == 18 and sum("chosen" in r for r in rows) == 1
+    searched = next(r for r in rows if r.startswith("| centre | none | yes | no |"))
     assert f"{table['cv_dice'][0]:.4f}"[:5] in searched
-    assert "Dice by patient and slice position" in page and "largest region" in page
+    assert "Dice by patient and slice position" in page and "convex hull" in page
 
 
 def test_report_on_an_interrupted_search_ranks_what_is_complete(tiny_run, tmp_path):
@@ -161,10 +161,11 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
 
     post = card["postprocessing"]
     table = post["out_of_fold"]
-    assert len(table) == 12 and post["decided_by"].startswith("out-of-fold CV Dice")
+    # 2 fields of view x 3 test-time augmentations x (arg-max, largest region, its hull).
+    assert len(table) == 18 and post["decided_by"].startswith("out-of-fold CV Dice")
     assert {r["roi"] for r in table} == {"centre", "localized"}
-    searched = next(r for r in table
-                    if r["roi"] == "centre" and r["tta"] == "none" and r["largest_region"])
+    searched = next(r for r in table if r["roi"] == "centre" and r["tta"] == "none"
+                    and r["largest_region"] and not r["convex_hull"])
     assert searched["cv_dice"] == pytest.approx(card["cross_validation"]["dice_mean"],
                                                 abs=1e-4)
     assert post["cv_dice"] >= max(r["cv_dice"] for r in table) - TIE
@@ -406,6 +407,36 @@ def test_export_refuses_an_unknown_trial_and_writes_nothing(tiny_run, tmp_path, 
     assert "--trial: 9999" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
     assert not list(tmp_path.glob(".m.*"))
+
+
+def test_export_convex_hull_forced_on_or_refused_without_the_largest_region(
+        tiny_run, tmp_path, capsys):
+    from lvseg_search.export import export
+    from lvseg_search.model.postprocess import fill_convex_hulls
+
+    card = export(tiny_run, tmp_path / "model", ensemble=True, onnx=False, verbose=False,
+                  convex_hull=True)
+    post = card["postprocessing"]
+    assert post["largest_region"] is True and post["convex_hull"] is True
+    assert "convex hull" in post["inside"] and post["decided_by"].startswith("--convex-hull")
+    assert post["cv_dice"] == next(r["cv_dice"] for r in post["out_of_fold"]
+                                   if r["convex_hull"] and r["tta"] == post["tta"]
+                                   and r["roi"] == post["roi"])
+    # Every format was checked against the Keras model, whose masks are filled hulls.
+    assert all(r["mask_mismatch_pixels"] == 0 for r in card["parity_max_abs_diff"].values())
+    import keras
+
+    model = keras.models.load_model(tmp_path / "model" / "model.keras")
+    raw = (np.random.default_rng(0).integers(0, 1000, (2, 48, 40))).astype(np.int16)
+    masks = np.asarray(model({"raw": raw, "pixel_spacing_mm": np.ones((2, 2), np.float32)})["mask"])
+    np.testing.assert_array_equal(masks, np.stack(fill_convex_hulls(masks)))
+
+    capsys.readouterr()
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "m"), "--convex-hull",
+                 "--no-largest-region"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--convex-hull" in err and "--no-largest-region" in err
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
 
 
 def test_trials_are_found_by_id_as_written_or_as_a_number(tiny_run):

@@ -22,7 +22,7 @@ from lvseg_search.engine.run import Run
 
 FILE = "out_of_fold.json"
 # Bumped when the table's rows or their computation change, which retires kept tables.
-FORMAT = 1
+FORMAT = 2  # 2: convex-hull rows
 
 
 def _digest(run: Run, trial_id: str, rois: Sequence[str], modes: Sequence[str]) -> str:
@@ -46,7 +46,7 @@ def out_of_fold_decisions(run: Run, trial_id: str,
                           folds: Callable[[], Sequence[tuple[Any, Any]]] | None = None
                           ) -> list[dict[str, Any]]:
     """The trial's out-of-fold table of every field of view, test-time augmentation and
-    largest-region setting: the kept one when its digest matches, else computed and kept.
+    post-processing: the kept one when its digest matches, else computed and kept.
 
     Args:
         run: The search.

@@ -1,15 +1,16 @@
-"""Test-time augmentation, largest-region post-processing and where the field of view
-is cut, decided by cross-validation.
+"""Test-time augmentation, largest-region and convex-hull post-processing and where the
+field of view is cut, decided by cross-validation.
 
-Whether averaging over flipped copies or keeping only the largest region helps depends
-on the network and the data, so neither is assumed: each patient is predicted by the
-fold model that never saw it (out-of-fold, as nnU-Net decides its post-processing), and
-the CV Dice of every setting is computed the way the search computes a trial's (mean
-over folds of the mean per-image Dice of the masks as delivered). The setting with the
-highest CV Dice is kept; a gain below :data:`TIE` counts as none, and ties go to the
-cheaper setting, except that a field of view cut around the localized LV wins a tie with
-one cut around the image centre: it also holds for hearts far from the centre, which
-the patients of a cross-validation may not show.
+Whether averaging over flipped copies, keeping only the largest region or filling it to
+its convex hull helps depends on the network and the data (the hull, on whether the
+experts drew the papillary muscles inside the contour), so none is assumed: each
+patient is predicted by the fold model that never saw it (out-of-fold, as nnU-Net
+decides its post-processing), and the CV Dice of every setting is computed the way the
+search computes a trial's (mean over folds of the mean per-image Dice of the masks as
+delivered). The setting with the highest CV Dice is kept; a gain below :data:`TIE`
+counts as none, and ties go to the cheaper setting, except that a field of view cut
+around the localized LV wins a tie with one cut around the image centre: it also holds
+for hearts far from the centre, which the patients of a cross-validation may not show.
 """
 
 from __future__ import annotations
@@ -21,28 +22,33 @@ from typing import Any
 import numpy as np
 
 from lvseg_search.evaluate.scoring import PatientImages, score_predictions, segment
-from lvseg_search.model.postprocess import keep_largest_regions
+from lvseg_search.model.postprocess import fill_convex_hulls, keep_largest_regions
 from lvseg_search.model.serving import ROI_MODES, make_predictor
 from lvseg_search.model.tta import TTA_MODES
 
 # A CV Dice gain smaller than this is within the noise of a few patients' folds: the
 # cheaper setting is kept.
 TIE = 1e-3
+# Post-processing steps tried: (largest region, convex hull of it). The hull of several
+# regions would bridge them, so it comes only after the largest region.
+POSTPROCESSING = ((False, False), (True, False), (True, True))
+# What names a setting (a row of the table).
+CHOICE_KEYS = ("roi", "tta", "largest_region", "convex_hull")
 
 
-def _cost(row: dict[str, Any]) -> tuple[int, int, bool]:
+def _cost(row: dict[str, Any]) -> tuple[int, int, bool, bool]:
     """Order of preference among tied settings: fewer views, a localized field of view,
-    no post-processing."""
+    less post-processing."""
     return (TTA_MODES.index(row["tta"]), -ROI_MODES.index(row["roi"]),
-            bool(row["largest_region"]))
+            bool(row["largest_region"]), bool(row["convex_hull"]))
 
 
 def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], image_size: int,
                       normalization: str, spacing_mm: float | None,
                       modes: Sequence[str] = TTA_MODES,
                       rois: Sequence[str] = ("centre",)) -> list[dict[str, Any]]:
-    """CV figures of every test-time augmentation with and without largest region, for
-    each way of cutting the field of view.
+    """CV figures of every test-time augmentation with each post-processing
+    (:data:`POSTPROCESSING`), for each way of cutting the field of view.
 
     Args:
         folds: Per fold, its network and the validation patients it never trained on.
@@ -55,7 +61,7 @@ def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], imag
 
     Returns:
         One row per setting, preferred first: ``roi``, ``tta``, ``largest_region``,
-        ``cv_dice``
+        ``convex_hull``, ``cv_dice``
         (mean over folds), ``cv_dice_std``, ``dice_per_fold``, ``apd_mm``,
         ``good_contours_pct`` (means over folds).
     """
@@ -67,14 +73,17 @@ def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], imag
                                      tta=mode, roi=roi)
             per_fold.append([segment(predict, p.images, p.spacing_mm,
                                      largest_region=False)[1] for p in patients])
-        for largest in (False, True):
+        for largest, hull in POSTPROCESSING:
             summaries = []
             for masks, (_, patients) in zip(per_fold, folds, strict=True):
                 if largest:
                     masks = [keep_largest_regions(m) for m in masks]
+                if hull:
+                    masks = [fill_convex_hulls(m) for m in masks]
                 summaries.append(score_predictions(masks, patients)[1])
             dice = np.array([s["dice"] for s in summaries])
             rows.append({"roi": roi, "tta": mode, "largest_region": largest,
+                         "convex_hull": hull,
                          "cv_dice": float(dice.mean()), "cv_dice_std": float(dice.std()),
                          "dice_per_fold": [float(d) for d in dice],
                          "apd_mm": _mean(s["apd_mm"] for s in summaries),
@@ -89,7 +98,8 @@ def _mean(values) -> float:
 
 
 def choose(table: Sequence[dict[str, Any]], tta: str | None = None,
-           largest_region: bool | None = None, roi: str | None = None) -> dict[str, Any]:
+           largest_region: bool | None = None, roi: str | None = None,
+           convex_hull: bool | None = None) -> dict[str, Any]:
     """The setting to export: the highest CV Dice, the preferred one of those within
     :data:`TIE` of it, among the settings the user left open.
 
@@ -98,6 +108,7 @@ def choose(table: Sequence[dict[str, Any]], tta: str | None = None,
         tta: Force this test-time augmentation (None: decided here).
         largest_region: Force largest-region post-processing on or off (None: decided).
         roi: Force this field of view (None: decided).
+        convex_hull: Force convex-hull filling on or off (None: decided).
 
     Returns:
         The chosen row.
@@ -107,21 +118,24 @@ def choose(table: Sequence[dict[str, Any]], tta: str | None = None,
     """
     open_rows = [r for r in table if (tta is None or r["tta"] == tta)
                  and (largest_region is None or r["largest_region"] == largest_region)
-                 and (roi is None or r["roi"] == roi)]
+                 and (roi is None or r["roi"] == roi)
+                 and (convex_hull is None or r["convex_hull"] == convex_hull)]
     if not open_rows:
         raise ValueError(f"no out-of-fold figures for roi={roi}, tta={tta}, "
-                         f"largest_region={largest_region}")
+                         f"largest_region={largest_region}, convex_hull={convex_hull}")
     best = max(r["cv_dice"] for r in open_rows)
     return min((r for r in open_rows if r["cv_dice"] >= best - TIE), key=_cost)
 
 
 def table_text(table: Sequence[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
     """The table as aligned text lines, the chosen row marked."""
-    lines = ["roi        tta       largest region  CV Dice          APD mm  good contours"]
+    lines = ["roi        tta       largest region  convex hull  CV Dice          APD mm  "
+             "good contours"]
     for r in table:
         mark = "  <- chosen" if chosen is not None and _cost(r) == _cost(chosen) else ""
         lines.append(f"{r['roi']:<10} {r['tta']:<9} "
                      f"{'yes' if r['largest_region'] else 'no':<15} "
+                     f"{'yes' if r['convex_hull'] else 'no':<12} "
                      f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}  {r['apd_mm']:6.2f}  "
                      f"{r['good_contours_pct']:5.1f}%{mark}")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
+from lvseg_search.model.postprocess import HULL_TOLERANCE, hull_directions
 from lvseg_search.model.resample import from_grid, to_grid
 from lvseg_search.model.tta import AugmentedViews, AverageViews
 
@@ -313,6 +314,45 @@ class LargestRegion(layers.Layer):
         return binary_shape
 
 
+def convex_hull(binary):
+    """Each image's convex hull of binary masks ``[B, H, W]``, as uint8; see
+    :class:`ConvexHull`."""
+    shape = ops.shape(binary)
+    rows = ops.cast(ops.arange(shape[1]), "float32")[None, :, None]
+    cols = ops.cast(ops.arange(shape[2]), "float32")[None, None, :]
+    inside = ops.greater(binary, 0)
+    big = ops.convert_to_tensor(3.0e38, "float32")
+    keep = inside
+    # One direction at a time (unrolled): [B, H, W] at a time instead of [B, H, W, D].
+    for dr, dc in hull_directions().tolist():
+        proj = rows * dr + cols * dc  # [1, H, W], as postprocess.convex_hull rounds it
+        low = ops.min(ops.where(inside, proj, big), axis=(1, 2), keepdims=True)
+        high = ops.max(ops.where(inside, proj, -big), axis=(1, 2), keepdims=True)
+        # An empty mask has low > high, so its hull stays empty.
+        within = ops.logical_and(ops.greater_equal(proj, low - HULL_TOLERANCE),
+                                 ops.less_equal(proj, high + HULL_TOLERANCE))
+        keep = within if keep is inside else ops.logical_and(keep, within)
+    return ops.cast(keep, "uint8")
+
+
+@keras.saving.register_keras_serializable(package="lvseg_search")
+class ConvexHull(layers.Layer):
+    """Fills each image's mask ``[B, H, W]`` (uint8) to its convex hull:
+    ``postprocess.convex_hull`` inside the graph (tested equal), as the intersection of
+    the mask's extents along ``postprocess.HULL_DIRECTIONS`` directions.
+
+    Written by hand: neither Keras nor TensorFlow has a convex-hull op; reductions and
+    comparisons convert to every exported format. Meant after :class:`LargestRegion`
+    (the hull of several regions would bridge them).
+    """
+
+    def call(self, binary):
+        return convex_hull(binary)
+
+    def compute_output_shape(self, binary_shape):
+        return binary_shape
+
+
 RAW = "raw"
 SPACING = "pixel_spacing_mm"
 
@@ -331,7 +371,8 @@ def _check_roi(roi: str, spacing_mm: float | None) -> None:
 def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                         normalization: str, spacing_mm: float | None,
                         class_id: int = 1, tta: str = "none",
-                        largest_region: bool = True, roi: str = "centre") -> keras.Model:
+                        largest_region: bool = True, roi: str = "centre",
+                        convex_hull: bool = False) -> keras.Model:
     """Wraps trained networks into the deployable model (serving contract 2).
 
     Args:
@@ -349,15 +390,21 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
             ``localized``: around the LV found by :data:`LOCALIZE_PASSES` earlier passes
             of the same networks, each re-centred on the LV of the one before
             (:class:`LocateLV`).
+        convex_hull: Fill the largest region to its convex hull (:class:`ConvexHull`;
+            only with ``largest_region``).
 
     Returns:
         A model from ``{"raw": int16 [B, H, W], "pixel_spacing_mm": float32 [B, 2]}`` to
         ``{"probabilities": float32 [B, H, W], "mask": uint8 [B, H, W]}``.
 
     Raises:
-        ValueError: An unknown ``roi``, or ``localized`` without a physical grid.
+        ValueError: An unknown ``roi``, ``localized`` without a physical grid, or
+            ``convex_hull`` without ``largest_region``.
     """
     _check_roi(roi, spacing_mm)
+    if convex_hull and not largest_region:
+        raise ValueError("convex_hull needs largest_region: the hull of several regions "
+                         "would bridge them")
     raw = keras.Input((None, None), dtype="int16", name=RAW)
     spacing = keras.Input((2,), dtype="float32", name=SPACING)
     # Uncompiled views of the trained networks (same layers and weights): the saved
@@ -389,6 +436,8 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                            dtype="float32")(probs, raw, spacing, centre)
     if largest_region:
         mask = LargestRegion(name="largest_region")(mask)
+    if convex_hull:
+        mask = ConvexHull(name="convex_hull")(mask)
     return keras.Model({RAW: raw, SPACING: spacing}, {"probabilities": lv, "mask": mask},
                        name="lvseg")
 

@@ -1,14 +1,22 @@
-"""Test-time augmentation and largest region, decided on out-of-fold predictions."""
+"""Test-time augmentation, largest region and convex hull, decided on out-of-fold
+predictions."""
 
 import numpy as np
 import pytest
 
-from lvseg_search.evaluate.decision import TIE, choose, out_of_fold_table, table_text
+from lvseg_search.evaluate.decision import (
+    POSTPROCESSING,
+    TIE,
+    choose,
+    out_of_fold_table,
+    table_text,
+)
 from lvseg_search.evaluate.scoring import PatientImages
 
 
-def _patient(pid: str, seed: int, n: int = 3) -> PatientImages:
-    """Slices with a bright LV disk and a smaller bright blob that is not LV."""
+def _patient(pid: str, seed: int, n: int = 3, notch: bool = False) -> PatientImages:
+    """Slices with a bright LV disk and a smaller bright blob that is not LV; with
+    ``notch``, a dark papillary muscle at the disk's edge that the expert's LV includes."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:40, :40]
     images, masks = [], []
@@ -16,7 +24,10 @@ def _patient(pid: str, seed: int, n: int = 3) -> PatientImages:
         cy, cx = 20 + rng.integers(-3, 4), 20 + rng.integers(-3, 4)
         disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= (7 + i) ** 2
         blob = (yy - 5) ** 2 + (xx - 34) ** 2 <= 16
-        image = 100 + rng.normal(0, 5, (40, 40)) + 900 * (disk | blob)
+        bright = disk | blob
+        if notch:
+            bright &= ~((abs(yy - cy) <= 1) & (xx >= cx + 3))
+        image = 100 + rng.normal(0, 5, (40, 40)) + 900 * bright
         images.append(image.astype(np.int16))
         masks.append(disk.astype(np.uint8))
     return PatientImages(pid, np.stack(images), np.stack(masks), np.ones((n, 2)),
@@ -38,9 +49,9 @@ def test_largest_region_is_kept_when_it_helps_and_tta_that_changes_nothing_is_no
     net = _pixelwise_network()
     folds = [(net, [_patient("A", 0)]), (net, [_patient("B", 1)])]
     table = out_of_fold_table(folds, 40, "zscore", 1.0)
-    assert [(r["tta"], r["largest_region"]) for r in table] == [
-        (m, lr) for m in ("none", "flips", "dihedral") for lr in (False, True)]
-    by = {(r["tta"], r["largest_region"]): r for r in table}
+    assert [(r["tta"], r["largest_region"], r["convex_hull"]) for r in table] == [
+        (m, lr, hull) for m in ("none", "flips", "dihedral") for lr, hull in POSTPROCESSING]
+    by = {(r["tta"], r["largest_region"]): r for r in table if not r["convex_hull"]}
     # The blob costs Dice without the largest region; with it every slice is right.
     assert by["none", True]["cv_dice"] > by["none", False]["cv_dice"] + 0.05
     assert by["none", True]["cv_dice"] > 0.95
@@ -49,18 +60,33 @@ def test_largest_region_is_kept_when_it_helps_and_tta_that_changes_nothing_is_no
     for lr in (False, True):
         assert by["dihedral", lr]["cv_dice"] == pytest.approx(by["none", lr]["cv_dice"],
                                                                abs=1e-6)
+    # The disks are convex already: the hull adds nothing, so the cheaper setting wins.
     chosen = choose(table)
-    assert (chosen["tta"], chosen["largest_region"]) == ("none", True)
+    assert (chosen["tta"], chosen["largest_region"], chosen["convex_hull"]) == (
+        "none", True, False)
     # Forced settings: only the open choice is decided.
     forced = choose(table, largest_region=False)
-    assert (forced["tta"], forced["largest_region"]) == ("none", False)
+    assert (forced["tta"], forced["largest_region"], forced["convex_hull"]) == (
+        "none", False, False)
     assert choose(table, tta="dihedral")["largest_region"] is True
+    assert choose(table, convex_hull=True)["largest_region"] is True
     assert "<- chosen" in table_text(table, chosen).splitlines()[2]
 
 
-def _row(tta, lr, dice):
-    return {"roi": "centre", "tta": tta, "largest_region": lr, "cv_dice": dice, "cv_dice_std": 0.0,
-            "apd_mm": 1.0, "good_contours_pct": 90.0}
+def test_the_convex_hull_is_kept_when_the_expert_drew_the_papillary_muscle_inside():
+    net = _pixelwise_network()
+    folds = [(net, [_patient("A", 0, notch=True)]), (net, [_patient("B", 1, notch=True)])]
+    table = out_of_fold_table(folds, 40, "zscore", 1.0, modes=("none",))
+    by = {(r["largest_region"], r["convex_hull"]): r["cv_dice"] for r in table}
+    assert by[True, True] > by[True, False] + 0.02
+    chosen = choose(table)
+    assert (chosen["largest_region"], chosen["convex_hull"]) == (True, True)
+    assert choose(table, convex_hull=False)["convex_hull"] is False
+
+
+def _row(tta, lr, dice, hull=False):
+    return {"roi": "centre", "tta": tta, "largest_region": lr, "convex_hull": hull,
+            "cv_dice": dice, "cv_dice_std": 0.0, "apd_mm": 1.0, "good_contours_pct": 90.0}
 
 
 def test_a_gain_below_the_tie_goes_to_the_cheaper_setting():
@@ -73,6 +99,11 @@ def test_a_gain_below_the_tie_goes_to_the_cheaper_setting():
     assert (choose(table)["tta"], choose(table)["largest_region"]) == ("none", False)
     with pytest.raises(ValueError, match="no out-of-fold figures"):
         choose([r for r in table if r["tta"] == "none"], tta="flips")
+    # The hull is one step more than the largest region alone: a tie keeps it out.
+    rows = [_row("none", True, base), _row("none", True, base + 0.9 * TIE, hull=True)]
+    assert choose(rows)["convex_hull"] is False
+    rows[1]["cv_dice"] = base + 2 * TIE
+    assert choose(rows)["convex_hull"] is True
 
 
 def test_a_localized_field_of_view_wins_a_tie_and_loses_to_a_real_gain():

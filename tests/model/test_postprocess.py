@@ -1,4 +1,5 @@
-"""Post-processing: the delivered LV mask is the network's largest connected region."""
+"""Post-processing: the delivered LV mask is the network's largest connected region,
+optionally filled to its convex hull."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import numpy as np
 
 from lvseg_search.evaluate.measures import contour_mm
 from lvseg_search.evaluate.scoring import segment
-from lvseg_search.model.postprocess import keep_largest_regions, largest_region
+from lvseg_search.model.postprocess import (
+    convex_hull,
+    fill_convex_hulls,
+    keep_largest_regions,
+    largest_region,
+)
 
 
 def _two_regions() -> np.ndarray:
@@ -118,3 +124,69 @@ def _label(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     return ndimage.label(mask)[0]
+
+
+def _notched_disks() -> np.ndarray:
+    """Disks with a notch cut into one side (a papillary muscle left out), an empty mask,
+    one pixel and a one-pixel-wide line."""
+    yy, xx = np.mgrid[:41, :47]
+    masks = np.zeros((6, 41, 47), np.uint8)
+    for k, (cy, cx, r) in enumerate(((20, 23, 12.5), (12, 30, 7.3), (28, 15, 9.8))):
+        masks[k] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        masks[k, cy - 2:cy + 3, cx + 2:] = 0
+    masks[4, 7, 9] = 1
+    masks[5, 33, 4:40] = 1
+    return masks
+
+
+def test_convex_hull_fills_the_notch_and_nothing_beyond_the_disk():
+    masks = _notched_disks()
+    yy, xx = np.mgrid[:41, :47]
+    disk = (yy - 20) ** 2 + (xx - 23) ** 2 <= 12.5 ** 2
+    hull = convex_hull(masks[0])
+    assert hull.dtype == bool and np.all(hull >= masks[0].astype(bool))
+    # The notch is closed up to the chord between its corners; nothing grows past the
+    # disk's own outline.
+    assert hull[18:23, 25:33].all()
+    assert not (hull & ~disk).any()
+    assert not convex_hull(masks[3]).any()
+    np.testing.assert_array_equal(convex_hull(masks[4]), masks[4].astype(bool))
+    np.testing.assert_array_equal(convex_hull(masks[5]), masks[5].astype(bool))
+    assert [m.dtype for m in fill_convex_hulls(masks)] == [np.uint8] * 6
+
+
+def test_convex_hull_layer_equals_the_numpy_post_processing():
+    import keras
+
+    from lvseg_search.model.serving import ConvexHull
+
+    masks = np.concatenate([_notched_disks(), np.stack(keep_largest_regions(
+        np.pad(_masks_for_the_graph(), ((0, 0), (0, 18), (0, 16)))))])
+    expected = np.stack(fill_convex_hulls(masks))
+    eager = np.asarray(ConvexHull()(masks))
+    inp = keras.Input((None, None), dtype="uint8")
+    traced = keras.Model(inp, ConvexHull()(inp)).predict_on_batch(masks)
+    for got in (eager, np.asarray(traced)):
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_serving_model_fills_the_hull_of_its_largest_region_only_when_asked():
+    import keras
+    import pytest
+
+    from lvseg_search.model.serving import build_serving_model
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16, 16, 1))
+    net = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same", activation="softmax")(inp))
+    images = {"raw": np.random.default_rng(1).integers(0, 1000, (3, 37, 29)).astype(np.int16),
+              "pixel_spacing_mm": np.full((3, 2), 0.9, np.float32)}
+    largest = np.asarray(build_serving_model([net], 16, "zscore", 1.0)
+                         .predict_on_batch(images)["mask"])
+    model = build_serving_model([net], 16, "zscore", 1.0, convex_hull=True)
+    hull = np.asarray(model.predict_on_batch(images)["mask"])
+    np.testing.assert_array_equal(hull, np.stack(fill_convex_hulls(largest)))
+    assert (hull.sum() > largest.sum()) and "convex_hull" in [layer.name for layer in model.layers]
+    with pytest.raises(ValueError, match="convex_hull needs largest_region"):
+        build_serving_model([net], 16, "zscore", 1.0, largest_region=False, convex_hull=True)
