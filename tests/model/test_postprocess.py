@@ -87,19 +87,35 @@ def _masks_for_the_graph() -> np.ndarray:
     return masks
 
 
-def test_largest_region_layer_equals_the_scipy_post_processing():
+def _assert_layer_equals(layer_class, reference, masks: np.ndarray) -> None:
+    """A post-processing layer, eager and traced, gives the NumPy reference's masks."""
     import keras
 
-    from lvseg_search.model.serving import LargestRegion
-
-    masks = _masks_for_the_graph()
-    expected = np.stack(keep_largest_regions(masks))
-    eager = np.asarray(LargestRegion()(masks))
+    expected = np.stack(reference(masks))
+    eager = np.asarray(layer_class()(masks))
     inp = keras.Input((None, None), dtype="uint8")
-    traced = keras.Model(inp, LargestRegion()(inp)).predict_on_batch(masks)
+    traced = keras.Model(inp, layer_class()(inp)).predict_on_batch(masks)
     for got in (eager, np.asarray(traced)):
         assert got.dtype == np.uint8
         np.testing.assert_array_equal(got, expected)
+
+
+def test_largest_region_layer_equals_the_scipy_post_processing():
+    from lvseg_search.model.serving import LargestRegion
+
+    _assert_layer_equals(LargestRegion, keep_largest_regions, _masks_for_the_graph())
+
+
+def _tiny_network_and_images():
+    """A random one-layer network on a 16 px grid, and 3 raw images to serve."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16, 16, 1))
+    net = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same", activation="softmax")(inp))
+    images = {"raw": np.random.default_rng(1).integers(0, 1000, (3, 37, 29)).astype(np.int16),
+              "pixel_spacing_mm": np.full((3, 2), 0.9, np.float32)}
+    return net, images
 
 
 def test_serving_model_delivers_the_largest_region_of_its_own_mask():
@@ -107,13 +123,9 @@ def test_serving_model_delivers_the_largest_region_of_its_own_mask():
 
     from lvseg_search.model.serving import build_serving_model
 
-    keras.utils.set_random_seed(3)
-    inp = keras.Input((16, 16, 1))
-    net = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same", activation="softmax")(inp))
+    net, images = _tiny_network_and_images()
     model = build_serving_model([net], 16, "zscore", 1.0)
     raw_mask = keras.Model(model.input, model.get_layer("restore_size").output[1])
-    images = {"raw": np.random.default_rng(1).integers(0, 1000, (3, 37, 29)).astype(np.int16),
-              "pixel_spacing_mm": np.full((3, 2), 0.9, np.float32)}
     before = np.asarray(raw_mask.predict_on_batch(images))
     assert max(len(np.unique(_label(m))) for m in before) > 3  # several regions to drop
     after = np.asarray(model.predict_on_batch(images)["mask"])
@@ -156,32 +168,19 @@ def test_convex_hull_fills_the_notch_and_nothing_beyond_the_disk():
 
 
 def test_convex_hull_layer_equals_the_numpy_post_processing():
-    import keras
-
     from lvseg_search.model.serving import ConvexHull
 
     masks = np.concatenate([_notched_disks(), np.stack(keep_largest_regions(
         np.pad(_masks_for_the_graph(), ((0, 0), (0, 18), (0, 16)))))])
-    expected = np.stack(fill_convex_hulls(masks))
-    eager = np.asarray(ConvexHull()(masks))
-    inp = keras.Input((None, None), dtype="uint8")
-    traced = keras.Model(inp, ConvexHull()(inp)).predict_on_batch(masks)
-    for got in (eager, np.asarray(traced)):
-        assert got.dtype == np.uint8
-        np.testing.assert_array_equal(got, expected)
+    _assert_layer_equals(ConvexHull, fill_convex_hulls, masks)
 
 
 def test_serving_model_fills_the_hull_of_its_largest_region_only_when_asked():
-    import keras
     import pytest
 
     from lvseg_search.model.serving import build_serving_model
 
-    keras.utils.set_random_seed(3)
-    inp = keras.Input((16, 16, 1))
-    net = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same", activation="softmax")(inp))
-    images = {"raw": np.random.default_rng(1).integers(0, 1000, (3, 37, 29)).astype(np.int16),
-              "pixel_spacing_mm": np.full((3, 2), 0.9, np.float32)}
+    net, images = _tiny_network_and_images()
     largest = np.asarray(build_serving_model([net], 16, "zscore", 1.0)
                          .predict_on_batch(images)["mask"])
     model = build_serving_model([net], 16, "zscore", 1.0, convex_hull=True)
