@@ -300,7 +300,7 @@ def position_table(scores: list[dict[str, Any]]) -> pd.DataFrame | None:
 def decision_frame(table: list[dict[str, Any]], chosen: dict[str, Any]) -> pd.DataFrame:
     """The out-of-fold CV figures of every test-time augmentation and post-processing
     setting (``evaluate.decision``), the one ``export`` picks marked."""
-    from lvseg_search.evaluate.decision import CHOICE_KEYS
+    from lvseg_search.evaluate.decision import same_setting
 
     return pd.DataFrame([{
         "field of view": r["roi"],
@@ -309,7 +309,7 @@ def decision_frame(table: list[dict[str, Any]], chosen: dict[str, Any]) -> pd.Da
         "convex hull": "yes" if r["convex_hull"] else "no",
         "CV Dice": f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}",
         "APD mm": _round(r["apd_mm"], 2), "good contours %": _round(r["good_contours_pct"], 0),
-        "export": "chosen" if all(r[k] == chosen[k] for k in CHOICE_KEYS) else ""}
+        "export": "chosen" if same_setting(r, chosen) else ""}
         for r in table])
 
 

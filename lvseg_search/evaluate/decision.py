@@ -36,6 +36,11 @@ POSTPROCESSING = ((False, False), (True, False), (True, True))
 CHOICE_KEYS = ("roi", "tta", "largest_region", "convex_hull")
 
 
+def same_setting(row: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two rows (or a row and a decision) name the same setting."""
+    return all(row[k] == other[k] for k in CHOICE_KEYS)
+
+
 def _cost(row: dict[str, Any]) -> tuple[int, int, bool, bool]:
     """Order of preference among tied settings: fewer views, a localized field of view,
     less post-processing."""
@@ -73,16 +78,15 @@ def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], imag
                                      tta=mode, roi=roi)
             per_fold.append([segment(predict, p.images, p.spacing_mm,
                                      largest_region=False)[1] for p in patients])
-        for largest, hull in POSTPROCESSING:
-            summaries = []
-            for masks, (_, patients) in zip(per_fold, folds, strict=True):
-                if largest:
-                    masks = [keep_largest_regions(m) for m in masks]
-                if hull:
-                    masks = [fill_convex_hulls(m) for m in masks]
-                summaries.append(score_predictions(masks, patients)[1])
+        # Each step works on the one before: the largest regions are found once.
+        largest = [[keep_largest_regions(m) for m in masks] for masks in per_fold]
+        delivered = {(False, False): per_fold, (True, False): largest,
+                     (True, True): [[fill_convex_hulls(m) for m in masks] for masks in largest]}
+        for largest_region, hull in POSTPROCESSING:
+            summaries = [score_predictions(masks, patients)[1] for masks, (_, patients)
+                         in zip(delivered[largest_region, hull], folds, strict=True)]
             dice = np.array([s["dice"] for s in summaries])
-            rows.append({"roi": roi, "tta": mode, "largest_region": largest,
+            rows.append({"roi": roi, "tta": mode, "largest_region": largest_region,
                          "convex_hull": hull,
                          "cv_dice": float(dice.mean()), "cv_dice_std": float(dice.std()),
                          "dice_per_fold": [float(d) for d in dice],
@@ -132,7 +136,7 @@ def table_text(table: Sequence[dict[str, Any]], chosen: dict[str, Any] | None = 
     lines = ["roi        tta       largest region  convex hull  CV Dice          APD mm  "
              "good contours"]
     for r in table:
-        mark = "  <- chosen" if chosen is not None and _cost(r) == _cost(chosen) else ""
+        mark = "  <- chosen" if chosen is not None and same_setting(r, chosen) else ""
         lines.append(f"{r['roi']:<10} {r['tta']:<9} "
                      f"{'yes' if r['largest_region'] else 'no':<15} "
                      f"{'yes' if r['convex_hull'] else 'no':<12} "

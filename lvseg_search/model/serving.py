@@ -322,7 +322,7 @@ def convex_hull(binary):
     cols = ops.cast(ops.arange(shape[2]), "float32")[None, None, :]
     inside = ops.greater(binary, 0)
     big = ops.convert_to_tensor(3.0e38, "float32")
-    keep = inside
+    keep = None
     # One direction at a time (unrolled): [B, H, W] at a time instead of [B, H, W, D].
     for dr, dc in hull_directions().tolist():
         proj = rows * dr + cols * dc  # [1, H, W], as postprocess.convex_hull rounds it
@@ -331,7 +331,7 @@ def convex_hull(binary):
         # An empty mask has low > high, so its hull stays empty.
         within = ops.logical_and(ops.greater_equal(proj, low - HULL_TOLERANCE),
                                  ops.less_equal(proj, high + HULL_TOLERANCE))
-        keep = within if keep is inside else ops.logical_and(keep, within)
+        keep = within if keep is None else ops.logical_and(keep, within)
     return ops.cast(keep, "uint8")
 
 
