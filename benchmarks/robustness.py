@@ -8,13 +8,17 @@ non-square matrix (256 x 200 from 256 x 256, same spacing), and translated so th
 LV's centre lies 20 and 40 mm from the image centre (a heart off the centre of the
 image, as planners often leave it). Each condition is run with the network's field of
 view cut around the image centre (``roi = centre``) and cut again around the LV that a
-first, centred pass of the same network found (``localized``).
+first, centred pass of the same network found (``localized``). ``--tta`` and
+``--convex-hull`` score the test-time augmentation and post-processing that ``export``
+chose for the run (its model card's ``postprocessing``), so that the figures are those of
+the model a user deploys; by default, the search's own setting (neither).
 
 The test images are made with SciPy (``ndimage.affine_transform``), apart from the
 package's own resampling: images bilinear, after a Gaussian prefilter when the anatomy
 shrinks (a coarser acquisition); masks as one-hot maps, then arg-max.
 
     python benchmarks/robustness.py results/real [--scales 0.6 0.75 1.5 2] [--shifts 20 40]
+        [--tta none|flips|dihedral] [--convex-hull]
 """
 
 from __future__ import annotations
@@ -105,11 +109,16 @@ def main() -> None:
     parser.add_argument("--roi", nargs="+", default=["centre", "localized"],
                         choices=["centre", "localized"])
     parser.add_argument("--trial", help="trial id (default: the best)")
+    parser.add_argument("--tta", default="none", choices=["none", "flips", "dihedral"],
+                        help="test-time augmentation (as export's --tta)")
+    parser.add_argument("--convex-hull", action="store_true",
+                        help="fill each largest region to its convex hull (as export's)")
     args = parser.parse_args()
 
     from lvseg_search.engine.run import best_trial, find_trial, load_run
     from lvseg_search.evaluate.measures import dice
     from lvseg_search.evaluate.scoring import load_patients, segment
+    from lvseg_search.model.postprocess import fill_convex_hulls
     from lvseg_search.model.serving import make_predictor
 
     start = time.perf_counter()
@@ -122,7 +131,8 @@ def main() -> None:
     for k in range(run.n_folds):
         network = run.fold_network(trial.trial_id, k)
         predictors = {roi: make_predictor([network], o.image_size, o.normalization,
-                                          o.spacing_mm or None, roi=roi) for roi in rois}
+                                          o.spacing_mm or None, tta=args.tta, roi=roi)
+                      for roi in rois}
         for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
             for name, change in tests:
                 changed = [change(im, m, sp) for im, m, sp in
@@ -131,11 +141,14 @@ def main() -> None:
                 spacing = [c[2] for c in changed]
                 for roi, predict in predictors.items():
                     _, pred = segment(predict, images, spacing)
+                    if args.convex_hull:
+                        pred = fill_convex_hulls(pred)
                     scores[roi, name][patient.patient_id] = [
                         dice(p.astype(bool), c[1] == 1)
                         for p, c in zip(pred, changed, strict=True)]
     patients = list(next(iter(scores.values())))
-    print(f"\n{run.path.name}: trial {trial.trial_id}, network input {o.grid_text()}")
+    print(f"\n{run.path.name}: trial {trial.trial_id}, network input {o.grid_text()}, "
+          f"tta {args.tta}, convex hull {'yes' if args.convex_hull else 'no'}")
     print("mean per-image Dice of each held-out patient (its fold's model), delivered masks")
     for roi in rois:
         print(f"\nroi = {roi}")
