@@ -127,6 +127,38 @@ def arm_trials(run_dir: Path) -> list[dict]:
     return rows
 
 
+# What an arm is and how much it runs: the only options in which arms may differ.
+ARM_OPTIONS = {"oracle", "max_trials", "max_epochs", "min_epochs", "factor",
+               "hyperband_iterations", "include_default", "space", "space_digest", "data"}
+
+
+def unlike_arms(out: Path, arms: list[str]) -> list[str]:
+    """How the arms' trials trained differently, one line per option (none: comparable).
+
+    Arms resumed or added later may have run with other code or another space; their
+    figures then do not compare, and the table must say so rather than rank them. The
+    search arms' hyperparameter domains (their copies of the space) are compared too.
+    """
+    import dataclasses
+    import tomllib
+
+    from lvseg_search.engine.run import load_run
+
+    options = {a: dataclasses.asdict(load_run(out / a).options) for a in arms}
+    lines = []
+    for key in sorted(set().union(*options.values()) - ARM_OPTIONS):
+        values = {a: options[a].get(key) for a in arms}
+        if len({repr(v) for v in values.values()}) > 1:
+            lines.append(f"- {key}: " + ", ".join(f"{a} {v}" for a, v in values.items()))
+    domains = {a: tomllib.loads((out / a / "space.toml").read_text()).get("hyperparameters")
+               for a in arms if not a.startswith("fixed") and (out / a / "space.toml").is_file()}
+    if len({repr(d) for d in domains.values()}) > 1:
+        lines.append("- hyperparameter domains differ: " + ", ".join(
+            "/".join(a for a in domains if domains[a] == d)
+            for d in {repr(d): d for d in domains.values()}.values()))
+    return lines
+
+
 def best_curve(trials: list[dict]) -> list[tuple[int, float]]:
     """(cumulative epochs, best CV Dice so far) after each trial."""
     curve, total, best = [], 0, -math.inf
@@ -187,6 +219,10 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
         within = f"{best_at(curve, hb_total):.3f}" if hb_total else "-"
         lines.append(f"| {arm} | {len(arms[arm])} | {curve[-1][0] if curve else 0} | "
                      f"{curve[-1][1]:.3f} | {within} | {wall} |")
+    unlike = unlike_arms(out, list(arms))
+    if unlike:
+        lines += ["", "**Not comparable**: the arms did not train alike (resumed or run with "
+                  "other code or space); rerun the odd ones into a fresh folder:", *unlike]
     if curves.get("hyperband") and curves.get("random"):
         r_total, r_best = curves["random"][-1]
         need = epochs_to_reach(curves["hyperband"], r_best - TARGET_GAP)
@@ -230,14 +266,19 @@ def plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    # Steps and scatters draw from separate colour cycles; one colour per arm keeps a
+    # fixed arm from wearing a search's colour.
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for arm, curve in curves.items():
         points = [(e, b) for e, b in curve if b > -math.inf]
         if not points:
             continue
+        colour = colours[ARMS.index(arm) % len(colours)]
         if arm.startswith("fixed"):
-            ax.scatter(*zip(*points, strict=True), label=arm, marker="x", zorder=3)
+            ax.scatter(*zip(*points, strict=True), label=arm, marker="x", zorder=3,
+                       color=colour)
         else:
-            ax.step(*zip(*points, strict=True), where="post", label=arm)
+            ax.step(*zip(*points, strict=True), where="post", label=arm, color=colour)
     ax.set_xlabel("cumulative training epochs (each over every fold)")
     ax.set_ylabel("best CV Dice so far (delivered masks)")
     ax.grid(alpha=0.3)
