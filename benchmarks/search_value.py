@@ -152,10 +152,12 @@ def unlike_arms(out: Path, arms: list[str]) -> list[str]:
             lines.append(f"- {key}: " + ", ".join(f"{a} {v}" for a, v in values.items()))
     domains = {a: tomllib.loads((out / a / "space.toml").read_text()).get("hyperparameters")
                for a in arms if not a.startswith("fixed") and (out / a / "space.toml").is_file()}
-    if len({repr(d) for d in domains.values()}) > 1:
-        lines.append("- hyperparameter domains differ: " + ", ".join(
-            "/".join(a for a in domains if domains[a] == d)
-            for d in {repr(d): d for d in domains.values()}.values()))
+    alike: dict[str, list[str]] = {}
+    for a, domain in domains.items():
+        alike.setdefault(repr(domain), []).append(a)
+    if len(alike) > 1:
+        lines.append("- hyperparameter domains differ between "
+                     + " and ".join("/".join(group) for group in alike.values()))
     return lines
 
 
