@@ -244,7 +244,7 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
     if merged["min_epochs"] is None:
         # Shorter first rungs ranked trials no better than chance on the real subset
         # (Spearman with the final score -0.27 after 1 epoch of 18, 0.81 after 6 over 10
-        # trials; -0.15 and 0.73 over 16: benchmarks/search_value.py), so the brackets
+        # trials; 0.04 and 0.69 over 16: benchmarks/search_value.py), so the brackets
         # that start below it are left out unless asked for.
         merged["min_epochs"] = math.ceil(merged["max_epochs"] / merged["factor"])
     if not 1 <= merged["min_epochs"] <= merged["max_epochs"]:
