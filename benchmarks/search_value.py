@@ -102,12 +102,10 @@ def run_arm(arm: str, args: argparse.Namespace, data: Path, out: Path) -> float:
     return seconds
 
 
-def arm_trials(run_dir: Path) -> list[dict]:
-    """An arm's trials in the order they ran: epochs trained, final score (None when
-    failed), and for trials trained from scratch each fold's per-epoch validation Dice."""
-    from lvseg_search.engine.run import load_run
-
-    run = load_run(run_dir)
+def arm_trials(run) -> list[dict]:
+    """An arm's trials (its loaded run folder) in the order they ran: epochs trained,
+    final score (None when failed), and for trials trained from scratch each fold's
+    per-epoch validation Dice."""
     rows = []
     for tid, t in sorted(run.trials.items(), key=lambda kv: int(kv[0])):
         hp = t.hyperparameters.values
@@ -132,29 +130,30 @@ ARM_OPTIONS = {"oracle", "max_trials", "max_epochs", "min_epochs", "factor",
                "hyperband_iterations", "include_default", "space", "space_digest", "data"}
 
 
-def unlike_arms(out: Path, arms: list[str]) -> list[str]:
+def unlike_arms(runs: dict) -> list[str]:
     """How the arms' trials trained differently, one line per option (none: comparable).
 
     Arms resumed or added later may have run with other code or another space; their
     figures then do not compare, and the table must say so rather than rank them. The
     search arms' hyperparameter domains (their copies of the space) are compared too.
+
+    Args:
+        runs: Each arm's loaded run folder.
     """
     import dataclasses
-    import tomllib
 
-    from lvseg_search.engine.run import load_run
+    from lvseg_search.model.space import load_space
 
-    options = {a: dataclasses.asdict(load_run(out / a).options) for a in arms}
+    options = {a: dataclasses.asdict(run.options) for a, run in runs.items()}
     lines = []
     for key in sorted(set().union(*options.values()) - ARM_OPTIONS):
-        values = {a: options[a].get(key) for a in arms}
+        values = {a: options[a].get(key) for a in runs}
         if len({repr(v) for v in values.values()}) > 1:
             lines.append(f"- {key}: " + ", ".join(f"{a} {v}" for a, v in values.items()))
-    domains = {a: tomllib.loads((out / a / "space.toml").read_text()).get("hyperparameters")
-               for a in arms if not a.startswith("fixed") and (out / a / "space.toml").is_file()}
     alike: dict[str, list[str]] = {}
-    for a, domain in domains.items():
-        alike.setdefault(repr(domain), []).append(a)
+    for a, run in runs.items():
+        if not a.startswith("fixed") and (run.path / "space.toml").is_file():
+            alike.setdefault(repr(load_space(run.path / "space.toml").params), []).append(a)
     if len(alike) > 1:
         lines.append("- hyperparameter domains differ between "
                      + " and ".join("/".join(group) for group in alike.values()))
@@ -210,7 +209,10 @@ def rung_signal(trials: list[dict], max_epochs: int) -> list[dict]:
 
 def report(out: Path, max_epochs: int, factor: int = 3) -> str:
     """The tables (markdown) and ``out/search_value.png`` from the arms found in ``out``."""
-    arms = {a: arm_trials(out / a) for a in ARMS if (out / a / "search.json").is_file()}
+    from lvseg_search.engine.run import load_run
+
+    runs = {a: load_run(out / a) for a in ARMS if (out / a / "search.json").is_file()}
+    arms = {a: arm_trials(run) for a, run in runs.items()}
     curves = {a: best_curve(t) for a, t in arms.items()}
     lines = ["| arm | trials | epochs | best CV Dice | best within Hyperband's epochs | wall |",
              "|---|---|---|---|---|---|"]
@@ -221,7 +223,7 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
         within = f"{best_at(curve, hb_total):.3f}" if hb_total else "-"
         lines.append(f"| {arm} | {len(arms[arm])} | {curve[-1][0] if curve else 0} | "
                      f"{curve[-1][1]:.3f} | {within} | {wall} |")
-    unlike = unlike_arms(out, list(arms))
+    unlike = unlike_arms(runs)
     if unlike:
         lines += ["", "**Not comparable**: the arms did not train alike (resumed or run with "
                   "other code or space); rerun the odd ones into a fresh folder:", *unlike]
