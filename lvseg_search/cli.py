@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the best out-of-fold CV Dice)")
     p.add_argument("--roi", choices=("centre", "localized"),
                    help="cut the network's field of view around the image centre or around "
-                        "the LV a first, centred pass of the network finds (default: by "
+                        "the LV a first pass finds (once per study in predict; default: by "
                         "out-of-fold CV Dice; localized on a tie)")
     p.add_argument("--no-largest-region", action="store_true",
                    help="deliver the arg-max mask as it is (default: keep only the largest "

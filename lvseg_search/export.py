@@ -27,9 +27,12 @@ from lvseg_search.engine.run import SEARCH_FILE, Run, best_trial, find_trial, lo
 from lvseg_search.engine.trial_score import scored_epoch
 from lvseg_search.errors import UserError
 from lvseg_search.model.formats import (
+    AT_CENTRE,
     KERAS_FILE,
     ONNX_FILE,
+    ROI_CENTRE,
     SAVED_MODEL,
+    TFLITE_AT_CENTRE_FILE,
     TFLITE_FILE,
     write_formats,
 )
@@ -90,12 +93,13 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     return inference_network(model), patients, steps
 
 
-def _probe_inputs(patients: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _probe_inputs(patients: list[Any], at_centre: bool = False) -> list[tuple[Any, ...]]:
     """Inputs the formats are compared on: stored images with their spacing (test
     patients, else validation ones), the same at other pixel spacings, and odd-sized,
-    non-square random images of unequal row and column spacing; batches of 1..4."""
+    non-square random images of unequal row and column spacing; batches of 1..4. With
+    ``at_centre``, some also with where to cut each view (NaN rows among them)."""
     rng = np.random.default_rng(0)
-    batches: list[tuple[np.ndarray, np.ndarray]] = []
+    batches: list[tuple[Any, ...]] = []
     for p in patients[:2]:
         if p.images.dtype != object:
             n = min(4, len(p.images))
@@ -103,10 +107,16 @@ def _probe_inputs(patients: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
             batches.append((p.images[:n], spacing))
             batches.append((p.images[:n], spacing * np.float32(0.6)))
             batches.append((p.images[:n], spacing * np.float32(1.7)))
+            if at_centre:
+                centre = rng.uniform(-30, 30, (n, 2)).astype(np.float32)
+                centre[n // 2] = np.nan
+                batches.append((p.images[:n], spacing, centre))
     batches.append((rng.integers(0, 1200, (1, 97, 131)).astype(np.int16),
                     np.array([[1.9, 0.8]], np.float32)))
     batches.append((rng.integers(0, 1200, (2, 180, 120)).astype(np.int16),
                     np.array([[0.7, 0.7], [1.4, 1.2]], np.float32)))
+    if at_centre:
+        batches.append((*batches[-1], np.array([[12.0, -40.0], [np.nan, 5.0]], np.float32)))
     return batches
 
 
@@ -127,16 +137,19 @@ def check_parity(reference, candidates: dict[str, Any],
 
     Args:
         reference: The Keras serving model.
-        candidates: Format name -> function from raw batch to ``{"probabilities", "mask"}``.
-        batches: Raw int16 batches with their pixel spacing.
+        candidates: Format name -> function from raw batch to ``{"probabilities", "mask"}``;
+            one whose ``at_centre`` attribute is true also takes ``roi_centre_mm``.
+        batches: Raw int16 batches with their pixel spacing, some perhaps with
+            ``roi_centre_mm`` (run on the formats that take it).
         classes: The networks' classes (background included).
 
     Returns:
         Per format: ``max_abs_diff`` of the probabilities, ``mask_mismatch_pixels`` (0
-        for every format that passes) and ``mask_tie_pixels``: mask pixels that differ
+        for every format that passes), ``mask_tie_pixels``: mask pixels that differ
         where the probabilities sit on a tie of classes, so that a difference within the
         tolerance decides the arg-max (float formats round differently; the count is
-        reported, not hidden).
+        reported, not hidden), and ``at_centre``: whether its ``serve_at_centre``
+        signature was compared too.
 
     Raises:
         UserError: The Keras model or a format gives a NaN or infinite probability, a
@@ -150,7 +163,10 @@ def check_parity(reference, candidates: dict[str, Any],
     report = {}
     for name, run_format in candidates.items():
         diff, mismatch, ties = 0.0, 0, 0
+        at_centre = bool(getattr(run_format, "at_centre", False))
         for b, ref in zip(batches, expected, strict=True):
+            if len(b) > 2 and not at_centre:
+                continue
             got = run_format(*b)
             probs = np.asarray(got["probabilities"])
             mask = np.asarray(got["mask"])
@@ -167,7 +183,7 @@ def check_parity(reference, candidates: dict[str, Any],
             ties += int(tie.sum())
             mismatch += int((differ & ~tie).sum())
         report[name] = {"max_abs_diff": diff, "mask_mismatch_pixels": mismatch,
-                        "mask_tie_pixels": ties}
+                        "mask_tie_pixels": ties, "at_centre": at_centre}
         if diff > PARITY_TOLERANCE:
             raise UserError(f"{name}: exported model differs from the Keras model by {diff:.2e} "
                             f"(> {PARITY_TOLERANCE:g}); nothing was written")
@@ -229,7 +245,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
 
     from lvseg_search.evaluate.decision import table_text
     from lvseg_search.evaluate.scoring import load_patients, score_patients
-    from lvseg_search.model.formats import check_inputs
+    from lvseg_search.model.formats import check_centre, check_inputs
     from lvseg_search.model.serving import RAW, ROI_MODES, SPACING, build_serving_model
     from lvseg_search.model.tta import TTA_MODES
 
@@ -286,20 +302,31 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             networks = [network]
             training = {"mode": "retrain", "epochs": n, "steps_per_epoch": steps}
         training["patients"] = trained_on
+        settings = {"tta": decision["tta"], "largest_region": decision["largest_region"],
+                    "roi": decision["roi"], "convex_hull": decision["convex_hull"]}
         model = build_serving_model(networks, o.image_size, o.normalization,
-                                    o.spacing_mm or None, tta=decision["tta"],
-                                    largest_region=decision["largest_region"],
-                                    roi=decision["roi"], convex_hull=decision["convex_hull"])
+                                    o.spacing_mm or None, **settings)
+        # The same layers, taking where to cut each view: predict centres a study's views
+        # on its LV through it (evaluate.study_roi).
+        at_centre = (build_serving_model(networks, o.image_size, o.normalization,
+                                         o.spacing_mm, **settings, at_centre=True)
+                     if o.physical else None)
 
-        def keras_run(raw, pixel_spacing):
+        def keras_run(raw, pixel_spacing, roi_centre_mm=None):
             raw, spacing = check_inputs(raw, pixel_spacing)
-            return {k: np.asarray(v) for k, v in model({RAW: raw, SPACING: spacing}).items()}
+            if roi_centre_mm is None:
+                out = model({RAW: raw, SPACING: spacing})
+            else:
+                out = at_centre({RAW: raw, SPACING: spacing,
+                                 ROI_CENTRE: check_centre(roi_centre_mm, len(raw))})
+            return {k: np.asarray(v) for k, v in out.items()}
 
         test = None
         if run.splits["test"]:
             test_patients = load_patients(run.data, run.splits["test"])
             rows, summary = score_patients(keras_run, test_patients,
-                                           largest_region=decision["largest_region"])
+                                           largest_region=decision["largest_region"],
+                                           study_roi=decision["roi"] == "localized")
             per_patient = {p: float(np.mean([r["dice"] for r in rows if r["patient_id"] == p]))
                            for p in run.splits["test"]}
             test = {"patients": run.splits["test"], **summary, "dice_per_patient": per_patient}
@@ -311,8 +338,9 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
         else:
             probe_patients = load_patients(run.data, run.splits["folds"][0]["val"][:1])
 
-        candidates, onnx_status = write_formats(model, tmp, onnx)
-        parity = check_parity(keras_run, candidates, _probe_inputs(probe_patients),
+        candidates, onnx_status = write_formats(model, tmp, onnx, at_centre)
+        parity = check_parity(keras_run, candidates,
+                              _probe_inputs(probe_patients, at_centre is not None),
                               classes=int(networks[0].output_shape[-1]))
         if verbose:
             for name, r in parity.items():
@@ -368,9 +396,14 @@ def grid(o, roi: str = "centre") -> dict[str, Any]:
     return {"mode": "physical", "image_size": o.image_size, "spacing_mm": o.spacing_mm,
             "field_of_view_mm": round(o.image_size * o.spacing_mm, 3),
             "field_of_view_asked_mm": o.field_of_view_mm,
-            "centred_on": "image centre" if roi == "centre" else
-            f"the LV found by {LOCALIZE_PASSES} earlier pass(es) of the network, each "
-            "re-centred on the LV of the one before"}
+            "centred_on": ("image centre" if roi == "centre" else
+                           f"the LV found by {LOCALIZE_PASSES} earlier pass(es) of the "
+                           "network, each re-centred on the LV of the one before"),
+            "centred_on_by_predict": ("image centre" if roi == "centre" else
+                                      "the study's LV: the median of the LV centres that "
+                                      "a first pass finds in the study's images, given "
+                                      f"to the {AT_CENTRE} signature as roi_centre_mm"),
+            "at_centre_signature": AT_CENTRE}
 
 
 def augmentation(o) -> dict[str, Any]:
@@ -402,8 +435,12 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
     o = run.options
     hp = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
     files = {name: {"bytes": (folder / name).stat().st_size}
-             for name in (KERAS_FILE, TFLITE_FILE, ONNX_FILE) if (folder / name).is_file()}
+             for name in (KERAS_FILE, TFLITE_FILE, TFLITE_AT_CENTRE_FILE, ONNX_FILE)
+             if (folder / name).is_file()}
     files[SAVED_MODEL + "/"] = {"signature": "serving_default"}
+    if o.physical:
+        files[SAVED_MODEL + "/"]["also"] = AT_CENTRE
+        files[TFLITE_AT_CENTRE_FILE]["signature"] = AT_CENTRE
     return {
         "model_card_version": 3,
         "serving_contract": 2,
@@ -437,7 +474,14 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
                                  "meaning": "each image's DICOM PixelSpacing (row, column) "
                                             "in mm" + ("" if o.physical else
                                                        "; ignored by this model (trained "
-                                                       "with --spacing none)")}},
+                                                       "with --spacing none)")},
+            **({ROI_CENTRE: {
+                "dtype": "float32", "shape": ["batch", 2],
+                "meaning": f"{AT_CENTRE} signature only (SavedModel, "
+                           f"{TFLITE_AT_CENTRE_FILE}): where to cut each image's field "
+                           "of view, (row, column) mm from the image's centre; a row "
+                           "holding NaN: where serving_default cuts it"}}
+               if o.physical else {})},
         "preprocessing_inside": f"per-image {o.normalization} normalization, then "
                                 + (f"{o.grid_text()} (bilinear, antialiased when shrinking)"
                                    if o.physical else o.grid_text()),

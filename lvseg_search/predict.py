@@ -3,7 +3,9 @@ images, with areas, per-phase volumes and, for a whole short-axis stack, end-dia
 and end-systolic volume and ejection fraction.
 
 Each folder of DICOM files is one study (``data.studies``); volumes as
-``evaluate.volumes`` computes them.
+``evaluate.volumes`` computes them. A model that locates the LV has every image of a
+series cut around the series' LV (``evaluate.study_roi``), as its cross-validated figures
+were scored.
 """
 
 from __future__ import annotations
@@ -52,6 +54,19 @@ def keeps_largest_region(model_dir: Path) -> bool:
     except (OSError, ValueError):
         return True
     return bool(post.get("largest_region", True)) if isinstance(post, dict) else True
+
+
+def centres_on_study(model_dir: Path, serve) -> bool:
+    """Whether each study's views are cut around the study's LV: a model that locates
+    the LV (``roi`` localized in its card) and holds the signature that takes a centre
+    (models exported before it had one locate the LV in each image on its own)."""
+    card = Path(model_dir) / "model_card.json"
+    try:
+        post = json.loads(card.read_text()).get("postprocessing")
+    except (OSError, ValueError):
+        return False
+    return (isinstance(post, dict) and post.get("roi") == "localized"
+            and bool(getattr(serve, "at_centre", False)))
 
 
 def overlay_png(image: np.ndarray, mask: np.ndarray) -> bytes:
@@ -106,11 +121,12 @@ def image_spacing(path: Path, image: DicomImage,
 
 def _predict_series(serve, study: str, files: list[Path], images: list[DicomImage],
                     tmp: Path, overlays: bool, batch_size: int,
-                    spacings: list[tuple[float, float]], largest_region: bool = True
+                    spacings: list[tuple[float, float]], largest_region: bool = True,
+                    study_roi: bool = False
                     ) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]]:
     """Segments one series into ``tmp``: its per-image rows, volumes and summary."""
     _, masks = segment(serve, [im.pixels for im in images], spacings, batch_size,
-                       largest_region)
+                       largest_region, study_roi)
     problems = geometry_problems(images)
     indexing = index_frames(images, positions_usable=not problems)
     rows = []
@@ -166,6 +182,7 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
                 else parse_pixel_spacing(pixel_spacing))
     serve = load_model(model_dir)
     largest_region = keeps_largest_region(model_dir)
+    study_roi = centres_on_study(model_dir, serve)
     studies = find_dicoms(source)
     area_rows: list[dict[str, Any]] = []
     volume_tables = []
@@ -178,7 +195,7 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
                             for f, im in zip(files, series, strict=True)]
                 rows, volumes, summaries[study] = _predict_series(
                     serve, study, files, series, tmp, overlays, batch_size, spacings,
-                    largest_region)
+                    largest_region, study_roi)
                 area_rows += rows
                 volume_tables.append(volumes.assign(study=study))
         pd.DataFrame(area_rows).to_csv(tmp / "areas.csv", index=False)

@@ -55,7 +55,8 @@ def test_parity_fails_on_nan_outputs_and_on_any_differing_mask_pixel():
     with pytest.raises(UserError, match="keras: the model's probabilities hold NaN"):
         check_parity(nan, {"same": reference}, batch)
     assert check_parity(reference, {"same": reference}, batch)["same"] == {
-        "max_abs_diff": 0.0, "mask_mismatch_pixels": 0, "mask_tie_pixels": 0}
+        "max_abs_diff": 0.0, "mask_mismatch_pixels": 0, "mask_tie_pixels": 0,
+        "at_centre": False}
 
 
 def test_a_mask_pixel_may_differ_only_where_the_classes_tie():

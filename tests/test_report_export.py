@@ -129,6 +129,13 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     card = json.loads((model_dir / "model_card.json").read_text())
     for name in ("saved_model", "keras_file", "tflite", "onnx"):  # tf2onnx: a test extra
         assert card["parity_max_abs_diff"][name]["max_abs_diff"] <= PARITY_TOLERANCE
+        # SavedModel and TFLite also hold the signature that takes a centre, compared too.
+        assert card["parity_max_abs_diff"][name]["at_centre"] == (
+            name in ("saved_model", "tflite"))
+    assert card["formats"]["saved_model/"] == {"signature": "serving_default",
+                                               "also": "serve_at_centre"}
+    assert card["formats"]["model_at_centre.tflite"]["signature"] == "serve_at_centre"
+    assert card["inputs"]["roi_centre_mm"]["shape"] == ["batch", 2]
     assert (model_dir / "model.onnx").is_file() and card["onnx"] == "written"
     assert card["training"]["mode"] == "retrain"
     assert card["training"]["epochs"] == card["cross_validation"]["scored_epoch"]
@@ -147,9 +154,12 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
                             "spacing_mm": search["spacing_mm"],
                             "field_of_view_mm": pytest.approx(32 * search["spacing_mm"], abs=1e-3),
                             "field_of_view_asked_mm": search["field_of_view_mm"],
-                            "centred_on": card["grid"]["centred_on"]}
-    assert (card["grid"]["centred_on"] == "image centre") == (
-        card["postprocessing"]["roi"] == "centre")
+                            "centred_on": card["grid"]["centred_on"],
+                            "centred_on_by_predict": card["grid"]["centred_on_by_predict"],
+                            "at_centre_signature": "serve_at_centre"}
+    centred = card["postprocessing"]["roi"] == "centre"
+    assert (card["grid"]["centred_on"] == "image centre") == centred
+    assert (card["grid"]["centred_on_by_predict"] == "image centre") == centred
     assert card["search"]["augmentation"]["gamma"] == {"probability": 0.3,
                                                        "range": [0.7, 1.5]}
     # The tiny run trained on views cut around the LV (the default offsets).
@@ -208,6 +218,8 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
         runner(np.zeros((2, 40, 56), np.int16), np.ones((2, 3)))
     with pytest.raises(ValueError, match="positive number of mm"):
         runner(np.zeros((2, 40, 56), np.int16), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"roi_centre_mm: expected shape \(2, 2\)"):
+        runner(np.zeros((2, 40, 56), np.int16), np.ones((2, 2)), np.zeros(2))
 
     # predict on the held-out patient's study, read straight from DICOM.
     phantom = tiny_data.parent / "phantom" / "dicoms" / split["test"][0]

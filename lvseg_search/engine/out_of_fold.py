@@ -3,8 +3,8 @@ the trial's folder.
 
 ``report`` and ``export`` both need the table of the best trial, and ``report`` is run
 again and again while a search goes on; each computation predicts every validation image
-with every field of view and test-time augmentation (39 passes over the images on a
-physical grid). The table is a function of the fold checkpoints, the validation shards
+with every field of view and test-time augmentation (a localized field of view twice:
+once to find the study's LV). The table is a function of the fold checkpoints, the validation shards
 and the grid, so it is kept next to the checkpoints with a digest of all three and used
 again only while that digest matches.
 """
@@ -22,7 +22,7 @@ from lvseg_search.engine.run import Run
 
 FILE = "out_of_fold.json"
 # Bumped when the table's rows or their computation change, which retires kept tables.
-FORMAT = 2  # 2: convex-hull rows
+FORMAT = 3  # 2: convex-hull rows; 3: localized rows cut around each study's LV
 
 
 def _digest(run: Run, trial_id: str, rois: Sequence[str], modes: Sequence[str]) -> str:

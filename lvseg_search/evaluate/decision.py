@@ -76,8 +76,8 @@ def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], imag
         for network, patients in folds:
             predict = make_predictor([network], image_size, normalization, spacing_mm,
                                      tta=mode, roi=roi)
-            per_fold.append([segment(predict, p.images, p.spacing_mm,
-                                     largest_region=False)[1] for p in patients])
+            per_fold.append([segment(predict, p.images, p.spacing_mm, largest_region=False,
+                                     study_roi=roi == "localized")[1] for p in patients])
         # Each step works on the one before: the largest regions are found once.
         largest = [[keep_largest_regions(m) for m in masks] for masks in per_fold]
         delivered = {(False, False): per_fold, (True, False): largest,

@@ -18,6 +18,7 @@ import numpy as np
 from lvseg_search.data import shards
 from lvseg_search.data.manifest import PreparedData
 from lvseg_search.evaluate.measures import Reference, reference, score_image, volume_dice
+from lvseg_search.evaluate.study_roi import study_centre_mm
 from lvseg_search.model.postprocess import keep_largest_regions
 
 LV = 1
@@ -88,27 +89,35 @@ def same_size_groups(images: Sequence[np.ndarray]) -> list[list[int]]:
     return list(groups.values())
 
 
-Predictor = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
+Predictor = Callable[..., dict[str, Any]]
 
 
 def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequence[Any],
-            batch_size: int = 16,
-            largest_region: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            batch_size: int = 16, largest_region: bool = True,
+            study_roi: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Runs a segmenter over 2-D images, batching those of equal size.
 
     Args:
         predict: Maps raw int16 ``[B, H, W]`` and pixel spacing float32 ``[B, 2]`` (row,
-            column, mm) to ``{"probabilities", "mask"}``.
+            column, mm), and with ``study_roi`` also ``roi_centre_mm`` ``[B, 2]``, to
+            ``{"probabilities", "mask"}``.
         images: ``[N, H, W]`` int16, or any sequence of differently sized images.
         spacing_mm: Each image's (row, column) pixel spacing, mm.
         batch_size: Images per call.
         largest_region: Keep each mask's largest region (see ``postprocess``); False
             delivers the predictor's masks as they come.
+        study_roi: The images are one study: cut every image's field of view around
+            the study's LV (``study_roi.study_centre_mm`` of a first pass).
 
     Returns:
         Each image's LV probabilities (as the network gives them) and mask, in the
         order of ``images``.
     """
+    centres = None
+    if study_roi:
+        _, first = segment(predict, images, spacing_mm, batch_size)
+        centres = np.tile(study_centre_mm(first, spacing_mm).astype(np.float32),
+                          (len(images), 1))
     probs: list[Any] = [None] * len(images)
     masks: list[Any] = [None] * len(images)
     # Serving models keep the largest region themselves (then this changes nothing);
@@ -116,8 +125,9 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
     for indices in same_size_groups(images):
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            out = predict(np.stack([images[i] for i in chunk]),
-                          np.asarray([spacing_mm[i] for i in chunk], np.float32))
+            args = (np.stack([images[i] for i in chunk]),
+                    np.asarray([spacing_mm[i] for i in chunk], np.float32))
+            out = predict(*args) if centres is None else predict(*args, centres[chunk])
             chunk_masks = np.asarray(out["mask"])
             if largest_region:
                 chunk_masks = keep_largest_regions(chunk_masks)
@@ -147,7 +157,8 @@ def score_masks(pred: Sequence[np.ndarray],
 
 
 def score_patients(predict: Predictor, patients: Sequence[PatientImages],
-                   batch_size: int = 16, largest_region: bool = True
+                   batch_size: int = 16, largest_region: bool = True,
+                   study_roi: bool = False
                    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Scores a segmenter on patients.
 
@@ -156,12 +167,14 @@ def score_patients(predict: Predictor, patients: Sequence[PatientImages],
         patients: Patients from :func:`load_patients`.
         batch_size: Images per call of ``predict``.
         largest_region: See :func:`segment`.
+        study_roi: Each patient's images are one study (see :func:`segment`).
 
     Returns:
         Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize`).
     """
     return score_predictions([segment(predict, p.images, p.spacing_mm, batch_size,
-                                      largest_region)[1] for p in patients], patients)
+                                      largest_region, study_roi)[1] for p in patients],
+                             patients)
 
 
 def score_predictions(masks: Sequence[Sequence[np.ndarray]], patients: Sequence[PatientImages]

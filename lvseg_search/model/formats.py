@@ -3,6 +3,9 @@ for each: a function from a raw int16 batch ``[B, H, W]`` and its pixel spacing
 ``[B, 2]`` (row, column, mm) to ``{"probabilities", "mask"}`` numpy arrays, so that
 ``export`` can check every format against the Keras model and ``predict`` can serve
 one. Models of serving contract 1 (raw pixels only) run too; they ignore the spacing.
+The SavedModel also holds a second signature, ``serve_at_centre``, that takes where to
+cut each image's field of view (``roi_centre_mm``), as does a second TFLite file; a
+runner given a centre uses it.
 TensorFlow (and tf2onnx/onnxruntime) load lazily.
 """
 
@@ -16,8 +19,11 @@ import numpy as np
 SAVED_MODEL = "saved_model"
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
+TFLITE_AT_CENTRE_FILE = "model_at_centre.tflite"  # the AT_CENTRE signature alone
 ONNX_FILE = "model.onnx"
 SPACING = "pixel_spacing_mm"  # the serving signature's second input (contract 2)
+ROI_CENTRE = "roi_centre_mm"  # the third input of AT_CENTRE
+AT_CENTRE = "serve_at_centre"  # the signature that takes it
 
 
 def check_inputs(raw, pixel_spacing) -> tuple[np.ndarray, np.ndarray]:
@@ -40,22 +46,56 @@ def check_inputs(raw, pixel_spacing) -> tuple[np.ndarray, np.ndarray]:
     return raw, spacing
 
 
+def check_centre(roi_centre_mm, batch: int) -> np.ndarray:
+    """Where to cut each image's field of view, as the ``serve_at_centre`` signature takes
+    it.
+
+    Raises:
+        ValueError: Not ``[B, 2]``, or an infinite value (NaN: the model's own choice).
+    """
+    centre = np.asarray(roi_centre_mm, np.float32)
+    if centre.shape != (batch, 2):
+        raise ValueError(f"roi_centre_mm: expected shape ({batch}, 2), one (row, column) "
+                         f"offset in mm from each image's centre, got {centre.shape}")
+    if np.isinf(centre).any():
+        raise ValueError("roi_centre_mm: values must be finite mm (NaN: the model's own "
+                         f"choice), got {centre.tolist()}")
+    return centre
+
+
+def _no_centre(contract: int):
+    return ValueError(f"roi_centre_mm: this model (serving contract {contract}) has no "
+                      f"{AT_CENTRE} signature; export it again to centre its field of view")
+
+
 def tflite_runner(path: Path):
-    """A function running the TFLite model's serving signature on one raw batch."""
+    """A function running the TFLite model's serving signature on one raw batch, and
+    the ``serve_at_centre`` signature of the file beside it when given a centre."""
     import warnings
 
     from lvseg_search._tf import tf
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the interpreter's move to LiteRT is announced
-        interpreter = tf().lite.Interpreter(model_path=str(path), num_threads=1)
-    runner = interpreter.get_signature_runner("serving_default")
-    takes_spacing = SPACING in interpreter.get_signature_list()["serving_default"]["inputs"]
+    def interpreter(file: Path, key: str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the interpreter's move to LiteRT is announced
+            loaded = tf().lite.Interpreter(model_path=str(file), num_threads=1)
+        return loaded.get_signature_runner(key), loaded.get_signature_list()[key]["inputs"]
 
-    def run(raw, pixel_spacing):
+    runner, inputs = interpreter(path, "serving_default")
+    takes_spacing = SPACING in inputs
+    beside = Path(path).with_name(TFLITE_AT_CENTRE_FILE)
+    at_centre = interpreter(beside, AT_CENTRE)[0] if beside.is_file() else None
+
+    def run(raw, pixel_spacing, roi_centre_mm=None):
         raw, spacing = check_inputs(raw, pixel_spacing)
-        return runner(raw=raw, **({SPACING: spacing} if takes_spacing else {}))
+        if roi_centre_mm is None:
+            return runner(raw=raw, **({SPACING: spacing} if takes_spacing else {}))
+        if at_centre is None:
+            raise _no_centre(2 if takes_spacing else 1)
+        return at_centre(raw=raw, **{SPACING: spacing,
+                                     ROI_CENTRE: check_centre(roi_centre_mm, len(raw))})
 
+    run.at_centre = at_centre is not None
     return run
 
 
@@ -67,13 +107,22 @@ def saved_model_runner(path: Path):
     loaded = t.saved_model.load(str(path))
     serve = loaded.signatures["serving_default"]
     takes_spacing = SPACING in serve.structured_input_signature[1]
+    at_centre = loaded.signatures.get(AT_CENTRE)
 
-    def run(raw, pixel_spacing):
+    def run(raw, pixel_spacing, roi_centre_mm=None):
         raw, spacing = check_inputs(raw, pixel_spacing)
         extra = {SPACING: t.constant(spacing)} if takes_spacing else {}
-        return {k: v.numpy() for k, v in serve(raw=t.constant(raw), **extra).items()}
+        if roi_centre_mm is None:
+            out = serve(raw=t.constant(raw), **extra)
+        elif at_centre is None:
+            raise _no_centre(run.contract)
+        else:
+            centre = check_centre(roi_centre_mm, len(raw))
+            out = at_centre(raw=t.constant(raw), **extra, **{ROI_CENTRE: t.constant(centre)})
+        return {k: v.numpy() for k, v in out.items()}
 
     run.contract = 2 if takes_spacing else 1
+    run.at_centre = at_centre is not None
     return run
 
 
@@ -112,16 +161,22 @@ def write_onnx(saved_model: Path, out: Path) -> tuple[Any, str]:
         return {"probabilities": next(v for k, v in named.items() if "prob" in k),
                 "mask": next(v for k, v in named.items() if "mask" in k)}
 
+    run_onnx.at_centre = False  # ONNX holds serving_default only
     return run_onnx, "written"
 
 
-def write_formats(model, folder: Path, onnx: bool = True) -> tuple[dict[str, Any], str]:
+def write_formats(model, folder: Path, onnx: bool = True,
+                  at_centre=None) -> tuple[dict[str, Any], str]:
     """Writes the serving model as ``.keras``, SavedModel, TFLite and (optionally) ONNX.
 
     Args:
         model: The Keras serving model (``serving.build_serving_model``).
         folder: Where the files go.
         onnx: Also write ONNX when tf2onnx is installed.
+        at_centre: The same model taking ``roi_centre_mm`` too (``at_centre=True``):
+            the SavedModel then holds it as the ``serve_at_centre`` signature, and
+            ``model_at_centre.tflite`` alone (``.keras`` and ONNX hold the serving
+            model only).
 
     Returns:
         A runner per written format (each reloaded from its file) and what happened to
@@ -132,16 +187,33 @@ def write_formats(model, folder: Path, onnx: bool = True) -> tuple[dict[str, Any
     from lvseg_search._tf import tf
 
     model.save(folder / KERAS_FILE)
-    model.export(str(folder / SAVED_MODEL), format="tf_saved_model", verbose=False)
-    converter = tf().lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL))
-    (folder / TFLITE_FILE).write_bytes(converter.convert())
+    t = tf()
+    archive = keras.export.ExportArchive()
+    # The first endpoint is also the SavedModel's serving_default.
+    archive.track_and_add_endpoint("serve", model, _input_signature(model))
+    if at_centre is not None:
+        archive.track_and_add_endpoint(AT_CENTRE, at_centre, _input_signature(at_centre))
+    archive.write_out(str(folder / SAVED_MODEL), verbose=False)
+
+    # TFLite, one file per signature: converted together, the two signatures keep the
+    # shared weights as resource variables, which the interpreter reads as NaN unless
+    # an initializer runs first.
+    for key, name in (("serving_default", TFLITE_FILE), (AT_CENTRE, TFLITE_AT_CENTRE_FILE)):
+        if key == AT_CENTRE and at_centre is None:
+            continue
+        converter = t.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL),
+                                                            signature_keys=[key])
+        (folder / name).write_bytes(converter.convert())
     reloaded = keras.models.load_model(folder / KERAS_FILE, safe_mode=True)
 
-    def keras_file(raw, pixel_spacing):
+    def keras_file(raw, pixel_spacing, roi_centre_mm=None):
         raw, spacing = check_inputs(raw, pixel_spacing)
+        if roi_centre_mm is not None:
+            raise _no_centre(2)
         return {k: np.asarray(v) for k, v in
                 reloaded({"raw": raw, SPACING: spacing}).items()}
 
+    keras_file.at_centre = False
     runners = {"saved_model": saved_model_runner(folder / SAVED_MODEL),
                "keras_file": keras_file, "tflite": tflite_runner(folder / TFLITE_FILE)}
     onnx_status = "not requested"
@@ -150,3 +222,11 @@ def write_formats(model, folder: Path, onnx: bool = True) -> tuple[dict[str, Any
         if runner is not None:
             runners["onnx"] = runner
     return runners, onnx_status
+
+
+def _input_signature(model) -> list[dict[str, Any]]:
+    """The model's dict of inputs as tensor specs named after them."""
+    from lvseg_search._tf import tf
+
+    return [{name: tf().TensorSpec(tensor.shape, tensor.dtype, name=name)
+             for name, tensor in model.input.items()}]

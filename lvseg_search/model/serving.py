@@ -1,6 +1,9 @@
 """The deployable model (serving contract 2): raw stored pixel values ``[batch, H, W]``
 of any size and their pixel spacing ``[batch, 2]`` (row, column, mm) in, LV
-probabilities and mask on the input grid out.
+probabilities and mask on the input grid out. A second model of the same layers
+(``at_centre``) also takes where to cut each image's field of view (``roi_centre_mm``),
+so that a caller that sees a whole study can centre every image's view on the study's
+LV (``evaluate.study_roi``).
 
 The search trains networks on normalized ``S x S`` images of one physical grid (``S``
 pixels of the target spacing, centred on the image; see ``resample``); this wraps one (or
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from lvseg_search.model.postprocess import HULL_TOLERANCE, hull_directions
@@ -144,6 +148,24 @@ class LocateLV(layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "image_size": self.image_size,
                 "spacing_mm": self.spacing_mm, "class_id": self.class_id}
+
+
+@keras.saving.register_keras_serializable(package="lvseg_search")
+class ChosenCentre(layers.Layer):
+    """Where each image's field of view is cut: the caller's ``roi_centre_mm`` (mm from
+    the image's centre, row and column), or the model's own choice (``own``: the
+    located LV; None: the image centre) for the images whose given centre holds a NaN.
+
+    ``x != x`` finds NaN: TFLite's builtin ops have no is-NaN.
+    """
+
+    def call(self, raw, given, own=None):
+        given = ops.reshape(ops.cast(given, "float32"), (ops.shape(raw)[0], 2))
+        unset = ops.any(ops.not_equal(given, given), axis=-1, keepdims=True)
+        return ops.where(unset, 0.0 if own is None else own, given)
+
+    def compute_output_shape(self, raw_shape, given_shape, own_shape=None):
+        return (raw_shape[0], 2)
 
 
 def lv_mask(probabilities, class_id: int):
@@ -351,6 +373,7 @@ class ConvexHull(layers.Layer):
 
 RAW = "raw"
 SPACING = "pixel_spacing_mm"
+ROI_CENTRE = "roi_centre_mm"
 
 
 ROI_MODES = ("centre", "localized")
@@ -368,7 +391,7 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                         normalization: str, spacing_mm: float | None,
                         class_id: int = 1, tta: str = "none",
                         largest_region: bool = True, roi: str = "centre",
-                        convex_hull: bool = False) -> keras.Model:
+                        convex_hull: bool = False, at_centre: bool = False) -> keras.Model:
     """Wraps trained networks into the deployable model (serving contract 2).
 
     Args:
@@ -388,21 +411,30 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
             (:class:`LocateLV`).
         convex_hull: Fill the largest region to its convex hull (:class:`ConvexHull`;
             only with ``largest_region``).
+        at_centre: Also take ``roi_centre_mm`` (a physical grid only).
 
     Returns:
         A model from ``{"raw": int16 [B, H, W], "pixel_spacing_mm": float32 [B, 2]}`` to
-        ``{"probabilities": float32 [B, H, W], "mask": uint8 [B, H, W]}``.
+        ``{"probabilities": float32 [B, H, W], "mask": uint8 [B, H, W]}``. With
+        ``at_centre`` it also takes ``"roi_centre_mm": float32 [B, 2]``: each image's
+        field of view is cut there, in mm from the image's centre (rows holding a NaN:
+        where the model would cut it).
 
     Raises:
-        ValueError: An unknown ``roi``, ``localized`` without a physical grid, or
-            ``convex_hull`` without ``largest_region``.
+        ValueError: An unknown ``roi``, ``localized`` or ``at_centre`` without a physical
+            grid, or ``convex_hull`` without ``largest_region``.
     """
     _check_roi(roi, spacing_mm)
+    if at_centre and spacing_mm is None:
+        raise ValueError("at_centre needs a physical grid; this model resizes whole images")
     if convex_hull and not largest_region:
         raise ValueError("convex_hull needs largest_region: the hull of several regions "
                          "would bridge them")
     raw = keras.Input((None, None), dtype="int16", name=RAW)
     spacing = keras.Input((2,), dtype="float32", name=SPACING)
+    inputs = {RAW: raw, SPACING: spacing}
+    if at_centre:
+        inputs[ROI_CENTRE] = keras.Input((2,), dtype="float32", name=ROI_CENTRE)
     # Uncompiled views of the trained networks (same layers and weights): the saved
     # model then needs no loss or metric classes to load. Fold models share one name,
     # so an ensemble names each apart.
@@ -421,6 +453,9 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
         centre = LocateLV(image_size, spacing_mm, class_id, name=f"locate_lv_{step}",
                           dtype="float32")(run_networks(view, f"ensemble_locate_{step}"),
                                            centre)
+    if at_centre:
+        centre = ChosenCentre(name="chosen_centre", dtype="float32")(raw, inputs[ROI_CENTRE],
+                                                                     centre)
     x = Preprocess(image_size, normalization, spacing_mm, name="preprocess",
                    dtype="float32")(raw, spacing, centre)
     if tta != "none":
@@ -434,8 +469,7 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
         mask = LargestRegion(name="largest_region")(mask)
     if convex_hull:
         mask = ConvexHull(name="convex_hull")(mask)
-    return keras.Model({RAW: raw, SPACING: spacing}, {"probabilities": lv, "mask": mask},
-                       name="lvseg")
+    return keras.Model(inputs, {"probabilities": lv, "mask": mask}, name="lvseg")
 
 
 def make_predictor(networks: Sequence[keras.Model], image_size: int, normalization: str,
@@ -458,7 +492,8 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         roi: Where the field of view is cut, as for :func:`build_serving_model`.
 
     Returns:
-        A function from raw int16 ``[B, H, W]`` and pixel spacing ``[B, 2]`` to numpy
+        A function from raw int16 ``[B, H, W]``, pixel spacing ``[B, 2]`` and optionally
+        ``roi_centre_mm`` ``[B, 2]`` (as the serving model takes it) to numpy
         ``{"probabilities", "mask"}``.
     """
     _check_roi(roi, spacing_mm)
@@ -466,18 +501,27 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
     post = RestoreSize(class_id, spacing_mm, dtype="float32")
     spread, gather = AugmentedViews(tta), AverageViews(tta)
     locate = LocateLV(image_size, spacing_mm or 1.0, class_id, dtype="float32")
+    chosen = ChosenCentre(dtype="float32")
 
     def run_networks(x):
         outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
         return outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs), axis=0)
 
-    def predict(raw, pixel_spacing) -> dict:
+    def predict(raw, pixel_spacing, roi_centre_mm=None) -> dict:
         raw = ops.convert_to_tensor(raw, dtype="int16")
         pixel_spacing = ops.convert_to_tensor(pixel_spacing, dtype="float32")
+        given = None if roi_centre_mm is None else np.asarray(roi_centre_mm, np.float32)
+        if given is not None and spacing_mm is None:
+            raise ValueError("roi_centre_mm needs a physical grid; this model resizes "
+                             "whole images")
         centre = None
-        for _ in range(LOCALIZE_PASSES if roi == "localized" else 0):
+        # Eagerly, a located centre that every given one replaces is not computed.
+        locating = roi == "localized" and (given is None or np.isnan(given).any())
+        for _ in range(LOCALIZE_PASSES if locating else 0):
             view = pre(raw, pixel_spacing, centre)
             centre = locate(run_networks(view), centre)
+        if given is not None:
+            centre = chosen(raw, given, centre)
         probs = gather(run_networks(spread(pre(raw, pixel_spacing, centre))))
         lv, mask = post(probs, raw, pixel_spacing, centre)
         return {"probabilities": ops.convert_to_numpy(lv), "mask": ops.convert_to_numpy(mask)}

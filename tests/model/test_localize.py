@@ -96,3 +96,131 @@ def test_localized_roi_segments_a_heart_that_the_centred_view_cuts_off(tmp_path)
     assert set(report) == {"saved_model", "keras_file", "tflite", "onnx"}
     with pytest.raises(ValueError, match="needs a physical grid"):
         build_serving_model([net], 32, "zscore", None, roi="localized")
+
+
+def _study_with_a_decoy(rng):
+    """Five 120 x 140 images (1.2 mm) of one study, the LV 42 mm right of the centre in
+    each; the third also holds a larger bright decoy 23 mm left of the centre, which a
+    centred 64 mm view sees whole and the LV's edge only."""
+    truth = _disk((120, 140), (60, 105), 9)
+    decoy = _disk((120, 140), (60, 50), 12)
+    raw = (100 + rng.normal(0, 5, (5, 120, 140)) + 900 * truth).astype(np.int16)
+    raw[2][decoy] += 900
+    return raw, np.full((5, 2), 1.2, np.float32), truth
+
+
+def test_a_given_centre_cuts_the_view_there_and_nan_leaves_the_models_own():
+    from lvseg_search.model.serving import build_serving_model, make_predictor
+
+    rng = np.random.default_rng(1)
+    raw, spacing, truth = _study_with_a_decoy(rng)
+    net = _bright_is_lv(32)
+
+    def dice(mask):
+        return 2 * (mask.astype(bool) & truth).sum() / (mask.sum() + truth.sum())
+
+    at_lv = np.tile(np.array([[0.0, (105 - 69.5) * 1.2]], np.float32), (5, 1))
+    unset = at_lv.copy()
+    unset[[0, 2]] = np.nan  # row 0 all NaN, row 2 half: both mean "the model's own"
+    unset[2, 0] = 0.0
+    for roi in ("centre", "localized"):
+        plain = build_serving_model([net], 32, "zscore", 2.0, roi=roi)
+        given = build_serving_model([net], 32, "zscore", 2.0, roi=roi, at_centre=True)
+        assert {la.name for la in plain.layers}.isdisjoint({"chosen_centre"})
+        own = {k: np.asarray(v) for k, v in plain({"raw": raw,
+                                                   "pixel_spacing_mm": spacing}).items()}
+        there = {k: np.asarray(v) for k, v in given({"raw": raw, "pixel_spacing_mm": spacing,
+                                                     "roi_centre_mm": at_lv}).items()}
+        mixed = {k: np.asarray(v) for k, v in given({"raw": raw, "pixel_spacing_mm": spacing,
+                                                     "roi_centre_mm": unset}).items()}
+        assert all(dice(m) > 0.9 for m in there["mask"])
+        for i in range(5):
+            expect = own if i in (0, 2) else there
+            np.testing.assert_array_equal(mixed["mask"][i], expect["mask"][i])
+            np.testing.assert_allclose(mixed["probabilities"][i], expect["probabilities"][i],
+                                       atol=1e-6)
+        # The eager predictor computes the same.
+        predict = make_predictor([net], 32, "zscore", 2.0, roi=roi)
+        np.testing.assert_allclose(predict(raw, spacing, unset)["probabilities"],
+                                   mixed["probabilities"], atol=1e-5)
+    assert dice(own["mask"][2]) < 0.1  # localized on its own, image 2 follows the decoy
+    with pytest.raises(ValueError, match="needs a physical grid"):
+        build_serving_model([net], 32, "zscore", None, at_centre=True)
+    with pytest.raises(ValueError, match="needs a physical grid"):
+        make_predictor([net], 32, "zscore", None)(raw, spacing, at_lv)
+
+
+def test_study_centre_is_the_median_of_the_images_lv_centres():
+    from lvseg_search.evaluate.study_roi import lv_centre_mm, study_centre_mm
+
+    shape = (40, 60)  # centre at (19.5, 29.5)
+    lv = _disk(shape, (10, 40), 4)
+    both = lv | _disk(shape, (30, 5), 2)  # a smaller second region is not the LV
+    np.testing.assert_allclose(lv_centre_mm(both, (2.0, 0.5)), [-19.0, 5.25], atol=1e-9)
+    assert np.isnan(lv_centre_mm(np.zeros(shape, bool), (1.0, 1.0))).all()
+    elsewhere = _disk(shape, (35, 10), 4)
+    empty = np.zeros(shape, bool)
+    masks = [lv, lv, elsewhere, empty, lv]
+    np.testing.assert_allclose(study_centre_mm(masks, [(1.0, 1.0)] * 5), [-9.5, 10.5],
+                               atol=1e-9)
+    assert np.isnan(study_centre_mm([empty, empty], [(1.0, 1.0)] * 2)).all()
+
+
+def test_a_study_centre_saves_the_image_whose_own_localization_follows_a_decoy(tmp_path):
+    """Through every format that holds the signature taking a centre, as predict and
+    scoring run them: per image, the decoy's image loses its LV; per study, none does."""
+    import json
+
+    from lvseg_search.evaluate.scoring import segment
+    from lvseg_search.export import check_parity
+    from lvseg_search.model.formats import saved_model_runner, write_formats
+    from lvseg_search.model.serving import build_serving_model, make_predictor
+    from lvseg_search.predict import centres_on_study
+
+    rng = np.random.default_rng(2)
+    raw, spacing, truth = _study_with_a_decoy(rng)
+    net = _bright_is_lv(32)
+
+    def dice(mask):
+        return 2 * (mask.astype(bool) & truth).sum() / (mask.sum() + truth.sum())
+
+    predict = make_predictor([net], 32, "zscore", 2.0, roi="localized")
+    _, alone = segment(predict, raw, spacing)
+    _, together = segment(predict, raw, spacing, study_roi=True)
+    assert dice(alone[2]) < 0.1 and min(dice(m) for m in alone[:2]) > 0.9
+    assert min(dice(m) for m in together) > 0.9
+
+    settings = {"roi": "localized", "tta": "flips", "largest_region": True}
+    model = build_serving_model([net], 32, "zscore", 2.0, **settings)
+    at_centre = build_serving_model([net], 32, "zscore", 2.0, **settings, at_centre=True)
+
+    def keras_run(r, s, c=None):
+        out = (model({"raw": r, "pixel_spacing_mm": s}) if c is None else
+               at_centre({"raw": r, "pixel_spacing_mm": s, "roi_centre_mm": c}))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    runners, _ = write_formats(model, tmp_path, onnx=False, at_centre=at_centre)
+    centre = np.array([[0.0, 42.0], [np.nan, np.nan], [-10.0, 5.0], [0.0, 42.0],
+                       [np.nan, 1.0]], np.float32)
+    report = check_parity(keras_run, runners, [(raw, spacing), (raw, spacing, centre)])
+    assert {k: r["at_centre"] for k, r in report.items()} == {
+        "saved_model": True, "tflite": True, "keras_file": False}
+    serve = saved_model_runner(tmp_path / "saved_model")
+    _, served = segment(serve, raw, spacing, study_roi=True)
+    assert min(dice(m) for m in served) > 0.9
+
+    # predict centres a study's views when the card says the model locates the LV.
+    card = tmp_path / "model_card.json"
+    assert not centres_on_study(tmp_path, serve)  # no card
+    card.write_text(json.dumps({"postprocessing": {"roi": "localized"}}))
+    assert centres_on_study(tmp_path, serve)
+    card.write_text(json.dumps({"postprocessing": {"roi": "centre"}}))
+    assert not centres_on_study(tmp_path, serve)
+
+    # A centre the model cannot take, or of the wrong shape or value: refused.
+    with pytest.raises(ValueError, match="has no serve_at_centre signature"):
+        runners["keras_file"](raw, spacing, centre)
+    with pytest.raises(ValueError, match=r"roi_centre_mm: expected shape \(5, 2\)"):
+        serve(raw, spacing, centre[:4])
+    with pytest.raises(ValueError, match="must be finite mm"):
+        runners["tflite"](raw, spacing, np.full((5, 2), np.inf, np.float32))
