@@ -7,8 +7,11 @@ scanner's pixel size gives; the model is told the new spacing), and cut to a
 non-square matrix (256 x 200 from 256 x 256, same spacing), and translated so that the
 LV's centre lies 20 and 40 mm from the image centre (a heart off the centre of the
 image, as planners often leave it). Each condition is run with the network's field of
-view cut around the image centre (``roi = centre``) and cut again around the LV that a
-first, centred pass of the same network found (``localized``). ``--tta`` and
+view cut around the image centre (``roi = centre``) and cut around the patient's LV
+(``localized``: the median of the LV centres that a first pass of the same model finds
+in the patient's images, as ``predict`` does for a study). Every image of a patient is
+moved the same way: the offset of the mean expert LV centre of its images
+(``--per-image``: each image's LV found on its own instead). ``--tta`` and
 ``--convex-hull`` score the test-time augmentation and post-processing that ``export``
 chose for the run (its model card's ``postprocessing``), so that the figures are those of
 the model a user deploys; by default, the search's own setting (neither).
@@ -18,7 +21,7 @@ package's own resampling: images bilinear, after a Gaussian prefilter when the a
 shrinks (a coarser acquisition); masks as one-hot maps, then arg-max.
 
     python benchmarks/robustness.py results/real [--scales 0.6 0.75 1.5 2] [--shifts 20 40]
-        [--tta none|flips|dihedral] [--convex-hull]
+        [--tta none|flips|dihedral] [--convex-hull] [--per-image]
 """
 
 from __future__ import annotations
@@ -53,17 +56,24 @@ def rescale(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndar
             .astype(np.int16), np.argmax(np.stack(onehot), axis=0).astype(np.uint8))
 
 
+def patient_move_mm(masks, spacing, distance_mm: float) -> np.ndarray:
+    """The one translation (row, column mm) of all a patient's images that puts the mean
+    of their expert LV centres ``distance_mm`` from the image centre, further along the
+    way it already lies from it (along the diagonal when it sits at the centre): a heart
+    off the centre of the image lies off it in every image of the study."""
+    away = np.mean([(np.array(ndimage.center_of_mass(m == 1))
+                     - (np.array(m.shape, dtype=np.float64) / 2 - 0.5)) * sp
+                    for m, sp in zip(masks, spacing, strict=True)], axis=0)
+    norm = np.linalg.norm(away)
+    direction = away / norm if norm > 1e-6 else np.array([1.0, 1.0]) / np.sqrt(2)
+    return direction * distance_mm - away
+
+
 def shift_lv(image: np.ndarray, mask: np.ndarray, spacing: np.ndarray,
-             distance_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """The image and mask translated so that the expert LV's centre lies ``distance_mm``
-    from the image centre, further along the way it already lies from it (along the
-    diagonal when it sits at the centre); outside the input is 0 and background."""
-    centre = np.array(image.shape, dtype=np.float64) / 2 - 0.5
-    lv = np.array(ndimage.center_of_mass(mask == 1))
-    away_mm = (lv - centre) * spacing
-    norm = np.linalg.norm(away_mm)
-    direction = away_mm / norm if norm > 1e-6 else np.array([1.0, 1.0]) / np.sqrt(2)
-    move = (centre + direction * distance_mm / spacing) - lv  # pixels
+             move_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image and mask translated by ``move_mm`` (row, column); outside the input is 0
+    and background."""
+    move = np.asarray(move_mm) / spacing  # pixels
     out = ndimage.shift(image.astype(np.float64), move, order=1, mode="constant", cval=0.0)
     classes = int(mask.max()) + 1
     onehot = [ndimage.shift((mask == c).astype(np.float64), move, order=1, mode="constant",
@@ -79,11 +89,17 @@ def crop_columns(image: np.ndarray, width: int) -> np.ndarray:
 
 
 def conditions(scales: list[float], crop: tuple[int, int], shifts: list[float] = ()):
-    """(name, function of image, mask, spacing -> image, mask, spacing) per condition."""
-    out = [("native", lambda im, m, sp: (im, m, sp))]
+    """(name, function of a patient's images, masks and spacings -> its changed
+    (image, mask, spacing) triples) per condition."""
+
+    def per_image(change):
+        return lambda ims, ms, sps: [change(im, m, sp)
+                                     for im, m, sp in zip(ims, ms, sps, strict=True)]
+
+    out = [("native", per_image(lambda im, m, sp: (im, m, sp)))]
     for f in scales:
         out.append((f"anatomy x{f:g}",
-                    lambda im, m, sp, f=f: (*rescale(im, m, f), sp / f)))
+                    per_image(lambda im, m, sp, f=f: (*rescale(im, m, f), sp / f))))
     rows, cols = crop
 
     def cropped(im, m, sp):
@@ -92,10 +108,15 @@ def conditions(scales: list[float], crop: tuple[int, int], shifts: list[float] =
         r0 = (im.shape[0] - rows) // 2
         return (crop_columns(im[r0:r0 + rows], cols), crop_columns(m[r0:r0 + rows], cols), sp)
 
-    out.append((f"{rows} x {cols} crop", cropped))
+    out.append((f"{rows} x {cols} crop", per_image(cropped)))
+
+    def shifted(ims, ms, sps, d):
+        move = patient_move_mm(ms, sps, d)
+        return [(*shift_lv(im, m, sp, move), sp) for im, m, sp in zip(ims, ms, sps, strict=True)]
+
     for d in shifts:
         out.append((f"LV {d:g} mm off centre",
-                    lambda im, m, sp, d=d: (*shift_lv(im, m, sp, d), sp)))
+                    lambda ims, ms, sps, d=d: shifted(ims, ms, sps, d)))
     return out
 
 
@@ -113,6 +134,10 @@ def main() -> None:
                         help="test-time augmentation (as export's --tta)")
     parser.add_argument("--convex-hull", action="store_true",
                         help="fill each largest region to its convex hull (as export's)")
+    parser.add_argument("--per-image", action="store_true",
+                        help="localized: find the LV in each image on its own (as the "
+                             "serving_default signature called directly does), not once "
+                             "per patient (as predict does)")
     args = parser.parse_args()
 
     from lvseg_search.engine.run import best_trial, find_trial, load_run
@@ -135,12 +160,12 @@ def main() -> None:
                       for roi in rois}
         for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
             for name, change in tests:
-                changed = [change(im, m, sp) for im, m, sp in
-                           zip(patient.images, patient.masks, patient.spacing_mm, strict=True)]
+                changed = change(patient.images, patient.masks, patient.spacing_mm)
                 images = [c[0] for c in changed]
                 spacing = [c[2] for c in changed]
                 for roi, predict in predictors.items():
-                    _, pred = segment(predict, images, spacing)
+                    _, pred = segment(predict, images, spacing,
+                                      study_roi=roi == "localized" and not args.per_image)
                     if args.convex_hull:
                         pred = fill_convex_hulls(pred)
                     scores[roi, name][patient.patient_id] = [
@@ -148,7 +173,8 @@ def main() -> None:
                         for p, c in zip(pred, changed, strict=True)]
     patients = list(next(iter(scores.values())))
     print(f"\n{run.path.name}: trial {trial.trial_id}, network input {o.grid_text()}, "
-          f"tta {args.tta}, convex hull {'yes' if args.convex_hull else 'no'}")
+          f"tta {args.tta}, convex hull {'yes' if args.convex_hull else 'no'}, localized "
+          f"per {'image' if args.per_image else 'patient'}")
     print("mean per-image Dice of each held-out patient (its fold's model), delivered masks")
     for roi in rois:
         print(f"\nroi = {roi}")
