@@ -71,7 +71,7 @@ def main() -> None:
     from lvseg_search.data.dicom_io import read_image
     from lvseg_search.engine.run import load_run
     from lvseg_search.export import export
-    from lvseg_search.model.formats import saved_model_runner, tflite_runner
+    from lvseg_search.model.formats import saved_model_runner, tflite_runner, write_formats
     from lvseg_search.predict import predict
 
     tmp = Path(tempfile.mkdtemp(prefix="lvseg-bench-"))
@@ -99,16 +99,26 @@ def main() -> None:
     model = keras.models.load_model(model_dir / "model.keras", safe_mode=True)
     h, w = image.shape[1:]
     print(f"\nsingle-image latency, {h}x{w} int16 in, 1 CPU thread, median of {args.repeats}:")
-    for name, fn, given in (("SavedModel", serve, (image, spacing)),
-                            ("TFLite", lite, (image, spacing)),
-                            ("model.predict", lambda x: model.predict(x, verbose=0), (inputs,)),
-                            ("Keras call", lambda x: model(x), (inputs,))):
-        print(f"  {name:14s} {median_ms(fn, given, args.repeats):8.2f} ms")
+    runs = [("SavedModel", serve, (image, spacing)), ("TFLite", lite, (image, spacing)),
+            ("model.predict", lambda x: model.predict(x, verbose=0), (inputs,)),
+            ("Keras call", lambda x: model(x), (inputs,))]
+    if serve.at_centre:  # the signature predict segments a localized study through
+        centre = np.zeros((1, 2), np.float32)
+        runs += [("SavedModel, serve_at_centre", serve, (image, spacing, centre)),
+                 ("TFLite, serve_at_centre", lite, (image, spacing, centre))]
+    for name, fn, given in runs:
+        print(f"  {name:28s} {median_ms(fn, given, args.repeats):8.2f} ms")
 
     print(f"\nejection fraction of {STUDY}:")
+    start = time.perf_counter()
     studies = predict(model_dir, args.data / "dicoms" / STUDY, tmp / "pred", overlays=False,
                       verbose=False)
+    seconds = time.perf_counter() - start
     s = studies[STUDY]
+    print(f"  ({s['images']} images predicted in {seconds:.1f} s, field of view "
+          f"{card['postprocessing']['roi']}"
+          + (", found once per study" if card["postprocessing"]["roi"] == "localized" else "")
+          + ")")
     print(f"  predicted by the exported model, whole stack ({s['slices']} slices x "
           f"{s['phases']} phases, "
           f"{s['slice_spacing_mm']:.2f} mm apart): EDV {s['edv_ml']:.1f} ml, ESV "
@@ -123,11 +133,19 @@ def main() -> None:
         trial = best_trial(run)
         k = next(i for i, f in enumerate(run.splits["folds"]) if STUDY in f["val"])
         o = run.options
-        fold_model = build_serving_model([run.fold_network(trial.trial_id, k)],
-                                         o.image_size, o.normalization, o.spacing_mm or None)
+        # With the exported model's settings, through the same files predict reads.
+        post = card["postprocessing"]
+        settings = {key: post[key] for key in ("roi", "tta", "largest_region", "convex_hull")}
+        network = [run.fold_network(trial.trial_id, k)]
+        fold_model = build_serving_model(network, o.image_size, o.normalization,
+                                         o.spacing_mm or None, **settings)
+        at_centre = (build_serving_model(network, o.image_size, o.normalization,
+                                         o.spacing_mm, **settings, at_centre=True)
+                     if o.spacing_mm else None)
         held_out = tmp / "fold_model"
-        fold_model.export(str(held_out / "saved_model"), format="tf_saved_model",
-                          verbose=False)
+        held_out.mkdir()
+        write_formats(fold_model, held_out, onnx=False, at_centre=at_centre)
+        (held_out / "model_card.json").write_text(json.dumps({"postprocessing": post}))
         s = predict(held_out, args.data / "dicoms" / STUDY, tmp / "pred_fold", overlays=False,
                     verbose=False)[STUDY]
         print(f"  predicted by trial {trial.trial_id}'s fold {k} model (never saw {STUDY}): "
