@@ -189,3 +189,40 @@ def test_serving_model_fills_the_hull_of_its_largest_region_only_when_asked():
     assert (hull.sum() > largest.sum()) and "convex_hull" in [layer.name for layer in model.layers]
     with pytest.raises(ValueError, match="convex_hull needs largest_region"):
         build_serving_model([net], 16, "zscore", 1.0, largest_region=False, convex_hull=True)
+
+
+def test_largest_region_runs_in_every_format_on_full_size_speckled_masks(tmp_path):
+    """Four 256 x 256 images whose untrained network gives dozens of regions each: the
+    exported formats keep the same largest region as the Keras model. In ONNX without
+    a table of segments x largest segment (a segment sum converts to one, through
+    Unique: it asked 134 GB for the real subset's images)."""
+    import keras
+
+    from lvseg_search.export import check_parity
+    from lvseg_search.model.formats import write_formats
+    from lvseg_search.model.serving import build_serving_model
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((64, 64, 1))
+    net = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same",
+                                               activation="softmax")(inp))
+    model = build_serving_model([net], 64, "zscore", 4.0)
+    raw = np.random.default_rng(2).integers(0, 1000, (4, 256, 256)).astype(np.int16)
+    spacing = np.full((4, 2), 1.0, np.float32)
+    raw_mask = keras.Model(model.input, model.get_layer("restore_size").output[1])
+    before = np.asarray(raw_mask.predict_on_batch({"raw": raw, "pixel_spacing_mm": spacing}))
+    assert min(_label(m).max() for m in before) > 30
+
+    def keras_run(r, s):
+        return {k: np.asarray(v) for k, v in model({"raw": r, "pixel_spacing_mm": s}).items()}
+
+    np.testing.assert_array_equal(keras_run(raw, spacing)["mask"],
+                                  np.stack(keep_largest_regions(before)))
+    runners, onnx_status = write_formats(model, tmp_path)
+    assert onnx_status == "written"
+    report = check_parity(keras_run, runners, [(raw, spacing)])
+    assert set(report) == {"saved_model", "keras_file", "tflite", "onnx"}
+    import onnx
+
+    ops_used = {node.op_type for node in onnx.load(tmp_path / "model.onnx").graph.node}
+    assert "Unique" not in ops_used
