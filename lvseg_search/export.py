@@ -153,8 +153,9 @@ def check_parity(reference, candidates: dict[str, Any],
 
     Raises:
         UserError: The Keras model or a format gives a NaN or infinite probability, a
-            format's probabilities differ by more than ``PARITY_TOLERANCE``, or any of
-            its mask pixels differs other than at a tie (nothing is written then).
+            format fails to run, its probabilities differ by more than
+            ``PARITY_TOLERANCE``, or any of its mask pixels differs other than at a tie
+            (nothing is written then).
     """
     expected = [{k: np.asarray(v) for k, v in reference(*b).items()} for b in batches]
     if not all(np.isfinite(ref["probabilities"]).all() for ref in expected):
@@ -167,7 +168,14 @@ def check_parity(reference, candidates: dict[str, Any],
         for b, ref in zip(batches, expected, strict=True):
             if len(b) > 2 and not at_centre:
                 continue
-            got = run_format(*b)
+            try:
+                got = run_format(*b)
+            except Exception as e:  # a runtime's own failure: one line, not its traceback
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                hint = "; --no-onnx skips ONNX" if name == "onnx" else ""
+                raise UserError(f"{name}: exported model fails on a {b[0].shape} batch "
+                                f"({type(e).__name__}: {first}); nothing was written"
+                                f"{hint}") from e
             probs = np.asarray(got["probabilities"])
             mask = np.asarray(got["mask"])
             if probs.shape != ref["probabilities"].shape or mask.shape != ref["mask"].shape:

@@ -54,6 +54,16 @@ def test_parity_fails_on_nan_outputs_and_on_any_differing_mask_pixel():
         check_parity(reference, {"one_pixel": one_pixel}, batch)
     with pytest.raises(UserError, match="keras: the model's probabilities hold NaN"):
         check_parity(nan, {"same": reference}, batch)
+
+    def fails(raw, spacing):  # as onnxruntime fails when it cannot allocate
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Failed to allocate memory\n"
+                           "second line of the runtime's message")
+
+    with pytest.raises(UserError) as refused:
+        check_parity(reference, {"onnx": fails}, batch)
+    assert str(refused.value) == (
+        "onnx: exported model fails on a (1, 8, 8) batch (RuntimeError: [ONNXRuntimeError] "
+        ": 1 : FAIL : Failed to allocate memory); nothing was written; --no-onnx skips ONNX")
     assert check_parity(reference, {"same": reference}, batch)["same"] == {
         "max_abs_diff": 0.0, "mask_mismatch_pixels": 0, "mask_tie_pixels": 0,
         "at_centre": False}
