@@ -484,8 +484,11 @@ def test_real_subset_search_report_export_predict(real_prepared, real_subset, tm
                batch_size=8, max_trials=1, verbose=False)
     report = write_report(run, verbose=False)
     assert len(report["table"]) == 1 and report["files"]["html"].is_file()
-    card = export(run, tmp_path / "model", epochs=1, onnx=False, verbose=False)
+    # Localized: predict finds each series' LV first and cuts every view around it.
+    card = export(run, tmp_path / "model", epochs=1, onnx=False, verbose=False,
+                  roi="localized")
     assert card["test"] is None and len(card["training"]["patients"]) == 3
+    assert card["postprocessing"]["roi"] == "localized"
     studies = predict(tmp_path / "model", real_subset / "dicoms" / "SCD0000101",
                       tmp_path / "pred", overlays=False, verbose=False)
     study = studies["SCD0000101"]
@@ -512,7 +515,7 @@ def test_real_subset_search_report_export_predict(real_prepared, real_subset, tm
     both = predict(tmp_path / "model", mixed, tmp_path / "pred-mixed", overlays=False,
                    verbose=False)
     assert set(both) == {"study/series_0001", "study/series_0300"}
-    assert both["study/series_0300"] == study
+    assert both["study/series_0300"] == study  # the localizer does not move its LV
     assert both["study/series_0001"]["images"] == 3
     assert both["study/series_0001"]["ejection_fraction"] is None
     # The same stack written one series per slice, each numbered from 1 (as some scanners
