@@ -156,7 +156,7 @@ class ChosenCentre(layers.Layer):
     the image's centre, row and column), or the model's own choice (``own``: the
     located LV; None: the image centre) for the images whose given centre holds a NaN.
 
-    ``x != x`` finds NaN: TFLite's builtin ops have no is-NaN.
+    ``x != x`` finds NaN with a comparison, an op every exported format has.
     """
 
     def call(self, raw, given, own=None):
