@@ -96,6 +96,19 @@ def test_spacing_none_resizes_whole_images(tiny_data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--roi localized" in err and "Traceback" not in err
     assert not (tmp_path / "model").exists()
+    # Exported as it is: contract 2 alone, no signature that takes a centre.
+    from lvseg_search.model.formats import saved_model_runner
+
+    assert main(["export", str(run), "--out", str(tmp_path / "model"), "--no-onnx"]) == 0
+    card = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    assert card["postprocessing"]["roi"] == "centre" and "roi_centre_mm" not in card["inputs"]
+    assert not (tmp_path / "model" / "model_at_centre.tflite").exists()
+    assert "also" not in card["formats"]["saved_model/"]
+    serve = saved_model_runner(tmp_path / "model" / "saved_model")
+    raw, spacing = np.zeros((1, 20, 24), np.int16), np.ones((1, 2), np.float32)
+    assert serve(raw, spacing)["mask"].shape == (1, 20, 24) and not serve.at_centre
+    with pytest.raises(ValueError, match="has no serve_at_centre signature"):
+        serve(raw, spacing, np.zeros((1, 2)))
 
 
 def test_a_run_folder_from_before_the_grid_resumes_as_it_trained(tiny_data, tmp_path):
