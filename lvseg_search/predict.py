@@ -44,28 +44,31 @@ def load_model(model_dir: Path):
     return saved_model_runner(path)
 
 
+def _postprocessing(model_dir: Path) -> dict[str, Any] | None:
+    """The model card's ``postprocessing``; None for models exported before the card
+    recorded it (or without a readable card)."""
+    try:
+        post = json.loads((Path(model_dir) / "model_card.json").read_text())
+    except (OSError, ValueError):
+        return None
+    post = post.get("postprocessing") if isinstance(post, dict) else None
+    return post if isinstance(post, dict) else None
+
+
 def keeps_largest_region(model_dir: Path) -> bool:
     """Whether masks are reduced to their largest region: as the model card's
     post-processing says (an export may decide against it); models exported before the
     card recorded it always were."""
-    card = Path(model_dir) / "model_card.json"
-    try:
-        post = json.loads(card.read_text()).get("postprocessing")
-    except (OSError, ValueError):
-        return True
-    return bool(post.get("largest_region", True)) if isinstance(post, dict) else True
+    post = _postprocessing(model_dir)
+    return True if post is None else bool(post.get("largest_region", True))
 
 
 def centres_on_study(model_dir: Path, serve) -> bool:
     """Whether each study's views are cut around the study's LV: a model that locates
     the LV (``roi`` localized in its card) and holds the signature that takes a centre
     (models exported before it had one locate the LV in each image on its own)."""
-    card = Path(model_dir) / "model_card.json"
-    try:
-        post = json.loads(card.read_text()).get("postprocessing")
-    except (OSError, ValueError):
-        return False
-    return (isinstance(post, dict) and post.get("roi") == "localized"
+    post = _postprocessing(model_dir)
+    return (post is not None and post.get("roi") == "localized"
             and bool(getattr(serve, "at_centre", False)))
 
 

@@ -4,9 +4,9 @@ the trial's folder.
 ``report`` and ``export`` both need the table of the best trial, and ``report`` is run
 again and again while a search goes on; each computation predicts every validation image
 with every field of view and test-time augmentation (a localized field of view twice:
-once to find the study's LV). The table is a function of the fold checkpoints, the validation shards
-and the grid, so it is kept next to the checkpoints with a digest of all three and used
-again only while that digest matches.
+once to find the study's LV). The table is a function of the fold checkpoints, the
+validation shards and the grid, so it is kept next to the checkpoints with a digest of
+all three and used again only while that digest matches.
 """
 
 from __future__ import annotations

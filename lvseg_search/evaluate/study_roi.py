@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from lvseg_search.model.postprocess import largest_region
+
 
 def lv_centre_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
     """The centroid of a mask's largest region, in mm from the image's centre.
@@ -32,11 +34,10 @@ def lv_centre_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
     Returns:
         ``[row, column]`` mm; NaN for an empty mask.
     """
-    labels, n = ndimage.label(np.asarray(mask) != 0)
-    if n == 0:
+    region = largest_region(mask)
+    if not region.any():
         return np.full(2, np.nan)
-    sizes = np.bincount(labels.ravel())[1:]
-    where = np.array(ndimage.center_of_mass(labels == 1 + int(np.argmax(sizes))))
+    where = np.array(ndimage.center_of_mass(region))
     centre = np.array(mask.shape, dtype=np.float64) / 2 - 0.5  # as the resampling grids
     return (where - centre) * np.asarray(spacing_mm, dtype=np.float64)
 
