@@ -19,8 +19,12 @@ Spearman rank correlation between a trial's score after k epochs (several rules)
 final score.
 
     python benchmarks/search_value.py --out DIR [--data RAW | --phantom] [--seed 0]
-        [--space quick] [--max-epochs 9] [--factor 3] [--min-epochs N] [--trials 10]
+        [--space quick] [--max-epochs 27] [--factor 3] [--min-epochs N] [--trials 11]
         [--steps-per-epoch 20] [--batch-size 4] [--arms random,hyperband,...]
+
+The defaults are the real-subset budget of the README (about 75 minutes for all arms on
+2 CPU cores): Hyperband's one iteration (27 epochs, factor 3, first rung 3) trains 294
+epochs, random search and Bayesian optimization 11 trials of 27 (297).
 
 An interrupted run resumes (each arm is a search in its own folder under DIR). With
 ``--report-only``, only the tables and the plot from what DIR holds.
@@ -245,9 +249,9 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
     signal = rung_signal(scratch, max_epochs)
     if signal:
         # Hyperband's first rung: its shortest trial trained from scratch (without a
-        # Hyperband arm, the search's default: max_epochs / factor).
+        # Hyperband arm, the search's default: max_epochs / factor**2).
         rung = min((t["epochs"] for t in arms.get("hyperband", []) if t["curves"]),
-                   default=math.ceil(max_epochs / factor))
+                   default=max(1, max_epochs // factor**2))
         lines += ["", f"Low-budget signal over {signal[0]['n']} trials trained {max_epochs} "
                   f"epochs from scratch (Hyperband's first rung: {rung} epoch(s)); Spearman "
                   "between the score after k epochs and the final score:", "",
@@ -304,11 +308,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--space", default="quick")
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--max-epochs", type=int, default=9)
+    parser.add_argument("--max-epochs", type=int, default=27)
     parser.add_argument("--factor", type=int, default=3)
     parser.add_argument("--min-epochs", type=int, default=None,
-                        help="Hyperband's first rung (default: the search's, max / factor)")
-    parser.add_argument("--trials", type=int, default=10,
+                        help="Hyperband's first rung (default: the search's, max / factor**2)")
+    parser.add_argument("--trials", type=int, default=11,
                         help="trials of random search and Bayesian optimization")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps-per-epoch", type=int, default=20)

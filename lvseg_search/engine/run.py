@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import shutil
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -65,13 +64,33 @@ AUGMENT_DEFAULTS = {"augment_rotation_deg": PipelineConfig.max_rotation_deg,
                     "augment_brightness": 0.15, "augment_noise": 0.1, "augment_blur": 0.2,
                     "augment_low_resolution": 0.25}
 # steps_per_epoch 0: an epoch is one pass over the fold's training slices.
-# min_epochs None: max_epochs / factor, Hyperband's two least aggressive brackets only.
+# min_epochs None: max_epochs / factor**2, Hyperband's three least aggressive brackets.
 DEFAULTS = {"max_epochs": 9, "min_epochs": None, "factor": 3, "hyperband_iterations": 1,
             "image_size": 128, "batch_size": 8, "folds": 3, "normalization": "zscore",
             "steps_per_epoch": 0,
             **AUGMENT_DEFAULTS}
 
 
+
+
+def default_min_epochs(max_epochs: int, factor: int, brackets: int = 3) -> int:
+    """Hyperband's shortest rung when none is given: that of its ``brackets`` least
+    aggressive brackets (fewer when ``max_epochs`` is too small for them), rounded down so
+    that keras-tuner's own bracket count (a float division) keeps the last of them.
+
+    Args:
+        max_epochs: Epochs of the longest trial.
+        factor: Hyperband's reduction factor.
+        brackets: Brackets wanted.
+
+    Returns:
+        The ``min_epochs`` to give the oracle (at least 1).
+    """
+    possible, epochs = 0, float(max_epochs)
+    while epochs >= 1:
+        epochs /= factor
+        possible += 1
+    return max(1, max_epochs // factor ** (min(brackets, possible) - 1))
 
 
 def fold_dir(trial_dir: Path, k: int) -> Path:
@@ -242,11 +261,15 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
     if merged["factor"] < 2:
         raise UserError(f"--factor: {merged['factor']} must be at least 2")
     if merged["min_epochs"] is None:
-        # Shorter first rungs ranked trials no better than chance on the real subset
-        # (Spearman with the final score -0.27 after 1 epoch of 18, 0.81 after 6 over 10
-        # trials; 0.04 and 0.69 over 16: benchmarks/search_value.py), so the brackets
-        # that start below it are left out unless asked for.
-        merged["min_epochs"] = math.ceil(merged["max_epochs"] / merged["factor"])
+        # Three brackets: the most aggressive one screens factor**2 times as many
+        # trials as it trains to the end, and it runs first, so it is what makes a
+        # search find good trials in the first third of its epochs (with two brackets,
+        # Hyperband never came within 0.01 of random search's best in a third of its
+        # epochs: benchmarks/search_value.py). keras-tuner's 1-epoch rung is left out:
+        # after 1 epoch of 18 trials ranked as by chance (Spearman -0.27 with the
+        # final score). A space sets max_epochs so that max_epochs / factor**2 epochs
+        # already rank trials. Budgets too small for three brackets get as many as fit.
+        merged["min_epochs"] = default_min_epochs(merged["max_epochs"], merged["factor"])
     if not 1 <= merged["min_epochs"] <= merged["max_epochs"]:
         raise UserError(f"--min-epochs: {merged['min_epochs']} must be from 1 to --max-epochs "
                         f"({merged['max_epochs']})")

@@ -41,9 +41,9 @@ def test_initial_points_without_a_cap():
     assert initial_points(30) == 10
 
 
-def _rungs(oracle, tmp_path, n: int) -> list[int]:
+def _rungs(oracle, tmp_path, n: int, trained: list[int] | None = None) -> list[int]:
     """The epochs of the first ``n`` trials, each completed as it comes, ranked by the
-    order they came in."""
+    order they came in (``trained``, when given, gets the epochs each trial trains)."""
     oracle._set_project_dir(str(tmp_path), "p")
     oracle.hyperparameters = _space()
     epochs = []
@@ -51,7 +51,10 @@ def _rungs(oracle, tmp_path, n: int) -> list[int]:
         trial = oracle.create_trial("t")
         if trial.status != "RUNNING":
             break
-        epochs.append(trial.hyperparameters.values["tuner/epochs"])
+        values = trial.hyperparameters.values
+        epochs.append(values["tuner/epochs"])
+        if trained is not None:
+            trained.append(values["tuner/epochs"] - values["tuner/initial_epoch"])
         oracle.update_trial(trial.trial_id, {"val_dice": 1.0 / (i + 1)})
         trial.status = "COMPLETED"
         oracle.end_trial(trial)
@@ -70,3 +73,32 @@ def test_hyperband_leaves_out_brackets_whose_first_rung_is_under_min_epochs(tmp_
     # trials of 9 epochs. No trial shorter than 3.
     assert epochs == [3] * 5 + [9] * 2 + [9] * 3
     assert oracle.get_state()["min_epochs"] == 3  # saved, so a resumed search keeps it
+
+
+def test_the_default_first_rung_gives_three_brackets_the_aggressive_one_first(tmp_path):
+    from lvseg_search.engine.run import resolve_options
+    from lvseg_search.model.space import load_space
+
+    options = resolve_options(load_space("quick"), tmp_path / "run", image_size=64)
+    oracle = make_oracle("hyperband", seed=0, max_epochs=options.max_epochs,
+                         factor=options.factor, hyperband_iterations=1, max_trials=None,
+                         min_epochs=options.min_epochs)
+    trained: list[int] = []
+    epochs = _rungs(oracle, tmp_path / "o", 100, trained)
+    # quick: 27 epochs, factor 3. Bracket 2 first: 12 trials of 3 epochs, the best 4
+    # continued to 9, the best 2 of those to 27 (96 epochs in all, a third of the
+    # schedule); then bracket 1 (6 trials of 9, 2 continued to 27) and bracket 0 (4 of 27).
+    assert epochs == [3] * 12 + [9] * 4 + [27] * 2 + [9] * 6 + [27] * 2 + [27] * 4
+    assert (sum(trained[:18]), sum(trained)) == (96, 294)
+
+
+def test_the_default_first_rung_keeps_three_brackets_or_as_many_as_fit():
+    from lvseg_search.engine.run import default_min_epochs
+
+    for max_epochs, factor, brackets in ((27, 3, 3), (60, 3, 3), (18, 3, 3), (81, 3, 3),
+                                         (24, 2, 3), (12, 4, 2), (3, 3, 2), (2, 2, 2),
+                                         (1, 3, 1)):
+        oracle = make_oracle("hyperband", seed=0, max_epochs=max_epochs, factor=factor,
+                             hyperband_iterations=1, max_trials=None,
+                             min_epochs=default_min_epochs(max_epochs, factor))
+        assert oracle._get_num_brackets() == brackets, (max_epochs, factor)

@@ -161,16 +161,17 @@ def test_steps_per_epoch_comes_from_the_space_or_the_command_line(tmp_path):
         resolve_options(load_space("quick"), tmp_path, image_size=64, steps_per_epoch=-3)
 
 
-def test_min_epochs_defaults_to_the_two_least_aggressive_brackets(tmp_path):
+def test_min_epochs_defaults_to_the_three_least_aggressive_brackets(tmp_path):
     from lvseg_search.engine.run import resolve_options
 
     quick = resolve_options(load_space("quick"), tmp_path, image_size=64)
-    assert (quick.max_epochs, quick.factor, quick.min_epochs) == (18, 3, 6)
-    # max_epochs / factor, rounded up, whatever the budget; given, it is kept.
-    for given, expected in (({"max_epochs": 30, "factor": 10}, 3),
+    assert (quick.max_epochs, quick.factor, quick.min_epochs) == (27, 3, 3)
+    # max_epochs / factor**2 rounded down (three brackets), as many brackets as fit in
+    # smaller budgets, at least 1; given, it is kept.
+    for given, expected in (({"max_epochs": 60, "factor": 3}, 6),
                             ({"max_epochs": 12, "factor": 4}, 3),
                             ({"max_epochs": 2, "factor": 2}, 1),
-                            ({"max_epochs": 18, "min_epochs": 1}, 1)):
+                            ({"max_epochs": 18, "min_epochs": 6}, 6)):
         options = resolve_options(load_space("quick"), tmp_path, image_size=64, **given)
         assert options.min_epochs == expected
     path = _write(tmp_path, f"[hyperparameters]\n{GOOD}\n[search]\nmin_epochs = 2\n")
