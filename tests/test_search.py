@@ -90,6 +90,16 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
     with pytest.raises(UserError, match=r"other options \(max_epochs, min_epochs\)"):
         run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, min_epochs=2, factor=2,
                    image_size=32, batch_size=4, verbose=False)
+    # One written with another default shortest rung (max_epochs / factor before three
+    # brackets were the default) resumes with it; a --min-epochs given is compared.
+    options = json.loads(record.read_text())
+    record.write_text(json.dumps({**options, "min_epochs": 2, "max_epochs": 2}))
+    run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, factor=2, image_size=32,
+               batch_size=4, max_trials=1, verbose=False)
+    assert json.loads(record.read_text())["min_epochs"] == 2
+    with pytest.raises(UserError, match=r"other options \(min_epochs\)"):
+        run_search(tiny_data, out, str(TINY), folds=2, max_epochs=2, min_epochs=1, factor=2,
+                   image_size=32, batch_size=4, verbose=False)
 
 
 def test_a_new_budget_extends_a_finished_search(tiny_data, tmp_path, capsys):

@@ -408,6 +408,12 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
             # Written before Hyperband's shortest rung was an option: it ran keras-tuner's
             # 1, and resumes so; another --min-epochs is refused below as a changed option.
             options = replace(options, min_epochs=1)
+        elif ("min_epochs" not in given and "min_epochs" in previous
+              and (previous.get("max_epochs"), previous.get("factor"))
+              == (options.max_epochs, options.factor)):
+            # The default rung changed (two brackets, then three): a run resumes with the
+            # one it recorded for the same budget, as its brackets were laid out.
+            options = replace(options, min_epochs=previous["min_epochs"])
         if "augment_offset_mm" not in previous:
             # Written before training views were cut around the LV: resumes with views
             # around the image centre, as its finished trials trained.
