@@ -265,10 +265,10 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         # trials as it trains to the end, and it runs first, so it is what makes a
         # search find good trials in the first third of its epochs (with two brackets,
         # Hyperband never came within 0.01 of random search's best in a third of its
-        # epochs: benchmarks/search_value.py). keras-tuner's 1-epoch rung is left out:
-        # after 1 epoch of 18 trials ranked as by chance (Spearman -0.27 with the
-        # final score). A space sets max_epochs so that max_epochs / factor**2 epochs
-        # already rank trials. Budgets too small for three brackets get as many as fit.
+        # epochs: benchmarks/search_value.py). Its first rung must still rank trials: a
+        # space should set max_epochs so that max_epochs / factor**2 epochs do (quick's 3
+        # do on the phantom, not on the real subset's 80 images an epoch, README). Budgets
+        # too small for three brackets get as many as fit.
         merged["min_epochs"] = default_min_epochs(merged["max_epochs"], merged["factor"])
     if not 1 <= merged["min_epochs"] <= merged["max_epochs"]:
         raise UserError(f"--min-epochs: {merged['min_epochs']} must be from 1 to --max-epochs "
