@@ -22,8 +22,8 @@ final score.
         [--space quick] [--max-epochs 27] [--factor 3] [--min-epochs N] [--trials 11]
         [--steps-per-epoch 20] [--batch-size 4] [--arms random,hyperband,...]
 
-The defaults are the real-subset budget of the README (about 75 minutes for all arms on
-2 CPU cores): Hyperband's one iteration (27 epochs, factor 3, first rung 3) trains 294
+The defaults are the real-subset budget of the README (45-65 minutes for all arms on 2
+CPU cores): Hyperband's one iteration (27 epochs, factor 3, first rung 3) trains 294
 epochs, random search and Bayesian optimization 11 trials of 27 (297).
 
 An interrupted run resumes (each arm is a search in its own folder under DIR). With
@@ -248,10 +248,12 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
             scratch.append(t)
     signal = rung_signal(scratch, max_epochs)
     if signal:
+        from lvseg_search.engine.run import default_min_epochs
+
         # Hyperband's first rung: its shortest trial trained from scratch (without a
-        # Hyperband arm, the search's default: max_epochs / factor**2).
+        # Hyperband arm, the search's default).
         rung = min((t["epochs"] for t in arms.get("hyperband", []) if t["curves"]),
-                   default=max(1, max_epochs // factor**2))
+                   default=default_min_epochs(max_epochs, factor))
         lines += ["", f"Low-budget signal over {signal[0]['n']} trials trained {max_epochs} "
                   f"epochs from scratch (Hyperband's first rung: {rung} epoch(s)); Spearman "
                   "between the score after k epochs and the final score:", "",

@@ -71,8 +71,6 @@ DEFAULTS = {"max_epochs": 9, "min_epochs": None, "factor": 3, "hyperband_iterati
             **AUGMENT_DEFAULTS}
 
 
-
-
 def default_min_epochs(max_epochs: int, factor: int, brackets: int = 3) -> int:
     """Hyperband's shortest rung when none is given: that of its ``brackets`` least
     aggressive brackets (fewer when ``max_epochs`` is too small for them), rounded down so
@@ -86,6 +84,8 @@ def default_min_epochs(max_epochs: int, factor: int, brackets: int = 3) -> int:
     Returns:
         The ``min_epochs`` to give the oracle (at least 1).
     """
+    # keras-tuner's own count (HyperbandOracle._get_num_brackets, private) with a
+    # shortest rung of 1: the most brackets this budget can have.
     possible, epochs = 0, float(max_epochs)
     while epochs >= 1:
         epochs /= factor
