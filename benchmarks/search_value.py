@@ -8,23 +8,27 @@ keras-tuner's oracles, and the space's fixed default network:
   (at least as many epochs in all as Hyperband's iteration);
 - ``fixed``: the space's ``[default]`` network, ``--max-epochs`` epochs, and ``fixed_x3``,
   the same network with three times the epochs (its learning-rate schedule stretched),
-  to see whether a baseline given more of the budget catches up.
+  to see whether a baseline given more of the budget catches up;
+- ``first_rung``: random search's trials (same seed: same draws, same initial weights)
+  trained only Hyperband's first rung, their learning rate decaying over it as a
+  Hyperband first-rung trial's does.
 
 Then prints, per arm, the best CV Dice (on the masks as delivered) against cumulative
 training epochs (a trial's epochs, each over every fold), the epochs Hyperband needs to
 come within 0.01 of random search's final best, and writes a plot. Also measures the
-low-budget signal: from the random and Bayesian trials, which train the whole budget from
-scratch with the same learning-rate schedule as Hyperband's first-rung trials, the
-Spearman rank correlation between a trial's score after k epochs (several rules) and its
-final score.
+low-budget signal: the Spearman rank correlation between the ``first_rung`` arm's scores
+(what Hyperband ranks its first rung by) and the same configurations' final scores in the
+random arm; and, from the random and Bayesian trials trained the whole budget from
+scratch, between a trial's validation Dice after k epochs of its one long decay (several
+rules; how rungs were scored before they restarted the schedule) and its final score.
 
     python benchmarks/search_value.py --out DIR [--data RAW | --phantom] [--seed 0]
-        [--space quick] [--max-epochs 27] [--factor 3] [--min-epochs N] [--trials 11]
+        [--space quick] [--max-epochs 24] [--factor 2] [--min-epochs N] [--trials 15]
         [--steps-per-epoch 20] [--batch-size 4] [--arms random,hyperband,...]
 
-The defaults are the real-subset budget of the README (45-65 minutes for all arms on 2
-CPU cores): Hyperband's one iteration (27 epochs, factor 3, first rung 3) trains 294
-epochs, random search and Bayesian optimization 11 trials of 27 (297).
+The defaults are the real-subset budget of the README: Hyperband's one iteration (24
+epochs, factor 2, rungs 6, 12 and 24) trains 348 epochs, random search and Bayesian
+optimization 15 trials of 24 (360), the first rung 15 trials of 6.
 
 An interrupted run resumes (each arm is a search in its own folder under DIR). With
 ``--report-only``, only the tables and the plot from what DIR holds.
@@ -44,7 +48,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook-subset"
-ARMS = ("random", "hyperband", "fixed", "bayesian", "fixed_x3")
+ARMS = ("random", "first_rung", "hyperband", "fixed", "bayesian", "fixed_x3")
+SEARCH_ARMS = ("random", "hyperband", "fixed", "bayesian", "fixed_x3")  # plotted
 TARGET_GAP = 0.01
 
 
@@ -68,8 +73,10 @@ def prepare_data(args: argparse.Namespace, out: Path) -> Path:
 
 def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> list[str]:
     """The ``lvseg-search search`` command line of one arm."""
-    oracle = "fixed" if arm.startswith("fixed") else arm
-    epochs = args.max_epochs * (3 if arm == "fixed_x3" else 1)
+    oracle = ("fixed" if arm.startswith("fixed") else "random" if arm == "first_rung"
+              else arm)
+    epochs = (args.max_epochs * 3 if arm == "fixed_x3" else first_rung(args)
+              if arm == "first_rung" else args.max_epochs)
     cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(data),
            "--space", args.space, "--out", str(out / arm), "--folds", str(args.folds),
            "--oracle", oracle, "--max-epochs", str(epochs), "--seed", str(args.seed),
@@ -82,9 +89,16 @@ def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> li
         cmd += ["--factor", str(args.factor), "--iterations", "1"]
         if args.min_epochs:
             cmd += ["--min-epochs", str(args.min_epochs)]
-    elif arm in ("random", "bayesian"):
+    elif arm in ("random", "bayesian", "first_rung"):
         cmd += ["--max-trials", str(args.trials)]
     return cmd
+
+
+def first_rung(args: argparse.Namespace) -> int:
+    """Hyperband's first rung (``--min-epochs``, else the search's default)."""
+    from lvseg_search.engine.run import default_min_epochs
+
+    return args.min_epochs or default_min_epochs(args.max_epochs, args.factor)
 
 
 def run_arm(arm: str, args: argparse.Namespace, data: Path, out: Path) -> float:
@@ -211,13 +225,21 @@ def rung_signal(trials: list[dict], max_epochs: int) -> list[dict]:
     return rows
 
 
+def rung_pairs(short: list[dict], full: list[dict]) -> list[tuple[float, float]]:
+    """(first-rung score, final score) of each configuration both arms scored, matched by
+    hyperparameter values."""
+    finals = {t["values"]: t["score"] for t in full if t["score"] is not None}
+    return [(t["score"], finals[t["values"]]) for t in short
+            if t["score"] is not None and t["values"] in finals]
+
+
 def report(out: Path, max_epochs: int, factor: int = 3) -> str:
     """The tables (markdown) and ``out/search_value.png`` from the arms found in ``out``."""
     from lvseg_search.engine.run import load_run
 
     runs = {a: load_run(out / a) for a in ARMS if (out / a / "search.json").is_file()}
     arms = {a: arm_trials(run) for a, run in runs.items()}
-    curves = {a: best_curve(t) for a, t in arms.items()}
+    curves = {a: best_curve(t) for a, t in arms.items() if a in SEARCH_ARMS}
     lines = ["| arm | trials | epochs | best CV Dice | best within Hyperband's epochs | wall |",
              "|---|---|---|---|---|---|"]
     hb_total = curves["hyperband"][-1][0] if curves.get("hyperband") else None
@@ -246,6 +268,14 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
         if (t["trial"], t["values"]) not in seen:
             seen.add((t["trial"], t["values"]))
             scratch.append(t)
+    paired = rung_pairs(arms.get("first_rung", []), arms.get("random", []))
+    if len(paired) >= 3:
+        rung = runs["first_rung"].options.max_epochs
+        rho = spearmanr([p[0] for p in paired], [p[1] for p in paired]).statistic
+        lines += ["", f"First-rung signal: Spearman between {len(paired)} configurations' "
+                  f"scores after {rung} epochs, their learning rate decaying over them (as "
+                  f"Hyperband's first rung trains), and after {max_epochs} in the random arm: "
+                  f"**{rho:.2f}** (target >= 0.6)."]
     signal = rung_signal(scratch, max_epochs)
     if signal:
         from lvseg_search.engine.run import default_min_epochs
@@ -256,7 +286,8 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
                    default=default_min_epochs(max_epochs, factor))
         lines += ["", f"Low-budget signal over {signal[0]['n']} trials trained {max_epochs} "
                   f"epochs from scratch (Hyperband's first rung: {rung} epoch(s)); Spearman "
-                  "between the score after k epochs and the final score:", "",
+                  "between the score after k epochs of one decay over all of them and the "
+                  "final score:", "",
                   "| k | " + " | ".join(RULES) + " |", "|---" * (len(RULES) + 1) + "|"]
         for k in range(1, max_epochs + 1):
             rho = {r["rule"]: r["spearman"] for r in signal if r["epochs"] == k}
@@ -310,11 +341,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--space", default="quick")
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--max-epochs", type=int, default=27)
-    parser.add_argument("--factor", type=int, default=3)
+    parser.add_argument("--max-epochs", type=int, default=24)
+    parser.add_argument("--factor", type=int, default=2)
     parser.add_argument("--min-epochs", type=int, default=None,
                         help="Hyperband's first rung (default: the search's, max / factor**2)")
-    parser.add_argument("--trials", type=int, default=11,
+    parser.add_argument("--trials", type=int, default=15,
                         help="trials of random search and Bayesian optimization")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps-per-epoch", type=int, default=20)

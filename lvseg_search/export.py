@@ -54,7 +54,8 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     the search's seed).
 
     Returns:
-        The network, the patients it trained on and its training batches per epoch.
+        The network, the patients it trained on, its training batches per epoch and the
+        epochs its learning-rate schedule ended a decay at.
     """
     import keras
 
@@ -65,7 +66,7 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
     )
     from lvseg_search.engine.tuner import weights_seed
     from lvseg_search.model.deep_supervision import inference_network
-    from lvseg_search.model.schedule import scheduler
+    from lvseg_search.model.schedule import retrained_ends, rung_ends, scheduler
 
     patients = sorted({p for fold in run.splits["folds"] for p in fold["train"] + fold["val"]})
     o = run.options
@@ -81,16 +82,20 @@ def retrain(run: Run, trial, epochs: int, verbose: bool = True):
                 print(f"export: retrain epoch {epoch + 1}/{epochs}  loss "
                       f"{logs['loss']:.4f}  dice {logs['dice']:.3f}", flush=True)
 
-    # The search's learning-rate schedule over its horizon, so that the epoch count
-    # chosen in the search is trained with the same rates.
-    callbacks = [_Progress(), *scheduler(trial.hyperparameters.values, o.max_epochs)]
+    # The trial's learning-rate schedule through its rungs (one: the search's horizon),
+    # so that the epoch count chosen in the search is trained with the same rates.
+    values = trial.hyperparameters.values
+    ends = rung_ends(values, lambda t: run.trials[t].hyperparameters.values, o.max_epochs,
+                     o.lr_per_rung)
+    ends = retrained_ends(ends, epochs) if o.lr_per_rung else ends
+    callbacks = [_Progress(), *scheduler(values, ends)]
     # A search with a fixed number of steps per epoch chose its epoch count in steps: the
     # retraining takes as many (each over all the patients).
     steps = o.steps_per_epoch or batches_per_epoch(n, config)
     model.fit(data, steps_per_epoch=steps, epochs=epochs,
               callbacks=callbacks, shuffle=False, verbose=0)
     # Deep supervision's auxiliary outputs served training only.
-    return inference_network(model), patients, steps
+    return inference_network(model), patients, steps, ends
 
 
 def _probe_inputs(patients: list[Any], at_centre: bool = False) -> list[tuple[Any, ...]]:
@@ -306,9 +311,10 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                 print(f"export: retraining trial {trial.trial_id} on all non-test patients "
                       f"for {n} epochs", flush=True)
             keras.backend.clear_session()
-            network, trained_on, steps = retrain(run, trial, n, verbose)
+            network, trained_on, steps, ends = retrain(run, trial, n, verbose)
             networks = [network]
-            training = {"mode": "retrain", "epochs": n, "steps_per_epoch": steps}
+            training = {"mode": "retrain", "epochs": n, "steps_per_epoch": steps,
+                        "schedule_ends": ends}
         training["patients"] = trained_on
         settings = {"tta": decision["tta"], "largest_region": decision["largest_region"],
                     "roi": decision["roi"], "convex_hull": decision["convex_hull"]}
@@ -457,6 +463,7 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
         "search": {"run": run.path.name, "space": Path(o.space).stem, "trial": trial.trial_id,
                    "folds": run.n_folds, "oracle": o.oracle, "max_epochs": o.max_epochs,
                    "min_epochs": o.min_epochs, "factor": o.factor,
+                   "lr_per_rung": o.lr_per_rung,
                    "seed": o.seed, "precision_in_search": o.precision,
                    "steps_per_epoch": o.steps_per_epoch,  # 0: one pass over the training
                    "augmentation": augmentation(o)},

@@ -139,6 +139,16 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     assert (model_dir / "model.onnx").is_file() and card["onnx"] == "written"
     assert card["training"]["mode"] == "retrain"
     assert card["training"]["epochs"] == card["cross_validation"]["scored_epoch"]
+    # The retraining replays the exported trial's rungs (its schedule restarts at each).
+    from lvseg_search.engine.run import load_run
+    from lvseg_search.model.schedule import rung_ends
+
+    run = load_run(tiny_run)
+    values = run.trials[card["search"]["trial"]].hyperparameters.values
+    assert card["search"]["lr_per_rung"] is True
+    assert card["training"]["schedule_ends"] == rung_ends(
+        values, lambda t: run.trials[t].hyperparameters.values, 2, True)
+    assert card["training"]["schedule_ends"][-1] == card["training"]["epochs"]
     # The search's epochs were 3 batches each; the retraining's are too.
     assert card["search"]["steps_per_epoch"] == card["training"]["steps_per_epoch"] == 3
     split = json.loads((tiny_run / "splits.json").read_text())

@@ -61,6 +61,32 @@ def test_two_fold_search_keeps_folds_apart_and_resumes_promotions(tiny_data, tmp
     assert promoted >= 2  # one promoted trial, two folds
 
 
+def test_hyperband_rungs_anneal_and_a_promotion_restarts_the_rate(tiny_data, tmp_path):
+    from lvseg_search.engine.run import load_run
+    from lvseg_search.model.schedule import COSINE_FLOOR
+
+    space = tmp_path / "cosine.toml"
+    space.write_text(TINY.read_text().replace(
+        "[search]", 'lr_schedule = { values = ["cosine"] }\n\n[search]'))
+    out = tmp_path / "run"
+    run_search(tiny_data, out, str(space), folds=2, test_patients=1, max_epochs=4, factor=2,
+               min_epochs=2, image_size=32, batch_size=4, steps_per_epoch=2, seed=1,
+               verbose=False)
+    run = load_run(out)
+    assert run.options.lr_per_rung
+    promoted = 0
+    for tid, trial in run.trials.items():
+        hp = trial.hyperparameters.values
+        for result in run.fold_results(tid):
+            rates = result["history"]["learning_rate"]
+            # Every rung starts at the trial's rate and ends decayed, whichever rung.
+            assert rates[0] == pytest.approx(hp["learning_rate"], rel=1e-5)
+            assert rates[-1] < hp["learning_rate"] * 0.6
+            assert rates[-1] > hp["learning_rate"] * COSINE_FLOOR
+        promoted += "tuner/trial_id" in hp
+    assert promoted >= 1
+
+
 def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
     from lvseg_search.errors import UserError
 

@@ -199,6 +199,9 @@ class SearchOptions:
     # Training views cut around the expert LV, moved by up to this many mm (physical
     # grid only); older run folders cut them around the image centre.
     augment_offset_mm: float = 0.0
+    # Hyperband trials anneal their learning rate to their rung's end, restarting at each
+    # promotion (model.schedule); older run folders decayed it over max_epochs.
+    lr_per_rung: bool = False
 
     def pipeline(self, batch_size: int | None = None) -> PipelineConfig:
         """The search's pipeline settings (``.training()`` adds shuffling and the
@@ -317,7 +320,7 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         test_ids=tuple(given.get("test_ids") or ()), seed=int(given.get("seed") or 0),
         precision=precision, jit=bool(given.get("jit")), max_trials=max_trials, oracle=oracle,
         spacing_mm=spacing, field_of_view_mm=field_of_view,
-        include_default=include_default and oracle != "fixed", **merged)
+        include_default=include_default and oracle != "fixed", lr_per_rung=True, **merged)
 
 
 def parse_spacing(value: Any) -> float | None:
@@ -418,6 +421,10 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
             # Written before training views were cut around the LV: resumes with views
             # around the image centre, as its finished trials trained.
             options = replace(options, augment_offset_mm=0.0)
+        if "lr_per_rung" not in previous:
+            # Written before rungs restarted the schedule: resumes decaying over
+            # max_epochs, as its finished trials trained.
+            options = replace(options, lr_per_rung=False)
         # The grid chosen again from the same data and patients: the same, unless an
         # option that decides it changed.
         options = resolve_grid(options, data, split, space)

@@ -74,7 +74,8 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
                              hyperband_iterations=options.hyperband_iterations,
                              max_trials=options.max_trials, default=sp.default,
                              include_default=options.include_default)
-        tuner = CVTuner(cv, oracle, options.max_epochs, seed=options.seed, verbose=verbose,
+        tuner = CVTuner(cv, oracle, options.max_epochs, lr_per_rung=options.lr_per_rung,
+                        seed=options.seed, verbose=verbose,
                         hypermodel=hypermodel, distribution_strategy=dist, directory=str(out),
                         project_name=PROJECT, tensorboard_dir=out / hparams.DIRNAME,
                         trial_budget=trial_budget, on_share_ending=on_share_ending)

@@ -41,7 +41,7 @@ from lvseg_search.engine.run import (
 from lvseg_search.engine.trial_score import UnscorableTrial, cv_score, hparams_metrics
 from lvseg_search.engine.validation import FoldValidation, traced_forward
 from lvseg_search.evaluate.scoring import score_predictions
-from lvseg_search.model.schedule import scheduler
+from lvseg_search.model.schedule import rung_ends, scheduler
 
 # A trial whose folds evaluate their model at least this often in total validates
 # through one traced forward pass (on 2 cores at 128 px the trace costs 0.08-0.2 s and
@@ -248,6 +248,8 @@ class CVTuner(keras_tuner.Tuner):
         cv: The folds (training and validation pipelines).
         oracle: The oracle.
         max_epochs: Epochs of the longest trial (learning-rate schedules span them).
+        lr_per_rung: Restart each Hyperband trial's learning-rate schedule at its rung and
+            decay it to the rung's end (``SearchOptions.lr_per_rung``).
         seed: Seed of the search: the fold models' initial weights (the oracle has its
             own, see :func:`make_oracle`).
         verbose: Print progress (trial, fold, epoch, best CV Dice so far).
@@ -262,13 +264,14 @@ class CVTuner(keras_tuner.Tuner):
     """
 
     def __init__(self, cv: CrossValidation, oracle: keras_tuner.Oracle, max_epochs: int,
-                 seed: int = 0, verbose: bool = True, tensorboard_dir: Path | None = None,
-                 trial_budget: int | None = None,
+                 lr_per_rung: bool = False, seed: int = 0, verbose: bool = True,
+                 tensorboard_dir: Path | None = None, trial_budget: int | None = None,
                  on_share_ending: Callable[[], None] | None = None, **kwargs):
         super().__init__(oracle=oracle, **kwargs)
         # Learning-rate schedules run over the search's max_epochs; a worker's oracle is
         # a remote client without Hyperband's attributes, so the tuner keeps its own.
         self.max_epochs = int(max_epochs)
+        self.lr_per_rung = lr_per_rung
         self.cv = cv
         self.seed = seed
         self.verbose = verbose
@@ -406,8 +409,11 @@ class CVTuner(keras_tuner.Tuner):
         start = time.perf_counter()
         try:
             # Validation first: the callbacks after it see val_dice in the epoch's logs.
-            callbacks = [validation, monitor,
-                         *scheduler(trial.hyperparameters.values, self.max_epochs)]
+            values = trial.hyperparameters.values
+            # get_trial, not trials[]: a worker's oracle is a client of the chief's.
+            ends = rung_ends(values, lambda t: self.oracle.get_trial(t).hyperparameters.values,
+                             self.max_epochs, self.lr_per_rung)
+            callbacks = [validation, monitor, *scheduler(values, ends)]
             fold = self.cv.fold(k)
             history = model.fit(**fold, epochs=epochs, initial_epoch=initial,
                                 callbacks=callbacks, shuffle=False, verbose=0)

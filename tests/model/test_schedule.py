@@ -8,7 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from lvseg_search.model.schedule import COSINE_FLOOR, learning_rate_at, scheduler
+from lvseg_search.model.schedule import (
+    COSINE_FLOOR,
+    learning_rate_at,
+    rate_in_rungs,
+    retrained_ends,
+    rung_ends,
+    scheduler,
+)
 
 
 def test_cosine_runs_from_the_base_rate_to_its_floor_at_max_epochs():
@@ -37,11 +44,12 @@ def test_poly_decays_as_nnunet_and_holds_its_last_rate_past_the_horizon():
 
 
 def test_spaces_without_a_schedule_train_at_a_constant_rate():
-    assert scheduler({"learning_rate": 0.01}, 30) == []
-    assert scheduler({"learning_rate": 0.01, "lr_schedule": "constant"}, 30) == []
+    assert scheduler({"learning_rate": 0.01}, [30]) == []
+    assert scheduler({"learning_rate": 0.01, "lr_schedule": "constant"}, [30]) == []
 
 
-def test_a_resumed_fit_continues_the_schedule_at_its_absolute_epoch():
+def _rates_of_fit(values, ends, initial: int, epochs: int) -> list[tuple[int, float]]:
+    """(epoch, learning rate) of each epoch of a fit from ``initial`` to ``epochs``."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -55,11 +63,52 @@ def test_a_resumed_fit_continues_the_schedule_at_its_absolute_epoch():
             seen.append((epoch, float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))))
 
+    model.fit(x, y, epochs=epochs, initial_epoch=initial, verbose=0,
+              callbacks=[*scheduler(values, ends), Record()])
+    return seen
+
+
+def test_one_decay_continues_at_the_absolute_epoch():
     values = {"learning_rate": 0.01, "lr_schedule": "cosine"}
-    # A Hyperband promotion: the parent trained epochs 0..2, the child goes on to 9.
-    model.fit(x, y, epochs=9, initial_epoch=3, verbose=0,
-              callbacks=[*scheduler(values, 9), Record()])
+    # A promotion in a search without per-rung restarts: the parent trained epochs 0..2,
+    # the child goes on to 9 along the same decay over 9.
+    seen = _rates_of_fit(values, [9], 3, 9)
     assert [e for e, _ in seen] == list(range(3, 9))
     for epoch, lr in seen:
         assert lr == pytest.approx(learning_rate_at(epoch, 0.01, "cosine", 9), rel=1e-6)
     assert seen[0][1] < 0.01 * math.cos(0.0)
+
+
+def test_a_promoted_trial_restarts_at_the_base_rate_and_anneals_to_its_rung_end():
+    values = {"learning_rate": 0.01, "lr_schedule": "cosine"}
+    # The parent's rung: epochs 0..2, decaying to the floor's neighbourhood by its end.
+    parent = _rates_of_fit(values, [3], 0, 3)
+    assert parent[0][1] == pytest.approx(0.01)
+    assert parent[-1][1] < 0.01 * 0.3
+    # The child (rungs ending at 3 and 9) starts over at 0.01 at epoch 3 and decays over
+    # 6 epochs, as a network trained 6 epochs from scratch would.
+    child = _rates_of_fit(values, [3, 9], 3, 9)
+    fresh = _rates_of_fit(values, [6], 0, 6)
+    assert [e for e, _ in child] == list(range(3, 9))
+    assert [lr for _, lr in child] == pytest.approx([lr for _, lr in fresh], rel=1e-6)
+    assert rate_in_rungs(9, 0.01, "cosine", [3, 9]) == pytest.approx(0.01 * COSINE_FLOOR)
+    assert rate_in_rungs(40, 0.01, "poly", [3, 9]) == pytest.approx(
+        learning_rate_at(8, 0.01, "poly", 9, start=3))
+
+
+def test_rung_ends_follow_the_trials_a_promoted_trial_continues():
+    trials = {
+        "00": {"tuner/epochs": 6, "tuner/initial_epoch": 0},
+        "08": {"tuner/epochs": 12, "tuner/initial_epoch": 6, "tuner/trial_id": "00"},
+        "12": {"tuner/epochs": 24, "tuner/initial_epoch": 12, "tuner/trial_id": "08"},
+    }
+    assert rung_ends(trials["12"], trials.__getitem__, 24, True) == [6, 12, 24]
+    assert rung_ends(trials["00"], trials.__getitem__, 24, True) == [6]
+    # One decay: runs written before restarts, and oracles without rungs.
+    assert rung_ends(trials["12"], trials.__getitem__, 24, False) == [24]
+    assert rung_ends({"learning_rate": 0.01}, trials.__getitem__, 24, True) == [24]
+    # Retrained for another epoch count: the last rung ends there instead.
+    assert retrained_ends([6, 12, 24], 24) == [6, 12, 24]
+    assert retrained_ends([6, 12, 24], 48) == [6, 12, 48]
+    assert retrained_ends([6, 12, 24], 10) == [6, 10]
+    assert retrained_ends([24], 30) == [30]
