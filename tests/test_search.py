@@ -98,18 +98,21 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
                    batch_size=4, verbose=False)
     # A run written before steps_per_epoch existed trained one pass per epoch, one
     # before training views around the LV around the image centre, one before
-    # --min-epochs keras-tuner's 1-epoch rung: the same command resumes it (nothing left
-    # to run), another step count or shortest rung does not.
+    # --min-epochs keras-tuner's 1-epoch rung, one before rungs restarted the schedule
+    # one decay over max_epochs: the same command resumes it (nothing left to run),
+    # another step count or shortest rung does not.
     record = out / "search.json"
     options = json.loads(record.read_text())
-    assert options["augment_offset_mm"] > 0
+    assert options["augment_offset_mm"] > 0 and options["lr_per_rung"] is True
     del options["steps_per_epoch"], options["augment_offset_mm"], options["min_epochs"]
+    del options["lr_per_rung"]
     record.write_text(json.dumps(options))
     summary = run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2,
                          image_size=32, batch_size=4, verbose=False)
     assert summary["completed"] and not summary["failed"]
     from lvseg_search.engine.run import read_options
     assert read_options(out, "").pipeline().training().max_offset_mm == 0.0
+    assert read_options(out, "").lr_per_rung is False
     with pytest.raises(UserError, match=r"other options \(steps_per_epoch\)"):
         run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2, image_size=32,
                    batch_size=4, steps_per_epoch=2, verbose=False)

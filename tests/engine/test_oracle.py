@@ -85,11 +85,11 @@ def test_the_default_first_rung_gives_three_brackets_the_aggressive_one_first(tm
                          min_epochs=options.min_epochs)
     trained: list[int] = []
     epochs = _rungs(oracle, tmp_path / "o", 100, trained)
-    # quick: 27 epochs, factor 3. Bracket 2 first: 12 trials of 3 epochs, the best 4
-    # continued to 9, the best 2 of those to 27 (96 epochs in all, a third of the
-    # schedule); then bracket 1 (6 trials of 9, 2 continued to 27) and bracket 0 (4 of 27).
-    assert epochs == [3] * 12 + [9] * 4 + [27] * 2 + [9] * 6 + [27] * 2 + [27] * 4
-    assert (sum(trained[:18]), sum(trained)) == (96, 294)
+    # quick: 24 epochs, factor 2. Bracket 2 first: 8 trials of 6 epochs, the best 4
+    # continued to 12, the best 2 of those to 24 (96 epochs in all); then bracket 1 (6
+    # trials of 12, 3 continued to 24) and bracket 0 (6 of 24).
+    assert epochs == [6] * 8 + [12] * 4 + [24] * 2 + [12] * 6 + [24] * 3 + [24] * 6
+    assert (sum(trained[:14]), sum(trained)) == (96, 348)
 
 
 def test_the_default_first_rung_keeps_three_brackets_or_as_many_as_fit():

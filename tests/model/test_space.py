@@ -165,7 +165,7 @@ def test_min_epochs_defaults_to_the_three_least_aggressive_brackets(tmp_path):
     from lvseg_search.engine.run import resolve_options
 
     quick = resolve_options(load_space("quick"), tmp_path, image_size=64)
-    assert (quick.max_epochs, quick.factor, quick.min_epochs) == (27, 3, 3)
+    assert (quick.max_epochs, quick.factor, quick.min_epochs) == (24, 2, 6)
     # max_epochs / factor**2 rounded down (three brackets), as many brackets as fit in
     # smaller budgets, at least 1; given, it is kept.
     for given, expected in (({"max_epochs": 60, "factor": 3}, 6),
