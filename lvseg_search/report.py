@@ -430,7 +430,7 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
     lines = [f"# Search report: {run.path.name}", "",
              f"Space `{Path(o.space).stem}`, {run.n_folds} patient-grouped folds, "
              f"{len(run.splits['test'])} held-out test patient(s), network input: "
-             f"{o.grid_text()}; {_plan(run)}. Augmentation: {augmentation_text(o)}.",
+             f"{o.grid_text()}; {o.plan_text()}. Augmentation: {augmentation_text(o)}.",
              "", _status_line(run, table, pending) + ".", ""]
     if not table.empty:
         best = table.iloc[0]
@@ -638,16 +638,6 @@ def search_progress(run: Run, table: pd.DataFrame,
             "running_now": is_locked(run.path)}
 
 
-def _plan(run: Run) -> str:
-    """How the search sampled and trained its trials, in words."""
-    o = run.options
-    if o.oracle == "hyperband":
-        return f"Hyperband, {o.min_epochs} to {o.max_epochs} epochs, factor {o.factor}"
-    if o.oracle == "fixed":
-        return f"the space's default network, {o.max_epochs} epochs"
-    return f"{o.oracle} search, {o.max_trials} trials of {o.max_epochs} epochs"
-
-
 def _export_command(run: Run) -> str:
     return f"lvseg-search export {run.path} --out models/{run.path.name}"
 
@@ -774,7 +764,7 @@ def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
              f"<h1>Search report: {e(run.path.name)}</h1>",
              f"<div class='sub'>space {e(Path(o.space).stem)} · {run.n_folds} "
              f"patient-grouped folds · {len(run.splits['test'])} held-out test patient(s) · "
-             f"network input: {e(o.grid_text())} · {e(_plan(run))} · seed {o.seed}</div>",
+             f"network input: {e(o.grid_text())} · {e(o.plan_text())} · seed {o.seed}</div>",
              f"<div class='sub'>augmentation: {e(augmentation_text(o))}</div>",
              _summary_card(run, table, pending, test)]
     captions = {"hyperparameters": "CV Dice against each hyperparameter that varied",

@@ -226,6 +226,16 @@ class SearchOptions:
         """Whether the network sees a physical grid (else whole images resized)."""
         return bool(self.spacing_mm)
 
+    def plan_text(self) -> str:
+        """How the search samples and trains its trials, in words."""
+        if self.oracle == "hyperband":
+            restarts = ", each rung's learning rate decaying to its end" if self.lr_per_rung else ""
+            return (f"Hyperband, {self.min_epochs} to {self.max_epochs} epochs, factor "
+                    f"{self.factor}{restarts}")
+        if self.oracle == "fixed":
+            return f"the space's default network, {self.max_epochs} epochs"
+        return f"{self.oracle} search, {self.max_trials} trials of {self.max_epochs} epochs"
+
     def grid_text(self) -> str:
         """The network's input, in words."""
         if not self.physical:

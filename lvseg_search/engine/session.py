@@ -92,13 +92,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
             # Likewise its iterations, to extend a finished schedule.
             tuner.oracle.hyperband_iterations = options.hyperband_iterations
     if verbose and not is_chief and header:
-        plan = (f"Hyperband, {options.min_epochs} to {options.max_epochs} epochs, factor "
-                f"{options.factor}"
-                if options.oracle == "hyperband" else
-                f"the space's [default] network, {options.max_epochs} epochs"
-                if options.oracle == "fixed" else
-                f"{options.oracle} search, {options.max_trials} trials of "
-                f"{options.max_epochs} epochs")
+        plan = options.plan_text()
         print(f"search: space {sp.name}, {cv.n_folds} patient-grouped folds, "
               f"{len(split['test'])} held-out test patient(s), {plan}; network input: "
               f"{options.grid_text()} -> {out}", flush=True)
