@@ -96,6 +96,9 @@ def rate_in_rungs(epoch: int, base: float, schedule: str, ends: Sequence[int]) -
         base: The trial's ``learning_rate``.
         schedule: One of ``SCHEDULES``.
         ends: The rung ends (:func:`rung_ends`); past the last, its end rate.
+
+    Raises:
+        ValueError: ``ends`` is empty.
     """
     start = 0
     for end in ends:
