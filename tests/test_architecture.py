@@ -157,3 +157,46 @@ def test_an_installed_package_ships_every_sub_package():
     shipped = set(pyproject["tool"]["setuptools"]["packages"])
     on_disk = {_module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
     assert on_disk <= shipped
+
+
+def _keras_tuner_private_names() -> set[str]:
+    """Every ``_name`` (not dunder) that keras-tuner's own source defines or reaches."""
+    import keras_tuner
+
+    names = set()
+    for path in (Path(keras_tuner.__file__).parent / "src").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = (node.attr if isinstance(node, ast.Attribute)
+                    else node.name if isinstance(node, ast.FunctionDef) else "")
+            if name.startswith("_") and not name.startswith("__"):
+                names.add(name)
+    return names
+
+
+def test_only_the_adapter_touches_keras_tuner_internals():
+    private = _keras_tuner_private_names() | {"stub"}  # "stub": its oracle client's
+    assert {"_brackets", "_try_build", "_random_values"} <= private
+    adapter = "lvseg_search.engine.kt_compat"
+    files = dict(FILES)
+    files.update({f"benchmarks.{p.stem}": p for p in (PACKAGE.parent / "benchmarks").glob("*.py")})
+    for module, path in files.items():
+        if module == adapter:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            where = f"{module}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(("keras_tuner.engine", "keras_tuner.src")), where
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith(("keras_tuner.engine", "keras_tuner.src"))
+                               for a in node.names), where
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in private, f"{where} uses keras-tuner's {node.attr}"
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef):
+                        assert item.name not in private, f"{where} overrides {item.name}"
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("hasattr", "getattr", "setattr") and len(node.args) > 1
+                    and isinstance(node.args[1], ast.Constant)):
+                assert node.args[1].value not in private, f"{where} reaches {node.args[1].value}"

@@ -737,7 +737,7 @@ def load_run(path: Path, data: Path | None = None) -> Run:
         UserError: The folder holds no search, or ``data`` holds other data than the
             search used.
     """
-    from keras_tuner.engine.trial import Trial
+    from lvseg_search.engine.kt_compat import load_trial
 
     path = Path(path)
     options = read_options(path, "not a search run folder; pass the --out folder of "
@@ -751,7 +751,7 @@ def load_run(path: Path, data: Path | None = None) -> Run:
     for p in sorted((path / PROJECT).glob("trial_*/trial.json"),
                     key=lambda p: p.parent.name.removeprefix("trial_").zfill(8)):
         try:
-            t = Trial.load(str(p))
+            t = load_trial(p)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             # Reported, never dropped: keras-tuner rewrites trial.json in place, so a
             # running search's file may be caught mid-write; anything else is damage.
@@ -797,13 +797,13 @@ def best_trial(run: Run):
 def summarize(out: Path) -> dict[str, Any]:
     """Completed trials (best first) and failed ones, read from the run folder (so the
     chief, a worker or a later ``report`` all see the same search)."""
-    from keras_tuner.engine.trial import Trial
+    from lvseg_search.engine.kt_compat import load_trial
 
     folders = {}  # trial -> its folder, as found on disk
     unreadable = []
     for path in sorted((Path(out) / PROJECT).glob("trial_*/trial.json")):
         try:
-            folders[Trial.load(str(path))] = path.parent
+            folders[load_trial(path)] = path.parent
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             unreadable.append(str(UnreadableRecord(path, type(exc).__name__)))
     trials = list(folders)

@@ -50,6 +50,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     from lvseg_search.engine import hparams
     from lvseg_search.engine.cv import CrossValidation
     from lvseg_search.engine.distribute import make_strategy
+    from lvseg_search.engine.kt_compat import is_remote_oracle
     from lvseg_search.engine.tuner import CVTuner, make_oracle
     from lvseg_search.model.hypermodel import SegmentationHyperModel
 
@@ -83,7 +84,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     logdir = out / hparams.DIRNAME
     if role != "worker" and not any(logdir.glob("events.out.tfevents.*")):
         hparams.write_config(logdir, sp, cv.n_folds, options.max_epochs)
-    if is_chief or not hasattr(tuner.oracle, "stub"):
+    if is_chief or not is_remote_oracle(tuner.oracle):
         # A cap on Hyperband's own schedule (or the other oracles' budget), for a fixed
         # budget: a resumed oracle took it from its saved state, and the run's options may
         # have changed it since, to extend or cap the search.

@@ -22,12 +22,19 @@ from typing import Any
 import keras
 import keras_tuner
 import numpy as np
-from keras_tuner.engine.tuner import maybe_distribute
 from keras_tuner.errors import FailedTrialError
 
 from lvseg_search import atomic
 from lvseg_search.engine import hparams
 from lvseg_search.engine.cv import CrossValidation
+from lvseg_search.engine.kt_compat import (
+    HyperbandOracle,
+    LeanBuildTuner,
+    default_first,
+    hyperband_schedule_done,
+    is_remote_oracle,
+    maybe_distribute,
+)
 from lvseg_search.engine.run import (
     CHECKPOINT,
     FAILURE,
@@ -127,46 +134,6 @@ def weights_seed(seed: int, trial_id: str) -> int:
     return (seed * 100003 + int(trial_id)) % 2**32
 
 
-class HyperbandOracle(keras_tuner.oracles.HyperbandOracle):
-    """keras-tuner's Hyperband oracle with its shortest rung as a parameter.
-
-    keras-tuner keeps ``min_epochs`` (its shortest rung; brackets whose first rung would
-    be shorter are not run) as an attribute fixed at 1, and saves and restores it with
-    its state; here it is set before the first bracket starts. Everything else is the
-    stock oracle.
-
-    Args:
-        min_epochs: Epochs of the first rung of the most aggressive bracket.
-        **kwargs: keras-tuner's ``HyperbandOracle`` arguments.
-    """
-
-    def __init__(self, *, min_epochs: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.min_epochs = int(min_epochs)
-        # The stock constructor opened its first bracket for a shortest rung of 1.
-        self._current_bracket = self._get_num_brackets() - 1
-        self._brackets = []
-        self._start_new_bracket()
-
-
-def _default_first(oracle_class: type) -> type:
-    """``oracle_class`` whose first trial is the space's default configuration: the
-    first random draw is replaced by it (a resumed search, which has trials, draws as
-    usual). keras-tuner's oracles sample every trial at random; the rest of their
-    behaviour (Hyperband's brackets, the Bayesian model) is untouched."""
-
-    class DefaultFirst(oracle_class):
-        first_values: dict[str, Any] = {}
-
-        def _random_values(self):
-            if self.first_values and not self.trials:
-                return dict(self.first_values)
-            return super()._random_values()
-
-    DefaultFirst.__name__ = DefaultFirst.__qualname__ = f"DefaultFirst{oracle_class.__name__}"
-    return DefaultFirst
-
-
 def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
                 hyperband_iterations: int, max_trials: int | None, min_epochs: int = 1,
                 default: dict[str, Any] | None = None,
@@ -203,7 +170,7 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
                "random": keras_tuner.oracles.RandomSearchOracle,
                "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}
     if kind in classes:
-        oracle_class = _default_first(classes[kind]) if include_default else classes[kind]
+        oracle_class = default_first(classes[kind]) if include_default else classes[kind]
         if kind == "hyperband":
             oracle = oracle_class(max_epochs=max_epochs, factor=factor,
                                   min_epochs=min_epochs,
@@ -238,7 +205,7 @@ def initial_points(max_trials: int | None) -> int:
     return max(3, math.ceil((max_trials or 60) / 3))
 
 
-class CVTuner(keras_tuner.Tuner):
+class CVTuner(LeanBuildTuner):
     """keras-tuner's Tuner with every trial scored by K-fold cross-validation, driven by
     any of its oracles (:func:`make_oracle`): Hyperband's trials train from their
     ``tuner/initial_epoch`` to ``tuner/epochs``, continuing their parent's fold
@@ -308,28 +275,14 @@ class CVTuner(keras_tuner.Tuner):
         """Whether the oracle's next answer is STOPPED anyway (then no fresh process
         needs to start, only to find the search over)."""
         oracle = self.oracle
-        # HyperbandOracle._populate_space's own end test (keras-tuner 1.4): every bracket
-        # complete and the last bracket of the last iteration started. Its state is not
-        # public; an oracle without it is treated as not done (the cost: one process).
-        try:
-            if oracle.max_trials is not None and len(oracle.trials) >= oracle.max_trials:
-                return True
-            if not isinstance(oracle, keras_tuner.oracles.HyperbandOracle):
-                return False
-            oracle._remove_completed_brackets()
-            return (not oracle._brackets and oracle._current_bracket == 0
-                    and oracle._current_iteration + 1 == oracle.hyperband_iterations)
-        except AttributeError:
+        if is_remote_oracle(oracle):
+            # A worker's oracle is the chief's client, without the schedule's state: the
+            # chief ends the search (and recycling runs in one process only).
             return False
-
-    def _try_build(self, hp):
-        # The previous trial already released its session and memory (release_memory);
-        # the stock method would clear and collect a second time, costing ~0.3 s a trial.
-        model = self._build_hypermodel(hp)
-        if not isinstance(model, keras.Model):
-            raise keras_tuner.errors.FatalTypeError(
-                f"the hypermodel returned {type(model).__name__}, not a keras.Model")
-        return model
+        if oracle.max_trials is not None and len(oracle.trials) >= oracle.max_trials:
+            return True
+        return (isinstance(oracle, keras_tuner.oracles.HyperbandOracle)
+                and hyperband_schedule_done(oracle))
 
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         hp = trial.hyperparameters
@@ -357,7 +310,7 @@ class CVTuner(keras_tuner.Tuner):
                     continue
                 if model is None:
                     keras.utils.set_random_seed(weights_seed(self.seed, trial.trial_id))
-                    model = self._try_build(hp)
+                    model = self.build_trial_model(hp)
                     with maybe_distribute(self.distribution_strategy):
                         model.optimizer.build(model.trainable_variables)
                     # Variables, not weights: the dropout layers' seed states too, so

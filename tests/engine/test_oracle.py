@@ -2,6 +2,7 @@
 
 import keras_tuner
 
+from lvseg_search.engine.kt_compat import hyperband_brackets
 from lvseg_search.engine.tuner import initial_points, make_oracle
 
 
@@ -101,4 +102,4 @@ def test_the_default_first_rung_keeps_three_brackets_or_as_many_as_fit():
         oracle = make_oracle("hyperband", seed=0, max_epochs=max_epochs, factor=factor,
                              hyperband_iterations=1, max_trials=None,
                              min_epochs=default_min_epochs(max_epochs, factor))
-        assert oracle._get_num_brackets() == brackets, (max_epochs, factor)
+        assert hyperband_brackets(oracle) == brackets, (max_epochs, factor)
