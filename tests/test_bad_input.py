@@ -165,3 +165,24 @@ def test_a_seed_out_of_range_is_one_line(command, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and len(err.splitlines()) == 1 and "--seed" in err
     assert "-1 is not between 0 and" in err and "Traceback" not in err
+
+
+def test_undecodable_pixel_data_is_one_line_without_pydicoms_traceback(phantom_copy, tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    bad = phantom_copy / "dicoms/SYN0001/1.dcm"
+    ds = pydicom.dcmread(bad)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG stream " * 4])
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(bad, enforce_file_format=False)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "lvseg_search", "prepare", str(phantom_copy),
+                           "--out", str(out), "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    # Only our line: pydicom's decoder logs its own traceback unless muted.
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lvseg-search: error: ") and str(bad) in lines[0]
+    assert "unreadable DICOM image" in lines[0] and not out.exists()

@@ -6,9 +6,10 @@ identifying field (PatientName, PatientBirthDate, ...) can reach shards or logs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from lvseg_search.errors import UserError
 # would warn on each. They say nothing the user can act on.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 logging.getLogger("pydicom").setLevel(logging.ERROR)
+_PYDICOM_LOG = logging.getLogger("pydicom")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,18 @@ def _floats(ds: pydicom.Dataset, keyword: str, count: int, default: float) -> tu
     return tuple(float(v) for v in values[:count])
 
 
+@contextlib.contextmanager
+def _muted(logger: logging.Logger) -> Iterator[None]:
+    # A level, not ``disabled``: pydicom's modules log through child loggers, which
+    # inherit the level but not the flag.
+    was = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(was)
+
+
 def read_image(path: Path) -> DicomImage:
     """Reads one single-frame grey-level DICOM image.
 
@@ -77,7 +91,9 @@ def read_image(path: Path) -> DicomImage:
         UserError: The file is unreadable, not DICOM, or holds no 2-D grey image.
     """
     try:
-        with warnings.catch_warnings():
+        # pydicom logs a failed decode with its traceback before raising; the one line
+        # below says it all, so its logger is muted while it reads.
+        with warnings.catch_warnings(), _muted(_PYDICOM_LOG):
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path)
             pixels = ds.pixel_array
