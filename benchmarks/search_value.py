@@ -96,7 +96,7 @@ def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> li
 
 def first_rung(args: argparse.Namespace) -> int:
     """Hyperband's first rung (``--min-epochs``, else the search's default)."""
-    from lvseg_search.engine.run import default_min_epochs
+    from lvseg_search.engine.options import default_min_epochs
 
     return args.min_epochs or default_min_epochs(args.max_epochs, args.factor)
 
@@ -278,7 +278,7 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
                   f"**{rho:.2f}** (target >= 0.6)."]
     signal = rung_signal(scratch, max_epochs)
     if signal:
-        from lvseg_search.engine.run import default_min_epochs
+        from lvseg_search.engine.options import default_min_epochs
 
         # Hyperband's first rung: its shortest trial trained from scratch (without a
         # Hyperband arm, the search's default).

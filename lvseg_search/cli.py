@@ -116,24 +116,17 @@ def _split_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from lvseg_search.engine.options import given_options
     from lvseg_search.search import run_search
 
-    test_ids = [s for s in args.test_ids.split(",") if s] if args.test_ids else None
+    # The search's options by their schema's names (engine.options): a new option needs
+    # its flag below and its field there, nothing here.
+    given = given_options({**vars(args), "stratify": _stratify(args)})
     run_search(args.data, args.out, args.space, overwrite=args.overwrite,
                splits_file=args.splits, verbose=not args.quiet, chief=args.chief,
                worker=args.worker, tuner_id=args.tuner_id, gpu=args.gpu,
-               strategy=args.strategy, connect_timeout=args.connect_timeout, folds=args.folds,
-               test_patients=args.test_patients, test_ids=test_ids,
-               test_seed=args.test_seed, stratify=_stratify(args),
-               groups_file=args.groups, group_column=args.group_column,
-               max_epochs=args.max_epochs, min_epochs=args.min_epochs, factor=args.factor,
-               hyperband_iterations=args.iterations, image_size=args.image_size,
-               spacing=args.spacing, field_of_view=args.field_of_view,
-               batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
-               normalization=args.normalization, seed=args.seed, precision=args.precision,
-               jit=args.jit, max_trials=args.max_trials, oracle=args.oracle,
-               include_default=args.include_default,
-               recycle_every=args.recycle_every or None)
+               strategy=args.strategy, connect_timeout=args.connect_timeout,
+               recycle_every=args.recycle_every or None, **given)
     return 0
 
 

@@ -420,28 +420,6 @@ def grid(o, roi: str = "centre") -> dict[str, Any]:
             "at_centre_signature": AT_CENTRE}
 
 
-def augmentation(o) -> dict[str, Any]:
-    """A search's training augmentation, as the model card records it: magnitudes, and
-    the probabilities of the ones drawn per image with their fixed ranges."""
-    from lvseg_search.data import pipeline as p
-
-    def drawn(probability: float, **ranges: Any) -> dict[str, Any]:
-        return {"probability": probability, **ranges}
-
-    return {"flips": True, "rotation_deg": o.augment_rotation_deg, "zoom": o.augment_scale,
-            "zoom_on": "physical grid" if o.physical else "resized image",
-            "shift": o.augment_shift,
-            "view_around_lv_mm": o.augment_offset_mm if o.physical else 0.0,
-            "gain_offset": o.augment_intensity,
-            "gamma": drawn(o.augment_gamma, range=list(p.GAMMA_RANGE)),
-            "contrast": drawn(o.augment_contrast, range=list(p.CONTRAST_RANGE)),
-            "brightness": drawn(o.augment_brightness, range=list(p.BRIGHTNESS_RANGE)),
-            "noise": drawn(o.augment_noise, variance=list(p.NOISE_VARIANCE)),
-            "blur": drawn(o.augment_blur, sigma_px=list(p.BLUR_SIGMA_PX)),
-            "low_resolution": drawn(o.augment_low_resolution,
-                                    zoom=list(p.LOW_RESOLUTION_ZOOM))}
-
-
 def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, Any],
                 test: dict[str, Any] | None, parity: dict[str, Any], onnx_status: str,
                 folder: Path, decision: dict[str, Any]) -> dict[str, Any]:
@@ -466,7 +444,7 @@ def _model_card(run: Run, trial, metrics: dict[str, float], training: dict[str, 
                    "lr_per_rung": o.lr_per_rung,
                    "seed": o.seed, "precision_in_search": o.precision,
                    "steps_per_epoch": o.steps_per_epoch,  # 0: one pass over the training
-                   "augmentation": augmentation(o)},
+                   "augmentation": o.augmentation.card(o.physical)},
         "grid": grid(o, decision["roi"]),
         "hyperparameters": hp,
         "cross_validation": {

@@ -405,23 +405,6 @@ def _unreadable_hint(run: Run) -> str:
             "folder to have a resumed search run it again")
 
 
-def augmentation_text(o) -> str:
-    """A search's training augmentation, in words."""
-    parts = [f"flips, rotation up to {o.augment_rotation_deg:g} deg, zoom +-"
-             f"{100 * o.augment_scale:.0f}%"]
-    if o.augment_shift:
-        parts.append(f"shift +-{100 * o.augment_shift:.0f}%")
-    if o.augment_offset_mm and o.physical:
-        parts.append(f"view around the LV +-{o.augment_offset_mm:g} mm")
-    parts.append(f"gain/offset +-{o.augment_intensity:g}")
-    for name, key in (("gamma", "augment_gamma"), ("contrast", "augment_contrast"),
-                      ("brightness", "augment_brightness"), ("noise", "augment_noise"),
-                      ("blur", "augment_blur"), ("low resolution", "augment_low_resolution")):
-        if getattr(o, key):
-            parts.append(f"{name} p={getattr(o, key):g}")
-    return ", ".join(parts)
-
-
 def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
                     test: dict[str, Any] | None = None,
                     details: list[tuple[str, str, pd.DataFrame]] = ()) -> str:
@@ -430,7 +413,7 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
     lines = [f"# Search report: {run.path.name}", "",
              f"Space `{Path(o.space).stem}`, {run.n_folds} patient-grouped folds, "
              f"{len(run.splits['test'])} held-out test patient(s), network input: "
-             f"{o.grid_text()}; {o.plan_text()}. Augmentation: {augmentation_text(o)}.",
+             f"{o.grid_text()}; {o.plan_text()}. Augmentation: {o.augmentation_text()}.",
              "", _status_line(run, table, pending) + ".", ""]
     if not table.empty:
         best = table.iloc[0]
@@ -765,7 +748,7 @@ def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
              f"<div class='sub'>space {e(Path(o.space).stem)} · {run.n_folds} "
              f"patient-grouped folds · {len(run.splits['test'])} held-out test patient(s) · "
              f"network input: {e(o.grid_text())} · {e(o.plan_text())} · seed {o.seed}</div>",
-             f"<div class='sub'>augmentation: {e(augmentation_text(o))}</div>",
+             f"<div class='sub'>augmentation: {e(o.augmentation_text())}</div>",
              _summary_card(run, table, pending, test)]
     captions = {"hyperparameters": "CV Dice against each hyperparameter that varied",
                 "curves": f"Learning curves of the top {TOP_CURVES} trials (validation Dice "

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lvseg_search.data import manifest
+from lvseg_search.engine import options as options_mod
 from lvseg_search.engine import run as run_mod
+from lvseg_search.engine import run_setup
 from lvseg_search.engine.lock import run_lock
 from lvseg_search.engine.trial_score import scored_epoch
 from lvseg_search.errors import UserError
@@ -100,27 +102,28 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
         if role == "worker":
             distribute.wait_for_chief(os.environ[distribute.ENV_IP],
                                       int(os.environ[distribute.ENV_PORT]), connect_timeout)
-            options, sp, split, prepared = run_mod.load_worker_run(out, data)
+            options, sp, split, prepared = run_setup.load_worker_run(out, data)
         else:
             sp = load_space(space)
             if data is None:
                 raise UserError("--data: required (only workers read it from the run folder)")
             if splits_file is not None:
-                clash = [f"--{k.replace('_', '-')}" for k in run_mod.SPLIT_OPTIONS if given.get(k)]
+                clash = [f"--{k.replace('_', '-')}" for k in options_mod.SPLIT_OPTIONS
+                         if given.get(k)]
                 if clash:
                     raise UserError(f"--splits: {splits_file} fixes the folds and the test "
                                     f"patients; drop {' and '.join(clash)}")
-            options = run_mod.resolve_options(sp, data, **given)
+            options = options_mod.resolve_options(sp, data, **given)
             prepared = manifest.open_data(options.data)
             # Every shard read to its end now, not inside the first trial.
             prepared.verify()
             # Before the lock: a folder of something else gets no lock file in it.
-            run_mod.check_out_folder(out, overwrite)
+            run_setup.check_out_folder(out, overwrite)
             created, locked = not out.exists(), False
             try:
                 held.enter_context(run_lock(out, "search", "search in it"))
                 locked = True
-                options, split = run_mod.prepare_run(
+                options, split = run_setup.prepare_run(
                     out, options, prepared, overwrite, splits_file, sp,
                     frozenset(k for k, v in given.items() if v is not None))
             except BaseException:

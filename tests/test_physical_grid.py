@@ -119,10 +119,19 @@ def test_a_run_folder_from_before_the_grid_resumes_as_it_trained(tiny_data, tmp_
                   batch_size=4, steps_per_epoch=1, verbose=False)
     run_search(tiny_data, run, str(TINY), spacing="none", **common)
     record = run / "search.json"
-    old = {k: v for k, v in json.loads(record.read_text()).items()
+    current = json.loads(record.read_text())
+    # As the package wrote it then: no version, the augmentation as flat augment_* keys.
+    flat = {k: v for k, v in current.items() if k not in ("schema_version", "augmentation")}
+    flat.update({f"augment_{k}": v for k, v in current["augmentation"].items()})
+    old = {k: v for k, v in flat.items()
            if k not in ("spacing_mm", "field_of_view_mm") and not k.startswith(
                ("augment_gamma", "augment_contrast", "augment_brightness", "augment_noise",
                 "augment_blur", "augment_low_resolution"))}
     record.write_text(json.dumps(old))
     run_search(tiny_data, run, str(TINY), **common)
+    # Resumed as it trained, its record left as written (readers upgrade it).
+    from lvseg_search.engine.run import read_options
+
     assert json.loads(record.read_text()) == old
+    resumed = read_options(run, "")
+    assert (resumed.spacing_mm, resumed.augmentation.gamma, resumed.image_size) == (0.0, 0.0, 16)

@@ -173,7 +173,8 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
     assert card["search"]["augmentation"]["gamma"] == {"probability": 0.3,
                                                        "range": [0.7, 1.5]}
     # The tiny run trained on views cut around the LV (the default offsets).
-    assert card["search"]["augmentation"]["view_around_lv_mm"] == search["augment_offset_mm"] > 0
+    offset = card["search"]["augmentation"]["view_around_lv_mm"]
+    assert offset == search["augmentation"]["offset_mm"] > 0
 
     # Test-time augmentation and largest region were decided on out-of-fold predictions;
     # the searched setting's figure there is the search's own CV Dice.

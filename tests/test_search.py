@@ -87,6 +87,15 @@ def test_hyperband_rungs_anneal_and_a_promotion_restarts_the_rate(tiny_data, tmp
     assert promoted >= 1
 
 
+def _as_unversioned(record: dict) -> dict:
+    """A current search.json as the package wrote it before its schema had a version:
+    the augmentation's settings as flat augment_* keys."""
+    record = dict(record)
+    del record["schema_version"]
+    record.update({f"augment_{k}": v for k, v in record.pop("augmentation").items()})
+    return record
+
+
 def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
     from lvseg_search.errors import UserError
 
@@ -102,7 +111,7 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
     # one decay over max_epochs: the same command resumes it (nothing left to run),
     # another step count or shortest rung does not.
     record = out / "search.json"
-    options = json.loads(record.read_text())
+    options = _as_unversioned(json.loads(record.read_text()))
     assert options["augment_offset_mm"] > 0 and options["lr_per_rung"] is True
     del options["steps_per_epoch"], options["augment_offset_mm"], options["min_epochs"]
     del options["lr_per_rung"]
@@ -111,7 +120,9 @@ def test_rerun_with_other_options_is_refused(tiny_data, tmp_path):
                          image_size=32, batch_size=4, verbose=False)
     assert summary["completed"] and not summary["failed"]
     from lvseg_search.engine.run import read_options
-    assert read_options(out, "").pipeline().training().max_offset_mm == 0.0
+    assert read_options(out, "").pipeline().training().augmentation.offset_mm == 0.0
+    # Resumed, the folder's record stays as written: readers upgrade it.
+    assert "schema_version" not in json.loads(record.read_text())
     assert read_options(out, "").lr_per_rung is False
     with pytest.raises(UserError, match=r"other options \(steps_per_epoch\)"):
         run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, factor=2, image_size=32,

@@ -21,6 +21,15 @@ from pathlib import Path
 from lvseg_search._tf import tf
 from lvseg_search.data import manifest as manifest_mod
 from lvseg_search.data import shards
+from lvseg_search.data.augmentation import (
+    BLUR_SIGMA_PX,
+    BRIGHTNESS_RANGE,
+    CONTRAST_RANGE,
+    GAMMA_RANGE,
+    LOW_RESOLUTION_ZOOM,
+    NOISE_VARIANCE,
+    Augmentation,
+)
 from lvseg_search.data.manifest import PreparedData
 from lvseg_search.errors import UserError
 
@@ -40,32 +49,10 @@ class PipelineConfig:
             ``image_size`` whatever their spacing.
         normalization: Per-image normalization, one of ``NORMALIZATIONS``.
         batch_size: Images per batch.
-        augment: Apply random flips, rotations, scales and intensity changes.
-        max_rotation_deg: Largest rotation, degrees. Any, by default: short-axis views
-            come turned differently from one scanner or patient to the next (the real
-            subset's SCD0000101 against the other two); nnU-Net's 2-D default too.
-        max_scale: Largest relative zoom in or out (hearts and fields of view differ in
-            size; about nnU-Net's range).
-        max_shift: Largest translation, as a fraction of the image size (what moves
-            out of view leaves padding).
-        max_offset_mm: On the physical grid, training views are cut around the expert
-            LV's centre (the image's centre on a slice without LV), moved by up to this
-            many mm along each axis, from the image itself: the network learns hearts
-            anywhere in that range of its field of view, with real anatomy around them,
-            so that a first pass finds an off-centre heart (``roi = localized``) and
-            the view cut around it is one the network trained on. 0: around the
-            image's centre, as validation and the deployable model cut it.
-        intensity: Largest relative gain and offset change.
-        gamma: Probability of a gamma change, 0.7 to 1.5 on the image's own range
-            (mean and spread kept), after nnU-Net's ``GammaTransform``.
-        contrast: Probability of a contrast change, x0.75 to x1.25 about the mean,
-            clipped to the image's range.
-        brightness: Probability of a multiplicative brightness change, x0.75 to x1.25.
-        noise: Probability of additive Gaussian noise, variance 0 to 0.1 (of the
-            normalized image).
-        blur: Probability of a Gaussian blur, sigma 0.5 to 1 pixel.
-        low_resolution: Probability of simulated low resolution: nearest-neighbour
-            sampling at 0.5 to 1 times the grid's resolution, then bilinear back.
+        augment: Apply random flips and the ``augmentation``.
+        augmentation: What the augmentation changes, and how much (only rotation,
+            zoom and gain by default; the search's own defaults are
+            ``Augmentation()``).
         cache: Cache normalized, resized images in memory after the first epoch.
         shuffle: Shuffle examples each epoch.
         shuffle_buffer: Shuffle buffer size.
@@ -79,17 +66,7 @@ class PipelineConfig:
     normalization: str = "zscore"
     batch_size: int = 8
     augment: bool = False
-    max_rotation_deg: float = 180.0
-    max_scale: float = 0.25
-    max_shift: float = 0.0
-    max_offset_mm: float = 0.0
-    intensity: float = 0.1
-    gamma: float = 0.0
-    contrast: float = 0.0
-    brightness: float = 0.0
-    noise: float = 0.0
-    blur: float = 0.0
-    low_resolution: float = 0.0
+    augmentation: Augmentation = Augmentation.geometric()
     cache: bool = True
     shuffle: bool = False
     shuffle_buffer: int = 2048
@@ -187,10 +164,10 @@ def grid_images(images, pixel_spacing, size: int, spacing_mm: float, centre_mm=N
 
 def offset_margin(config: PipelineConfig) -> int:
     """Pixels kept on each side of a training view beyond the network's field of view,
-    for the LV-centred views' random offsets (``max_offset_mm``); 0 without them."""
-    if not (config.augment and config.spacing_mm and config.max_offset_mm > 0):
+    for the LV-centred views' random offsets (``Augmentation.offset_mm``); 0 without them."""
+    if not (config.augment and config.spacing_mm and config.augmentation.offset_mm > 0):
         return 0
-    return math.ceil(config.max_offset_mm / config.spacing_mm)
+    return math.ceil(config.augmentation.offset_mm / config.spacing_mm)
 
 
 def lv_centre_mm(mask, pixel_spacing, class_id: int = 1):
@@ -238,13 +215,6 @@ def _prepare(example, config: PipelineConfig):
     return image, mask
 
 
-# nnU-Net's ranges (its 2-D defaults); the probabilities are options.
-GAMMA_RANGE = (0.7, 1.5)
-CONTRAST_RANGE = (0.75, 1.25)
-BRIGHTNESS_RANGE = (0.75, 1.25)
-NOISE_VARIANCE = (0.0, 0.1)
-BLUR_SIGMA_PX = (0.5, 1.0)
-LOW_RESOLUTION_ZOOM = (0.5, 1.0)
 _BLUR_RADIUS = 3  # pixels: covers 3 sigma of the widest blur
 
 
@@ -284,8 +254,9 @@ def _augment(images, masks, rand, config: PipelineConfig):
     spatial warp (flips, rotation, zoom, shift; on the physical grid, so a zoom is a
     change of size in mm), then, each with its probability, noise, blur, brightness,
     contrast, low resolution and gamma (nnU-Net's order), then gain and offset. Views
-    cut wider for ``max_offset_mm`` come out at ``image_size``, moved by the offset."""
+    cut wider for ``Augmentation.offset_mm`` come out at ``image_size``, moved by the offset."""
     t = tf()
+    aug = config.augmentation
     seeds = t.random.experimental.stateless_split(
         t.stack([rand, t.constant(config.seed, t.int64)]), 24)
     b = t.shape(images)[0]
@@ -299,8 +270,8 @@ def _augment(images, masks, rand, config: PipelineConfig):
     def per_image(v):
         return t.reshape(v, [-1, 1, 1, 1])
 
-    theta = u(2, -1.0, 1.0) * config.max_rotation_deg * math.pi / 180
-    scale = 1.0 + u(3, -config.max_scale, config.max_scale)
+    theta = u(2, -1.0, 1.0) * aug.rotation_deg * math.pi / 180
+    scale = 1.0 + u(3, -aug.scale, aug.scale)
     margin = offset_margin(config)
     h_in, w_in = t.shape(images)[1], t.shape(images)[2]
     h, w = (h_in, w_in) if not margin else (config.image_size, config.image_size)
@@ -311,13 +282,13 @@ def _augment(images, masks, rand, config: PipelineConfig):
     b0, b1 = -t.sin(theta) / scale, t.cos(theta) / scale
     a2, b2 = cx_in - a0 * cx - a1 * cy, cy_in - b0 * cx - b1 * cy
     # Then a shift: the LV is not always at the same place in the field of view.
-    a2 += u(6, -config.max_shift, config.max_shift) * t.cast(w, t.float32)
-    b2 += u(7, -config.max_shift, config.max_shift) * t.cast(h, t.float32)
+    a2 += u(6, -aug.shift, aug.shift) * t.cast(w, t.float32)
+    b2 += u(7, -aug.shift, aug.shift) * t.cast(h, t.float32)
     if margin:
         # Its own stream (the 24th split was unused), so that runs without offsets
         # draw exactly the augmentations they drew before.
         offset = t.random.stateless_uniform([b, 2], seeds[23], -1.0, 1.0)
-        offset *= config.max_offset_mm / config.spacing_mm
+        offset *= aug.offset_mm / config.spacing_mm
         a2 += offset[:, 1]
         b2 += offset[:, 0]
     # Flips are folded into the same transform (x -> w-1-x, y -> h-1-y): the warp is the
@@ -332,39 +303,39 @@ def _augment(images, masks, rand, config: PipelineConfig):
     masks = t.cast(_warp(t, t.cast(masks, t.float32), transforms, "NEAREST", [h, w]),
                    t.uint8)
 
-    if config.noise > 0:
-        std = t.sqrt(u(8, *NOISE_VARIANCE)) * t.cast(chosen(9, config.noise), t.float32)
+    if aug.noise > 0:
+        std = t.sqrt(u(8, *NOISE_VARIANCE)) * t.cast(chosen(9, aug.noise), t.float32)
         images += per_image(std) * t.random.stateless_normal(t.shape(images), seeds[10])
-    if config.blur > 0:
-        sigma = u(11, *BLUR_SIGMA_PX) * t.cast(chosen(12, config.blur), t.float32)
+    if aug.blur > 0:
+        sigma = u(11, *BLUR_SIGMA_PX) * t.cast(chosen(12, aug.blur), t.float32)
         images = _blur(t, images, sigma)
-    if config.brightness > 0:
-        factor = t.where(chosen(13, config.brightness), u(14, *BRIGHTNESS_RANGE), 1.0)
+    if aug.brightness > 0:
+        factor = t.where(chosen(13, aug.brightness), u(14, *BRIGHTNESS_RANGE), 1.0)
         images *= per_image(factor)
-    if config.contrast > 0:
-        factor = t.where(chosen(15, config.contrast), u(16, *CONTRAST_RANGE), 1.0)
+    if aug.contrast > 0:
+        factor = t.where(chosen(15, aug.contrast), u(16, *CONTRAST_RANGE), 1.0)
         mean = t.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
         lo = t.reduce_min(images, axis=[1, 2, 3], keepdims=True)
         hi = t.reduce_max(images, axis=[1, 2, 3], keepdims=True)
         images = t.clip_by_value((images - mean) * per_image(factor) + mean, lo, hi)
-    if config.low_resolution > 0:
-        zoom = t.where(chosen(17, config.low_resolution), u(18, *LOW_RESOLUTION_ZOOM), 1.0)
+    if aug.low_resolution > 0:
+        zoom = t.where(chosen(17, aug.low_resolution), u(18, *LOW_RESOLUTION_ZOOM), 1.0)
         coarse = _warp(t, images, _scaling(t, 1.0 / zoom), "NEAREST")
         images = _warp(t, coarse, _scaling(t, zoom), "BILINEAR")
-    if config.gamma > 0:
+    if aug.gamma > 0:
         # Half the draws darken, half brighten (nnU-Net), on the image's own range, then
         # its mean and spread are restored.
         low, high = GAMMA_RANGE
         gamma = t.where(u(19, 0.0, 1.0) < 0.5, u(20, low, 1.0), u(21, 1.0, high))
-        gamma = t.where(chosen(22, config.gamma), gamma, 1.0)
+        gamma = t.where(chosen(22, aug.gamma), gamma, 1.0)
         mean, var = t.nn.moments(images, axes=[1, 2, 3], keepdims=True)
         lo = t.reduce_min(images, axis=[1, 2, 3], keepdims=True)
         span = t.reduce_max(images, axis=[1, 2, 3], keepdims=True) - lo + 1e-6
         curved = t.pow((images - lo) / span, per_image(gamma)) * span + lo
         new_mean, new_var = t.nn.moments(curved, axes=[1, 2, 3], keepdims=True)
         images = (curved - new_mean) / t.sqrt(new_var + 1e-12) * t.sqrt(var) + mean
-    gain = 1.0 + u(4, -config.intensity, config.intensity, [b, 1, 1, 1])
-    offset = u(5, -config.intensity, config.intensity, [b, 1, 1, 1])
+    gain = 1.0 + u(4, -aug.intensity, aug.intensity, [b, 1, 1, 1])
+    offset = u(5, -aug.intensity, aug.intensity, [b, 1, 1, 1])
     return images * gain + offset, masks
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from lvseg_search.data import splits
 from lvseg_search.data.manifest import PreparedData
-from lvseg_search.engine.run import PROJECT, SearchOptions, summarize
+from lvseg_search.engine.options import SearchOptions
+from lvseg_search.engine.run import PROJECT, summarize
 from lvseg_search.errors import UserError
 from lvseg_search.model.space import SearchSpace
 

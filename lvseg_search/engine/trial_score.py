@@ -79,6 +79,12 @@ def cv_score(results: list[dict[str, Any]]) -> dict[str, float]:
     return metrics
 
 
+def last_metrics(trial: Any) -> dict[str, float]:
+    """A keras-tuner trial's metrics, each at its last recorded value (the one the trial
+    is scored by)."""
+    return {name: trial.metrics.get_last_value(name) for name in trial.metrics.metrics}
+
+
 def scored_epoch(metrics: dict[str, float]) -> int:
     """The epoch (1-based count) a trial's figures are at; runs written before every
     figure was taken at the last epoch ranked by the best mean epoch (``best_epoch``)."""

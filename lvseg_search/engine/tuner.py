@@ -35,17 +35,22 @@ from lvseg_search.engine.kt_compat import (
     is_remote_oracle,
     maybe_distribute,
 )
+from lvseg_search.engine.options import ORACLES
 from lvseg_search.engine.run import (
     CHECKPOINT,
     FAILURE,
-    ORACLES,
     RESULT,
     UnreadableRecord,
     fold_dir,
     read_fold_result,
     trial_message,
 )
-from lvseg_search.engine.trial_score import UnscorableTrial, cv_score, hparams_metrics
+from lvseg_search.engine.trial_score import (
+    UnscorableTrial,
+    cv_score,
+    hparams_metrics,
+    last_metrics,
+)
 from lvseg_search.engine.validation import FoldValidation, traced_forward
 from lvseg_search.evaluate.scoring import score_predictions
 from lvseg_search.model.schedule import rung_ends, scheduler
@@ -448,7 +453,7 @@ class CVTuner(LeanBuildTuner):
             trial_dir = Path(self.get_trial_dir(t.trial_id))
             # Just written by this trial (atomically), so readable.
             folds = [read_fold_result(trial_dir, k) for k in range(self.cv.n_folds)]
-            metrics = {name: t.metrics.get_last_value(name) for name in t.metrics.metrics}
+            metrics = last_metrics(t)
             hparams.write_trial(self.tensorboard_dir, t.trial_id, t.hyperparameters.values,
                                 hparams_metrics(metrics), [f for f in folds if f])
         if self.verbose:

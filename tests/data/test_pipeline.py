@@ -1,6 +1,9 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from lvseg_search.data.augmentation import Augmentation
 from lvseg_search.data.manifest import open_data
 from lvseg_search.data.pipeline import PipelineConfig, make_dataset, patient_files
 from lvseg_search.errors import UserError
@@ -55,7 +58,10 @@ def test_augmentation_keeps_image_and_mask_aligned(real_prepared):
     """Bright blood pool stays under the (moved) mask after flips, rotation, scaling and
     shifts."""
     config = PipelineConfig(image_size=128, batch_size=56, seed=0, normalization="minmax",
-                            max_rotation_deg=30, max_scale=0.2, max_shift=0.1).training()
+                            augmentation=Augmentation(
+                                rotation_deg=30, scale=0.2, shift=0.1, offset_mm=0.0,
+                                gamma=0.0, contrast=0.0, brightness=0.0, noise=0.0, blur=0.0,
+                                low_resolution=0.0)).training()
     files = patient_files(open_data(real_prepared), PATIENTS, config)
     x, m = _collect(make_dataset(files, config))[0]
     ratios = []
@@ -78,8 +84,9 @@ def test_shifts_move_the_lv_by_at_most_max_shift(real_prepared, shift):
         return np.array(out)
 
     plain = PipelineConfig(image_size=128, batch_size=56, seed=0)
-    moved = PipelineConfig(image_size=128, batch_size=56, seed=0, max_rotation_deg=0.0,
-                           max_scale=0.0, intensity=0.0, max_shift=shift, augment=True)
+    moved = PipelineConfig(image_size=128, batch_size=56, seed=0, augment=True,
+                           augmentation=replace(Augmentation.geometric(), rotation_deg=0.0,
+                                                scale=0.0, intensity=0.0, shift=shift))
     change = np.abs(distances(moved) - distances(plain))
     if shift == 0.0:
         assert change.max() < 1.0
@@ -103,14 +110,15 @@ def test_views_around_the_lv_move_it_by_at_most_the_offset_with_anatomy_around(r
     spacing, size, offset = 1.5, 96, 30.0
 
     def views(**kw):
+        aug = replace(Augmentation.geometric(), rotation_deg=0.0, scale=0.0, intensity=0.0,
+                      **kw)
         config = PipelineConfig(image_size=size, spacing_mm=spacing, batch_size=56, seed=0,
-                                max_rotation_deg=0.0, max_scale=0.0, intensity=0.0,
-                                augment=True, **kw)
+                                augment=True, augmentation=aug)
         files = patient_files(open_data(real_prepared), PATIENTS, config)
         (x, m), = _collect(make_dataset(files, config))
         return x[..., 0], m[..., 0]
 
-    x, m = views(max_offset_mm=offset)
+    x, m = views(offset_mm=offset)
     assert x.shape == (56, size, size) and m.shape == (56, size, size)
     centre = (size - 1) / 2
     moved = []
@@ -125,7 +133,7 @@ def test_views_around_the_lv_move_it_by_at_most_the_offset_with_anatomy_around(r
                        | (images[:, 1:, 1:] == images[:, 1:, :-1]))
 
     # The same offsets as padding (max_shift) fill part of the view; from the image, not.
-    padded, _ = views(max_shift=offset / (size * spacing))
+    padded, _ = views(shift=offset / (size * spacing))
     assert repeated(padded) > 0.05 and repeated(x) < 0.1 * repeated(padded)
     # Without the option, views stay centred on the image and come out at image_size.
     plain, plain_masks = views()

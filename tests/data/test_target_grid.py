@@ -116,7 +116,7 @@ def test_the_grid_comes_from_the_training_patients(two_spacings):
 
 
 def test_spacing_option_parsing():
-    from lvseg_search.engine.run import parse_spacing
+    from lvseg_search.engine.options import parse_spacing
 
     assert parse_spacing(None) is None
     assert parse_spacing("none") == 0.0 and parse_spacing("None") == 0.0

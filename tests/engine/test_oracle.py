@@ -77,7 +77,7 @@ def test_hyperband_leaves_out_brackets_whose_first_rung_is_under_min_epochs(tmp_
 
 
 def test_the_default_first_rung_gives_three_brackets_the_aggressive_one_first(tmp_path):
-    from lvseg_search.engine.run import resolve_options
+    from lvseg_search.engine.options import resolve_options
     from lvseg_search.model.space import load_space
 
     options = resolve_options(load_space("quick"), tmp_path / "run", image_size=64)
@@ -94,7 +94,7 @@ def test_the_default_first_rung_gives_three_brackets_the_aggressive_one_first(tm
 
 
 def test_the_default_first_rung_keeps_three_brackets_or_as_many_as_fit():
-    from lvseg_search.engine.run import default_min_epochs
+    from lvseg_search.engine.options import default_min_epochs
 
     for max_epochs, factor, brackets in ((27, 3, 3), (60, 3, 3), (18, 3, 3), (81, 3, 3),
                                          (24, 2, 3), (12, 4, 2), (3, 3, 2), (2, 2, 2),

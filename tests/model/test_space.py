@@ -130,28 +130,30 @@ def test_an_unknown_lr_schedule_is_one_clear_error(tmp_path):
 def test_augmentation_comes_from_the_space_and_reaches_the_training_pipeline(tmp_path):
     from dataclasses import asdict
 
-    from lvseg_search.engine.run import AUGMENT_DEFAULTS, SearchOptions, resolve_options
+    from lvseg_search.data.augmentation import Augmentation
+    from lvseg_search.engine.options import SearchOptions, resolve_options
+    from lvseg_search.engine.upgrade import upgrade
 
     path = _write(tmp_path, f"[hyperparameters]\n{GOOD}\n[search]\naugment_rotation_deg = 30\n"
                             "augment_scale = 0\naugment_offset_mm = 25\n")
     options = resolve_options(load_space(path), tmp_path, image_size=64)
     config = options.pipeline().training()
-    assert (config.augment, config.max_rotation_deg, config.max_scale) == (True, 30, 0)
-    assert config.max_offset_mm == 25
-    assert config.max_shift == AUGMENT_DEFAULTS["augment_shift"]
-    assert config.intensity == AUGMENT_DEFAULTS["augment_intensity"]
+    aug = config.augmentation
+    assert (config.augment, aug.rotation_deg, aug.scale, aug.offset_mm) == (True, 30, 0, 25)
+    assert (aug.shift, aug.intensity) == (Augmentation().shift, Augmentation().intensity)
     default = resolve_options(load_space("quick"), tmp_path, image_size=64).pipeline()
-    assert default.max_rotation_deg == AUGMENT_DEFAULTS["augment_rotation_deg"]
-    assert default.max_offset_mm == AUGMENT_DEFAULTS["augment_offset_mm"] > 0
+    assert default.augmentation == Augmentation() and Augmentation().offset_mm > 0
     # A run folder from before these options re-reads as trained: 10 degrees, 10% zoom.
-    old = {k: v for k, v in asdict(options).items() if not k.startswith("augment_")}
-    legacy = SearchOptions(**old).pipeline()
-    assert (legacy.max_rotation_deg, legacy.max_scale, legacy.intensity) == (10.0, 0.1, 0.1)
-    assert legacy.max_offset_mm == 0.0
+    old = {k: v for k, v in asdict(options).items()
+           if k not in ("augmentation", "schema_version")}
+    legacy = SearchOptions.from_record(upgrade(old)[0], "search.json").pipeline()
+    assert (legacy.augmentation.rotation_deg, legacy.augmentation.scale,
+            legacy.augmentation.intensity) == (10.0, 0.1, 0.1)
+    assert legacy.augmentation.offset_mm == 0.0
 
 
 def test_steps_per_epoch_comes_from_the_space_or_the_command_line(tmp_path):
-    from lvseg_search.engine.run import resolve_options
+    from lvseg_search.engine.options import resolve_options
 
     path = _write(tmp_path, f"[hyperparameters]\n{GOOD}\n[search]\nsteps_per_epoch = 7\n")
     assert resolve_options(load_space(path), tmp_path, image_size=64).steps_per_epoch == 7
@@ -162,7 +164,7 @@ def test_steps_per_epoch_comes_from_the_space_or_the_command_line(tmp_path):
 
 
 def test_min_epochs_defaults_to_the_three_least_aggressive_brackets(tmp_path):
-    from lvseg_search.engine.run import resolve_options
+    from lvseg_search.engine.options import resolve_options
 
     quick = resolve_options(load_space("quick"), tmp_path, image_size=64)
     assert (quick.max_epochs, quick.factor, quick.min_epochs) == (24, 2, 6)
