@@ -19,6 +19,7 @@ from lvseg_search.engine import run_setup
 from lvseg_search.engine.lock import run_lock
 from lvseg_search.engine.trial_score import scored_epoch
 from lvseg_search.errors import UserError
+from lvseg_search.model.describe import network_brief
 from lvseg_search.model.space import load_space
 
 
@@ -185,9 +186,6 @@ def print_top(summary: dict[str, Any], n_folds: int, top: int = 5) -> None:
         m, hp = r["metrics"], r["hyperparameters"]
         folds = " ".join(f"{m.get(f'val_dice_fold_{k}', float('nan')):.3f}"
                          for k in range(n_folds))
-        net = ("lab FCN" if hp["architecture"] == "lab_fcn" else
-               f"depth {hp['depth']} x{hp['base_filters']} k{hp['kernel_size']} "
-               f"{hp['decoder']} {hp['downsampling']} {hp['loss']} lr {hp['learning_rate']:.1e}"
-               + (" cosine" if hp.get("lr_schedule") == "cosine" else ""))
+        net = network_brief(hp)
         print(f"{r['trial_id']:>6} {r['score']:>7.3f} +- {m.get('val_dice_std', 0):.3f} "
               f"{folds:>{6 * n_folds}} {scored_epoch(m):>6}  {net}")

@@ -16,10 +16,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lvseg_search"
 VERBS = {"prepare", "search", "report", "export", "predict", "demo"}
 # Shared by every layer: the user-error type, atomic writes, the lazy TensorFlow import.
 UTILITIES = {"errors", "atomic", "_tf"}
-STAGES = ("data", "model", "evaluate", "engine")
+STAGES = ("data", "model", "evaluate", "engine", "reporting")
 # What each stage may import of the others (besides itself and the utilities).
 ALLOWED = {"data": set(), "model": set(), "evaluate": {"data", "model"},
-           "engine": {"data", "model", "evaluate"}}
+           "engine": {"data", "model", "evaluate"},
+           "reporting": {"data", "model", "evaluate", "engine"}}
 
 
 def _module_name(path: Path) -> str:
@@ -200,3 +201,11 @@ def test_only_the_adapter_touches_keras_tuner_internals():
                     and node.func.id in ("hasattr", "getattr", "setattr") and len(node.args) > 1
                     and isinstance(node.args[1], ast.Constant)):
                 assert node.args[1].value not in private, f"{where} reaches {node.args[1].value}"
+
+
+def test_the_reports_style_and_script_ship_as_package_data():
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["lvseg_search.reporting"]
+    assets = sorted((PACKAGE / "reporting" / "assets").iterdir())
+    assert [a.name for a in assets] == ["report.css", "report.js"]
+    assert all(any(a.match(p) for p in patterns) for a in assets)

@@ -53,7 +53,7 @@ def test_chief_and_two_workers_run_every_trial_exactly_once(tiny_data, tmp_path)
 
 def test_a_trial_that_fails_on_a_worker_keeps_its_reason(tiny_data, tmp_path):
     from lvseg_search.engine.run import load_run, summarize
-    from lvseg_search.report import unfinished
+    from lvseg_search.reporting.table import unfinished
 
     port = _free_port()
     out = tmp_path / "run"

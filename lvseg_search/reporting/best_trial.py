@@ -1,0 +1,106 @@
+"""The best trial's fold models at work, for the report: its out-of-fold predictions
+(overlays, per-image scores, the decision table ``export`` decides by) and the held-out
+test patients' scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lvseg_search.engine.run import Run
+from lvseg_search.reporting.figures import OVERLAYS_PER_PATIENT, draw_overlays
+from lvseg_search.reporting.table import decision_frame, position_table
+
+
+def score_test(run: Run, networks: list[Any]) -> dict[str, Any] | None:
+    """The held-out test patients' scores for the average of a trial's fold models
+    (None without test patients)."""
+    from lvseg_search.evaluate.scoring import load_patients, score_patients
+    from lvseg_search.model.serving import make_predictor
+
+    if not run.splits["test"]:
+        return None
+    o = run.options
+    predict = make_predictor(networks, o.image_size, o.normalization, o.spacing_mm or None)
+    _, summary = score_patients(predict, load_patients(run.data, run.splits["test"]))
+    return summary
+
+
+def out_of_fold_overlays(run: Run, trial_id: str, networks: list[Any] | None = None,
+                         validation: list[list[Any]] | None = None
+                         ) -> tuple[str | None, list[dict[str, Any]]]:
+    """Image, expert contour and predicted contour for a trial's validation patients
+    (each scored by the fold model that did not see them).
+
+    Args:
+        run: The run.
+        trial_id: The trial.
+        networks: Its fold models, if already built (else built here).
+        validation: Each fold's validation patients, if already loaded.
+
+    Returns:
+        The figure (base64 PNG, None when no fold finished) and per-image scores, each
+        with its slice ``position`` (base, mid, apex; see ``positions``).
+    """
+    from lvseg_search.evaluate.positions import slice_positions
+    from lvseg_search.evaluate.scoring import load_patients, score_masks, segment
+    from lvseg_search.model.serving import make_predictor
+
+    panels, scores = [], []
+    for k in range(run.n_folds):
+        model = networks[k] if networks is not None else run.fold_network(trial_id, k)
+        o = run.options
+        predict = make_predictor([model], o.image_size, o.normalization, o.spacing_mm or None)
+        patients = (validation[k] if validation is not None
+                    else load_patients(run.data, run.splits["folds"][k]["val"]))
+        for patient in patients:
+            _, pred = segment(predict, patient.images, patient.spacing_mm)
+            rows, _ = score_masks(pred, patient)
+            where = slice_positions(patient.slice_index, patient.masks, patient.spacing_mm)
+            scores += [{"fold": k, **r, "position": w} for r, w in zip(rows, where,
+                                                                       strict=True)]
+            picks = np.unique(np.linspace(0, len(patient.images) - 1,
+                                          min(OVERLAYS_PER_PATIENT, len(patient.images)))
+                              .round().astype(int))
+            for i in picks:
+                panels.append((patient.images[i], patient.masks[i] == 1, pred[i].astype(bool),
+                               f"{patient.patient_id} s{patient.slice_index[i]} "
+                               f"p{patient.phase_index[i]}", rows[i]))
+    return draw_overlays(panels), scores
+
+
+def best_trial_details(run: Run, trial_id: str, networks: list[Any],
+                       validation: list[list[Any]],
+                       scores: list[dict[str, Any]]) -> list[tuple[str, str, pd.DataFrame]]:
+    """The best trial's out-of-fold breakdowns: Dice by patient and slice position, and
+    the test-time augmentation and post-processing table that ``export`` decides by.
+
+    Returns:
+        (title, note, table) per section.
+    """
+    from lvseg_search.engine.out_of_fold import out_of_fold_decisions
+    from lvseg_search.evaluate.decision import TIE, choose
+
+    out = []
+    positions = position_table(scores)
+    if positions is not None:
+        out.append((f"Trial {trial_id}: Dice by patient and slice position",
+                    "Mean per-image Dice (images) of each validation patient, predicted by "
+                    "the fold model that never saw it; base, mid and apex are thirds of the "
+                    "patient's contoured slice positions, the base being the end where the "
+                    "expert's LV is larger.", positions))
+    table = out_of_fold_decisions(run, trial_id,
+                                  lambda: list(zip(networks, validation, strict=True)))
+    out.append((f"Trial {trial_id}: field of view, test-time augmentation and "
+                "post-processing",
+                "CV Dice of the out-of-fold predictions with each setting; `export` keeps "
+                f"the highest (gains under {TIE:g} count as ties, which go to the cheaper "
+                "setting, or to the field of view cut around the localized LV) unless "
+                "--roi, --tta, --no-largest-region or --[no-]convex-hull say otherwise. "
+                "The search ranked "
+                "trials with the field of view around the image centre, without test-time "
+                "augmentation, with the largest region.",
+                decision_frame(table, choose(table))))
+    return out
