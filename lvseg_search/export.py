@@ -229,7 +229,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
         largest_region: Keep only each mask's largest region; None: decided by the
             out-of-fold CV Dice.
         roi: Cut the field of view around the image ``centre`` or the ``localized`` LV
-            (``serving.ROI_MODES``); None: decided by the out-of-fold CV Dice.
+            (``contract.ROI_MODES``); None: decided by the out-of-fold CV Dice.
         convex_hull: Fill the largest region to its convex hull; None: decided by the
             out-of-fold CV Dice.
 
@@ -258,8 +258,9 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
 
     from lvseg_search.evaluate.decision import table_text
     from lvseg_search.evaluate.scoring import load_patients, score_patients
+    from lvseg_search.model.contract import RAW, ROI_MODES, SPACING
     from lvseg_search.model.formats import check_centre, check_inputs
-    from lvseg_search.model.serving import RAW, ROI_MODES, SPACING, build_serving_model
+    from lvseg_search.model.serving import build_serving_model
     from lvseg_search.model.tta import TTA_MODES
 
     start = time.perf_counter()
@@ -402,7 +403,7 @@ def _decide(run: Run, trial_id: str, tta: str | None, largest_region: bool | Non
 
 def grid(o, roi: str = "centre") -> dict[str, Any]:
     """The network's grid, as the model card records it."""
-    from lvseg_search.model.serving import LOCALIZE_PASSES
+    from lvseg_search.model.serving_layers import LOCALIZE_PASSES
 
     if not o.physical:
         return {"mode": "whole image resized", "image_size": o.image_size,

@@ -63,7 +63,7 @@ def out_of_fold_decisions(run: Run, trial_id: str,
     """
     from lvseg_search.evaluate.decision import out_of_fold_table
     from lvseg_search.evaluate.scoring import load_patients
-    from lvseg_search.model.serving import ROI_MODES
+    from lvseg_search.model.contract import ROI_MODES
     from lvseg_search.model.tta import TTA_MODES
 
     o = run.options

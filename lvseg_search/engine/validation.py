@@ -5,7 +5,7 @@ model and re-creates its input iterator every epoch. The search runs many short 
 of many models, and there that bookkeeping cost more than the arithmetic (on 2 cores,
 a third of a second per epoch against a fifth for the network itself). Here each
 fold's validation images are preprocessed once, by the deployable model's own
-preprocessing (``serving.Preprocess``, the same computation as the training pipeline,
+preprocessing (``serving_layers.Preprocess``, the same computation as the training pipeline,
 tested), and every epoch runs the network over them: eagerly (no graph to trace) or,
 for models evaluated more than a few times, through one traced forward pass that any
 number of images may take (:func:`traced_forward`). Either way there is no test step
@@ -30,7 +30,7 @@ from lvseg_search.data.pipeline import grid_masks
 from lvseg_search.evaluate.measures import dice
 from lvseg_search.evaluate.scoring import LV, PatientImages, same_size_groups
 from lvseg_search.model.postprocess import keep_largest_regions, largest_region
-from lvseg_search.model.serving import Preprocess, RestoreSize
+from lvseg_search.model.serving_layers import Preprocess, RestoreSize
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class FoldValidation(keras.callbacks.Callback):
 
     def masks(self) -> list[np.ndarray]:
         """The last evaluation's LV masks at each image's stored size, per patient,
-        resized exactly as the deployable model resizes them (``serving.RestoreSize``)
+        resized exactly as the deployable model resizes them (``serving_layers.RestoreSize``)
         and post-processed as ``scoring.segment`` does.
 
         Raises:

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from lvseg_search.evaluate.scoring import PatientImages, score_predictions, segment
+from lvseg_search.model.contract import ROI_MODES
 from lvseg_search.model.postprocess import fill_convex_hulls, keep_largest_regions
-from lvseg_search.model.serving import ROI_MODES, make_predictor
+from lvseg_search.model.serving import make_predictor
 from lvseg_search.model.tta import TTA_MODES
 
 # A CV Dice gain smaller than this is within the noise of a few patients' folds: the
@@ -61,7 +62,7 @@ def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], imag
         normalization: The per-image normalization of training.
         spacing_mm: The networks' grid pixel size (None: whole images resized).
         modes: Test-time augmentations to try (``tta.TTA_MODES``).
-        rois: Fields of view to try (``serving.ROI_MODES``; ``localized`` needs a
+        rois: Fields of view to try (``contract.ROI_MODES``; ``localized`` needs a
             physical grid).
 
     Returns:

@@ -16,14 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from lvseg_search.model.contract import AT_CENTRE, RAW, ROI_CENTRE, SPACING
+
 SAVED_MODEL = "saved_model"
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 TFLITE_AT_CENTRE_FILE = "model_at_centre.tflite"  # the AT_CENTRE signature alone
 ONNX_FILE = "model.onnx"
-SPACING = "pixel_spacing_mm"  # the serving signature's second input (contract 2)
-ROI_CENTRE = "roi_centre_mm"  # the third input of AT_CENTRE
-AT_CENTRE = "serve_at_centre"  # the signature that takes it
 
 
 def check_inputs(raw, pixel_spacing) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +149,7 @@ def write_onnx(saved_model: Path, out: Path) -> tuple[Any, str]:
                                            providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     inputs = [i.name for i in session.get_inputs()]
-    raw_name = next(n for n in inputs if "raw" in n)
+    raw_name = next(n for n in inputs if RAW in n)
     spacing_name = next((n for n in inputs if "spacing" in n), None)
 
     def run_onnx(raw, pixel_spacing):
@@ -211,7 +210,7 @@ def write_formats(model, folder: Path, onnx: bool = True,
         if roi_centre_mm is not None:
             raise _no_centre(2)
         return {k: np.asarray(v) for k, v in
-                reloaded({"raw": raw, SPACING: spacing}).items()}
+                reloaded({RAW: raw, SPACING: spacing}).items()}
 
     keras_file.at_centre = False
     runners = {"saved_model": saved_model_runner(folder / SAVED_MODEL),

@@ -7,7 +7,7 @@ vessel). Removing all but the largest region is nnU-Net's standard post-processi
 the real Sunnybrook subset it raised the best search's fold Dice by 0.03-0.05. The
 search scores masks after this step, and ``predict`` delivers them after it, so the
 objective is the quality users get. SciPy's labelling does the connected components;
-the exported models do the same inside their graph (``serving.LargestRegion``, tested
+the exported models do the same inside their graph (``serving_layers.LargestRegion``, tested
 equal to this).
 
 A second, optional step fills the largest region's convex hull. The endocardial contour
@@ -68,7 +68,7 @@ def convex_hull(mask: np.ndarray) -> np.ndarray:
 
     The hull is taken as the intersection of the mask's extents along
     :data:`HULL_DIRECTIONS` directions (within :data:`HULL_TOLERANCE`), the same
-    computation as the exported models' ``serving.ConvexHull`` (tested equal), not
+    computation as the exported models' ``serving_layers.ConvexHull`` (tested equal), not
     scikit-image's ``convex_hull_image``, which has no graph counterpart.
 
     Args:

@@ -3,7 +3,7 @@ deployable model (``keras.ops`` only).
 
 The network sees every image on one grid: ``size x size`` pixels of ``spacing`` mm, centred
 on the image's centre (a field of view of ``size * spacing`` mm), or on a point given in
-mm from it (the localized heart, see ``serving.LocateLV``). An image of any matrix
+mm from it (the localized heart, see ``serving_layers.LocateLV``). An image of any matrix
 and pixel spacing is resampled onto it and the network's probabilities back onto the
 image's own grid. Both directions are one separable linear map per axis, a ``[batch, out,
 in]`` weight matrix per image (each image has its own spacing):

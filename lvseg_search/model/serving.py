@@ -13,385 +13,31 @@ resampling and optional largest-region post-processing, so every exported format
 (SavedModel, ``.keras``, TFLite, ONNX) and ``predict`` run exactly one code path.
 Models of searches made with ``--spacing none`` resize whole images to ``S x S``
 instead (and ignore the spacing). ``keras.ops`` only: the wrapper is plain Keras and
-loads with ``safe_mode=True`` once this module is imported (it registers the layers
-below).
+loads with ``safe_mode=True`` once this module is imported (it imports the registered
+layers of ``serving_layers``). One assembly (:class:`ServingSteps`) is run by both the
+Keras model (:func:`build_serving_model`) and the eager predictor (:func:`make_predictor`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from lvseg_search.model.postprocess import HULL_TOLERANCE, hull_directions
-from lvseg_search.model.resample import from_grid, to_grid
+from lvseg_search.model.contract import RAW, ROI_CENTRE, ROI_MODES, SPACING
+from lvseg_search.model.serving_layers import (
+    LOCALIZE_PASSES,
+    ChosenCentre,
+    ConvexHull,
+    LargestRegion,
+    LocateLV,
+    Preprocess,
+    RestoreSize,
+)
 from lvseg_search.model.tta import AugmentedViews, AverageViews
-
-NORMALIZATIONS = ("zscore", "minmax", "percentile")
-EPS = 1e-6  # the same epsilon as the training pipeline's normalization
-
-
-def _per_image(pixel_spacing, raw):
-    """The spacing as ``[batch, 2]``: a reshape that fails inside the graph when the
-    spacing holds another number of values than two per image (a SavedModel signature
-    checks the dtype, not the shape; where the graph knows the last axis is 2, as from
-    the signature, only the number of rows is checked at run time)."""
-    return ops.reshape(ops.cast(pixel_spacing, "float32"), (ops.shape(raw)[0], 2))
-
-
-@keras.saving.register_keras_serializable(package="lvseg_search")
-class Preprocess(layers.Layer):
-    """Per-image normalization, then resampling onto the network's grid, as in the
-    training pipeline (``pipeline._prepare``).
-
-    Args:
-        image_size: Rows and columns the network takes.
-        normalization: ``zscore``, ``minmax`` or ``percentile`` (1st to 99th).
-        spacing_mm: The grid's pixel size; None resizes the whole image to
-            ``image_size`` (models of ``--spacing none`` searches and of contract 1).
-    """
-
-    def __init__(self, image_size: int, normalization: str = "zscore",
-                 spacing_mm: float | None = None, **kwargs):
-        super().__init__(**kwargs)
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {normalization!r}")
-        self.image_size = int(image_size)
-        self.normalization = normalization
-        self.spacing_mm = None if spacing_mm is None else float(spacing_mm)
-
-    def call(self, raw, pixel_spacing=None, centre_mm=None):
-        x = ops.cast(raw, "float32")
-        if self.normalization == "zscore":
-            mean = ops.mean(x, axis=(1, 2), keepdims=True)
-            var = ops.mean(ops.square(x - mean), axis=(1, 2), keepdims=True)
-            x = (x - mean) / (ops.sqrt(var) + EPS)
-        elif self.normalization == "minmax":
-            lo = ops.min(x, axis=(1, 2), keepdims=True)
-            hi = ops.max(x, axis=(1, 2), keepdims=True)
-            x = (x - lo) / (hi - lo + EPS)
-        else:
-            flat = ops.sort(ops.reshape(x, (ops.shape(x)[0], -1)), axis=-1)
-            n = ops.cast(ops.shape(flat)[1] - 1, "float32")
-            lo = ops.take(flat, ops.cast(ops.round(0.01 * n), "int32"), axis=1)
-            hi = ops.take(flat, ops.cast(ops.round(0.99 * n), "int32"), axis=1)
-            lo = ops.reshape(lo, (-1, 1, 1))
-            hi = ops.reshape(hi, (-1, 1, 1))
-            x = (ops.clip(x, lo, hi) - lo) / (hi - lo + EPS)
-        # expand_dims, not x[..., None]: TFLite has no strided slice that adds an axis.
-        x = ops.expand_dims(x, -1)
-        if self.spacing_mm is not None:
-            return to_grid(x, _per_image(pixel_spacing, raw), self.image_size,
-                           self.spacing_mm, centre_mm)
-        size = (self.image_size, self.image_size)
-        return ops.image.resize(x, size, interpolation="bilinear")
-
-    def compute_output_shape(self, raw_shape, pixel_spacing_shape=None, centre_mm_shape=None):
-        return (raw_shape[0], self.image_size, self.image_size, 1)
-
-    def get_config(self) -> dict:
-        config = {**super().get_config(), "image_size": self.image_size,
-                  "normalization": self.normalization}
-        if self.spacing_mm is not None:  # contract 1 models' configs stay loadable as saved
-            config["spacing_mm"] = self.spacing_mm
-        return config
-
-
-# Passes of the network that re-centre its field of view on the LV before the pass that
-# segments it (roi = localized). Each is on the training grid, so the anatomy keeps its
-# trained size: on the real subset, locating on a coarser grid that held the whole image
-# (anatomy x0.44) lost the heart on some slices and cut the held-out Dice from 0.869 to
-# 0.781; one re-centring kept it at 0.867 and raised hearts moved 40 mm off the image
-# centre from 0.747 to 0.829; a second re-centring changed neither (0.867, 0.828).
-LOCALIZE_PASSES = 1
-
-
-@keras.saving.register_keras_serializable(package="lvseg_search")
-class LocateLV(layers.Layer):
-    """Where the LV lies, from the network's probabilities on a grid centred at
-    ``centre_mm``: the centroid of the largest region of the arg-max LV, in mm from each
-    image's centre (row, column); ``centre_mm`` itself where no LV is found.
-
-    A heart far from the image centre sits at the edge of the centred field of view,
-    where the network sees little of its surroundings, or beyond it; cutting the field
-    of view again around the LV found gives the network the view it trained on.
-
-    Args:
-        image_size: The networks' grid rows and columns.
-        spacing_mm: The grid's pixel size.
-        class_id: The LV class.
-    """
-
-    def __init__(self, image_size: int, spacing_mm: float, class_id: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.image_size = int(image_size)
-        self.spacing_mm = float(spacing_mm)
-        self.class_id = int(class_id)
-
-    def call(self, probabilities, centre_mm=None):
-        _, mask = lv_mask(ops.cast(probabilities, "float32"), self.class_id)
-        keep = ops.cast(largest_region(mask), "float32")
-        size = self.image_size
-        index = ops.cast(ops.arange(size), "float32") - (size / 2 - 0.5)
-        count = ops.sum(keep, axis=(1, 2))
-        row = ops.sum(keep * ops.reshape(index, (1, size, 1)), axis=(1, 2))
-        col = ops.sum(keep * ops.reshape(index, (1, 1, size)), axis=(1, 2))
-        scale = self.spacing_mm * ops.cast(count > 0, "float32") / ops.maximum(count, 1.0)
-        moved = ops.stack([row * scale, col * scale], axis=-1)
-        return moved if centre_mm is None else moved + centre_mm
-
-    def compute_output_shape(self, probabilities_shape, centre_mm_shape=None):
-        return (probabilities_shape[0], 2)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "image_size": self.image_size,
-                "spacing_mm": self.spacing_mm, "class_id": self.class_id}
-
-
-@keras.saving.register_keras_serializable(package="lvseg_search")
-class ChosenCentre(layers.Layer):
-    """Where each image's field of view is cut: the caller's ``roi_centre_mm`` (mm from
-    the image's centre, row and column), or the model's own choice (``own``: the
-    located LV; None: the image centre) for the images whose given centre holds a NaN.
-
-    ``x != x`` finds NaN with a comparison, an op every exported format has.
-    """
-
-    def call(self, raw, given, own=None):
-        given = ops.reshape(ops.cast(given, "float32"), (ops.shape(raw)[0], 2))
-        unset = ops.any(ops.not_equal(given, given), axis=-1, keepdims=True)
-        return ops.where(unset, 0.0 if own is None else own, given)
-
-    def compute_output_shape(self, raw_shape, given_shape, own_shape=None):
-        return (raw_shape[0], 2)
-
-
-def lv_mask(probabilities, class_id: int):
-    """The LV's probability ``[B, H, W]`` and its arg-max mask (uint8) from class
-    probabilities ``[B, H, W, C]``.
-
-    A comparison with the per-pixel maximum rather than argmax: TensorFlow's argmax
-    lowers to bit operations that TFLite's builtin ops lack. Where every class is 0
-    (outside the field of view) there is no LV.
-    """
-    lv = probabilities[..., class_id]
-    mask = ops.cast(ops.logical_and(ops.greater_equal(lv, ops.max(probabilities, axis=-1)),
-                                    ops.greater(lv, 0.0)), "uint8")
-    return lv, mask
-
-
-def _interpolation_matrix(out_size, in_size: int):
-    """``[out, in]`` weights of bilinear resampling with half-pixel centres (the
-    convention of ``tf.image.resize`` and ``jax.image.resize``)."""
-    scale = in_size / ops.cast(out_size, "float32")
-    coord = (ops.cast(ops.arange(out_size), "float32") + 0.5) * scale - 0.5
-    coord = ops.clip(coord, 0.0, in_size - 1.0)
-    lower = ops.floor(coord)
-    frac = ops.expand_dims(coord - lower, -1)
-    lower = ops.cast(lower, "int32")
-    upper = ops.minimum(lower + 1, in_size - 1)
-    return (ops.one_hot(lower, in_size) * (1.0 - frac)
-            + ops.one_hot(upper, in_size) * frac)
-
-
-def resize_bilinear(images, height, width):
-    """Bilinear resize of ``[B, S, S, C]`` to a size known only at run time.
-
-    Written by hand because ``keras.ops.image.resize`` checks its size with Python
-    comparisons, which a symbolic (traced) output size cannot pass. Resampling is
-    separable, so it is two small matrix products.
-    """
-    rows = _interpolation_matrix(height, images.shape[1])
-    cols = _interpolation_matrix(width, images.shape[2])
-    return ops.einsum("hs,bstc,wt->bhwc", rows, images, cols)
-
-
-@keras.saving.register_keras_serializable(package="lvseg_search")
-class RestoreSize(layers.Layer):
-    """Class probabilities ``[B, S, S, C]`` -> the LV class's probability back on the raw
-    input's grid ``[B, H, W]``, and its arg-max mask (uint8, 1 = LV). Outside the
-    network's field of view the probability is 0 and the mask empty.
-
-    Args:
-        class_id: The LV class (1: blood pool).
-        spacing_mm: The network grid's pixel size; None: the network saw the whole image
-            resized (see :class:`Preprocess`).
-    """
-
-    def __init__(self, class_id: int = 1, spacing_mm: float | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.class_id = int(class_id)
-        self.spacing_mm = None if spacing_mm is None else float(spacing_mm)
-
-    def call(self, probabilities, raw, pixel_spacing=None, centre_mm=None):
-        shape = ops.shape(raw)
-        probabilities = ops.cast(probabilities, "float32")
-        if self.spacing_mm is not None:
-            full = from_grid(probabilities, _per_image(pixel_spacing, raw), shape[1],
-                             shape[2], self.spacing_mm, centre_mm)
-        else:
-            full = resize_bilinear(probabilities, shape[1], shape[2])
-        return lv_mask(full, self.class_id)
-
-    def compute_output_shape(self, probabilities_shape, raw_shape, pixel_spacing_shape=None,
-                             centre_mm_shape=None):
-        shape = (raw_shape[0], raw_shape[1], raw_shape[2])
-        return shape, shape
-
-    def get_config(self) -> dict:
-        config = {**super().get_config(), "class_id": self.class_id}
-        if self.spacing_mm is not None:
-            config["spacing_mm"] = self.spacing_mm
-        return config
-
-
-def region_labels(binary):
-    """Labels the 4-connected regions of binary masks.
-
-    Every foreground pixel starts with its own flat index and takes the smallest index
-    among its 4 neighbours until nothing changes; in the same step it also takes the
-    label of the pixel its label points to (pointer jumping: a label is always the index
-    of a pixel of the same region), so a compact region settles in a few dozen steps,
-    not in as many as it is long.
-
-    Args:
-        binary: Masks ``[B, H, W]``, nonzero = foreground (any integer or bool dtype).
-
-    Returns:
-        int32 ``[B, H, W]``: per foreground pixel, the flat index of its region's first
-        pixel in raster order (scipy's labelling order); ``H * W`` for background.
-    """
-    shape = ops.shape(binary)
-    batch, height, width = shape[0], shape[1], shape[2]
-    n = height * width
-    foreground = ops.greater(binary, 0)
-    background = ops.cast(n, "int32")
-    index = ops.reshape(ops.arange(n, dtype="int32"), (1, height, width))
-
-    def step(labels):
-        padded = ops.pad(labels, ((0, 0), (1, 1), (1, 1)), constant_values=n)
-        neighbours = ops.minimum(
-            ops.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]),
-            ops.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]))
-        labels = ops.reshape(ops.where(foreground, ops.minimum(labels, neighbours),
-                                       background), (batch, -1))
-        pointed = ops.take_along_axis(labels, ops.minimum(labels, background - 1), axis=1)
-        labels = ops.where(labels < background, ops.minimum(labels, pointed), background)
-        return ops.reshape(labels, (batch, height, width))
-
-    def body(labels, changed):
-        new = step(labels)
-        return new, ops.any(ops.not_equal(new, labels))
-
-    labels, _ = ops.while_loop(lambda labels, changed: changed, body,
-                               (ops.where(foreground, index, background),
-                                ops.convert_to_tensor(True)))
-    return labels
-
-
-def largest_region(binary):
-    """Each image's largest 4-connected region of binary masks ``[B, H, W]``, as uint8
-    (the first of equally large ones); see :class:`LargestRegion`."""
-    labels = region_labels(binary)
-    batch = ops.shape(binary)[0]
-    flat = ops.reshape(labels, (batch, -1))
-    n = ops.shape(flat)[1]
-    background = ops.cast(n, "int32")
-    # Every region's size from the labels sorted: a region is a run of equal labels,
-    # and each position finds its run's first one by pointer jumping (a step per
-    # doubling of the longest run). Memory stays linear in the pixels in every format:
-    # a segment sum converts to ONNX as a table of segments x largest segment, which
-    # asked 134 GB for four 256 x 256 masks; a loop over the regions took a step per
-    # region, seconds per batch on a barely trained network's speckled masks.
-    ordered = ops.sort(flat, axis=1)
-    position = ops.broadcast_to(ops.expand_dims(ops.arange(n, dtype="int32"), 0),
-                                ops.shape(flat))
-    first = ops.concatenate([ops.ones_like(ordered[:, :1], dtype="bool"),
-                             ops.not_equal(ordered[:, 1:], ordered[:, :-1])], axis=1)
-    start = ops.where(first, position, position - 1)
-
-    def jump(start, changed):
-        further = ops.take_along_axis(start, start, axis=1)
-        return further, ops.any(ops.not_equal(further, start))
-
-    start, _ = ops.while_loop(lambda start, changed: changed, jump,
-                              (start, ops.convert_to_tensor(True)))
-    # A run's length at each of its positions so far, largest at its last; background
-    # runs count 0. Labels ascend, so arg-max's first maximum is the first of equally
-    # large regions, as scipy's order has it.
-    length = ops.where(ordered < background, position - start + 1, 0)
-    best = ops.take_along_axis(ordered, ops.expand_dims(
-        ops.cast(ops.argmax(length, axis=1), "int32"), 1), axis=1)
-    keep = ops.logical_and(ops.equal(flat, best), flat < background)
-    return ops.reshape(ops.cast(keep, "uint8"), ops.shape(binary))
-
-
-@keras.saving.register_keras_serializable(package="lvseg_search")
-class LargestRegion(layers.Layer):
-    """Keeps each image's largest 4-connected region of binary masks ``[B, H, W]``
-    (uint8): ``postprocess.largest_region`` inside the graph, so that every exported
-    format delivers the masks the search and ``export`` scored (tested equal).
-
-    Written by hand: Keras has no connected-components op, and TensorFlow's (in the
-    retired TensorFlow Addons) converts to neither TFLite nor ONNX. Regions are visited
-    in the order of their first pixel and the first of equally large ones is kept, as
-    with scipy's labels. A mask of many regions costs one pass over it per region.
-    """
-
-    def call(self, binary):
-        return largest_region(binary)
-
-    def compute_output_shape(self, binary_shape):
-        return binary_shape
-
-
-def convex_hull(binary):
-    """Each image's convex hull of binary masks ``[B, H, W]``, as uint8; see
-    :class:`ConvexHull`."""
-    shape = ops.shape(binary)
-    rows = ops.cast(ops.arange(shape[1]), "float32")[None, :, None]
-    cols = ops.cast(ops.arange(shape[2]), "float32")[None, None, :]
-    inside = ops.greater(binary, 0)
-    big = ops.convert_to_tensor(3.0e38, "float32")
-    keep = None
-    # One direction at a time (unrolled): [B, H, W] at a time instead of [B, H, W, D].
-    for dr, dc in hull_directions().tolist():
-        proj = rows * dr + cols * dc  # [1, H, W], as postprocess.convex_hull rounds it
-        low = ops.min(ops.where(inside, proj, big), axis=(1, 2), keepdims=True)
-        high = ops.max(ops.where(inside, proj, -big), axis=(1, 2), keepdims=True)
-        # An empty mask has low > high, so its hull stays empty.
-        within = ops.logical_and(ops.greater_equal(proj, low - HULL_TOLERANCE),
-                                 ops.less_equal(proj, high + HULL_TOLERANCE))
-        keep = within if keep is None else ops.logical_and(keep, within)
-    return ops.cast(keep, "uint8")
-
-
-@keras.saving.register_keras_serializable(package="lvseg_search")
-class ConvexHull(layers.Layer):
-    """Fills each image's mask ``[B, H, W]`` (uint8) to its convex hull:
-    ``postprocess.convex_hull`` inside the graph (tested equal), as the intersection of
-    the mask's extents along ``postprocess.HULL_DIRECTIONS`` directions.
-
-    Written by hand: neither Keras nor TensorFlow has a convex-hull op; reductions and
-    comparisons convert to every exported format. Meant after :class:`LargestRegion`
-    (the hull of several regions would bridge them).
-    """
-
-    def call(self, binary):
-        return convex_hull(binary)
-
-    def compute_output_shape(self, binary_shape):
-        return binary_shape
-
-
-RAW = "raw"
-SPACING = "pixel_spacing_mm"
-ROI_CENTRE = "roi_centre_mm"
-
-
-ROI_MODES = ("centre", "localized")
 
 
 def _check_roi(roi: str, spacing_mm: float | None) -> None:
@@ -400,6 +46,80 @@ def _check_roi(roi: str, spacing_mm: float | None) -> None:
     if roi == "localized" and spacing_mm is None:
         raise ValueError("roi 'localized' needs a physical grid; this model resizes whole "
                          "images")
+
+
+class ServingSteps:
+    """The deployable computation, its layers built once: locate the LV (``localized``),
+    take a given centre (``at_centre``), normalize and resample onto the network's grid,
+    test-time views, the networks, the views averaged, back onto the input grid, then
+    post-processing. Called on symbolic tensors it assembles the Keras model; called
+    eagerly it predicts.
+
+    Args:
+        image_size: The networks' input rows and columns.
+        normalization: The per-image normalization used in training.
+        spacing_mm: The networks' grid pixel size (None: whole images resized).
+        class_id: The LV class.
+        tta: Test-time augmentation (``tta.TTA_MODES``).
+        roi: ``centre`` or ``localized`` (``contract.ROI_MODES``).
+        at_centre: Take a given field-of-view centre (``roi_centre_mm``).
+        largest_region: Keep each image's largest region of the arg-max.
+        convex_hull: Fill that region to its convex hull.
+    """
+
+    def __init__(self, image_size: int, normalization: str, spacing_mm: float | None,
+                 class_id: int = 1, tta: str = "none", roi: str = "centre",
+                 at_centre: bool = False, largest_region: bool = False,
+                 convex_hull: bool = False):
+        def pre(name):
+            return Preprocess(image_size, normalization, spacing_mm, name=name,
+                              dtype="float32")
+
+        passes = LOCALIZE_PASSES if roi == "localized" else 0
+        self.locate = [(pre(f"locate_view_{step}"),
+                        LocateLV(image_size, spacing_mm, class_id, name=f"locate_lv_{step}",
+                                 dtype="float32")) for step in range(passes)]
+        self.chosen = ChosenCentre(name="chosen_centre", dtype="float32") if at_centre else None
+        self.preprocess = pre("preprocess")
+        self.views = (AugmentedViews(tta, name="tta_views", dtype="float32")
+                      if tta != "none" else None)
+        self.average = (AverageViews(tta, name="tta_average", dtype="float32")
+                        if tta != "none" else None)
+        self.restore = RestoreSize(class_id, spacing_mm, name="restore_size", dtype="float32")
+        self.largest = LargestRegion(name="largest_region") if largest_region else None
+        self.hull = ConvexHull(name="convex_hull") if convex_hull else None
+
+    def __call__(self, raw, spacing, networks: Callable[[Any, str], Any],
+                 given_centre=None, locate: bool = True) -> tuple[Any, Any]:
+        """The LV's probability and mask on the input grid.
+
+        Args:
+            raw: Stored pixel values ``[B, H, W]``.
+            spacing: Pixel spacing ``[B, 2]``.
+            networks: The networks' (averaged) probabilities of a batch of views, given
+                the views and a name for the averaging step.
+            given_centre: ``roi_centre_mm`` (with ``at_centre``).
+            locate: Run the locating passes (skipped eagerly where every given centre
+                replaces the one they would find).
+        """
+        centre = None
+        for step, (view, find) in enumerate(self.locate if locate else ()):
+            centre = find(networks(view(raw, spacing, centre), f"ensemble_locate_{step}"),
+                          centre)
+        if self.chosen is not None and given_centre is not None:
+            centre = self.chosen(raw, given_centre, centre)
+        x = self.preprocess(raw, spacing, centre)
+        if self.views is not None:
+            x = self.views(x)
+        probs = networks(x, "ensemble")
+        if self.average is not None:
+            probs = self.average(probs)
+        lv, mask = self.restore(probs, raw, spacing, centre)
+        if self.largest is not None:
+            mask = self.largest(mask)
+        if self.hull is not None:
+            mask = self.hull(mask)
+        return lv, mask
 
 
 def build_serving_model(networks: Sequence[keras.Model], image_size: int,
@@ -461,29 +181,9 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
         outputs = [net(x) for net in networks]
         return outputs[0] if len(outputs) == 1 else layers.Average(name=name)(outputs)
 
-    centre = None
-    for step in range(LOCALIZE_PASSES if roi == "localized" else 0):
-        view = Preprocess(image_size, normalization, spacing_mm, name=f"locate_view_{step}",
-                          dtype="float32")(raw, spacing, centre)
-        centre = LocateLV(image_size, spacing_mm, class_id, name=f"locate_lv_{step}",
-                          dtype="float32")(run_networks(view, f"ensemble_locate_{step}"),
-                                           centre)
-    if at_centre:
-        centre = ChosenCentre(name="chosen_centre", dtype="float32")(raw, inputs[ROI_CENTRE],
-                                                                     centre)
-    x = Preprocess(image_size, normalization, spacing_mm, name="preprocess",
-                   dtype="float32")(raw, spacing, centre)
-    if tta != "none":
-        x = AugmentedViews(tta, name="tta_views", dtype="float32")(x)
-    probs = run_networks(x, "ensemble")
-    if tta != "none":
-        probs = AverageViews(tta, name="tta_average", dtype="float32")(probs)
-    lv, mask = RestoreSize(class_id, spacing_mm, name="restore_size",
-                           dtype="float32")(probs, raw, spacing, centre)
-    if largest_region:
-        mask = LargestRegion(name="largest_region")(mask)
-    if convex_hull:
-        mask = ConvexHull(name="convex_hull")(mask)
+    steps = ServingSteps(image_size, normalization, spacing_mm, class_id, tta, roi,
+                         at_centre, largest_region, convex_hull)
+    lv, mask = steps(raw, spacing, run_networks, inputs.get(ROI_CENTRE))
     return keras.Model(inputs, {"probabilities": lv, "mask": mask}, name="lvseg")
 
 
@@ -512,13 +212,10 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         ``{"probabilities", "mask"}``.
     """
     _check_roi(roi, spacing_mm)
-    pre = Preprocess(image_size, normalization, spacing_mm, dtype="float32")
-    post = RestoreSize(class_id, spacing_mm, dtype="float32")
-    spread, gather = AugmentedViews(tta), AverageViews(tta)
-    locate = LocateLV(image_size, spacing_mm or 1.0, class_id, dtype="float32")
-    chosen = ChosenCentre(dtype="float32")
+    steps = ServingSteps(image_size, normalization, spacing_mm, class_id, tta, roi,
+                         at_centre=spacing_mm is not None)
 
-    def run_networks(x):
+    def run_networks(x, name=None):
         outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
         return outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs), axis=0)
 
@@ -529,16 +226,9 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         if given is not None and spacing_mm is None:
             raise ValueError("roi_centre_mm needs a physical grid; this model resizes "
                              "whole images")
-        centre = None
         # Eagerly, a located centre that every given one replaces is not computed.
-        locating = roi == "localized" and (given is None or np.isnan(given).any())
-        for _ in range(LOCALIZE_PASSES if locating else 0):
-            view = pre(raw, pixel_spacing, centre)
-            centre = locate(run_networks(view), centre)
-        if given is not None:
-            centre = chosen(raw, given, centre)
-        probs = gather(run_networks(spread(pre(raw, pixel_spacing, centre))))
-        lv, mask = post(probs, raw, pixel_spacing, centre)
+        locating = given is None or bool(np.isnan(given).any())
+        lv, mask = steps(raw, pixel_spacing, run_networks, given, locate=locating)
         return {"probabilities": ops.convert_to_numpy(lv), "mask": ops.convert_to_numpy(mask)}
 
     return predict

@@ -162,7 +162,8 @@ def test_model_code_builds_and_trains_under_jax_without_tensorflow():
               build_lab_fcn(32, 2).name)
         # The deployable wrapper too, with its in-graph post-processing.
         from lvseg_search.model.postprocess import keep_largest_regions
-        from lvseg_search.model.serving import LargestRegion, build_serving_model
+        from lvseg_search.model.serving import build_serving_model
+        from lvseg_search.model.serving_layers import LargestRegion
         raw = np.random.default_rng(1).integers(0, 900, (2, 40, 48)).astype("int16")
         spacing = np.array([[1.4, 1.4], [0.8, 1.1]], "float32")
         out = build_serving_model([model], 32, "zscore", 1.5).predict_on_batch(

@@ -30,7 +30,7 @@ def test_a_shifted_grid_is_centred_where_asked_and_maps_back_onto_the_image():
 
 
 def test_locate_lv_finds_the_largest_region_in_mm_from_the_image_centre():
-    from lvseg_search.model.serving import LocateLV
+    from lvseg_search.model.serving_layers import LocateLV
 
     size = 16
     lv = np.zeros((3, size, size), np.float32)

@@ -101,7 +101,7 @@ def _assert_layer_equals(layer_class, reference, masks: np.ndarray) -> None:
 
 
 def test_largest_region_layer_equals_the_scipy_post_processing():
-    from lvseg_search.model.serving import LargestRegion
+    from lvseg_search.model.serving_layers import LargestRegion
 
     _assert_layer_equals(LargestRegion, keep_largest_regions, _masks_for_the_graph())
 
@@ -168,7 +168,7 @@ def test_convex_hull_fills_the_notch_and_nothing_beyond_the_disk():
 
 
 def test_convex_hull_layer_equals_the_numpy_post_processing():
-    from lvseg_search.model.serving import ConvexHull
+    from lvseg_search.model.serving_layers import ConvexHull
 
     masks = np.concatenate([_notched_disks(), np.stack(keep_largest_regions(
         np.pad(_masks_for_the_graph(), ((0, 0), (0, 18), (0, 16)))))])

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from lvseg_search.data.pipeline import NORMALIZATIONS, PipelineConfig, _prepare
-from lvseg_search.model.serving import Preprocess, resize_bilinear
+from lvseg_search.model.graph_ops import resize_bilinear
+from lvseg_search.model.serving_layers import Preprocess
 
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
@@ -67,7 +68,7 @@ def test_same_spacing_same_size_is_the_identity():
 
 
 def test_outside_the_field_of_view_is_background_and_no_lv():
-    from lvseg_search.model.serving import RestoreSize
+    from lvseg_search.model.serving_layers import RestoreSize
 
     # A 10 x 10 grid of 2 mm on a 60 x 60 image of 1 mm: only the central 20 mm is seen.
     probs = np.zeros((1, 10, 10, 2), np.float32)
