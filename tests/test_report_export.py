@@ -122,7 +122,7 @@ def test_report_on_an_interrupted_search_ranks_what_is_complete(tiny_run, tmp_pa
 
 
 def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
-    from lvseg_search.export import PARITY_TOLERANCE
+    from lvseg_search.model.parity import PARITY_TOLERANCE
 
     model_dir = tmp_path / "model"
     assert main(["export", str(tiny_run), "--out", str(model_dir)]) == 0
@@ -156,7 +156,10 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
         {p for f in split["folds"] for p in f["val"]})
     assert card["test"]["patients"] == split["test"]
     assert 0 <= card["test"]["dice"] <= 1 and card["data"]["fingerprint_sha256"]
-    assert card["serving_contract"] == 2
+    assert card["serving_contract"] == 2 and card["card_version"] == 4
+    from lvseg_search.model.describe import network_words
+
+    assert card["network"] == network_words(card["hyperparameters"])
     assert card["inputs"]["raw"]["dtype"] == "int16"
     assert card["inputs"]["pixel_spacing_mm"]["shape"] == ["batch", 2]
     search = json.loads((tiny_run / "search.json").read_text())

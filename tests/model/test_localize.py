@@ -58,7 +58,7 @@ def _bright_is_lv(size):
 
 
 def test_localized_roi_segments_a_heart_that_the_centred_view_cuts_off(tmp_path):
-    from lvseg_search.export import check_parity
+    from lvseg_search.model.parity import check_parity
     from lvseg_search.model.formats import write_formats
     from lvseg_search.model.serving import build_serving_model, make_predictor
 
@@ -172,7 +172,7 @@ def test_a_study_centre_saves_the_image_whose_own_localization_follows_a_decoy(t
     import json
 
     from lvseg_search.evaluate.scoring import segment
-    from lvseg_search.export import check_parity
+    from lvseg_search.model.parity import check_parity
     from lvseg_search.model.formats import saved_model_runner, write_formats
     from lvseg_search.model.serving import build_serving_model, make_predictor
     from lvseg_search.predict import centres_on_study

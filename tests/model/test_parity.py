@@ -6,7 +6,7 @@ import pytest
 
 def test_parity_check_fails_a_format_that_differs():
     from lvseg_search.errors import UserError
-    from lvseg_search.export import check_parity
+    from lvseg_search.model.parity import check_parity
 
     batch = [(np.zeros((1, 8, 8), np.int16), np.ones((1, 2), np.float32))]
 
@@ -30,7 +30,7 @@ def test_parity_check_fails_a_format_that_differs():
 
 def test_parity_fails_on_nan_outputs_and_on_any_differing_mask_pixel():
     from lvseg_search.errors import UserError
-    from lvseg_search.export import check_parity
+    from lvseg_search.model.parity import check_parity
 
     batch = [(np.zeros((1, 8, 8), np.int16), np.ones((1, 2), np.float32))]
 
@@ -73,7 +73,7 @@ def test_a_mask_pixel_may_differ_only_where_the_classes_tie():
     """Float formats round differently: a pixel whose LV probability sits on the class
     boundary may flip (counted); a flip anywhere else fails the export."""
     from lvseg_search.errors import UserError
-    from lvseg_search.export import check_parity
+    from lvseg_search.model.parity import check_parity
 
     batch = [(np.zeros((1, 4, 4), np.int16), np.ones((1, 2), np.float32))]
     probs = np.full((1, 4, 4), 0.1, np.float32)
