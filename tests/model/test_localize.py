@@ -58,8 +58,8 @@ def _bright_is_lv(size):
 
 
 def test_localized_roi_segments_a_heart_that_the_centred_view_cuts_off(tmp_path):
-    from lvseg_search.model.parity import check_parity
     from lvseg_search.model.formats import write_formats
+    from lvseg_search.model.parity import check_parity
     from lvseg_search.model.serving import build_serving_model, make_predictor
 
     rng = np.random.default_rng(0)
@@ -172,8 +172,8 @@ def test_a_study_centre_saves_the_image_whose_own_localization_follows_a_decoy(t
     import json
 
     from lvseg_search.evaluate.scoring import segment
-    from lvseg_search.model.parity import check_parity
     from lvseg_search.model.formats import saved_model_runner, write_formats
+    from lvseg_search.model.parity import check_parity
     from lvseg_search.model.serving import build_serving_model, make_predictor
     from lvseg_search.predict import centres_on_study
 

@@ -198,8 +198,8 @@ def test_largest_region_runs_in_every_format_on_full_size_speckled_masks(tmp_pat
     Unique: it asked 134 GB for the real subset's images)."""
     import keras
 
-    from lvseg_search.model.parity import check_parity
     from lvseg_search.model.formats import write_formats
+    from lvseg_search.model.parity import check_parity
     from lvseg_search.model.serving import build_serving_model
 
     keras.utils.set_random_seed(5)
