@@ -241,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of the longest trial (Hyperband's largest budget)")
     p.add_argument("--min-epochs", type=int,
                    help="epochs of Hyperband's shortest trials, its first rung (space "
-                        "default, or --max-epochs / --factor: the two least aggressive "
-                        "brackets); brackets whose first rung would be shorter are left out")
+                        "default, or --max-epochs / --factor**2, rounded down: the three "
+                        "least aggressive brackets); brackets whose first rung would be "
+                        "shorter are left out")
     p.add_argument("--factor", type=int, help="Hyperband's reduction factor")
     p.add_argument("--iterations", type=int,
                    help="Hyperband iterations; re-run with more to extend a search")

@@ -14,9 +14,9 @@ from lvseg_search.prepare import prepare
 from lvseg_search.report import write_report
 from lvseg_search.search import run_search
 
-# Sized to finish in under 10 minutes on 2 CPU cores: Hyperband with max 12 epochs and
-# factor 4 trains 11 networks (5 of them to 12 epochs) on each of 3 folds. With 4
-# phases per patient (308 slices) the search alone took 11 minutes; 2 phases halve it.
+# Sized to finish in a few minutes on 2 CPU cores (the README gives the time measured):
+# Hyperband with max 12 epochs and factor 4 trains 11 networks (5 of them to 12 epochs)
+# on each of 3 folds; 2 phases per patient, not 4, halve the search.
 DEMO = {"patients": 10, "phases": 2, "size": 128, "image_size": 64, "folds": 3,
         "test_patients": 2, "max_epochs": 12, "factor": 4}
 
