@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,36 @@ def real_prepared(real_subset, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("real") / "data"
     prepare(real_subset, out, progress=False)
+    return out
+
+
+TINY_SPACE = Path(__file__).parent / "spaces" / "tiny.toml"
+
+
+@pytest.fixture(scope="session")
+def real_run(real_prepared, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One search on the real subset, run as a user runs it (the command line in its own
+    process, trials in a recycled child), shared by the tests that need a real run
+    folder: the folder and the finished process (its stdout holds what was printed)."""
+    out = tmp_path_factory.mktemp("real-run") / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lvseg_search", "search", "--data", str(real_prepared),
+         "--space", str(TINY_SPACE), "--out", str(out), "--folds", "3", "--max-epochs", "1",
+         "--image-size", "32", "--batch-size", "8", "--steps-per-epoch", "2"],
+        capture_output=True, text=True)
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """A finished 2-fold Hyperband search (5 trials, one promoted) with one held-out
+    test patient. Shared: copy it before changing it."""
+    from lvseg_search.search import run_search
+
+    out = tmp_path_factory.mktemp("search") / "run"
+    run_search(tiny_data, out, str(TINY_SPACE), folds=2, test_patients=1, max_epochs=2,
+               factor=2, image_size=32, batch_size=4, seed=3, steps_per_epoch=3,
+               verbose=False)
     return out
 
 
@@ -62,3 +94,20 @@ def tiny_data(tmp_path_factory) -> Path:
     synth(root / "phantom", 5, seed=11, size=32, progress=False)
     prepare(root / "phantom", root / "data", progress=False)
     return root / "data"
+
+
+# Fixtures whose one build is shared by the tests that use them: with the suite spread
+# over processes (pytest-xdist, --dist loadgroup), their tests run in one process, so
+# each finished run (or module fixture) is built once.
+_SHARED = ("tiny_run", "real_run")
+_MODULE_SHARED = {"test_physical_grid.py", "test_target_grid.py", "test_reliability.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = next((name for name in _SHARED if name in item.fixturenames), None)
+        if group is None and item.path.name in _MODULE_SHARED:
+            group = item.path.stem
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

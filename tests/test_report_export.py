@@ -16,15 +16,6 @@ from lvseg_search.search import run_search
 TINY = Path(__file__).parent / "spaces" / "tiny.toml"
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_data, tmp_path_factory) -> Path:
-    """A finished 2-fold search with one held-out test patient."""
-    out = tmp_path_factory.mktemp("search") / "run"
-    run_search(tiny_data, out, str(TINY), folds=2, test_patients=1, max_epochs=2, factor=2,
-               image_size=32, batch_size=4, seed=3, steps_per_epoch=3, verbose=False)
-    return out
-
-
 def test_tensorboard_holds_the_space_the_metrics_and_one_session_per_trial(tiny_run):
     from lvseg_search.engine.hparams import read_logs
     from lvseg_search.engine.run import completed_trials, load_run
@@ -485,18 +476,18 @@ def test_predict_refuses_bad_inputs(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_real_subset_search_report_export_predict(real_prepared, real_subset, tmp_path):
+def test_real_subset_search_report_export_predict(real_run, real_subset, tmp_path):
     """The whole chain on the three real patients (tiny budget): the SCD0000101 folder
     is a whole short-axis stack, 10 mm apart along the normal (SliceLocation steps
     6.72 mm there)."""
+    import pydicom
+
     from lvseg_search.export import export
     from lvseg_search.predict import predict
     from lvseg_search.report import write_report
 
-    run = tmp_path / "run"
-    run_search(real_prepared, run, str(TINY), folds=3, max_epochs=1, image_size=32,
-               batch_size=8, max_trials=1, verbose=False)
-    report = write_report(run, verbose=False)
+    run, _ = real_run
+    report = write_report(run, tmp_path / "report", verbose=False)
     assert len(report["table"]) == 1 and report["files"]["html"].is_file()
     # Localized: predict finds each series' LV first and cuts every view around it.
     card = export(run, tmp_path / "model", epochs=1, onnx=False, verbose=False,
@@ -508,13 +499,26 @@ def test_real_subset_search_report_export_predict(real_prepared, real_subset, tm
     study = studies["SCD0000101"]
     assert (study["images"], study["slices"], study["phases"]) == (240, 12, 20)
     assert study["slice_spacing_mm"] == pytest.approx(10.0, abs=0.01)
+
+    # The series checks below take the stack's first two phases at every slice (24
+    # images: a whole stack, with an ED and an ES), predicted as they are first.
+    source = []
+    for path in sorted((real_subset / "dicoms" / "SCD0000101").glob("*.dcm"),
+                       key=lambda p: int(p.stem)):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if (int(ds.InstanceNumber) - 1) % int(ds.CardiacNumberOfImages) < 2:
+            source.append(path)
+    subset = tmp_path / "SCD0000101"
+    subset.mkdir()
+    for path in source:
+        (subset / path.name).write_bytes(path.read_bytes())
+    study = predict(tmp_path / "model", subset, tmp_path / "pred-subset", overlays=False,
+                    verbose=False)["SCD0000101"]
+    assert (study["images"], study["slices"], study["phases"]) == (24, 12, 2)
+    assert study["ejection_fraction"] is not None
     # A folder holding a second series (here a 3-image localizer beside the cine stack,
     # as scanner exports and the challenge release's case folders do): one study per
     # series, the stack's figures unchanged.
-    import pydicom
-
-    source = sorted((real_subset / "dicoms" / "SCD0000101").glob("*.dcm"),
-                    key=lambda p: int(p.stem))
     mixed = tmp_path / "study"
     mixed.mkdir()
     for path in source:

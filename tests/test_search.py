@@ -18,11 +18,11 @@ def _trial_dirs(out):
     return {p.name.removeprefix("trial_"): p for p in (out / "tuner").glob("trial_*")}
 
 
-def test_two_fold_search_keeps_folds_apart_and_resumes_promotions(tiny_data, tmp_path):
-    out = tmp_path / "run"
-    summary = run_search(tiny_data, out, str(TINY), folds=2, test_patients=1, max_epochs=2,
-                         factor=2, image_size=32, batch_size=4, steps_per_epoch=3, seed=1,
-                         verbose=False)
+def test_two_fold_search_keeps_folds_apart_and_resumes_promotions(tiny_run):
+    from lvseg_search.engine.run import summarize
+
+    out = tiny_run  # 2 folds, 1 test patient, max_epochs 2, factor 2, 3 steps an epoch
+    summary = summarize(out)
     assert json.loads((out / "search.json").read_text())["steps_per_epoch"] == 3
     split = splits.load(out / "splits.json")
     assert len(split["folds"]) == 2 and len(split["test"]) == 1
@@ -434,14 +434,10 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
 
 
 
-def test_search_command_on_the_real_subset(real_prepared, tmp_path, capfd):
-    from lvseg_search.cli import main
-
-    out = tmp_path / "run"
-    assert main(["search", "--data", str(real_prepared), "--space", str(TINY), "--out",
-                 str(out), "--folds", "3", "--max-epochs", "1", "--image-size", "32",
-                 "--batch-size", "8", "--steps-per-epoch", "2"]) == 0
-    printed = capfd.readouterr().out  # trials run in a child process: read the real stdout
+def test_search_command_on_the_real_subset(real_run):
+    out, proc = real_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = proc.stdout  # trials run in a recycled child process: the real stdout
     assert "fold 3/3" in printed and "epoch 1/1" in printed and "best CV Dice" in printed
     assert "1 trials completed, 0 failed" in printed
     results = [json.loads(p.read_text()) for p in sorted(out.glob("tuner/trial_*/fold_*/"
