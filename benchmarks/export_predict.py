@@ -39,10 +39,10 @@ def manual_ef(data_dir: Path) -> dict:
     from lvseg_search.data.dicom_io import normal_position_mm
     from lvseg_search.data.manifest import open_data
     from lvseg_search.data.shards import read_shard
-    from lvseg_search.evaluate.scoring import load_patients
+    from lvseg_search.evaluate.scoring import load_patient_images
     from lvseg_search.evaluate.volumes import stack_volumes
 
-    [patient] = load_patients(open_data(data_dir), [STUDY])
+    [patient] = load_patient_images(open_data(data_dir), [STUDY])
     records = read_shard(data_dir / f"{STUDY}.tfrecord")
     positions = [normal_position_mm(r["slice_position_mm"], r["image_orientation"])
                  for r in records]

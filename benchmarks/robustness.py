@@ -142,7 +142,7 @@ def main() -> None:
 
     from lvseg_search.engine.run import best_trial, find_trial, load_run
     from lvseg_search.evaluate.measures import dice
-    from lvseg_search.evaluate.scoring import load_patients, segment
+    from lvseg_search.evaluate.scoring import load_patient_images, segment
     from lvseg_search.model.postprocess import fill_convex_hulls
     from lvseg_search.model.serving import make_predictor
 
@@ -158,7 +158,7 @@ def main() -> None:
         predictors = {roi: make_predictor([network], o.image_size, o.normalization,
                                           o.spacing_mm or None, tta=args.tta, roi=roi)
                       for roi in rois}
-        for patient in load_patients(run.data, run.splits["folds"][k]["val"]):
+        for patient in load_patient_images(run.data, run.splits["folds"][k]["val"]):
             for name, change in tests:
                 changed = change(patient.images, patient.masks, patient.spacing_mm)
                 images = [c[0] for c in changed]

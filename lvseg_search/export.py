@@ -80,7 +80,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
     import keras
 
     from lvseg_search.evaluate.decision import table_text
-    from lvseg_search.evaluate.scoring import load_patients, score_patients
+    from lvseg_search.evaluate.scoring import load_patient_images, score_patients
     from lvseg_search.model.contract import RAW, ROI_CENTRE, ROI_MODES, SPACING
     from lvseg_search.model.formats import check_centre, check_inputs
     from lvseg_search.model.serving import build_serving_model
@@ -161,7 +161,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
 
         test = None
         if run.splits["test"]:
-            test_patients = load_patients(run.data, run.splits["test"])
+            test_patients = load_patient_images(run.data, run.splits["test"])
             rows, summary = score_patients(keras_run, test_patients,
                                            largest_region=decision["largest_region"],
                                            study_roi=decision["roi"] == "localized")
@@ -174,7 +174,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                       f"{summary['dice']:.3f}, APD {summary['apd_mm']:.2f} mm, good contours "
                       f"{summary['good_contours_pct']:.0f}%", flush=True)
         else:
-            probe_patients = load_patients(run.data, run.splits["folds"][0]["val"][:1])
+            probe_patients = load_patient_images(run.data, run.splits["folds"][0]["val"][:1])
 
         candidates, onnx_status = write_formats(model, tmp, onnx, at_centre)
         parity = check_parity(keras_run, candidates,

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from lvseg_search import atomic
-from lvseg_search.data import layouts, legacy, manifest, shards
+from lvseg_search.data import lab_records, layouts, manifest, shards
 from lvseg_search.data.groups import sunnybrook_group
-from lvseg_search.data.ingest import Slice, load_patients, pseudonym
+from lvseg_search.data.ingest import Slice, pseudonym, read_contoured_slices
 from lvseg_search.errors import UserError
 
 
@@ -65,7 +65,7 @@ def prepare(input_path: Path, out: Path, *, layout: str | None = None,
     if layout == "lab":
         if myocardium:
             raise UserError("--myocardium: the lab's TFRecords hold LV labels only; drop it")
-        slices_by_patient = legacy.lab_slices(input_path, accept_image_level_split)
+        slices_by_patient = lab_records.lab_slices(input_path, accept_image_level_split)
     else:
         if layout == "linkcsv":
             patients = layouts.discover_linkcsv(input_path)
@@ -76,7 +76,7 @@ def prepare(input_path: Path, out: Path, *, layout: str | None = None,
                             f"{', '.join(layouts.LAYOUTS)}")
         unlabelled = {p.patient_id: p.unlabelled_images for p in patients}
         originals = {p.patient_id: p.original_id for p in patients}
-        slices_by_patient = load_patients(patients, [p for p in (images, input_path) if p],
+        slices_by_patient = read_contoured_slices(patients, [p for p in (images, input_path) if p],
                                           myocardium=myocardium,
                                           allow_mixed_sizes=allow_mixed_sizes,
                                           progress=progress)

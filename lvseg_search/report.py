@@ -64,11 +64,11 @@ def write_report(run_dir: Path, out: Path | None = None, overlays: bool = True,
         if overlays:
             import keras
 
-            from lvseg_search.evaluate.scoring import load_patients
+            from lvseg_search.evaluate.scoring import load_patient_images
 
             best = str(table["trial"][0])
             networks = [run.fold_network(best, k) for k in range(run.n_folds)]
-            validation = [load_patients(run.data, f["val"]) for f in run.splits["folds"]]
+            validation = [load_patient_images(run.data, f["val"]) for f in run.splits["folds"]]
             plots["overlays"], image_scores = out_of_fold_overlays(run, best, networks,
                                                                    validation)
             details = best_trial_details(run, best, networks, validation, image_scores)

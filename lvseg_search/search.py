@@ -149,7 +149,7 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
                                   options=options, split=split, data=prepared,
                                   strategy=strategy)
     else:
-        from lvseg_search.engine.session import search_in_process
+        from lvseg_search.engine.in_process import search_in_process
 
         summary = search_in_process(out, sp, options, split, prepared, verbose=verbose,
                                     strategy=strategy, role=role)

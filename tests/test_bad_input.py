@@ -121,7 +121,7 @@ def test_more_folds_than_patients(small_phantom, tmp_path, capsys):
 
 def test_tfrecord_with_the_wrong_schema(small_phantom, tmp_path, capsys):
     from lvseg_search.data import shards
-    from lvseg_search.data.legacy import write_lab_tfrecords
+    from lvseg_search.data.lab_records import write_lab_tfrecords
     from lvseg_search.errors import UserError
 
     data = tmp_path / "data"

@@ -375,10 +375,10 @@ def test_out_of_fold_table_is_kept_and_computed_again_when_its_inputs_change(tin
     built = []
 
     def networks():
-        from lvseg_search.evaluate.scoring import load_patients
+        from lvseg_search.evaluate.scoring import load_patient_images
 
         built.append(1)
-        return [(run.fold_network(tid, k), load_patients(run.data, f["val"]))
+        return [(run.fold_network(tid, k), load_patient_images(run.data, f["val"]))
                 for k, f in enumerate(run.splits["folds"])]
 
     kept = run.trial_dir(tid) / FILE

@@ -19,10 +19,10 @@ def _trial_dirs(out):
 
 
 def test_two_fold_search_keeps_folds_apart_and_resumes_promotions(tiny_run):
-    from lvseg_search.engine.run import summarize
+    from lvseg_search.engine.run import summarize_trials
 
     out = tiny_run  # 2 folds, 1 test patient, max_epochs 2, factor 2, 3 steps an epoch
-    summary = summarize(out)
+    summary = summarize_trials(out)
     assert json.loads((out / "search.json").read_text())["steps_per_epoch"] == 3
     split = splits.load(out / "splits.json")
     assert len(split["folds"]) == 2 and len(split["test"]) == 1

@@ -145,7 +145,7 @@ def _relative(path: Path, roots: Sequence[Path]) -> str:
     return path.name
 
 
-def load_patients(patients: Iterable[PatientSource], roots: Sequence[Path],
+def read_contoured_slices(patients: Iterable[PatientSource], roots: Sequence[Path],
                   myocardium: bool = False,
                   allow_mixed_sizes: bool = False, progress: bool = True) -> dict[str, list[Slice]]:
     """Reads every contoured frame and rasterizes its mask.

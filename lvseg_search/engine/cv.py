@@ -92,9 +92,9 @@ class CrossValidation:
         the per-epoch validation Dice)."""
         if k not in self._validation:
             from lvseg_search.engine.validation import validation_set
-            from lvseg_search.evaluate.scoring import load_patients
+            from lvseg_search.evaluate.scoring import load_patient_images
 
-            patients = load_patients(self.data, self.patients(k, "val"))
+            patients = load_patient_images(self.data, self.patients(k, "val"))
             self._validation[k] = validation_set(patients, self.config.image_size,
                                                  self.config.normalization,
                                                  self.config.spacing_mm)

@@ -52,7 +52,7 @@ def out_of_fold_decisions(run: Run, trial_id: str,
         run: The search.
         trial_id: A completed trial (every fold has its checkpoint).
         folds: Gives, in fold order, each fold's network and its validation patients
-            (``evaluate.scoring.load_patients``) when the table must be computed (default:
+            (``evaluate.scoring.load_patient_images``) when the table must be computed (default:
             loaded from the checkpoints and the shards).
 
     Returns:
@@ -62,7 +62,7 @@ def out_of_fold_decisions(run: Run, trial_id: str,
         UserError: A fold checkpoint is missing.
     """
     from lvseg_search.evaluate.decision import out_of_fold_table
-    from lvseg_search.evaluate.scoring import load_patients
+    from lvseg_search.evaluate.scoring import load_patient_images
     from lvseg_search.model.contract import ROI_MODES
     from lvseg_search.model.tta import TTA_MODES
 
@@ -77,7 +77,7 @@ def out_of_fold_decisions(run: Run, trial_id: str,
     except (OSError, ValueError, AttributeError, KeyError):
         pass  # none kept, or unreadable: the table is derived data, computed again below
     pairs = list(folds()) if folds is not None else [
-        (run.fold_network(trial_id, k), load_patients(run.data, fold["val"]))
+        (run.fold_network(trial_id, k), load_patient_images(run.data, fold["val"]))
         for k, fold in enumerate(run.splits["folds"])]
     table = out_of_fold_table(pairs, o.image_size, o.normalization, o.spacing_mm or None,
                               modes=TTA_MODES, rois=rois)

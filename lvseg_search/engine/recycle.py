@@ -101,15 +101,15 @@ def _child_main(jobs, reports, parent_pid: int) -> None:
     try:
         # The slow part of starting (TensorFlow, Keras, keras-tuner), done before the
         # parent has the work ready.
-        from lvseg_search.engine import session, tuner  # noqa: F401
+        from lvseg_search.engine import in_process, tuner  # noqa: F401
     except BaseException:  # noqa: BLE001 - reported by the parent, if it still waits
         jobs.get()
         reports.put({"error": traceback.format_exc()})
         _exit(reports, 1)
     job = jobs.get()
     try:
-        summary = session.search_in_process(**job, role=None,
-                                 on_share_ending=lambda: reports.put(SHARE_ENDING))
+        summary = in_process.search_in_process(**job, role=None,
+                                                  on_share_ending=lambda: reports.put(SHARE_ENDING))
         # The summary goes back too: reading trials in the parent would import
         # TensorFlow there (keras-tuner) only to print the table.
         reports.put(summary)

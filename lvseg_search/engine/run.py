@@ -386,7 +386,7 @@ def load_trials(out: Path) -> tuple[dict[str, Any], list[UnreadableRecord]]:
     return trials, unreadable
 
 
-def summarize(out: Path) -> dict[str, Any]:
+def summarize_trials(out: Path) -> dict[str, Any]:
     """Completed trials (best first) and failed ones, read from the run folder (so the
     chief, a worker or a later ``report`` all see the same search)."""
     found, unreadable = load_trials(out)

@@ -61,7 +61,7 @@ def validation_set(patients: Sequence[PatientImages], image_size: int,
     """Preprocesses validation patients once for every epoch of every trial.
 
     Args:
-        patients: Patients from ``scoring.load_patients``.
+        patients: Patients from ``scoring.load_patient_images``.
         image_size: The networks' input rows and columns.
         normalization: The per-image normalization of the training pipeline.
         spacing_mm: The network grid's pixel size (None: whole images resized).

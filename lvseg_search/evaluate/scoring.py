@@ -45,7 +45,7 @@ class PatientImages:
         return self._references
 
 
-def load_patients(data: PreparedData, patients: Sequence[str]) -> list[PatientImages]:
+def load_patient_images(data: PreparedData, patients: Sequence[str]) -> list[PatientImages]:
     """Reads patients' shards from a prepared data folder.
 
     Args:
@@ -164,13 +164,13 @@ def score_patients(predict: Predictor, patients: Sequence[PatientImages],
 
     Args:
         predict: See :func:`segment`.
-        patients: Patients from :func:`load_patients`.
+        patients: Patients from :func:`load_patient_images`.
         batch_size: Images per call of ``predict``.
         largest_region: See :func:`segment`.
         study_roi: Each patient's images are one study (see :func:`segment`).
 
     Returns:
-        Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize`).
+        Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize_scores`).
     """
     return score_predictions([segment(predict, p.images, p.spacing_mm, batch_size,
                                       largest_region, study_roi)[1] for p in patients],
@@ -182,17 +182,17 @@ def score_predictions(masks: Sequence[Sequence[np.ndarray]], patients: Sequence[
     """Scores predicted masks, one list per patient in the order of its images.
 
     Returns:
-        Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize`).
+        Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize_scores`).
     """
     rows: list[dict[str, Any]] = []
     volumes: dict[str, float] = {}
     for pred, p in zip(masks, patients, strict=True):
         patient_rows, volumes[p.patient_id] = score_masks(pred, p)
         rows += patient_rows
-    return rows, summarize(rows, volumes)
+    return rows, summarize_scores(rows, volumes)
 
 
-def summarize(rows: Sequence[dict[str, Any]],
+def summarize_scores(rows: Sequence[dict[str, Any]],
               volumes: dict[str, float] | None = None) -> dict[str, float]:
     """Summary of per-image scores: mean Dice, mean APD and Hausdorff (mm, over images
     where both contours exist), good contours (% of images with a contour to judge),

@@ -17,14 +17,14 @@ from lvseg_search.reporting.table import decision_frame, position_table
 def score_test(run: Run, networks: list[Any]) -> dict[str, Any] | None:
     """The held-out test patients' scores for the average of a trial's fold models
     (None without test patients)."""
-    from lvseg_search.evaluate.scoring import load_patients, score_patients
+    from lvseg_search.evaluate.scoring import load_patient_images, score_patients
     from lvseg_search.model.serving import make_predictor
 
     if not run.splits["test"]:
         return None
     o = run.options
     predict = make_predictor(networks, o.image_size, o.normalization, o.spacing_mm or None)
-    _, summary = score_patients(predict, load_patients(run.data, run.splits["test"]))
+    _, summary = score_patients(predict, load_patient_images(run.data, run.splits["test"]))
     return summary
 
 
@@ -45,7 +45,7 @@ def out_of_fold_overlays(run: Run, trial_id: str, networks: list[Any] | None = N
         with its slice ``position`` (base, mid, apex; see ``positions``).
     """
     from lvseg_search.evaluate.positions import slice_positions
-    from lvseg_search.evaluate.scoring import load_patients, score_masks, segment
+    from lvseg_search.evaluate.scoring import load_patient_images, score_masks, segment
     from lvseg_search.model.serving import make_predictor
 
     panels, scores = [], []
@@ -54,7 +54,7 @@ def out_of_fold_overlays(run: Run, trial_id: str, networks: list[Any] | None = N
         o = run.options
         predict = make_predictor([model], o.image_size, o.normalization, o.spacing_mm or None)
         patients = (validation[k] if validation is not None
-                    else load_patients(run.data, run.splits["folds"][k]["val"]))
+                    else load_patient_images(run.data, run.splits["folds"][k]["val"]))
         for patient in patients:
             _, pred = segment(predict, patient.images, patient.spacing_mm)
             rows, _ = score_masks(pred, patient)

@@ -52,7 +52,7 @@ def test_chief_and_two_workers_run_every_trial_exactly_once(tiny_data, tmp_path)
 
 
 def test_a_trial_that_fails_on_a_worker_keeps_its_reason(tiny_data, tmp_path):
-    from lvseg_search.engine.run import load_run, summarize
+    from lvseg_search.engine.run import load_run, summarize_trials
     from lvseg_search.reporting.table import unfinished
 
     port = _free_port()
@@ -67,7 +67,7 @@ def test_a_trial_that_fails_on_a_worker_keeps_its_reason(tiny_data, tmp_path):
                             capture_output=True, text=True, timeout=600)
     chief_log = chief.communicate(timeout=120)[0]
     assert chief.returncode == 0 and worker.returncode == 0, chief_log[-2000:]
-    failed = summarize(out)["failed"]
+    failed = summarize_trials(out)["failed"]
     assert failed  # learning rate 1000 diverges
     for f in failed:
         # The chief's own record has no reason: keras-tuner's gRPC trial drops it.

@@ -4,7 +4,7 @@ import numpy as np
 
 from lvseg_search.cli import main
 from lvseg_search.data import manifest, shards
-from lvseg_search.data.legacy import read_lab_tfrecords, write_lab_tfrecords
+from lvseg_search.data.lab_records import read_lab_tfrecords, write_lab_tfrecords
 
 
 def _lab_file(path, n=4):

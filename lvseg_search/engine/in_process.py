@@ -15,7 +15,7 @@ from typing import Any
 from lvseg_search.data import splits
 from lvseg_search.data.manifest import PreparedData
 from lvseg_search.engine.options import SearchOptions
-from lvseg_search.engine.run import PROJECT, summarize
+from lvseg_search.engine.run import PROJECT, summarize_trials
 from lvseg_search.errors import UserError
 from lvseg_search.model.space import SearchSpace
 
@@ -40,7 +40,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
         on_share_ending: Called as the last trial of the share begins.
 
     Returns:
-        The run's summary (``run.summarize``) with this session's batch seconds, trial
+        The run's summary (``run.summarize_trials``) with this session's batch seconds, trial
         log, replicas and whether trials remain (``recycle``).
 
     Raises:
@@ -124,7 +124,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
         if automatic:
             gc.enable()
         gc.unfreeze()
-    summary = summarize(out)
+    summary = summarize_trials(out)
     summary["batch_seconds"] = tuner.batch_seconds
     summary["trial_log"] = tuner.trial_log
     summary["replicas"] = replicas
