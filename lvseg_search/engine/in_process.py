@@ -107,7 +107,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     # Python's automatic collector stalls training for 0.3 to 1 s at a time, walking the
     # ~0.5 million objects of TensorFlow and Keras. Those live as long as the process,
     # so they are set aside (freeze), and cycles are collected once per trial instead
-    # (tuner.release_memory), where each pass sees only that trial's objects.
+    # (memory.release_memory), where each pass sees only that trial's objects.
     automatic = gc.isenabled()
     gc.collect()
     gc.freeze()

@@ -9,9 +9,6 @@ the fold in progress: finished folds are read back from their result files.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import math
 import os
 import time
@@ -27,6 +24,7 @@ from keras_tuner.errors import FailedTrialError
 from lvseg_search import atomic
 from lvseg_search.engine import hparams
 from lvseg_search.engine.cv import CrossValidation
+from lvseg_search.engine.fold_monitor import FoldMonitor
 from lvseg_search.engine.kt_compat import (
     HyperbandOracle,
     LeanBuildTuner,
@@ -35,6 +33,7 @@ from lvseg_search.engine.kt_compat import (
     is_remote_oracle,
     maybe_distribute,
 )
+from lvseg_search.engine.memory import release_memory, rss_mib
 from lvseg_search.engine.options import ORACLES
 from lvseg_search.engine.run import (
     CHECKPOINT,
@@ -59,78 +58,6 @@ from lvseg_search.model.schedule import rung_ends, scheduler
 # through one traced forward pass (on 2 cores at 128 px the trace costs 0.08-0.2 s and
 # saves 0.03-0.1 s a pass); shorter trials validate eagerly.
 TRACED_VALIDATION_FROM = 3
-
-
-class _FoldMonitor(keras.callbacks.Callback):
-    """Times training batches, stops on a NaN loss, and prints one line per epoch.
-
-    The first batch of a fit is timed apart as well: for a new model it includes tracing
-    and optimizing the train step's graph, seconds where a batch takes a fraction of one.
-    """
-
-    def __init__(self, describe, total_epochs: int):
-        super().__init__()
-        self.describe = describe
-        self.total_epochs = total_epochs
-        self.batch_seconds = 0.0
-        self.first_batch_seconds: float | None = None
-        self.nan_epoch: int | None = None
-        self._t0 = 0.0
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        seconds = time.perf_counter() - self._t0
-        self.batch_seconds += seconds
-        if self.first_batch_seconds is None:
-            self.first_batch_seconds = seconds
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.nan_epoch = self._epoch
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if self.describe is not None:
-            print(f"{self.describe()} epoch {epoch + 1}/{self.total_epochs}  "
-                  f"loss {logs.get('loss', float('nan')):.4f}  "
-                  f"dice {logs.get('dice', float('nan')):.3f}  "
-                  f"val_dice {logs.get('val_dice', float('nan')):.3f}", flush=True)
-
-
-def rss_mib() -> float:
-    """Resident memory of this process now, in MiB (peak RSS where /proc is missing)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _malloc_trim() -> None:
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def release_memory() -> None:
-    """Frees a finished trial's model and graphs, and hands freed heap back to the OS.
-
-    Without the trim, glibc keeps the fragments of every trial's graphs and RSS creeps
-    up trial after trial even though nothing is referenced any more.
-    """
-    try:
-        keras.backend.clear_session(free_memory=False)  # one collection below, not two
-    except TypeError:  # Keras before 3.4 has no free_memory and always collects
-        keras.backend.clear_session()
-    gc.collect()
-    _malloc_trim()
 
 
 def weights_seed(seed: int, trial_id: str) -> int:
@@ -362,7 +289,7 @@ class CVTuner(LeanBuildTuner):
             return (f"trial {trial.trial_id} fold {k + 1}/{self.cv.n_folds}"
                     f" | best CV Dice {self._best_so_far()}")
 
-        monitor = _FoldMonitor(describe if self.verbose else None, epochs)
+        monitor = FoldMonitor(describe if self.verbose else None, epochs)
         validation = FoldValidation(self.cv.validation(k), forward=forward)
         start = time.perf_counter()
         try:
