@@ -22,8 +22,8 @@ from lvseg_search.errors import UserError
 # Real scanner files carry UIDs that break the DICOM rules in harmless ways; pydicom
 # would warn on each. They say nothing the user can act on.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-logging.getLogger("pydicom").setLevel(logging.ERROR)
 _PYDICOM_LOG = logging.getLogger("pydicom")
+_PYDICOM_LOG.setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)

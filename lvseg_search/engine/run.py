@@ -105,12 +105,12 @@ def read_options(out: Path, missing: str) -> SearchOptions:
     record = Path(out) / SEARCH_FILE
     if not record.is_file():
         raise UserError(f"{out}: no {SEARCH_FILE} here; {missing}")
-    return SearchOptions.from_record(read_record(record)[0], record)
+    return SearchOptions.from_record(read_record(record)[1], record)
 
 
-def read_record(record: Path) -> tuple[dict[str, Any], frozenset[str]]:
-    """A ``search.json`` upgraded to the current schema, with the options it lacked
-    (:func:`engine.upgrade.upgrade`).
+def read_record(record: Path) -> tuple[dict[str, Any], dict[str, Any], frozenset[str]]:
+    """A ``search.json`` as written, upgraded to the current schema, and the options it
+    lacked (:func:`engine.upgrade.upgrade`).
 
     Raises:
         UserError: The file is unreadable, or written by a newer package.
@@ -123,7 +123,7 @@ def read_record(record: Path) -> tuple[dict[str, Any], frozenset[str]]:
         raise UserError(f"{record}: unreadable search options ({exc}); restore the file "
                         "or start the search afresh with --overwrite") from None
     try:
-        return upgrade.upgrade(stored)
+        return (stored, *upgrade.upgrade(stored))
     except ValueError as exc:
         raise UserError(f"{record}: {exc}; upgrade lvseg-search to read it") from None
 

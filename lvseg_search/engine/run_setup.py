@@ -85,7 +85,7 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
                           group_column="group")
     record = out / SEARCH_FILE
     if record.is_file() and not overwrite:
-        previous, filled = read_record(record)
+        written, previous, filled = read_record(record)
         split = splits_mod.load(out / splits_mod.FILENAME, list(counts))
         options = _as_trained(options, previous, filled, given)
         # The grid chosen again from the same data and patients: the same, unless an
@@ -118,7 +118,7 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         if updated:
             # In the record's own schema: an older folder stays as written (readers
             # upgrade it), so what it lacked keeps meaning "as it trained" on a resume.
-            atomic.write_json(record, {**_raw(record), **updated})
+            atomic.write_json(record, {**written, **updated})
         return options, split
     check_out_folder(out, overwrite)
     if given_split is not None:
@@ -146,10 +146,6 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
     # search.json last: it marks the folder as a search.
     atomic.write_json(record, asdict(options))
     return options, split
-
-
-def _raw(record: Path) -> dict[str, Any]:
-    return json.loads(record.read_text(encoding="utf-8"))
 
 
 def _as_trained(options: SearchOptions, previous: dict[str, Any], filled: frozenset[str],

@@ -33,15 +33,11 @@ def test_the_first_record_reads_as_it_trained():
     assert (options.spacing_mm, options.field_of_view_mm, options.min_epochs,
             options.lr_per_rung, options.oracle, options.steps_per_epoch,
             options.include_default) == (0.0, 0.0, 1, False, "hyperband", 0, False)
-    assert not physical(options)
+    assert not options.physical
     assert {"spacing_mm", "min_epochs", "lr_per_rung", "augment_offset_mm",
             "augment_rotation_deg"} <= filled
     assert "data" not in filled and "schema_version" not in filled
     assert json.loads(json.dumps(FIRST)) == FIRST  # the input is left alone
-
-
-def physical(options: SearchOptions) -> bool:
-    return options.physical
 
 
 def test_a_last_unversioned_record_keeps_every_value_it_holds():
