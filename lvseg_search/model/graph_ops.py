@@ -60,14 +60,49 @@ def resize_bilinear(images, height, width):
     return ops.einsum("hs,bstc,wt->bhwc", rows, images, cols)
 
 
+# Doublings of the run-length scan in one labelling step: each step carries a label up
+# to 2**RUN_DOUBLINGS - 1 pixels along a row and then a column of foreground. Measured on
+# 16 speckled 256 x 256 masks (the worst case: foreground near the percolation density,
+# as a barely trained network gives), 3 halves the time of a one-pixel step; more
+# doublings cost more per step than the steps they save.
+RUN_DOUBLINGS = 3
+
+
+def _shifted(x, by: int, axis: int, fill, forward: bool):
+    """``x`` moved ``by`` pixels along ``axis`` (1 rows, 2 columns) of ``[B, H, W]``,
+    forward (towards higher indices) or back, filled with ``fill``."""
+    pad = [(0, 0), (0, 0), (0, 0)]
+    pad[axis] = (by, 0) if forward else (0, by)
+    cut = [slice(None)] * 3
+    cut[axis] = slice(None, -by) if forward else slice(by, None)
+    return ops.pad(x, pad, constant_values=fill)[tuple(cut)]
+
+
+def _run_minimum(labels, foreground, axis: int, background):
+    """Each foreground pixel's smallest label within ``2**RUN_DOUBLINGS - 1`` pixels
+    along ``axis``, over unbroken foreground only (a scan by doubling both ways)."""
+    for forward in (True, False):
+        # linked: the pixels from here back to ``by`` away are all foreground.
+        linked = ops.logical_and(foreground, _shifted(foreground, 1, axis, False, forward))
+        for k in range(RUN_DOUBLINGS):
+            by = 2 ** k
+            labels = ops.where(linked, ops.minimum(
+                labels, _shifted(labels, by, axis, background, forward)), labels)
+            if k + 1 < RUN_DOUBLINGS:
+                linked = ops.logical_and(linked, _shifted(linked, by, axis, False, forward))
+    return labels
+
+
 def region_labels(binary):
     """Labels the 4-connected regions of binary masks.
 
     Every foreground pixel starts with its own flat index and takes the smallest index
-    among its 4 neighbours until nothing changes; in the same step it also takes the
-    label of the pixel its label points to (pointer jumping: a label is always the index
-    of a pixel of the same region), so a compact region settles in a few dozen steps,
-    not in as many as it is long.
+    within a few pixels of unbroken foreground along its row and then its column, until
+    nothing changes; in the same step it also takes the label of the pixel its label
+    points to (pointer jumping: a label is always the index of a pixel of the same
+    region), so a compact region settles in a few steps, not in as many as it is long.
+    (scipy's and scikit-image's labelling are sequential; no library has one in graph
+    ops that converts to every format, hence this one.)
 
     Args:
         binary: Masks ``[B, H, W]``, nonzero = foreground (any integer or bool dtype).
@@ -84,12 +119,8 @@ def region_labels(binary):
     index = ops.reshape(ops.arange(n, dtype="int32"), (1, height, width))
 
     def step(labels):
-        padded = ops.pad(labels, ((0, 0), (1, 1), (1, 1)), constant_values=n)
-        neighbours = ops.minimum(
-            ops.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]),
-            ops.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]))
-        labels = ops.reshape(ops.where(foreground, ops.minimum(labels, neighbours),
-                                       background), (batch, -1))
+        labels = _run_minimum(labels, foreground, 1, n)
+        labels = ops.reshape(_run_minimum(labels, foreground, 2, n), (batch, -1))
         pointed = ops.take_along_axis(labels, ops.minimum(labels, background - 1), axis=1)
         labels = ops.where(labels < background, ops.minimum(labels, pointed), background)
         return ops.reshape(labels, (batch, height, width))
