@@ -234,9 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "random and bayesian train every trial --max-epochs epochs, "
                         "--max-trials trials (default 10); fixed trains the space's "
                         "[default] network only, as a baseline")
-    p.add_argument("--include-default", action="store_true",
-                   help="make the space's [default] network the search's first trial, a "
-                        "baseline the search's best must beat")
+    p.add_argument("--include-default", action="store_true", default=None,
+                   help="the space's [default] network as the search's first trial (the "
+                        "default whenever the space has one); a baseline the search's "
+                        "best must beat")
+    p.add_argument("--no-default", action="store_true", default=None,
+                   help="leave the space's [default] network out of the search")
+    p.add_argument("--finalists", type=int, metavar="K",
+                   help="after screening, train the top K distinct configurations (and "
+                        "the default network) again, with the same folds, for "
+                        "--final-epochs (default 3; 0: no final stage)")
+    p.add_argument("--final-epochs", type=int,
+                   help="epochs of each finalist, trained from scratch with one decay "
+                        "(default: the space's final_epochs, else twice --max-epochs)")
     p.add_argument("--max-epochs", type=int,
                    help="epochs of the longest trial (Hyperband's largest budget)")
     p.add_argument("--min-epochs", type=int,

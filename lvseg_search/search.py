@@ -20,6 +20,7 @@ from lvseg_search.engine.lock import run_lock
 from lvseg_search.engine.trial_score import scored_epoch
 from lvseg_search.errors import UserError
 from lvseg_search.model.describe import network_brief
+from lvseg_search.model.schedule import FINAL
 from lvseg_search.model.space import load_space
 
 
@@ -181,11 +182,14 @@ def print_top(summary: dict[str, Any], n_folds: int, top: int = 5) -> None:
     rows = summary["completed"][:top]
     print(f"\n{len(summary['completed'])} trials completed, {len(summary['failed'])} failed. "
           f"Top {len(rows)} by CV Dice:")
-    print(f"{'trial':>6} {'CV Dice':>15} {'folds':>{6 * n_folds}} {'epochs':>6}  network")
+    print(f"{'trial':>6} {'stage':>9} {'CV Dice':>15} {'folds':>{6 * n_folds}} {'epochs':>6}"
+          "  network")
     for r in rows:
         m, hp = r["metrics"], r["hyperparameters"]
         folds = " ".join(f"{m.get(f'val_dice_fold_{k}', float('nan')):.3f}"
                          for k in range(n_folds))
         net = network_brief(hp)
-        print(f"{r['trial_id']:>6} {r['score']:>7.3f} +- {m.get('val_dice_std', 0):.3f} "
+        stage = "final" if hp.get(FINAL) else "screening"
+        print(f"{r['trial_id']:>6} {stage:>9} {r['score']:>7.3f} +- "
+              f"{m.get('val_dice_std', 0):.3f} "
               f"{folds:>{6 * n_folds}} {scored_epoch(m):>6}  {net}")

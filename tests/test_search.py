@@ -392,26 +392,32 @@ def test_nan_loss_marks_the_trial_failed_and_the_search_goes_on(tiny_data, tmp_p
     assert failed_lrs == {1000.0}
 
 
-def _kill_then_resume(cmd: list[str], out: Path, marker: Path) -> dict[Path, int]:
-    """Runs a search command, SIGKILLs it once ``marker`` exists, runs it again to the
-    end, and checks that no fold finished before the kill was trained again.
+def _kill_then_resume(cmd: list[str], out: Path, *markers: Path) -> dict[Path, int]:
+    """Runs a search command and SIGKILLs it once the first of ``markers`` exists, runs
+    it again and kills it at the next one, and so on; then runs it to the end, and checks
+    that no fold finished before a kill was trained again.
 
     Returns:
-        The fold results finished before the kill (path -> mtime).
+        The fold results finished before the last kill (path -> mtime).
     """
     import os
     import signal
     import subprocess
     import time
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), "the search never finished a fold of its second trial"
-    finished = {p: p.stat().st_mtime_ns for p in out.glob("tuner/trial_*/fold_*/" + RESULT)}
+    finished: dict[Path, int] = {}
+    for marker in markers:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert marker.exists(), f"the search never finished {marker}"
+        now = {p: p.stat().st_mtime_ns for p in out.glob("tuner/trial_*/fold_*/" + RESULT)}
+        for path, stamp in finished.items():
+            assert now[path] == stamp, f"{path} was trained again"
+        finished = now
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     for path, stamp in finished.items():
@@ -420,18 +426,40 @@ def _kill_then_resume(cmd: list[str], out: Path, marker: Path) -> dict[Path, int
 
 
 def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tmp_path):
+    """Killed in screening, then in the final stage: each resume loses at most the fold
+    in progress; the finalist trains from scratch to the final budget and ranks first."""
     import sys
+
+    from lvseg_search.engine.final_stage import configuration, rank_configurations
+    from lvseg_search.engine.run import load_run
+    from lvseg_search.reporting.table import trial_table
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
            "--space", str(TINY), "--out", str(out), "--folds", "2", "--max-epochs", "2",
-           "--factor", "2", "--image-size", "32", "--batch-size", "4", "--quiet"]
-    finished = _kill_then_resume(cmd, out, out / "tuner" / "trial_0001" / "fold_0" / RESULT)
-    assert len(finished) < 10  # killed before the end
-    trials = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/trial.json")]
-    assert len(trials) == 5 and all(t["status"] == "COMPLETED" for t in trials)
-    assert len(list(out.glob("tuner/trial_*/fold_*/" + RESULT))) == 10
-
+           "--factor", "2", "--image-size", "32", "--batch-size", "4", "--finalists", "1",
+           "--final-epochs", "3", "--quiet"]
+    tuner = out / "tuner"
+    finished = _kill_then_resume(cmd, out, tuner / "trial_0001" / "fold_0" / RESULT,
+                                 tuner / "trial_0005" / "fold_0" / RESULT)
+    assert len(finished) < 12  # killed before the end
+    run = load_run(out)
+    assert len(run.trials) == 6 and all(t.status == "COMPLETED" for t in run.trials.values())
+    assert len(list(out.glob("tuner/trial_*/fold_*/" + RESULT))) == 12
+    final = run.trials["0005"]
+    values = final.hyperparameters.values
+    assert (values["tuner/final"], values["tuner/epochs"], values["tuner/initial_epoch"]) == (
+        1, 3, 0) and "tuner/trial_id" not in values
+    screening = [t for tid, t in run.trials.items() if tid != "0005"]
+    assert configuration(values) == rank_configurations(screening)[0][0]
+    for k, result in enumerate(run.fold_results("0005")):
+        assert result["fold"] == k and result["initial_epoch"] == 0
+        assert result["resumed_from"] is None and len(result["history"]["val_dice"]) == 3
+    # The search's result is read from the final stage: its trial ranks first.
+    table = trial_table(run)
+    assert list(table["stage"]) == ["final"] + ["screening"] * 5
+    assert table["trial"].iloc[0] == "0005" and table["epochs"].iloc[0] == 3
+    assert json.loads((out / "search.json").read_text())["finalists"] == 1
 
 
 def test_search_command_on_the_real_subset(real_run):
@@ -623,3 +651,56 @@ def test_include_default_makes_the_default_network_the_first_trial(oracle, tiny_
     assert (first["depth"], first["base_filters"], first["downsampling"], first["decoder"],
             first["learning_rate"]) == (2, 8, "max_pool", "transposed", 4e-3)
     assert len(by_id) == 2 and by_id[max(by_id)] != first  # then the oracle's own draws
+
+
+def test_the_default_network_competes_unless_told_not_to(tiny_data, tmp_path):
+    from lvseg_search.engine.options import resolve_options
+    from lvseg_search.model.space import load_space
+
+    space = tmp_path / "tiny_default.toml"
+    space.write_text(TINY.read_text() + "\n[default]\ndepth = 2\nbase_filters = 8\n"
+                     'downsampling = "max_pool"\ndecoder = "transposed"\nlearning_rate = 4e-3\n')
+    with_default, without = load_space(str(space)), load_space(str(TINY))
+    for oracle in ("hyperband", "random", "bayesian"):
+        assert resolve_options(with_default, tiny_data, oracle=oracle).include_default
+        assert not resolve_options(with_default, tiny_data, oracle=oracle,
+                                   no_default=True).include_default
+        # A space without a [default] simply has none in the race.
+        assert not resolve_options(without, tiny_data, oracle=oracle).include_default
+    fixed = resolve_options(with_default, tiny_data, oracle="fixed")
+    assert not fixed.include_default and fixed.finalists == 0
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--oracle", "random", "--max-trials", "2", "--finalists", "3"],
+     ["--finalists", "3", "2 trials", "--max-trials"]),
+    (["--max-epochs", "4", "--final-epochs", "3", "--finalists", "1"],
+     ["--final-epochs", "3", "--max-epochs (4)"]),
+    (["--finalists", "-1"], ["--finalists", "-1", "0 (no final stage)"]),
+    (["--include-default", "--no-default"], ["--include-default", "--no-default"]),
+])
+def test_final_stage_options_out_of_range_are_one_line(tiny_data, tmp_path, capsys, argv,
+                                                       words):
+    from lvseg_search.cli import main
+
+    out = tmp_path / "run"
+    assert main(["search", "--data", str(tiny_data), "--space", str(TINY), "--out", str(out),
+                 "--recycle-every", "0", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert not out.exists()
+
+
+def test_finalists_default_to_three_capped_by_the_trials_screened(tiny_data):
+    from lvseg_search.engine.options import resolve_options
+    from lvseg_search.model.space import load_space
+
+    space = load_space(str(TINY))
+    # The test space asks for none; the package's own default is three, at twice the
+    # screening's longest trial.
+    assert resolve_options(space, tiny_data).finalists == 0
+    quick = load_space("quick")
+    options = resolve_options(quick, tiny_data, max_epochs=4)
+    assert (options.finalists, options.final_epochs, options.include_default) == (3, 8, True)
+    assert resolve_options(quick, tiny_data, oracle="random", max_trials=2).finalists == 2
+    assert resolve_options(quick, tiny_data, max_epochs=4, final_epochs=5).final_epochs == 5

@@ -48,7 +48,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     """
     import keras
 
-    from lvseg_search.engine import hparams
+    from lvseg_search.engine import final_stage, hparams
     from lvseg_search.engine.cv import CrossValidation
     from lvseg_search.engine.distribute import make_strategy
     from lvseg_search.engine.kt_compat import is_remote_oracle
@@ -89,7 +89,12 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
         # A cap on Hyperband's own schedule (or the other oracles' budget), for a fixed
         # budget: a resumed oracle took it from its saved state, and the run's options may
         # have changed it since, to extend or cap the search.
-        tuner.oracle.max_trials = options.max_trials
+        if options.oracle == "fixed":
+            tuner.oracle.max_trials = options.max_trials
+        else:
+            final_stage.configure(tuner.oracle, max_trials=options.max_trials,
+                                  finalists=options.finalists,
+                                  final_epochs=options.final_epochs, default=sp.default)
         if options.oracle == "hyperband":
             # Likewise its iterations, to extend a finished schedule.
             tuner.oracle.hyperband_iterations = options.hyperband_iterations

@@ -19,7 +19,11 @@ from lvseg_search.errors import UserError
 from lvseg_search.model.space import SearchSpace, check_image_size
 
 # Version 1: the first versioned schema (augmentation nested; every option recorded).
-SCHEMA_VERSION = 1
+# Version 2: the final stage (finalists, final_epochs); the default network in the race
+# unless --no-default.
+SCHEMA_VERSION = 2
+# Finalists when none are asked for (capped by the trials a capped search screens).
+DEFAULT_FINALISTS = 3
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Options a splits file (--splits) decides instead of the command line.
 SPLIT_OPTIONS = ("folds", "test_patients", "test_ids", "test_seed", "stratify", "groups_file",
@@ -30,17 +34,18 @@ STRATIFY = ("slices", "group")
 ORACLES = ("hyperband", "random", "bayesian", "fixed")
 DEFAULT_MAX_TRIALS = 10
 # Options that only size the search, not how a trial trains: a run may resume with others.
-BUDGET_OPTIONS = ("max_trials", "hyperband_iterations")
+BUDGET_OPTIONS = ("max_trials", "hyperband_iterations", "finalists")
 # Options a space's [search] table may set (and the augment_* keys, see Augmentation).
 SPACE_OPTIONS = ("max_epochs", "min_epochs", "factor", "hyperband_iterations", "image_size",
-                 "batch_size", "folds", "normalization", "steps_per_epoch")
+                 "batch_size", "folds", "normalization", "steps_per_epoch", "finalists",
+                 "final_epochs")
 # The options given on the command line (None: not given), by the option's name; the
 # command-line destinations that differ from it, and the two that are no option field.
 GIVEN = ("folds", "test_patients", "test_ids", "test_seed", "stratify", "groups_file",
          "group_column", "max_epochs", "min_epochs", "factor", "hyperband_iterations",
          "image_size", "spacing", "field_of_view", "batch_size", "steps_per_epoch",
          "normalization", "seed", "precision", "jit", "max_trials", "oracle",
-         "include_default")
+         "include_default", "no_default", "finalists", "final_epochs")
 CLI_NAMES = {"hyperband_iterations": "iterations", "groups_file": "groups"}
 
 
@@ -56,7 +61,11 @@ class SearchOptions:
             to ``image_size`` (``--spacing none``).
         field_of_view_mm: The grid's field of view, mm (None: from the data).
         min_epochs: Hyperband's shortest rung (None: :func:`default_min_epochs`).
-        include_default: The space's ``[default]`` network as the first trial.
+        include_default: The space's ``[default]`` network as the first trial (by
+            default whenever the space has one; ``--no-default``).
+        finalists: Distinct configurations the final stage trains again after
+            screening (``engine.final_stage``; 0: none).
+        final_epochs: Their epochs (None: twice ``max_epochs`` unless the space says).
         lr_per_rung: Hyperband trials anneal their learning rate to their rung's end,
             restarting at each promotion (``model.schedule``).
         data_digest: ``manifest.identity`` of the data (it may move).
@@ -89,9 +98,11 @@ class SearchOptions:
     group_column: str = "group"
     spacing_mm: float | None = None
     field_of_view_mm: float | None = None
-    include_default: bool = False
+    include_default: bool = True
     min_epochs: int | None = None
     lr_per_rung: bool = True
+    finalists: int = DEFAULT_FINALISTS
+    final_epochs: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -135,6 +146,14 @@ class SearchOptions:
 
     def plan_text(self) -> str:
         """How the search samples and trains its trials, in words."""
+        default = "; the space's default network first" if self.include_default else ""
+        final = (f"; then the top {self.finalists} configurations"
+                 f"{' and the default network' if self.include_default else ''} trained "
+                 f"{self.final_epochs} epochs from scratch (final stage)"
+                 if self.finalists and self.oracle != "fixed" else "")
+        return self._screening_text() + default + final
+
+    def _screening_text(self) -> str:
         if self.oracle == "hyperband":
             restarts = ", each rung's learning rate decaying to its end" if self.lr_per_rung else ""
             return (f"Hyperband, {self.min_epochs} to {self.max_epochs} epochs, factor "
@@ -270,6 +289,7 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         raise UserError("--image-size, --spacing and --field-of-view: any two decide the "
                         "third; drop one")
     oracle, max_trials, include_default = _oracle_options(space, given)
+    _final_stage(merged, given, oracle, max_trials)
     groups_file = given.get("groups_file")
     stratify = given.get("stratify") or ("group" if groups_file else "slices")
     if stratify not in STRATIFY:
@@ -304,6 +324,32 @@ def _check_ranges(merged: dict[str, Any], spacing: float | None,
         raise UserError(f"--factor: {merged['factor']} must be at least 2")
 
 
+def _final_stage(merged: dict[str, Any], given: Mapping[str, Any], oracle: str,
+                 max_trials: int | None) -> None:
+    """Checks and completes the final stage's options in ``merged``."""
+    if merged["finalists"] is None:
+        merged["finalists"] = DEFAULT_FINALISTS
+    if merged["finalists"] < 0:
+        raise UserError(f"--finalists: {merged['finalists']} must be 0 (no final stage) or "
+                        "more")
+    if oracle == "fixed":
+        merged["finalists"] = 0  # one network: nothing to choose from
+    elif max_trials is not None and merged["finalists"] > max_trials:
+        if given.get("finalists") is not None:
+            raise UserError(f"--finalists: {merged['finalists']} is more than the "
+                            f"{max_trials} trials screened (--max-trials); ask for fewer "
+                            "finalists or more trials")
+        merged["finalists"] = max_trials
+    if merged["final_epochs"] is None:
+        # As long as a fixed network trained long (the README's real-data command gives
+        # --oracle fixed twice the quick space's max_epochs).
+        merged["final_epochs"] = 2 * merged["max_epochs"]
+    if merged["finalists"] and merged["final_epochs"] < merged["max_epochs"]:
+        raise UserError(f"--final-epochs: {merged['final_epochs']} is below the screening's "
+                        f"--max-epochs ({merged['max_epochs']}); finalists train at least as "
+                        "long as the longest screened trial")
+
+
 def _oracle_options(space: SearchSpace, given: Mapping[str, Any]
                     ) -> tuple[str, int | None, bool]:
     """The oracle, its trial budget and whether the default network competes."""
@@ -311,8 +357,12 @@ def _oracle_options(space: SearchSpace, given: Mapping[str, Any]
     if oracle not in ORACLES:
         raise UserError(f"--oracle: unknown {oracle!r}; choose one of {', '.join(ORACLES)}")
     max_trials = given.get("max_trials")
-    include_default = bool(given.get("include_default"))
-    if include_default and not space.default:
+    if given.get("include_default") and given.get("no_default"):
+        raise UserError("--include-default and --no-default: choose one")
+    asked = bool(given.get("include_default"))
+    # The default network competes whenever the space has one, unless --no-default.
+    include_default = asked or (bool(space.default) and not given.get("no_default"))
+    if asked and not space.default:
         raise UserError(f"--include-default: the space {space.name!r} ({space.path}) has no "
                         "[default] table; add one value per hyperparameter, or drop the "
                         "option")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from lvseg_search.engine import upgrade
 from lvseg_search.engine.options import SearchOptions
 from lvseg_search.engine.trial_score import last_metrics
 from lvseg_search.errors import UserError
+from lvseg_search.model.schedule import FINAL
 from lvseg_search.model.space import SearchSpace, load_space
 
 CHECKPOINT = "checkpoint.weights.h5"
@@ -346,14 +348,22 @@ def find_trial(run: Run, trial_id: str) -> Any | None:
     return None
 
 
+def ranked(trials: Iterable[Any]) -> list[Any]:
+    """The completed ones of ``trials``, best first: the final stage's trials (trained to
+    the final budget) before the screening's, each by CV Dice."""
+    done = [t for t in trials if t.status == "COMPLETED" and t.score is not None]
+    return sorted(done, key=lambda t: (bool(t.hyperparameters.values.get(FINAL)), t.score),
+                  reverse=True)
+
+
 def completed_trials(run: Run) -> list[Any]:
-    """Completed trials, best CV Dice first."""
-    done = [t for t in run.trials.values() if t.status == "COMPLETED" and t.score is not None]
-    return sorted(done, key=lambda t: t.score, reverse=True)
+    """Completed trials, best first (:func:`ranked`)."""
+    return ranked(run.trials.values())
 
 
 def best_trial(run: Run):
-    """The trial with the best CV Dice.
+    """The best trial: the best finalist where the search has a final stage, else the
+    trial with the best CV Dice.
 
     Raises:
         UserError: No trial has completed yet.
@@ -391,8 +401,7 @@ def summarize_trials(out: Path) -> dict[str, Any]:
     chief, a worker or a later ``report`` all see the same search)."""
     found, unreadable = load_trials(out)
     trials = list(found.values())
-    completed = sorted((t for t in trials if t.status == "COMPLETED" and t.score is not None),
-                       key=lambda t: t.score, reverse=True)
+    completed = ranked(trials)
     rows = [{"trial_id": t.trial_id, "score": t.score, "metrics": last_metrics(t),
              "hyperparameters": dict(t.hyperparameters.values)} for t in completed]
     failed = [{"trial_id": t.trial_id, "status": t.status,

@@ -96,7 +96,9 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         # recorded counts (older runs hold the command line's defaults); the data by its
         # contents where the run recorded them, so it may move. A new budget extends or
         # caps the search.
-        skip = ("space", "data", "data_digest", *BUDGET_OPTIONS,
+        # The final epochs too where no finalist has trained: a final stage may be added.
+        extend = ("final_epochs",) if not previous["finalists"] else ()
+        skip = ("space", "data", "data_digest", *BUDGET_OPTIONS, *extend,
                 *(SPLIT_OPTIONS if given_split is not None else ()))
         changed = [k for k, v in asdict(options).items() if k not in skip
                    and json.dumps(previous.get(k)) != json.dumps(v)]
@@ -114,7 +116,8 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
                             f"{out}; resume with its own {out / splits_mod.FILENAME}, or choose "
                             "another --out, or pass --overwrite")
         updated = {k: v for k, v in asdict(options).items()
-                   if k in ("data", "data_digest", *BUDGET_OPTIONS) and previous.get(k) != v}
+                   if k in ("data", "data_digest", *BUDGET_OPTIONS, *extend)
+                   and previous.get(k) != v}
         if updated:
             # In the record's own schema: an older folder stays as written (readers
             # upgrade it), so what it lacked keeps meaning "as it trained" on a resume.
@@ -173,6 +176,17 @@ def _as_trained(options: SearchOptions, previous: dict[str, Any], filled: frozen
         # one it recorded for the same budget, as its brackets were laid out; another
         # --min-epochs is refused as a changed option.
         options = replace(options, min_epochs=previous["min_epochs"])
+    if "include_default" not in given and "no_default" not in given:
+        # Whether the default network competes is the run's own (the default changed in
+        # schema version 2): resumed as it started unless asked otherwise.
+        options = replace(options, include_default=previous["include_default"])
+    if "finalists" not in given:
+        # A new final stage, or another, only when asked for: a resume keeps the run's.
+        options = replace(options, finalists=previous["finalists"])
+    if "final_epochs" not in given and (previous["finalists"] or not options.finalists):
+        # No finalist has trained yet where the run had no final stage: the final
+        # epochs asked for now apply; otherwise those the finalists trained with.
+        options = replace(options, final_epochs=previous["final_epochs"])
     if "lr_per_rung" in filled:
         # Written before rungs restarted the schedule: resumes decaying over max_epochs.
         options = replace(options, lr_per_rung=False)

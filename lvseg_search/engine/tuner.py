@@ -24,12 +24,12 @@ from keras_tuner.errors import FailedTrialError
 from lvseg_search import atomic
 from lvseg_search.engine import hparams
 from lvseg_search.engine.cv import CrossValidation
+from lvseg_search.engine.final_stage import final_stage_done, screening_done, with_final_stage
 from lvseg_search.engine.fold_monitor import FoldMonitor
 from lvseg_search.engine.kt_compat import (
     HyperbandOracle,
     LeanBuildTuner,
     default_first,
-    hyperband_schedule_done,
     is_remote_oracle,
     maybe_distribute,
 )
@@ -103,6 +103,7 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
                "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}
     if kind in classes:
         oracle_class = default_first(classes[kind]) if include_default else classes[kind]
+        oracle_class = with_final_stage(oracle_class)
         if kind == "hyperband":
             oracle = oracle_class(max_epochs=max_epochs, factor=factor,
                                   min_epochs=min_epochs,
@@ -213,8 +214,7 @@ class CVTuner(LeanBuildTuner):
             return False
         if oracle.max_trials is not None and len(oracle.trials) >= oracle.max_trials:
             return True
-        return (isinstance(oracle, keras_tuner.oracles.HyperbandOracle)
-                and hyperband_schedule_done(oracle))
+        return screening_done(oracle) and final_stage_done(oracle)
 
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         hp = trial.hyperparameters

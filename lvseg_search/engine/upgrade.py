@@ -79,8 +79,16 @@ V0_STEPS: tuple[Callable[[Record], None], ...] = (
     _augmentation_options, _steps_per_epoch, _data_digest, _split_draws, _oracle,
     _physical_grid, _include_default, _min_epochs, _lv_centred_views, _lr_per_rung,
     _nest_augmentation)
+
+
+def _final_stage(r: Record) -> None:
+    # Before the final stage: the screening's trials were the search's result.
+    r.setdefault("finalists", 0)
+    r.setdefault("final_epochs", 0)
+
+
 # version -> the steps that bring a record of that version to the next.
-STEPS: dict[int, tuple[Callable[[Record], None], ...]] = {0: V0_STEPS}
+STEPS: dict[int, tuple[Callable[[Record], None], ...]] = {0: V0_STEPS, 1: (_final_stage,)}
 
 
 def record_version(record: Record) -> int:

@@ -20,6 +20,10 @@ SCHEDULES = ("constant", "cosine", "poly")
 COSINE_FLOOR = 0.01  # cosine decays to this fraction of the base rate at a rung's end
 POLY_EXPONENT = 0.9  # nnU-Net's polynomial decay: base * (1 - epoch / horizon) ** 0.9
 
+# The trial value that marks a finalist of the search's final stage
+# (``engine.final_stage``): trained from scratch for its ``tuner/epochs``.
+FINAL = "tuner/final"
+
 
 def learning_rate_at(epoch: int, base: float, schedule: str, horizon: int,
                      start: int = 0) -> float:
@@ -66,6 +70,8 @@ def rung_ends(values: dict[str, Any], parent_values: Callable[[str], dict[str, A
     Returns:
         Increasing epoch counts, e.g. ``[6, 12, 24]`` for a trial promoted twice.
     """
+    if values.get(FINAL):
+        return [int(values["tuner/epochs"])]  # from scratch, one decay to its end
     if not per_rung or "tuner/epochs" not in values:
         return [max_epochs]
     ends = [int(values["tuner/epochs"])]

@@ -69,7 +69,7 @@ AUGMENT_LIMITS = {"augment_rotation_deg": 180.0, "augment_scale": 0.9, "augment_
 SEARCH_OPTIONS: dict[str, type] = {
     "max_epochs": int, "min_epochs": int, "factor": int, "hyperband_iterations": int,
     "image_size": int, "batch_size": int, "folds": int, "normalization": str,
-    "steps_per_epoch": int,
+    "steps_per_epoch": int, "finalists": int, "final_epochs": int,
     **dict.fromkeys(AUGMENT_LIMITS, float),
 }
 

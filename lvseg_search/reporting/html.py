@@ -96,7 +96,8 @@ def summary_card(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
 
 
 # (key, heading, digits or None for text) of the trial table's visible columns.
-COLUMNS = (("rank", "#", 0), ("trial", "trial", None), ("status", "status", None),
+COLUMNS = (("rank", "#", 0), ("trial", "trial", None), ("stage", "stage", None),
+           ("status", "status", None),
             ("cv_dice", "CV Dice", 3), ("cv_dice_std", "±", 3), ("apd_mm", "APD mm", 1),
             ("good_contours_pct", "good %", 0), ("hausdorff_mm", "HD mm", 1),
             ("parameters", "params", None), ("scored_epoch", "epochs", 0),

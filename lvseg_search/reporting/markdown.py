@@ -47,6 +47,12 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
                   f"{number(best['good_contours_pct'], 0)}%, Hausdorff "
                   f"{number(best['hausdorff_mm'], 1)} mm; {count(best['parameters'])} "
                   f"parameters, {int(best['scored_epoch'])} epochs.", ""]
+        baseline = table[table["stage"].str.endswith(", default")]
+        if not baseline.empty:
+            b = baseline.iloc[0]  # its finalist where it has one (ranked first)
+            lines += [f"Baseline: the space's default network, trial {b['trial']} "
+                      f"({b['stage'].split(',')[0]}), CV Dice {number(b['cv_dice'], 3)}; the "
+                      f"best trial is {best['cv_dice'] - b['cv_dice']:+.3f} over it.", ""]
         if test:
             lines += [f"Held-out test ({len(run.splits['test'])} patient(s), the best trial's "
                       f"fold models averaged): Dice {test['dice']:.3f}, APD "

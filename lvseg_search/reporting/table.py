@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from lvseg_search.engine import hparams
+from lvseg_search.engine.final_stage import configuration, is_final
 from lvseg_search.engine.lock import is_locked
 from lvseg_search.engine.run import PROJECT, Run, completed_trials, trial_message
 from lvseg_search.engine.trial_score import last_metrics, scored_epoch
@@ -28,12 +29,13 @@ def trial_table(run: Run) -> pd.DataFrame:
     """One row per completed trial, best first: scores, per-fold Dice, contour
     metrics, size, epochs, time and hyperparameter values."""
     rows = []
+    default = tuple(sorted(run.space.default.items())) if run.space.default else None
     for rank, t in enumerate(completed_trials(run), start=1):
         m = last_metrics(t)
         hp = t.hyperparameters.values
         folds = [f for f in run.fold_results(t.trial_id) if f]
-        row = {"rank": rank, "trial": t.trial_id, "cv_dice": m.get("val_dice"),
-               "cv_dice_std": m.get("val_dice_std")}
+        row = {"rank": rank, "trial": t.trial_id, "stage": stage(hp, default),
+               "cv_dice": m.get("val_dice"), "cv_dice_std": m.get("val_dice_std")}
         row.update({f"dice_fold_{k}": m.get(f"val_dice_fold_{k}") for k in range(run.n_folds)})
         row.update({"apd_mm": m.get("apd_mm", math.nan),
                     "hausdorff_mm": m.get("hausdorff_mm", math.nan),
@@ -48,6 +50,14 @@ def trial_table(run: Run) -> pd.DataFrame:
                                            if not k.startswith("tuner/")}))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def stage(values: dict[str, Any], default: tuple | None) -> str:
+    """Which stage trained a trial (``screening`` or ``final``), and ``, default`` where
+    it is the space's default network (the baseline the search must beat)."""
+    words = "final" if is_final(values) else "screening"
+    return words + (", default" if default is not None and configuration(values) == default
+                    else "")
 
 
 def unfinished(run: Run) -> list[dict[str, Any]]:
@@ -127,7 +137,7 @@ def decision_frame(table: list[dict[str, Any]], chosen: dict[str, Any]) -> pd.Da
 
 def columns(table: pd.DataFrame, n_folds: int) -> list[str]:
     """The trial table's columns shown in Markdown, in order."""
-    shown = ["rank", "trial", "cv_dice", "cv_dice_std",
+    shown = ["rank", "trial", "stage", "cv_dice", "cv_dice_std",
              *[f"dice_fold_{k}" for k in range(n_folds)], "apd_mm", "hausdorff_mm",
              "good_contours_pct", "parameters", "scored_epoch", "train_seconds"]
     return [c for c in shown if c in table]

@@ -28,8 +28,12 @@ def test_an_unversioned_run_folder_reports_resumes_and_exports(tiny_data, tmp_pa
     # Reported: both trials ranked.
     report = write_report(run, overlays=False, verbose=False, data=tiny_data)
     assert list(report["table"]["trial"]) == sorted(scores, key=scores.get, reverse=True)
-    # Resumed by the same command: nothing left to train, nothing changed.
-    summary = run_search(tiny_data, run, str(TINY), folds=2, test_patients=1, max_epochs=2,
+    # Resumed by the same command (the space as it was then: the test space has changed
+    # since, and the run keeps its copy): nothing left to train, nothing changed.
+    old_space = tmp_path / "tiny.toml"
+    shutil.copyfile(run / "space.toml", old_space)
+    assert old_space.read_bytes() != TINY.read_bytes()
+    summary = run_search(tiny_data, run, str(old_space), folds=2, test_patients=1, max_epochs=2,
                          factor=2, image_size=32, batch_size=4, seed=3, steps_per_epoch=2,
                          max_trials=2, verbose=False)
     assert {r["trial_id"]: r["score"] for r in summary["completed"]} == scores

@@ -1,0 +1,156 @@
+"""The final stage of a search: after screening (Hyperband's rungs, or the random and
+Bayesian trials at their budget), the best few distinct configurations, and the space's
+default network, are trained again with the same folds to a final budget.
+
+Screening ranks configurations on short training; a single run's CV Dice on a few
+patients moves by a few hundredths with initialization alone, and a fixed network
+trained long beat every short-trained search in our measurements. So the finalists are
+trained as long as a fixed run would be, from scratch with one decay over the final
+budget (as the fixed runs that won were), and the search's result is read from them.
+
+Finalists are keras-tuner trials like the others (their values carry ``tuner/final``,
+``tuner/epochs`` and ``tuner/initial_epoch``): the oracle gives them out through its
+public ``populate_space`` once its own schedule is over, so they resume after a kill, are
+scored per fold and show in HParams and the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras_tuner
+
+from lvseg_search.engine.kt_compat import hyperband_schedule_done
+from lvseg_search.model.schedule import FINAL
+
+# keras-tuner's trial statuses (its TrialStatus values).
+_STOPPED, _RUNNING, _IDLE, _COMPLETED = "STOPPED", "RUNNING", "IDLE", "COMPLETED"
+
+
+def configuration(values: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A trial's network and training recipe: its values without the oracle's own
+    ``tuner/`` bookkeeping (Hyperband's rungs, the final stage's marker)."""
+    return tuple(sorted((k, v) for k, v in values.items() if not k.startswith("tuner/")))
+
+
+def is_final(values: dict[str, Any]) -> bool:
+    """Whether a trial's values are those of a finalist."""
+    return bool(values.get(FINAL))
+
+
+def rank_configurations(trials: list[Any]) -> list[tuple[tuple[tuple[str, Any], ...], float]]:
+    """The screening's distinct configurations, best first, each with its best score
+    (over its rungs) among the completed screening trials.
+
+    Args:
+        trials: keras-tuner trials (any status; only completed screening ones count).
+    """
+    best: dict[tuple[tuple[str, Any], ...], float] = {}
+    for trial in trials:
+        values = trial.hyperparameters.values
+        if is_final(values) or trial.status != _COMPLETED or trial.score is None:
+            continue
+        key = configuration(values)
+        best[key] = max(best.get(key, float("-inf")), float(trial.score))
+    return sorted(best.items(), key=lambda item: -item[1])
+
+
+def with_final_stage(oracle_class: type) -> type:
+    """``oracle_class`` followed by a final stage (:func:`configure`): once its own
+    schedule or its ``screening_trials`` are over and every screening trial has ended,
+    it gives out the finalists one trial each, then stops."""
+
+    class FinalStage(oracle_class):
+        finalists: int = 0
+        final_epochs: int = 0
+        screening_trials: int | None = None
+        default_values: dict[str, Any] = {}
+
+        def _screening(self) -> list[Any]:
+            return [t for t in self.trials.values()
+                    if not is_final(t.hyperparameters.values)]
+
+        def chosen(self) -> list[tuple[tuple[str, Any], ...]]:
+            """The finalists' configurations: the top ``finalists`` of the screening,
+            and the default network if it is not among them."""
+            if not self.finalists:
+                return []
+            ranked = [key for key, _ in rank_configurations(self._screening())]
+            top = ranked[:self.finalists]
+            default = tuple(sorted(self.default_values.items()))
+            if self.default_values and default in ranked and default not in top:
+                top.append(default)
+            return top
+
+        def pending(self) -> list[tuple[tuple[str, Any], ...]]:
+            """Chosen configurations without a final trial yet (a failed finalist is not
+            tried again: it is reported as failed)."""
+            done = {configuration(t.hyperparameters.values) for t in self.trials.values()
+                    if is_final(t.hyperparameters.values)}
+            return [key for key in self.chosen() if key not in done]
+
+        # Set once the screening's own oracle said it is over (in this process).
+        screening_over: bool = False
+
+        def populate_space(self, trial_id):
+            screening = self._screening()
+            capped = (self.screening_trials is not None
+                      and len(screening) >= self.screening_trials)
+            if not capped and not self.screening_over:
+                response = super().populate_space(trial_id)
+                if response["status"] != _STOPPED or not self.finalists:
+                    return response
+            self.screening_over = True
+            if any(t.status == _RUNNING for t in screening):
+                return {"status": _IDLE}  # the ranking waits for every screening trial
+            pending = self.pending()
+            if not pending:
+                return {"status": _STOPPED}
+            return {"status": _RUNNING,
+                    "values": {**dict(pending[0]), "tuner/epochs": self.final_epochs,
+                               "tuner/initial_epoch": 0, FINAL: 1}}
+
+    FinalStage.__name__ = FinalStage.__qualname__ = f"FinalStage{oracle_class.__name__}"
+    return FinalStage
+
+
+def configure(oracle: Any, *, max_trials: int | None, finalists: int, final_epochs: int,
+              default: dict[str, Any] | None) -> None:
+    """Sets a (perhaps resumed) oracle's screening budget and final stage from the run's
+    options: a new budget extends or caps the screening, and the finalists come after it.
+
+    Args:
+        oracle: An oracle of a :func:`with_final_stage` class.
+        max_trials: Screening trials at most (None: the oracle's own schedule).
+        finalists: Configurations to train again (0: no final stage).
+        final_epochs: Their epochs.
+        default: The space's default network (a finalist too when screened).
+    """
+    oracle.finalists = int(finalists)
+    oracle.final_epochs = int(final_epochs)
+    oracle.default_values = dict(default or {})
+    oracle.screening_trials = max_trials
+    oracle.screening_over = False
+    if max_trials is None or not oracle.finalists:
+        oracle.max_trials = max_trials
+        return
+    # keras-tuner stops at max_trials before asking the oracle: room for the finalists
+    # trained and those that may come (the top ones and the default network).
+    final = sum(1 for t in oracle.trials.values() if is_final(t.hyperparameters.values))
+    oracle.max_trials = max_trials + final + oracle.finalists + 1
+
+
+def screening_done(oracle: Any) -> bool:
+    """Whether a local oracle's screening gives no more trials: its cap reached, or
+    Hyperband's schedule over."""
+    screening = [t for t in oracle.trials.values() if not is_final(t.hyperparameters.values)]
+    cap = getattr(oracle, "screening_trials", oracle.max_trials)
+    if cap is not None and len(screening) >= cap:
+        return True
+    return (isinstance(oracle, keras_tuner.oracles.HyperbandOracle)
+            and hyperband_schedule_done(oracle))
+
+
+def final_stage_done(oracle: Any) -> bool:
+    """Whether an oracle's final stage has nothing left to train (true without one)."""
+    return not getattr(oracle, "finalists", 0) or not oracle.pending()
