@@ -11,7 +11,20 @@ keras-tuner's oracles, and the space's fixed default network:
   to see whether a baseline given more of the budget catches up;
 - ``first_rung``: random search's trials (same seed: same draws, same initial weights)
   trained only Hyperband's first rung, their learning rate decaying over it as a
-  Hyperband first-rung trial's does.
+  Hyperband first-rung trial's does;
+- ``search``: the search as a user runs it by default: Hyperband with the space's
+  default network in the race, then the final stage (3 finalists and the default network
+  trained on to twice ``--max-epochs``);
+- ``fixed_equal``: the fixed default trained for as many epochs as fit in the
+  ``search`` arm's wall time (measured on the ``fixed`` arm's time per epoch; run both
+  first).
+
+The oracle arms (``hyperband``, ``random``, ``bayesian``, ``first_rung``) run the oracle
+alone (``--no-default --finalists 0``), as they were measured before the final stage.
+For the ``search`` and fixed arms the table also gives the delivered model's out-of-fold
+CV Dice as ``export`` decides (field of view, test-time augmentation, post-processing;
+for ``search``, the finalists' ensemble where it beats the best finalist) and, for
+``search``, its nested figure (each fold scored by what was chosen on the others).
 
 Then prints, per arm, the best CV Dice (on the masks as delivered) against cumulative
 training epochs (a trial's epochs, each over every fold), the epochs Hyperband needs to
@@ -48,8 +61,11 @@ import numpy as np
 from scipy.stats import spearmanr
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook-subset"
-ARMS = ("random", "first_rung", "hyperband", "fixed", "bayesian", "fixed_x3")
-SEARCH_ARMS = ("random", "hyperband", "fixed", "bayesian", "fixed_x3")  # plotted
+ARMS = ("random", "first_rung", "hyperband", "fixed", "bayesian", "fixed_x3", "search",
+        "fixed_equal")
+SEARCH_ARMS = ("random", "hyperband", "fixed", "bayesian", "fixed_x3", "search",
+               "fixed_equal")  # plotted
+ORACLE_ARMS = ("random", "first_rung", "hyperband", "bayesian")
 TARGET_GAP = 0.01
 
 
@@ -74,9 +90,10 @@ def prepare_data(args: argparse.Namespace, out: Path) -> Path:
 def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> list[str]:
     """The ``lvseg-search search`` command line of one arm."""
     oracle = ("fixed" if arm.startswith("fixed") else "random" if arm == "first_rung"
-              else arm)
+              else "hyperband" if arm == "search" else arm)
     epochs = (args.max_epochs * 3 if arm == "fixed_x3" else first_rung(args)
-              if arm == "first_rung" else args.max_epochs)
+              if arm == "first_rung" else equal_wall_epochs(args, out)
+              if arm == "fixed_equal" else args.max_epochs)
     cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(data),
            "--space", args.space, "--out", str(out / arm), "--folds", str(args.folds),
            "--oracle", oracle, "--max-epochs", str(epochs), "--seed", str(args.seed),
@@ -85,13 +102,55 @@ def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> li
         cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
     if args.image_size:
         cmd += ["--image-size", str(args.image_size)]
-    if arm == "hyperband":
+    if arm in ORACLE_ARMS:
+        cmd += ["--no-default", "--finalists", "0"]
+    if arm in ("hyperband", "search"):
         cmd += ["--factor", str(args.factor), "--iterations", "1"]
         if args.min_epochs:
             cmd += ["--min-epochs", str(args.min_epochs)]
     elif arm in ("random", "bayesian", "first_rung"):
         cmd += ["--max-trials", str(args.trials)]
     return cmd
+
+
+def equal_wall_epochs(args: argparse.Namespace, out: Path) -> int:
+    """Epochs of the fixed default that take the ``search`` arm's wall time, from the
+    ``fixed`` arm's seconds per epoch.
+
+    Raises:
+        RuntimeError: The ``search`` or ``fixed`` arm has not run yet.
+    """
+    walls = {arm: out / arm / "wall_seconds.txt" for arm in ("search", "fixed")}
+    missing = [arm for arm, path in walls.items() if not path.is_file()]
+    if missing:
+        raise RuntimeError(f"fixed_equal: run the {' and '.join(missing)} arm(s) first")
+    per_epoch = float(walls["fixed"].read_text()) / args.max_epochs
+    return max(1, round(float(walls["search"].read_text()) / per_epoch))
+
+
+def delivered(run) -> dict:
+    """The delivered model's out-of-fold CV Dice as ``export`` decides it (the finalists'
+    ensemble where it beats the best finalist), and its nested figure where the search
+    has finalists to choose from."""
+    from lvseg_search.engine.finalist_ensemble import finalist_ensemble
+    from lvseg_search.engine.out_of_fold import out_of_fold_decisions
+    from lvseg_search.engine.run import best_trial
+    from lvseg_search.evaluate.decision import choose
+    from lvseg_search.evaluate.scoring import load_patient_images
+
+    best = best_trial(run)
+    out = {"best": best.trial_id, "screened_best": max(
+        t.score for t in run.trials.values()
+        if t.status == "COMPLETED" and t.score is not None
+        and not t.hyperparameters.values.get("tuner/final")),
+        "oof": choose(out_of_fold_decisions(run, best.trial_id))["cv_dice"], "nested": None}
+    validation = [load_patient_images(run.data, f["val"]) for f in run.splits["folds"]]
+    ensemble = finalist_ensemble(run, validation)
+    if ensemble is not None:
+        chosen = ensemble[ensemble["delivers"]]
+        out.update(oof=chosen["cv_dice"], nested=chosen["nested_cv_dice"],
+                   delivers=ensemble["delivers"])
+    return out
 
 
 def first_rung(args: argparse.Namespace) -> int:
@@ -293,6 +352,19 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
             rho = {r["rule"]: r["spearman"] for r in signal if r["epochs"] == k}
             lines.append(f"| {k}{' (first rung)' if k == rung else ''} | "
                          + " | ".join(f"{rho[name]:.2f}" for name in RULES) + " |")
+    shown = [a for a in ("search", "fixed", "fixed_equal", "fixed_x3") if a in runs]
+    if shown:
+        lines += ["", "| arm | wall | best screened CV Dice | delivered out-of-fold CV Dice "
+                  "| nested |", "|---|---|---|---|---|"]
+        for arm in shown:
+            d = delivered(runs[arm])
+            wall_file = out / arm / "wall_seconds.txt"
+            wall = (f"{float(wall_file.read_text()) / 60:.1f} min" if wall_file.is_file()
+                    else "-")
+            nested = f"{d['nested']:.3f}" if d["nested"] is not None else "-"
+            lines.append(f"| {arm} | {wall} | {d['screened_best']:.3f} | {d['oof']:.3f}"
+                         f"{' (' + d['delivers'] + ')' if 'delivers' in d else ''} | "
+                         f"{nested} |")
     text = "\n".join(lines)
     plot(curves, out / "search_value.png")
     (out / "search_value.md").write_text(text + "\n")

@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the default network) again, with the same folds, for "
                         "--final-epochs (default 3; 0: no final stage)")
     p.add_argument("--final-epochs", type=int,
-                   help="epochs of each finalist, trained from scratch with one decay "
-                        "(default: the space's final_epochs, else twice --max-epochs)")
+                   help="the epoch each finalist trains to, continuing its longest "
+                        "screening trial with its learning rate restarted (default: the "
+                        "space's final_epochs, else twice --max-epochs)")
     p.add_argument("--max-epochs", type=int,
                    help="epochs of the longest trial (Hyperband's largest budget)")
     p.add_argument("--min-epochs", type=int,

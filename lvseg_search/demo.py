@@ -17,8 +17,12 @@ from lvseg_search.search import run_search
 # Sized to finish in a few minutes on 2 CPU cores (the README gives the time measured):
 # Hyperband with max 12 epochs and factor 4 trains 11 networks (5 of them to 12 epochs)
 # on each of 3 folds; 2 phases per patient, not 4, halve the search.
+# The search as a user runs it (the default network in the race, then a final stage to
+# twice the screening's epochs), with one finalist besides the default network to keep
+# the demo to a few minutes.
 DEMO = {"patients": 10, "phases": 2, "size": 128, "image_size": 64, "folds": 3,
-        "test_patients": 2, "max_epochs": 12, "factor": 4}
+        "test_patients": 2, "max_epochs": 12, "factor": 4, "finalists": 1,
+        "final_epochs": 24}
 
 
 def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> int:
@@ -52,10 +56,12 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> int:
     lap("prepare")
     print(f"[2/6] prepare: {m['n_slices']} labelled slices in {m['n_patients']} per-patient "
           f"shards -> {data}", flush=True)
-    print("[3/6] search: cross-validated Hyperband over the 'quick' space", flush=True)
+    print("[3/6] search: cross-validated Hyperband over the 'quick' space, its default "
+          "network in the race, then the finalists trained longer", flush=True)
     summary = run_search(data, search, "quick", overwrite=overwrite, seed=seed,
                          folds=DEMO["folds"], test_patients=DEMO["test_patients"],
                          max_epochs=DEMO["max_epochs"], factor=DEMO["factor"],
+                         finalists=DEMO["finalists"], final_epochs=DEMO["final_epochs"],
                          image_size=DEMO["image_size"])
     lap("search")
     print("\n[4/6] report: ranking, plots, TensorBoard HParams", flush=True)

@@ -13,10 +13,12 @@ import pandas as pd
 
 from lvseg_search import atomic
 from lvseg_search.engine import hparams
+from lvseg_search.engine.finalist_ensemble import finalist_ensemble
 from lvseg_search.engine.run import load_run
 from lvseg_search.reporting import figures
 from lvseg_search.reporting.best_trial import (
     best_trial_details,
+    ensemble_section,
     out_of_fold_overlays,
     score_test,
 )
@@ -74,6 +76,9 @@ def write_report(run_dir: Path, out: Path | None = None, overlays: bool = True,
             details = best_trial_details(run, best, networks, validation, image_scores)
             test = score_test(run, networks)
             del networks
+            ensemble = finalist_ensemble(run, validation)
+            if ensemble is not None:
+                details.append(ensemble_section(ensemble))
             keras.backend.clear_session()
     sync_tensorboard(run)
     files = {"csv": out / "report.csv", "md": out / "report.md", "html": out / "report.html"}

@@ -24,7 +24,7 @@ def test_tensorboard_holds_the_space_the_metrics_and_one_session_per_trial(tiny_
     assert experiment is not None
     declared = {h.name: h for h in experiment.hparam_infos}
     for name in ("depth", "base_filters", "decoder", "downsampling", "learning_rate",
-                 "epochs"):
+                 "epochs", "stage"):
         assert name in declared
     # What the space fixes is not a column of its own (the sessions still record it).
     assert not {"loss", "optimizer", "kernel_size", "normalization"} & set(declared)
@@ -44,6 +44,7 @@ def test_tensorboard_holds_the_space_the_metrics_and_one_session_per_trial(tiny_
         assert hp["depth"].number_value == t.hyperparameters.values["depth"]
         assert hp["decoder"].string_value == t.hyperparameters.values["decoder"]
         assert hp["epochs"].number_value == t.hyperparameters.values["tuner/epochs"]
+        assert hp["stage"].string_value == "screening"  # this search has no final stage
         assert scalars[name]["cv_dice"][-1][1] == pytest.approx(t.score, abs=1e-6)
         for k in range(2):
             curve = scalars[f"{name}/fold_{k}"]["epoch_val_dice"]

@@ -427,7 +427,8 @@ def _kill_then_resume(cmd: list[str], out: Path, *markers: Path) -> dict[Path, i
 
 def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tmp_path):
     """Killed in screening, then in the final stage: each resume loses at most the fold
-    in progress; the finalist trains from scratch to the final budget and ranks first."""
+    in progress; the finalist continues its configuration's longest trial to the final
+    budget and ranks first."""
     import sys
 
     from lvseg_search.engine.final_stage import configuration, rank_configurations
@@ -437,29 +438,71 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
            "--space", str(TINY), "--out", str(out), "--folds", "2", "--max-epochs", "2",
-           "--factor", "2", "--image-size", "32", "--batch-size", "4", "--finalists", "1",
+           "--factor", "2", "--image-size", "32", "--batch-size", "4", "--finalists", "2",
            "--final-epochs", "3", "--quiet"]
     tuner = out / "tuner"
     finished = _kill_then_resume(cmd, out, tuner / "trial_0001" / "fold_0" / RESULT,
                                  tuner / "trial_0005" / "fold_0" / RESULT)
-    assert len(finished) < 12  # killed before the end
+    assert len(finished) < 14  # killed before the end
     run = load_run(out)
-    assert len(run.trials) == 6 and all(t.status == "COMPLETED" for t in run.trials.values())
-    assert len(list(out.glob("tuner/trial_*/fold_*/" + RESULT))) == 12
+    assert len(run.trials) == 7 and all(t.status == "COMPLETED" for t in run.trials.values())
+    assert len(list(out.glob("tuner/trial_*/fold_*/" + RESULT))) == 14
     final = run.trials["0005"]
     values = final.hyperparameters.values
+    screening = [t for tid, t in run.trials.items() if tid not in ("0005", "0006")]
+    ranking = [key for key, _ in rank_configurations(screening)]
+    assert configuration(values) == ranking[0]
+    assert configuration(run.trials["0006"].hyperparameters.values) == ranking[1]
+    parent = values["tuner/trial_id"]
+    parent_values = run.trials[parent].hyperparameters.values
+    # It continues the longest screening trial of its configuration.
+    assert configuration(parent_values) == configuration(values)
+    assert parent_values["tuner/epochs"] == max(
+        t.hyperparameters.values["tuner/epochs"] for t in screening
+        if configuration(t.hyperparameters.values) == configuration(values))
     assert (values["tuner/final"], values["tuner/epochs"], values["tuner/initial_epoch"]) == (
-        1, 3, 0) and "tuner/trial_id" not in values
-    screening = [t for tid, t in run.trials.items() if tid != "0005"]
-    assert configuration(values) == rank_configurations(screening)[0][0]
+        1, 3, parent_values["tuner/epochs"])
     for k, result in enumerate(run.fold_results("0005")):
-        assert result["fold"] == k and result["initial_epoch"] == 0
-        assert result["resumed_from"] is None and len(result["history"]["val_dice"]) == 3
-    # The search's result is read from the final stage: its trial ranks first.
+        assert result["fold"] == k and result["initial_epoch"] == values["tuner/initial_epoch"]
+        assert result["resumed_from"] == f"trial_{parent}/fold_{k}/{CHECKPOINT}"
+        assert len(result["history"]["val_dice"]) == 3 - values["tuner/initial_epoch"]
+    # The search's result is read from the final stage: its trials rank first.
     table = trial_table(run)
-    assert list(table["stage"]) == ["final"] + ["screening"] * 5
-    assert table["trial"].iloc[0] == "0005" and table["epochs"].iloc[0] == 3
-    assert json.loads((out / "search.json").read_text())["finalists"] == 1
+    assert list(table["stage"]) == ["final"] * 2 + ["screening"] * 5
+    assert set(table["trial"][:2]) == {"0005", "0006"} and set(table["epochs"][:2]) == {3}
+    assert json.loads((out / "search.json").read_text())["finalists"] == 2
+    # HParams tells the stages apart.
+    from lvseg_search.engine.hparams import read_logs
+
+    _, sessions, _ = read_logs(out / "tensorboard")
+    assert sessions["trial_0005"].hparams["stage"].string_value == "final"
+    assert sessions["trial_0005"].hparams["epochs"].number_value == 3
+    assert sessions["trial_0000"].hparams["stage"].string_value == "screening"
+    # The finalists' out-of-fold ensemble, against the best of them, as the report shows.
+    from lvseg_search.engine.finalist_ensemble import finalist_ensemble
+    from lvseg_search.engine.out_of_fold import out_of_fold_decisions
+    from lvseg_search.evaluate.decision import choose
+    from lvseg_search.evaluate.ensemble import beats
+    from lvseg_search.evaluate.scoring import load_patient_images
+    from lvseg_search.reporting.best_trial import ensemble_section
+
+    validation = [load_patient_images(run.data, f["val"]) for f in run.splits["folds"]]
+    result = finalist_ensemble(run, validation)
+    best = table["trial"].iloc[0]
+    decided = choose(out_of_fold_decisions(run, best))
+    single, ensemble = result["single"], result["ensemble"]
+    assert single["trial"] == best
+    # The single figure is the export's: the decided row of the out-of-fold table.
+    assert single["cv_dice"] == pytest.approx(decided["cv_dice"], abs=1e-6)
+    assert set(ensemble["weights"]) <= {"0005", "0006"} and ensemble["cv_dice"] >= (
+        single["cv_dice"] - 1e-9)
+    assert len(ensemble["nested_weights"]) == 2
+    assert 0.0 <= ensemble["nested_cv_dice"] <= 1.0 and 0.0 <= single["nested_cv_dice"] <= 1.0
+    assert result["delivers"] == ("ensemble" if beats(ensemble["cv_dice"], single["cv_dice"])
+                                  else "single")
+    title, _, frame = ensemble_section(result)
+    assert "finalists" in title and len(frame) == 2
+    assert list(frame["delivered"]).count("yes") == 1
 
 
 def test_search_command_on_the_real_subset(real_run):
@@ -485,6 +528,7 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(demo.DEMO, "folds", 2)
     monkeypatch.setitem(demo.DEMO, "test_patients", 1)
     monkeypatch.setitem(demo.DEMO, "max_epochs", 1)
+    monkeypatch.setitem(demo.DEMO, "final_epochs", 2)
     assert demo.run_demo(tmp_path / "demo") == 0
     printed = capsys.readouterr().out
     for stage in ("[1/6] synth", "[2/6] prepare", "[3/6] search", "[4/6] report",
@@ -495,6 +539,22 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "demo" / "search" / "report.html").is_file()
     assert (tmp_path / "demo" / "model" / "model_card.json").is_file()
     assert (tmp_path / "demo" / "predictions" / "studies.json").is_file()
+    # The default network screened first, then the final stage, whose best is exported.
+    from lvseg_search.engine.final_stage import configuration
+    from lvseg_search.engine.run import best_trial, load_run
+    from lvseg_search.model.space import load_space
+
+    run = load_run(tmp_path / "demo" / "search")
+    first = run.trials[min(run.trials)].hyperparameters.values
+    assert configuration(first) == tuple(sorted(load_space("quick").default.items()))
+    final = [t for t in run.trials.values() if t.hyperparameters.values.get("tuner/final")]
+    assert 1 <= len(final) <= 2 and best_trial(run) in final
+    card = json.loads((tmp_path / "demo" / "model" / "model_card.json").read_text())
+    assert card["search"]["trial"] == best_trial(run).trial_id
+    report = (tmp_path / "demo" / "search" / "report.md").read_text()
+    assert "Baseline: the space's default network, trial" in report
+    assert "| rank | trial | stage |" in report
+    assert f"| 1 | {best_trial(run).trial_id} | final" in report
 
 
 def test_recycled_search_runs_its_trials_in_fresh_processes(tiny_data, tmp_path):
@@ -674,8 +734,8 @@ def test_the_default_network_competes_unless_told_not_to(tiny_data, tmp_path):
 @pytest.mark.parametrize(("argv", "words"), [
     (["--oracle", "random", "--max-trials", "2", "--finalists", "3"],
      ["--finalists", "3", "2 trials", "--max-trials"]),
-    (["--max-epochs", "4", "--final-epochs", "3", "--finalists", "1"],
-     ["--final-epochs", "3", "--max-epochs (4)"]),
+    (["--max-epochs", "4", "--final-epochs", "4", "--finalists", "1"],
+     ["--final-epochs", "4", "not above", "--max-epochs (4)"]),
     (["--finalists", "-1"], ["--finalists", "-1", "0 (no final stage)"]),
     (["--include-default", "--no-default"], ["--include-default", "--no-default"]),
 ])

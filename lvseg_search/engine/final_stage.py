@@ -5,8 +5,14 @@ default network, are trained again with the same folds to a final budget.
 Screening ranks configurations on short training; a single run's CV Dice on a few
 patients moves by a few hundredths with initialization alone, and a fixed network
 trained long beat every short-trained search in our measurements. So the finalists are
-trained as long as a fixed run would be, from scratch with one decay over the final
-budget (as the fixed runs that won were), and the search's result is read from them.
+trained on to a final budget as long as a fixed run's, and the search's result is read
+from them. A finalist continues its configuration's longest-trained screening trial
+(its fold checkpoints) with the learning rate restarted and annealed to the final
+epoch, as Hyperband's promotions do: on the demo's phantom a 12-epoch trial so promoted
+scored CV Dice 0.968 and 0.955 where the same configurations trained 12 epochs from
+scratch with one decay scored 0.882 and 0.946 (a new initialization moves a few
+patients' CV Dice by more than training it longer), and continuing costs only the
+epochs added.
 
 Finalists are keras-tuner trials like the others (their values carry ``tuner/final``,
 ``tuner/epochs`` and ``tuner/initial_epoch``): the oracle gives them out through its
@@ -55,6 +61,20 @@ def rank_configurations(trials: list[Any]) -> list[tuple[tuple[tuple[str, Any], 
     return sorted(best.items(), key=lambda item: -item[1])
 
 
+def trained_epochs(values: dict[str, Any], max_epochs: int) -> int:
+    """Epochs a screening trial trained: its rung's (Hyperband), else the budget."""
+    return int(values.get("tuner/epochs", max_epochs))
+
+
+def longest_trial(trials: list[Any], key: tuple[tuple[str, Any], ...], max_epochs: int) -> Any:
+    """The completed screening trial of a configuration trained longest (the best of
+    those), which its finalist continues."""
+    own = [t for t in trials if t.status == _COMPLETED and t.score is not None
+           and configuration(t.hyperparameters.values) == key]
+    return max(own, key=lambda t: (trained_epochs(t.hyperparameters.values, max_epochs),
+                                   t.score))
+
+
 def with_final_stage(oracle_class: type) -> type:
     """``oracle_class`` followed by a final stage (:func:`configure`): once its own
     schedule or its ``screening_trials`` are over and every screening trial has ended,
@@ -63,6 +83,7 @@ def with_final_stage(oracle_class: type) -> type:
     class FinalStage(oracle_class):
         finalists: int = 0
         final_epochs: int = 0
+        screening_epochs: int = 0  # what a trial without Hyperband's tuner/epochs trained
         screening_trials: int | None = None
         default_values: dict[str, Any] = {}
 
@@ -106,16 +127,19 @@ def with_final_stage(oracle_class: type) -> type:
             pending = self.pending()
             if not pending:
                 return {"status": _STOPPED}
+            parent = longest_trial(screening, pending[0], self.screening_epochs)
             return {"status": _RUNNING,
                     "values": {**dict(pending[0]), "tuner/epochs": self.final_epochs,
-                               "tuner/initial_epoch": 0, FINAL: 1}}
+                               "tuner/initial_epoch": trained_epochs(
+                                   parent.hyperparameters.values, self.screening_epochs),
+                               "tuner/trial_id": parent.trial_id, FINAL: 1}}
 
     FinalStage.__name__ = FinalStage.__qualname__ = f"FinalStage{oracle_class.__name__}"
     return FinalStage
 
 
 def configure(oracle: Any, *, max_trials: int | None, finalists: int, final_epochs: int,
-              default: dict[str, Any] | None) -> None:
+              max_epochs: int, default: dict[str, Any] | None) -> None:
     """Sets a (perhaps resumed) oracle's screening budget and final stage from the run's
     options: a new budget extends or caps the screening, and the finalists come after it.
 
@@ -123,11 +147,14 @@ def configure(oracle: Any, *, max_trials: int | None, finalists: int, final_epoc
         oracle: An oracle of a :func:`with_final_stage` class.
         max_trials: Screening trials at most (None: the oracle's own schedule).
         finalists: Configurations to train again (0: no final stage).
-        final_epochs: Their epochs.
+        final_epochs: The epoch each finalist trains to.
+        max_epochs: The screening's longest trial (what a random or Bayesian trial
+            trained).
         default: The space's default network (a finalist too when screened).
     """
     oracle.finalists = int(finalists)
     oracle.final_epochs = int(final_epochs)
+    oracle.screening_epochs = int(max_epochs)
     oracle.default_values = dict(default or {})
     oracle.screening_trials = max_trials
     oracle.screening_over = False

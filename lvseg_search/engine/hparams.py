@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from lvseg_search._tf import tf
+from lvseg_search.model.schedule import FINAL
 from lvseg_search.model.space import SearchSpace
 
 DIRNAME = "tensorboard"
 EPOCHS = "epochs"  # Hyperband's epoch budget of the trial (keras-tuner's tuner/epochs)
+STAGE = "stage"  # screening, or the final stage (engine.final_stage)
 # (tag, display name, description) of the trial-level metrics.
 TRIAL_METRICS = (
     ("cv_dice", "CV Dice", "mean validation Dice over the folds, last epoch, masks as delivered"),
@@ -58,7 +60,11 @@ def write_config(logdir: Path, space: SearchSpace, n_folds: int, max_epochs: int
     # opens on what varies.
     hparams = [hp.HParam(p.name, _domain(p)) for p in space.params.values() if not p.fixed]
     hparams.append(hp.HParam(EPOCHS, hp.IntInterval(1, int(max_epochs)),
-                             description="Hyperband epoch budget of the trial"))
+                             description="epoch budget of the trial (Hyperband's rung, or "
+                                         "the final stage's)"))
+    hparams.append(hp.HParam(STAGE, hp.Discrete(["screening", "final"]),
+                             description="screening, or the final stage: the top "
+                                         "configurations trained again, longer"))
     metrics = [hp.Metric(tag, display_name=name, description=text)
                for tag, name, text in TRIAL_METRICS]
     metrics += [hp.Metric(f"dice_fold_{k}", display_name=f"Dice fold {k}",
@@ -76,6 +82,7 @@ def session_values(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     values = {k: v for k, v in hyperparameters.items() if not k.startswith("tuner/")}
     if "tuner/epochs" in hyperparameters:
         values[EPOCHS] = int(hyperparameters["tuner/epochs"])
+    values[STAGE] = "final" if hyperparameters.get(FINAL) else "screening"
     return values
 
 

@@ -84,7 +84,8 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     is_chief = role == "chief"
     logdir = out / hparams.DIRNAME
     if role != "worker" and not any(logdir.glob("events.out.tfevents.*")):
-        hparams.write_config(logdir, sp, cv.n_folds, options.max_epochs)
+        hparams.write_config(logdir, sp, cv.n_folds,
+                             max(options.max_epochs, options.final_epochs or 0))
     if is_chief or not is_remote_oracle(tuner.oracle):
         # A cap on Hyperband's own schedule (or the other oracles' budget), for a fixed
         # budget: a resumed oracle took it from its saved state, and the run's options may
@@ -94,7 +95,8 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
         else:
             final_stage.configure(tuner.oracle, max_trials=options.max_trials,
                                   finalists=options.finalists,
-                                  final_epochs=options.final_epochs, default=sp.default)
+                                  final_epochs=options.final_epochs,
+                                  max_epochs=options.max_epochs, default=sp.default)
         if options.oracle == "hyperband":
             # Likewise its iterations, to extend a finished schedule.
             tuner.oracle.hyperband_iterations = options.hyperband_iterations

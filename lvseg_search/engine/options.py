@@ -147,9 +147,11 @@ class SearchOptions:
     def plan_text(self) -> str:
         """How the search samples and trains its trials, in words."""
         default = "; the space's default network first" if self.include_default else ""
-        final = (f"; then the top {self.finalists} configurations"
-                 f"{' and the default network' if self.include_default else ''} trained "
-                 f"{self.final_epochs} epochs from scratch (final stage)"
+        top = ("the best configuration" if self.finalists == 1
+               else f"the top {self.finalists} configurations")
+        final = (f"; then {top}"
+                 f"{' and the default network' if self.include_default else ''} trained on "
+                 f"to {self.final_epochs} epochs (final stage)"
                  if self.finalists and self.oracle != "fixed" else "")
         return self._screening_text() + default + final
 
@@ -344,10 +346,10 @@ def _final_stage(merged: dict[str, Any], given: Mapping[str, Any], oracle: str,
         # As long as a fixed network trained long (the README's real-data command gives
         # --oracle fixed twice the quick space's max_epochs).
         merged["final_epochs"] = 2 * merged["max_epochs"]
-    if merged["finalists"] and merged["final_epochs"] < merged["max_epochs"]:
-        raise UserError(f"--final-epochs: {merged['final_epochs']} is below the screening's "
-                        f"--max-epochs ({merged['max_epochs']}); finalists train at least as "
-                        "long as the longest screened trial")
+    if merged["finalists"] and merged["final_epochs"] <= merged["max_epochs"]:
+        raise UserError(f"--final-epochs: {merged['final_epochs']} is not above the "
+                        f"screening's --max-epochs ({merged['max_epochs']}); finalists "
+                        "train on beyond the longest screened trial")
 
 
 def _oracle_options(space: SearchSpace, given: Mapping[str, Any]

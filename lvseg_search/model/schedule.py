@@ -21,7 +21,7 @@ COSINE_FLOOR = 0.01  # cosine decays to this fraction of the base rate at a rung
 POLY_EXPONENT = 0.9  # nnU-Net's polynomial decay: base * (1 - epoch / horizon) ** 0.9
 
 # The trial value that marks a finalist of the search's final stage
-# (``engine.final_stage``): trained from scratch for its ``tuner/epochs``.
+# (``engine.final_stage``): it continues its ``tuner/trial_id`` to its ``tuner/epochs``.
 FINAL = "tuner/final"
 
 
@@ -71,7 +71,11 @@ def rung_ends(values: dict[str, Any], parent_values: Callable[[str], dict[str, A
         Increasing epoch counts, e.g. ``[6, 12, 24]`` for a trial promoted twice.
     """
     if values.get(FINAL):
-        return [int(values["tuner/epochs"])]  # from scratch, one decay to its end
+        # A finalist restarts the schedule where the trial it continues ended.
+        parent = values.get("tuner/trial_id")
+        earlier = (rung_ends(parent_values(parent), parent_values, max_epochs, per_rung)
+                   if parent is not None else [])
+        return [*earlier, int(values["tuner/epochs"])]
     if not per_rung or "tuner/epochs" not in values:
         return [max_epochs]
     ends = [int(values["tuner/epochs"])]

@@ -104,3 +104,34 @@ def best_trial_details(run: Run, trial_id: str, networks: list[Any],
                 "augmentation, with the largest region.",
                 decision_frame(table, choose(table))))
     return out
+
+
+def ensemble_section(result: dict[str, Any]) -> tuple[str, str, pd.DataFrame]:
+    """The finalists' out-of-fold ensemble against the best finalist
+    (``engine.finalist_ensemble``), as a details section."""
+    from lvseg_search.evaluate.decision import TIE
+
+    single, ens = result["single"], result["ensemble"]
+    total = sum(ens["weights"].values())
+    members = ", ".join(f"{t} x {w}/{total}" for t, w in ens["weights"].items())
+    rows = [{"model": f"best finalist, trial {single['trial']}",
+             "CV Dice": f"{single['cv_dice']:.4f}",
+             "per fold": ", ".join(f"{d:.3f}" for d in single["dice_per_fold"]),
+             "nested CV Dice": f"{single['nested_cv_dice']:.4f}",
+             "delivered": "yes" if result["delivers"] == "single" else ""},
+            {"model": f"ensemble: {members}", "CV Dice": f"{ens['cv_dice']:.4f}",
+             "per fold": ", ".join(f"{d:.3f}" for d in ens["dice_per_fold"]),
+             "nested CV Dice": f"{ens['nested_cv_dice']:.4f}",
+             "delivered": "yes" if result["delivers"] == "ensemble" else ""}]
+    s = result["setting"]
+    note = (f"Out-of-fold CV Dice of the masks as delivered ({s['roi']} field of view, "
+            f"test-time augmentation {s['tta']}, largest region "
+            f"{'yes' if s['largest_region'] else 'no'}, convex hull "
+            f"{'yes' if s['convex_hull'] else 'no'}: the best finalist's decided "
+            "setting). The ensemble averages the finalists' probabilities with the "
+            "weights greedy selection with replacement gave them (Caruana et al. 2004); "
+            f"it is delivered only when it beats the best finalist by more than {TIE:g}. "
+            "Both are chosen on the folds that score them, so read the nested figure "
+            "too: each fold scored by the finalist, or the ensemble, chosen on the other "
+            "folds alone.")
+    return ("Ensemble of the finalists (out-of-fold)", note, pd.DataFrame(rows))

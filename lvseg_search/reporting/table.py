@@ -34,7 +34,7 @@ def trial_table(run: Run) -> pd.DataFrame:
         m = last_metrics(t)
         hp = t.hyperparameters.values
         folds = [f for f in run.fold_results(t.trial_id) if f]
-        row = {"rank": rank, "trial": t.trial_id, "stage": stage(hp, default),
+        row = {"rank": rank, "trial": t.trial_id, "stage": "",
                "cv_dice": m.get("val_dice"), "cv_dice_std": m.get("val_dice_std")}
         row.update({f"dice_fold_{k}": m.get(f"val_dice_fold_{k}") for k in range(run.n_folds)})
         row.update({"apd_mm": m.get("apd_mm", math.nan),
@@ -48,6 +48,7 @@ def trial_table(run: Run) -> pd.DataFrame:
                     "train_seconds": round(sum(f.get("train_seconds", 0.0) for f in folds), 1)})
         row.update(hparams.session_values({k: v for k, v in hp.items()
                                            if not k.startswith("tuner/")}))
+        row["stage"] = stage(hp, default)  # the session's, and whether it is the default
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -10,6 +10,7 @@ import pytest
 
 from lvseg_search.model.schedule import (
     COSINE_FLOOR,
+    FINAL,
     learning_rate_at,
     rate_in_rungs,
     retrained_ends,
@@ -112,3 +113,22 @@ def test_rung_ends_follow_the_trials_a_promoted_trial_continues():
     assert retrained_ends([6, 12, 24], 48) == [6, 12, 48]
     assert retrained_ends([6, 12, 24], 10) == [6, 10]
     assert retrained_ends([24], 30) == [30]
+
+
+def test_a_finalist_restarts_the_schedule_where_its_trial_ended():
+    trials = {
+        "00": {"tuner/epochs": 6, "tuner/initial_epoch": 0},
+        "08": {"tuner/epochs": 24, "tuner/initial_epoch": 6, "tuner/trial_id": "00"},
+        "15": {"tuner/epochs": 48, "tuner/initial_epoch": 24, "tuner/trial_id": "08",
+               FINAL: 1},
+        "r3": {"learning_rate": 0.01},  # a random search's trial: max_epochs, one decay
+        "r9": {"tuner/epochs": 48, "tuner/initial_epoch": 24, "tuner/trial_id": "r3",
+               FINAL: 1},
+    }
+    assert rung_ends(trials["15"], trials.__getitem__, 24, True) == [6, 24, 48]
+    assert rung_ends(trials["r9"], trials.__getitem__, 24, True) == [24, 48]
+    # A run whose rungs did not restart decayed once over max_epochs; its finalist
+    # restarts there all the same.
+    assert rung_ends(trials["15"], trials.__getitem__, 24, False) == [24, 48]
+    rates = [rate_in_rungs(e, 0.01, "cosine", [24, 48]) for e in (23, 24, 47)]
+    assert rates[1] == pytest.approx(0.01) and rates[0] < 0.001 and rates[2] < 0.001
