@@ -204,7 +204,8 @@ def arm_trials(run) -> list[dict]:
 
 # What an arm is and how much it runs: the only options in which arms may differ.
 ARM_OPTIONS = {"oracle", "max_trials", "max_epochs", "min_epochs", "factor",
-               "hyperband_iterations", "include_default", "space", "space_digest", "data"}
+               "hyperband_iterations", "include_default", "finalists", "final_epochs",
+               "space", "space_digest", "data"}
 
 
 def unlike_arms(runs: dict) -> list[str]:

@@ -764,3 +764,38 @@ def test_finalists_default_to_three_capped_by_the_trials_screened(tiny_data):
     assert (options.finalists, options.final_epochs, options.include_default) == (3, 8, True)
     assert resolve_options(quick, tiny_data, oracle="random", max_trials=2).finalists == 2
     assert resolve_options(quick, tiny_data, max_epochs=4, final_epochs=5).final_epochs == 5
+
+
+def test_a_capped_search_screens_its_budget_then_its_finalists_and_more_extend_it(
+        tiny_data, tmp_path):
+    from lvseg_search.engine.final_stage import configuration
+
+    out = tmp_path / "run"
+    common = dict(folds=2, max_epochs=1, image_size=32, batch_size=4, steps_per_epoch=1,
+                  oracle="random", max_trials=2, final_epochs=2, seed=2, verbose=False,
+                  recycle_every=None)
+    summary = run_search(tiny_data, out, str(TINY), finalists=1, **common)
+    trials = {tid: json.loads((d / "trial.json").read_text())
+              for tid, d in _trial_dirs(out).items()}
+    assert len(trials) == 3 and summary["n_trials"] == 3
+    values = {tid: t["hyperparameters"]["values"] for tid, t in trials.items()}
+    screened = sorted((t["score"], tid) for tid, t in trials.items()
+                      if not values[tid].get("tuner/final"))
+    final = [tid for tid in trials if values[tid].get("tuner/final")]
+    assert len(screened) == 2 and len(final) == 1
+    # The finalist continues the better screened trial (random search: max_epochs each).
+    best = screened[-1][1]
+    assert values[final[0]]["tuner/trial_id"] == best
+    assert values[final[0]]["tuner/initial_epoch"] == 1
+    assert configuration(values[final[0]]) == configuration(values[best])
+    assert summary["completed"][0]["trial_id"] == final[0]  # finalists rank first
+    kept = {tid: (d / "trial.json").read_text() for tid, d in _trial_dirs(out).items()}
+    # More finalists on the finished search: the one added trains, nothing else.
+    more = run_search(tiny_data, out, str(TINY), finalists=2, **common)
+    assert more["n_trials"] == 4
+    added = {tid: d for tid, d in _trial_dirs(out).items() if tid not in kept}
+    assert len(added) == 1
+    new = json.loads((next(iter(added.values())) / "trial.json").read_text())
+    assert new["hyperparameters"]["values"]["tuner/trial_id"] == screened[0][1]
+    assert {tid: (_trial_dirs(out)[tid] / "trial.json").read_text() for tid in kept} == kept
+    assert json.loads((out / "search.json").read_text())["finalists"] == 2

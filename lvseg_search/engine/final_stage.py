@@ -161,10 +161,10 @@ def configure(oracle: Any, *, max_trials: int | None, finalists: int, final_epoc
     if max_trials is None or not oracle.finalists:
         oracle.max_trials = max_trials
         return
-    # keras-tuner stops at max_trials before asking the oracle: room for the finalists
-    # trained and those that may come (the top ones and the default network).
-    final = sum(1 for t in oracle.trials.values() if is_final(t.hyperparameters.values))
-    oracle.max_trials = max_trials + final + oracle.finalists + 1
+    # keras-tuner stops at max_trials before asking the oracle: room for every finalist
+    # there can be (one per screened configuration, and the default network), the same
+    # in every process of the run, as trial ids are padded to its width.
+    oracle.max_trials = 2 * max_trials + 1
 
 
 def screening_done(oracle: Any) -> bool:
