@@ -500,6 +500,10 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
     assert 0.0 <= ensemble["nested_cv_dice"] <= 1.0 and 0.0 <= single["nested_cv_dice"] <= 1.0
     assert result["delivers"] == ("ensemble" if beats(ensemble["cv_dice"], single["cv_dice"])
                                   else "single")
+    # Kept in the run folder and used again while its inputs are unchanged.
+    kept = json.loads((out / "finalist_ensemble.json").read_text())
+    assert kept["finalists"] == list(table["trial"][:2]) and kept["result"] == result
+    assert finalist_ensemble(run, validation) == result
     title, _, frame = ensemble_section(result)
     assert "finalists" in title and len(frame) == 2
     assert list(frame["delivered"]).count("yes") == 1

@@ -9,13 +9,21 @@ their averaged probabilities deliver.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from lvseg_search import atomic
 from lvseg_search.engine.final_stage import is_final
+from lvseg_search.engine.out_of_fold import out_of_fold_digest
 from lvseg_search.engine.run import Run, completed_trials
+
+FILE = "finalist_ensemble.json"
+FORMAT = 1  # bumped when the result's contents or their computation change
 
 # Selection steps (Auto-sklearn takes 50 over hundreds of models; a few finalists need
 # fewer) and the finalists needed for an ensemble.
@@ -63,6 +71,19 @@ def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
         return None
     o = run.options
     setting = choose(out_of_fold_decisions(run, ids[0]))
+    # Kept in the run folder while the finalists' checkpoints, the validation data, the
+    # grid and the setting are those it was computed from (report runs again and again).
+    digest = hashlib.sha256(json.dumps(
+        [FORMAT, [out_of_fold_digest(run, t) for t in ids], max_members,
+         {k: setting[k] for k in ("roi", "tta", "largest_region", "convex_hull")}],
+        default=str).encode()).hexdigest()
+    path = run.path / FILE
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if kept.get("digest") == digest:
+            return kept["result"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass  # none kept, or unreadable: derived data, computed again below
     post = {"largest_region": bool(setting["largest_region"]),
             "convex_hull": bool(setting["convex_hull"])}
     candidates = {}
@@ -91,11 +112,16 @@ def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
     single = {"trial": best, "cv_dice": float(np.mean(single_dice[best])),
               "dice_per_fold": single_dice[best],
               "nested_cv_dice": float(np.mean(nested_single))}
-    return {"setting": {k: setting[k] for k in ("roi", "tta", "largest_region",
-                                                "convex_hull")},
-            "single": single,
-            "ensemble": {"weights": chosen.weights, "cv_dice": chosen.cv_dice,
-                         "dice_per_fold": chosen.dice_per_fold,
-                         "nested_cv_dice": float(np.mean(nested)),
-                         "nested_weights": nested_weights},
-            "delivers": "ensemble" if beats(chosen.cv_dice, single["cv_dice"]) else "single"}
+    result = {"setting": {k: setting[k] for k in ("roi", "tta", "largest_region",
+                                                  "convex_hull")},
+              "single": single,
+              "ensemble": {"weights": chosen.weights, "cv_dice": chosen.cv_dice,
+                           "dice_per_fold": chosen.dice_per_fold,
+                           "nested_cv_dice": float(np.mean(nested)),
+                           "nested_weights": nested_weights},
+              "delivers": ("ensemble" if beats(chosen.cv_dice, single["cv_dice"])
+                           else "single")}
+    # In a read-only run folder the result is right, only not kept.
+    with contextlib.suppress(OSError):
+        atomic.write_json(path, {"finalists": ids, "digest": digest, "result": result})
+    return result

@@ -42,6 +42,20 @@ def _digest(run: Run, trial_id: str, rois: Sequence[str], modes: Sequence[str]) 
     return digest.hexdigest()
 
 
+def out_of_fold_digest(run: Run, trial_id: str) -> str:
+    """What a trial's out-of-fold predictions depend on (its fold checkpoints, the
+    validation shards, the grid, every setting tried).
+
+    Raises:
+        UserError: A fold checkpoint is missing.
+    """
+    from lvseg_search.model.contract import ROI_MODES
+    from lvseg_search.model.tta import TTA_MODES
+
+    return _digest(run, trial_id, ROI_MODES if run.options.physical else ("centre",),
+                   TTA_MODES)
+
+
 def out_of_fold_decisions(run: Run, trial_id: str,
                           folds: Callable[[], Sequence[tuple[Any, Any]]] | None = None
                           ) -> list[dict[str, Any]]:
