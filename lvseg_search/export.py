@@ -26,7 +26,7 @@ from lvseg_search.engine.retrain import retrain
 from lvseg_search.engine.run import SEARCH_FILE, Run, best_trial, find_trial, load_run
 from lvseg_search.engine.trial_score import last_metrics, scored_epoch
 from lvseg_search.errors import UserError
-from lvseg_search.model.formats import write_formats
+from lvseg_search.model.formats import graph_runner, write_formats
 from lvseg_search.model.parity import check_parity, probe_inputs
 
 
@@ -150,13 +150,19 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                                          o.spacing_mm, **settings, at_centre=True)
                      if o.physical else None)
 
+        # The reference of the test scores and of every format's parity: the Keras
+        # model, traced once (the .keras file's own check runs it as a user would).
+        reference = graph_runner(model)
+        reference_at_centre = graph_runner(at_centre) if at_centre is not None else None
+
         def keras_run(raw, pixel_spacing, roi_centre_mm=None):
             raw, spacing = check_inputs(raw, pixel_spacing)
             if roi_centre_mm is None:
-                out = model({RAW: raw, SPACING: spacing})
+                out = reference({RAW: raw, SPACING: spacing})
             else:
-                out = at_centre({RAW: raw, SPACING: spacing,
-                                 ROI_CENTRE: check_centre(roi_centre_mm, len(raw))})
+                out = reference_at_centre({RAW: raw, SPACING: spacing,
+                                           ROI_CENTRE: check_centre(roi_centre_mm,
+                                                                    len(raw))})
             return {k: np.asarray(v) for k, v in out.items()}
 
         test = None
