@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the space's [default] network out of the search")
     p.add_argument("--finalists", type=int, metavar="K",
                    help="after screening, train the top K distinct configurations (and "
-                        "the default network) again, with the same folds, for "
-                        "--final-epochs (default 3; 0: no final stage)")
+                        "the default network) on, with the same folds, to "
+                        "--final-epochs (default 3; 0: no final stage); re-run with more "
+                        "to extend a search")
     p.add_argument("--final-epochs", type=int,
                    help="the epoch each finalist trains to, continuing its longest "
                         "screening trial with its learning rate restarted (default: the "
