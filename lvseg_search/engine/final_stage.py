@@ -44,6 +44,11 @@ def is_final(values: dict[str, Any]) -> bool:
     return bool(values.get(FINAL))
 
 
+def screening(trials) -> list[Any]:
+    """The screening's trials among ``trials`` (all but the finalists)."""
+    return [t for t in trials if not is_final(t.hyperparameters.values)]
+
+
 def rank_configurations(trials: list[Any]) -> list[tuple[tuple[tuple[str, Any], ...], float]]:
     """The screening's distinct configurations, best first, each with its best score
     (over its rungs) among the completed screening trials.
@@ -52,11 +57,10 @@ def rank_configurations(trials: list[Any]) -> list[tuple[tuple[tuple[str, Any], 
         trials: keras-tuner trials (any status; only completed screening ones count).
     """
     best: dict[tuple[tuple[str, Any], ...], float] = {}
-    for trial in trials:
-        values = trial.hyperparameters.values
-        if is_final(values) or trial.status != _COMPLETED or trial.score is None:
+    for trial in screening(trials):
+        if trial.status != _COMPLETED or trial.score is None:
             continue
-        key = configuration(values)
+        key = configuration(trial.hyperparameters.values)
         best[key] = max(best.get(key, float("-inf")), float(trial.score))
     return sorted(best.items(), key=lambda item: -item[1])
 
@@ -87,18 +91,14 @@ def with_final_stage(oracle_class: type) -> type:
         screening_trials: int | None = None
         default_values: dict[str, Any] = {}
 
-        def _screening(self) -> list[Any]:
-            return [t for t in self.trials.values()
-                    if not is_final(t.hyperparameters.values)]
-
         def chosen(self) -> list[tuple[tuple[str, Any], ...]]:
             """The finalists' configurations: the top ``finalists`` of the screening,
             and the default network if it is not among them."""
             if not self.finalists:
                 return []
-            ranked = [key for key, _ in rank_configurations(self._screening())]
+            ranked = [key for key, _ in rank_configurations(self.trials.values())]
             top = ranked[:self.finalists]
-            default = tuple(sorted(self.default_values.items()))
+            default = configuration(self.default_values)
             if self.default_values and default in ranked and default not in top:
                 top.append(default)
             return top
@@ -114,20 +114,20 @@ def with_final_stage(oracle_class: type) -> type:
         screening_over: bool = False
 
         def populate_space(self, trial_id):
-            screening = self._screening()
+            screened = screening(self.trials.values())
             capped = (self.screening_trials is not None
-                      and len(screening) >= self.screening_trials)
+                      and len(screened) >= self.screening_trials)
             if not capped and not self.screening_over:
                 response = super().populate_space(trial_id)
                 if response["status"] != _STOPPED or not self.finalists:
                     return response
             self.screening_over = True
-            if any(t.status == _RUNNING for t in screening):
+            if any(t.status == _RUNNING for t in screened):
                 return {"status": _IDLE}  # the ranking waits for every screening trial
             pending = self.pending()
             if not pending:
                 return {"status": _STOPPED}
-            parent = longest_trial(screening, pending[0], self.screening_epochs)
+            parent = longest_trial(screened, pending[0], self.screening_epochs)
             return {"status": _RUNNING,
                     "values": {**dict(pending[0]), "tuner/epochs": self.final_epochs,
                                "tuner/initial_epoch": trained_epochs(
@@ -170,9 +170,8 @@ def configure(oracle: Any, *, max_trials: int | None, finalists: int, final_epoc
 def screening_done(oracle: Any) -> bool:
     """Whether a local oracle's screening gives no more trials: its cap reached, or
     Hyperband's schedule over."""
-    screening = [t for t in oracle.trials.values() if not is_final(t.hyperparameters.values)]
     cap = getattr(oracle, "screening_trials", oracle.max_trials)
-    if cap is not None and len(screening) >= cap:
+    if cap is not None and len(screening(oracle.trials.values())) >= cap:
         return True
     return (isinstance(oracle, keras_tuner.oracles.HyperbandOracle)
             and hyperband_schedule_done(oracle))

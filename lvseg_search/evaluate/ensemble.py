@@ -114,19 +114,31 @@ def select(candidates: Mapping[str, FoldProbabilities],
     scored = list(range(len(patients))) if folds is None else list(folds)
     fold_patients = [patients[k] for k in scored]
     weights: dict[str, int] = {}
+    # The chosen members' probabilities summed so far: a step tries each candidate as
+    # (sum + its probabilities) / (count + 1), without summing the members again.
+    sums = [[[np.zeros_like(p, np.float32) for p in patient] for patient in
+             next(iter(candidates.values()))[k]] for k in scored]
     best: Selection | None = None
     steps = []
-    for _ in range(rounds):
+    for step in range(rounds):
         allowed = [m for m in candidates if m in weights or max_members is None
                    or len(weights) < max_members]
         trial_scores = []
         for member in allowed:
-            trying = {**weights, member: weights.get(member, 0) + 1}
-            per_fold = delivered_dice(_average(candidates, trying, scored), fold_patients,
-                                      largest_region, convex_hull)
+            mixed = [[[(s + np.asarray(p, np.float32)) / (step + 1)
+                       for s, p in zip(sum_patient, member_patient, strict=True)]
+                      for sum_patient, member_patient in zip(sums[i], candidates[member][k],
+                                                             strict=True)]
+                     for i, k in enumerate(scored)]
+            per_fold = delivered_dice(mixed, fold_patients, largest_region, convex_hull)
             trial_scores.append((float(np.mean(per_fold)), member, per_fold))
         score, member, per_fold = max(trial_scores, key=lambda s: s[0])  # first of ties
         weights = {**weights, member: weights.get(member, 0) + 1}
+        for i, k in enumerate(scored):
+            for sum_patient, member_patient in zip(sums[i], candidates[member][k],
+                                                   strict=True):
+                for j, p in enumerate(member_patient):
+                    sum_patient[j] += np.asarray(p, np.float32)
         steps.append(score)
         if best is None or score > best.cv_dice:
             best = Selection(dict(weights), score, per_fold)

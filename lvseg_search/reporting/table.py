@@ -29,7 +29,7 @@ def trial_table(run: Run) -> pd.DataFrame:
     """One row per completed trial, best first: scores, per-fold Dice, contour
     metrics, size, epochs, time and hyperparameter values."""
     rows = []
-    default = tuple(sorted(run.space.default.items())) if run.space.default else None
+    default = configuration(run.space.default) if run.space.default else None
     for rank, t in enumerate(completed_trials(run), start=1):
         m = last_metrics(t)
         hp = t.hyperparameters.values
