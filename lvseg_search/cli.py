@@ -150,7 +150,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
            trial_id=args.trial, onnx=not args.no_onnx, overwrite=args.overwrite,
            data=args.data, tta=args.tta,
            largest_region=False if args.no_largest_region else None, roi=args.roi,
-           convex_hull=args.convex_hull)
+           convex_hull=args.convex_hull, deliver=args.deliver, max_members=args.max_members)
     return 0
 
 
@@ -333,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fill the largest region to its convex hull, closing the notches "
                         "papillary muscles leave (default: when that raises the "
                         "out-of-fold CV Dice)")
+    p.add_argument("--deliver", choices=("auto", "single", "ensemble"), default="auto",
+                   help="auto (default): the finalists' out-of-fold ensemble (their fold "
+                        "models, weighted) when it beats the best finalist by more than "
+                        "the decision's tie margin, else the best trial retrained; single: "
+                        "the best trial; ensemble: the finalists' ensemble")
+    p.add_argument("--max-members", type=int, metavar="N",
+                   help="at most N distinct finalists in the ensemble, for latency "
+                        "(default: as many as the selection picks)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--data", type=Path, help=MOVED_DATA)
     p.set_defaults(func=_cmd_export)

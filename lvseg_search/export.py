@@ -2,7 +2,10 @@
 search as a deployable model.
 
 The best trial is retrained on every non-test patient for as many epochs as it was scored at (or its
-fold models are averaged, ``--ensemble``), with the test-time augmentation and
+fold models are averaged, ``--ensemble``), or, where the search trained finalists and
+their out-of-fold ensemble beats the best of them (``engine.finalist_ensemble``), the
+ensemble's members' fold models are averaged with its weights; with the test-time
+augmentation and
 largest-region post-processing that its out-of-fold predictions favour
 (``evaluate.decision``), scored on the held-out test patients, and
 written as a SavedModel with a serving signature, a ``.keras`` file, a TFLite model
@@ -34,7 +37,8 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
            trial_id: str | None = None, onnx: bool = True, overwrite: bool = False,
            verbose: bool = True, data: Path | None = None, tta: str | None = None,
            largest_region: bool | None = None, roi: str | None = None,
-           convex_hull: bool | None = None) -> dict[str, Any]:
+           convex_hull: bool | None = None, deliver: str = "auto",
+           max_members: int | None = None) -> dict[str, Any]:
     """Exports the best (or a chosen) trial of a search.
 
     Args:
@@ -55,13 +59,18 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
             (``contract.ROI_MODES``); None: decided by the out-of-fold CV Dice.
         convex_hull: Fill the largest region to its convex hull; None: decided by the
             out-of-fold CV Dice.
+        deliver: ``auto``: the finalists' out-of-fold ensemble when it beats the best
+            finalist by more than the decision's tie margin, else the best trial;
+            ``single``: the best trial; ``ensemble``: the finalists' ensemble.
+        max_members: The finalists' ensemble's distinct members at most (None: any).
 
     Returns:
         The model card.
 
     Raises:
         UserError: No completed trial, an unknown trial, a bad option, a data folder not
-            found, or an exported format that disagrees with the Keras model.
+            found, no finalists' ensemble to deliver, or an exported format that
+            disagrees with the Keras model.
     """
     # A folder that holds no search gets no lock file: load_run refuses it below.
     holds_search = (Path(run_dir) / SEARCH_FILE).is_file()
@@ -69,14 +78,56 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
           else contextlib.nullcontext()):
         return _export(run_dir, out, ensemble=ensemble, epochs=epochs, trial_id=trial_id,
                        onnx=onnx, overwrite=overwrite, verbose=verbose, data=data, tta=tta,
-                       largest_region=largest_region, roi=roi, convex_hull=convex_hull)
+                       largest_region=largest_region, roi=roi, convex_hull=convex_hull,
+                       deliver=deliver, max_members=max_members)
+
+
+DELIVER = ("auto", "single", "ensemble")
+
+
+def _check_delivery(run: Run, deliver: str, max_members: int | None,
+                    explicit: list[str]) -> bool:
+    """Whether the finalists' ensemble is a candidate, after checking the options that
+    choose it.
+
+    Raises:
+        UserError: An unknown ``deliver``, ``max_members`` below 1, an ensemble asked
+            for together with options that choose another model, or asked of a search
+            without two completed finalists of two classes.
+    """
+    from lvseg_search.engine.finalist_ensemble import MIN_FINALISTS, finalists
+
+    if deliver not in DELIVER:
+        raise UserError(f"--deliver: {deliver!r} is not one of {', '.join(DELIVER)}")
+    if max_members is not None and max_members < 1:
+        raise UserError(f"--max-members: {max_members} must be at least 1 (1 delivers the "
+                        "best finalist alone)")
+    if explicit and (deliver == "ensemble" or max_members is not None):
+        option = "--deliver ensemble" if deliver == "ensemble" else "--max-members"
+        raise UserError(f"{option}: is for the finalists' ensemble, and "
+                        f"{' and '.join(explicit)} export(s) one trial instead; drop one "
+                        "of them")
+    if deliver == "single" or explicit:
+        return False
+    n = len(finalists(run))
+    if n >= MIN_FINALISTS and run.data.num_classes <= 2:
+        return True
+    if deliver == "ensemble" or max_members is not None:
+        option = "--deliver ensemble" if deliver == "ensemble" else "--max-members"
+        why = (f"{n} completed finalist(s), and an ensemble needs {MIN_FINALISTS}; search "
+               "again with --finalists 2 or more to add them"
+               if n < MIN_FINALISTS else "more than two classes, which it does not "
+               "average yet")
+        raise UserError(f"{option}: {run.path} has {why}")
+    return False
 
 
 def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             trial_id: str | None, onnx: bool, overwrite: bool, verbose: bool,
             data: Path | None, tta: str | None,
             largest_region: bool | None, roi: str | None,
-            convex_hull: bool | None) -> dict[str, Any]:
+            convex_hull: bool | None, deliver: str,
+            max_members: int | None) -> dict[str, Any]:
     import keras
 
     from lvseg_search.evaluate.decision import table_text
@@ -114,6 +165,10 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
     if convex_hull and largest_region is False:
         raise UserError("--convex-hull: fills the largest region's hull, which "
                         "--no-largest-region turns off; drop one of them")
+    explicit = [name for name, given in (("--trial", trial_id is not None),
+                                         ("--ensemble", ensemble),
+                                         ("--epochs", epochs is not None)) if given]
+    candidate = _check_delivery(run, deliver, max_members, explicit)
     keras.mixed_precision.set_dtype_policy("float32")  # exported formats are float32
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
         decision = _decide(run, trial.trial_id, tta, largest_region, roi, convex_hull)
@@ -121,7 +176,18 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             print(f"export: test-time augmentation and post-processing, out-of-fold CV Dice "
                   f"of trial {trial.trial_id}:\n{table_text(decision['out_of_fold'], decision)}",
                   flush=True)
-        if ensemble:
+        finalists = (_finalists(run, decision, max_members, deliver, verbose) if candidate
+                     else None)
+        weights = None
+        if finalists is not None and finalists["delivered"]:
+            networks, weights, training = _ensemble_networks(run, finalists)
+            trained_on = sorted({p for f in run.splits["folds"] for p in f["train"]})
+            if verbose:
+                members = ", ".join(f"trial {m['trial']} x {m['weight']:.3f}"
+                                    for m in training["members"])
+                print(f"export: the finalists' ensemble, {members}: their "
+                      f"{len(networks)} fold models averaged", flush=True)
+        elif ensemble:
             networks = [run.fold_network(trial.trial_id, k) for k in range(run.n_folds)]
             trained_on = sorted({p for f in run.splits["folds"] for p in f["train"]})
             training = {"mode": "ensemble", "models": run.n_folds,
@@ -143,11 +209,12 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
         settings = {"tta": decision["tta"], "largest_region": decision["largest_region"],
                     "roi": decision["roi"], "convex_hull": decision["convex_hull"]}
         model = build_serving_model(networks, o.image_size, o.normalization,
-                                    o.spacing_mm or None, **settings)
+                                    o.spacing_mm or None, **settings, weights=weights)
         # The same layers, taking where to cut each view: predict centres a study's views
         # on its LV through it (evaluate.study_roi).
         at_centre = (build_serving_model(networks, o.image_size, o.normalization,
-                                         o.spacing_mm, **settings, at_centre=True)
+                                         o.spacing_mm, **settings, at_centre=True,
+                                         weights=weights)
                      if o.physical else None)
 
         # The reference of the test scores and of every format's parity: the Keras
@@ -192,12 +259,95 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                       f"{r['mask_mismatch_pixels']} mask pixel(s) differ"
                       + (f" ({r['mask_tie_pixels']} more at ties of classes)"
                          if r["mask_tie_pixels"] else ""), flush=True)
+        latency = _latency(candidates, probe_patients)
+        if verbose:
+            print("export: one image, " + ", ".join(
+                f"{name} {ms:.0f} ms" for name, ms in latency["single_image_ms"].items())
+                + f" (median of {LATENCY_RUNS}, this machine's CPU)", flush=True)
         card = model_card(run, trial, metrics, training, test, parity, onnx_status, tmp,
-                           decision)
+                          decision, finalists=finalists, latency=latency)
         atomic.write_json(tmp / CARD, card)
     if verbose:
         print(f"export: done in {time.perf_counter() - start:.0f} s -> {out}")
     return card
+
+
+LATENCY_RUNS = 5
+
+
+def _latency(candidates: dict[str, Any], patients: list[Any]) -> dict[str, Any]:
+    """Each format's time for one image of a probe patient (median of
+    :data:`LATENCY_RUNS` after one warm-up run), as ``predict`` calls it."""
+    import os
+
+    p = patients[0]
+    raw = p.images[:1] if p.images.dtype != object else p.images[0][None]
+    spacing = p.spacing_mm[:1].astype(np.float32)
+    out = {}
+    for name in ("saved_model", "tflite", "onnx"):
+        if name not in candidates:
+            continue
+        candidates[name](raw, spacing)
+        runs = []
+        for _ in range(LATENCY_RUNS):
+            start = time.perf_counter()
+            candidates[name](raw, spacing)
+            runs.append(time.perf_counter() - start)
+        out[name] = round(1000 * float(np.median(runs)), 1)
+    return {"single_image_ms": out, "image_shape": list(np.shape(raw)[1:]),
+            "runs": LATENCY_RUNS, "cpu_count": os.cpu_count(),
+            "measured_on": "the exporting machine's CPU"}
+
+
+def _finalists(run: Run, decision: dict[str, Any], max_members: int | None, deliver: str,
+               verbose: bool) -> dict[str, Any]:
+    """The finalists' out-of-fold ensemble with the exported setting, and whether it is
+    delivered."""
+    from lvseg_search.engine.finalist_ensemble import finalist_ensemble
+    from lvseg_search.evaluate.scoring import load_patient_images
+    from lvseg_search.reporting.best_trial import ensemble_section
+
+    validation = [load_patient_images(run.data, f["val"]) for f in run.splits["folds"]]
+    setting = {k: decision[k] for k in ("roi", "tta", "largest_region", "convex_hull")}
+    result = finalist_ensemble(run, validation, max_members, setting)
+    delivered = deliver == "ensemble" or result["delivers"] == "ensemble"
+    if verbose:
+        title, _, frame = ensemble_section(result)
+        frame = frame.assign(delivered=["" if delivered else "yes",
+                                        "yes" if delivered else ""])
+        print(f"export: {title.lower()}:\n{frame.to_string(index=False)}", flush=True)
+    return {**result, "max_members": max_members, "delivered": delivered,
+            "delivered_by": ("--deliver ensemble" if deliver == "ensemble" else
+                             "out-of-fold CV Dice: the ensemble beats the best finalist "
+                             "by more than the decision's tie margin"
+                             if delivered else "out-of-fold CV Dice: the ensemble does "
+                             "not beat the best finalist by more than the decision's tie "
+                             "margin")}
+
+
+def _ensemble_networks(run: Run, finalists: dict[str, Any]
+                       ) -> tuple[list[Any], list[float], dict[str, Any]]:
+    """The ensemble's members as their fold models, each fold model weighted by its
+    member's share over the folds: exactly the networks whose out-of-fold predictions
+    chose the members and weights."""
+    from lvseg_search.model.describe import network_words
+
+    counts = finalists["ensemble"]["weights"]
+    total = sum(counts.values())
+    networks, weights, members = [], [], []
+    for trial_id, count in counts.items():
+        trial = find_trial(run, trial_id)
+        share = count / total
+        members.append({"trial": trial_id, "weight": share,
+                        "epochs": scored_epoch(last_metrics(trial)),
+                        "network": network_words(
+                            {k: v for k, v in trial.hyperparameters.values.items()
+                             if not k.startswith("tuner/")})})
+        for k in range(run.n_folds):
+            networks.append(run.fold_network(trial_id, k))
+            weights.append(share / run.n_folds)
+    training = {"mode": "finalist_ensemble", "models": len(networks), "members": members}
+    return networks, weights, training
 
 
 def _decide(run: Run, trial_id: str, tta: str | None, largest_region: bool | None,

@@ -148,7 +148,7 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
         {p for f in split["folds"] for p in f["val"]})
     assert card["test"]["patients"] == split["test"]
     assert 0 <= card["test"]["dice"] <= 1 and card["data"]["fingerprint_sha256"]
-    assert card["serving_contract"] == 2 and card["card_version"] == 4
+    assert card["serving_contract"] == 2 and card["card_version"] == 5
     from lvseg_search.model.describe import network_words
 
     assert card["network"] == network_words(card["hyperparameters"])
@@ -425,6 +425,22 @@ def test_export_refuses_an_unknown_trial_and_writes_nothing(tiny_run, tmp_path, 
     assert "--trial: 9999" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
     assert not list(tmp_path.glob(".m.*"))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--max-members", "0"], ["--max-members: 0", "at least 1"]),
+    (["--deliver", "ensemble"], ["--deliver ensemble", "0 completed finalist", "--finalists"]),
+    (["--max-members", "2"], ["--max-members", "0 completed finalist"]),
+    (["--deliver", "ensemble", "--trial", "0001"], ["--deliver ensemble", "--trial"]),
+    (["--max-members", "2", "--ensemble"], ["--max-members", "--ensemble"]),
+])
+def test_export_refuses_a_finalists_ensemble_it_cannot_deliver(tiny_run, tmp_path, capsys,
+                                                               argv, words):
+    """The tiny search has no final stage: no finalists' ensemble to deliver or cap."""
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "m"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
 
 
 def test_export_convex_hull_forced_on_or_refused_without_the_largest_region(

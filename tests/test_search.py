@@ -507,6 +507,42 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
     title, _, frame = ensemble_section(result)
     assert "finalists" in title and len(frame) == 2
     assert list(frame["delivered"]).count("yes") == 1
+    import numpy as np
+
+    # Export delivers it (forced here: on five phantom patients either may win) as one
+    # graph: the members' fold models, weighted, in every format.
+    from lvseg_search.export import export
+    from lvseg_search.model.formats import saved_model_runner
+    from lvseg_search.model.serving import make_predictor
+
+    card = export(out, tmp_path / "model", deliver="ensemble", verbose=False)
+    delivered = card["finalist_ensemble"]
+    assert delivered["delivered"] and delivered["delivered_by"] == "--deliver ensemble"
+    assert delivered["ensemble"] == result["ensemble"]  # the report's figures
+    members = card["training"]["members"]
+    counts = result["ensemble"]["weights"]
+    assert [m["trial"] for m in members] == list(counts)
+    assert [m["weight"] for m in members] == pytest.approx(
+        [c / sum(counts.values()) for c in counts.values()])
+    assert card["training"]["mode"] == "finalist_ensemble"
+    assert card["training"]["models"] == 2 * len(members)
+    assert set(card["parity_max_abs_diff"]) >= {"saved_model", "keras_file", "tflite"}
+    assert all(r["mask_mismatch_pixels"] == 0 for r in card["parity_max_abs_diff"].values())
+    assert set(card["latency"]["single_image_ms"]) >= {"saved_model", "tflite"}
+    # Its probabilities are the members' fold models' weighted mean (a given centre:
+    # the located one would follow the ensemble's own probabilities).
+    o = run.options
+    patient = validation[0][0]
+    raw, spacing = patient.images[:3], patient.spacing_mm[:3].astype(np.float32)
+    centre = np.zeros((3, 2), np.float32)
+    tta = delivered["setting"]["tta"]
+    expected = sum(
+        m["weight"] / run.n_folds * make_predictor(
+            [run.fold_network(m["trial"], k)], o.image_size, o.normalization,
+            o.spacing_mm, tta=tta)(raw, spacing, centre)["probabilities"]
+        for m in members for k in range(run.n_folds))
+    served = saved_model_runner(tmp_path / "model" / "saved_model")(raw, spacing, centre)
+    np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
 
 
 def test_search_command_on_the_real_subset(real_run):

@@ -37,7 +37,8 @@ def finalists(run: Run) -> list[str]:
 
 
 def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
-                      max_members: int | None = None) -> dict[str, Any] | None:
+                      max_members: int | None = None,
+                      setting: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The out-of-fold ensemble of the finalists against the best of them.
 
     Args:
@@ -45,6 +46,9 @@ def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
         validation: Per fold, its validation patients
             (``evaluate.scoring.load_patient_images``).
         max_members: Distinct members at most (None: any).
+        setting: The field of view, test-time augmentation and post-processing
+            (``roi``, ``tta``, ``largest_region``, ``convex_hull``; None: the one the
+            best finalist's out-of-fold table decides, as export does by default).
 
     Returns:
         None without two completed finalists or for more than two classes (the
@@ -70,7 +74,8 @@ def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
     if len(ids) < MIN_FINALISTS or run.data.num_classes > 2:
         return None
     o = run.options
-    setting = choose(out_of_fold_decisions(run, ids[0]))
+    if setting is None:
+        setting = choose(out_of_fold_decisions(run, ids[0]))
     # Kept in the run folder while the finalists' checkpoints, the validation data, the
     # grid and the setting are those it was computed from (report runs again and again).
     digest = hashlib.sha256(json.dumps(

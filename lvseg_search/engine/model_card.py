@@ -27,7 +27,9 @@ from lvseg_search.model.formats import (
 
 CARD = "model_card.json"
 # 4: "card_version" (was "model_card_version", 3) and the network in words.
-CARD_VERSION = 4
+# 5: "finalist_ensemble" (the finalists' out-of-fold ensemble, members and weights when
+#    delivered) and "latency".
+CARD_VERSION = 5
 
 
 def versions() -> dict[str, str]:
@@ -61,7 +63,9 @@ def grid(o: SearchOptions, roi: str = "centre") -> dict[str, Any]:
 
 def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[str, Any],
                test: dict[str, Any] | None, parity: dict[str, Any], onnx_status: str,
-               folder: Path, decision: dict[str, Any]) -> dict[str, Any]:
+               folder: Path, decision: dict[str, Any],
+               finalists: dict[str, Any] | None = None,
+               latency: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model card of an exported trial.
 
     Args:
@@ -74,6 +78,9 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
         onnx_status: Whether ONNX was written, and if not why.
         folder: The model folder (its files are listed with their sizes).
         decision: The post-processing decision (``export``'s).
+        finalists: The finalists' out-of-fold ensemble against the best finalist, and
+            whether it was delivered (``export``'s; None: none computed).
+        latency: Each format's time for one image.
     """
     m = run.data.manifest
     o = run.options
@@ -106,6 +113,7 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
             "scored_epoch": scored_epoch(metrics),
             "apd_mm": metrics.get("apd_mm"), "hausdorff_mm": metrics.get("hausdorff_mm"),
             "good_contours_pct": metrics.get("good_contours_pct")},
+        "finalist_ensemble": finalists,
         "training": training,
         "test": test,
         "data": {"fingerprint_sha256": run.data.fingerprint(),
@@ -151,6 +159,7 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
         "formats": files,
         "onnx": onnx_status,
         "parity_max_abs_diff": parity,
+        "latency": latency,
         "versions": versions(),
         "limitations": "trained on the patients and scanners of the prepared data only; "
                        "not a medical device",

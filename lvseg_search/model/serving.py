@@ -122,16 +122,28 @@ class ServingSteps:
         return lv, mask
 
 
+def _shares(weights: Sequence[float] | None, n: int) -> list[float] | None:
+    """Weights normalized to sum to 1 (None: equal weights)."""
+    if weights is None:
+        return None
+    if len(weights) != n or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"{len(weights)} weights for {n} networks, or weights not "
+                         "positive: one non-negative weight per network, some positive")
+    total = float(sum(weights))
+    return [float(w) / total for w in weights]
+
+
 def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                         normalization: str, spacing_mm: float | None,
                         class_id: int = 1, tta: str = "none",
                         largest_region: bool = True, roi: str = "centre",
-                        convex_hull: bool = False, at_centre: bool = False) -> keras.Model:
+                        convex_hull: bool = False, at_centre: bool = False,
+                        weights: Sequence[float] | None = None) -> keras.Model:
     """Wraps trained networks into the deployable model (serving contract 2).
 
     Args:
         networks: One network, or several whose probabilities are averaged (an ensemble
-            of fold models).
+            of fold models, or of several trials' fold models).
         image_size: The networks' input rows and columns.
         normalization: The per-image normalization used in training.
         spacing_mm: The networks' grid pixel size (None: whole images resized).
@@ -147,6 +159,8 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
         convex_hull: Fill the largest region to its convex hull (:class:`ConvexHull`;
             only with ``largest_region``).
         at_centre: Also take ``roi_centre_mm`` (a physical grid only).
+        weights: Each network's weight in the average (None: equal weights); they are
+            normalized to sum to 1.
 
     Returns:
         A model from ``{"raw": int16 [B, H, W], "pixel_spacing_mm": float32 [B, 2]}`` to
@@ -157,9 +171,11 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
 
     Raises:
         ValueError: An unknown ``roi``, ``localized`` or ``at_centre`` without a physical
-            grid, or ``convex_hull`` without ``largest_region``.
+            grid, ``convex_hull`` without ``largest_region``, or weights that do not
+            match the networks.
     """
     _check_roi(roi, spacing_mm)
+    share = _shares(weights, len(networks))
     if at_centre and spacing_mm is None:
         raise ValueError("at_centre needs a physical grid; this model resizes whole images")
     if convex_hull and not largest_region:
@@ -179,7 +195,14 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
 
     def run_networks(x, name):
         outputs = [net(x) for net in networks]
-        return outputs[0] if len(outputs) == 1 else layers.Average(name=name)(outputs)
+        if len(outputs) == 1:
+            return outputs[0]
+        if share is None:
+            return layers.Average(name=name)(outputs)
+        # A weighted average in plain layers, which every format converts.
+        return layers.Add(name=name)([
+            layers.Rescaling(w, name=f"{name}_weight_{k}", dtype="float32")(out)
+            for k, (out, w) in enumerate(zip(outputs, share, strict=True))])
 
     steps = ServingSteps(image_size, normalization, spacing_mm, class_id, tta, roi,
                          at_centre, largest_region, convex_hull)
@@ -189,7 +212,7 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
 
 def make_predictor(networks: Sequence[keras.Model], image_size: int, normalization: str,
                    spacing_mm: float | None, class_id: int = 1, tta: str = "none",
-                   roi: str = "centre"):
+                   roi: str = "centre", weights: Sequence[float] | None = None):
     """The serving model's computation as a plain function, run eagerly.
 
     Scoring a fold model this way builds no wrapper model and traces no graph, which
@@ -205,6 +228,7 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         class_id: The LV class.
         tta: Test-time augmentation, as for :func:`build_serving_model`.
         roi: Where the field of view is cut, as for :func:`build_serving_model`.
+        weights: Each network's weight, as for :func:`build_serving_model`.
 
     Returns:
         A function from raw int16 ``[B, H, W]``, pixel spacing ``[B, 2]`` and optionally
@@ -212,12 +236,17 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         ``{"probabilities", "mask"}``.
     """
     _check_roi(roi, spacing_mm)
+    share = _shares(weights, len(networks))
     steps = ServingSteps(image_size, normalization, spacing_mm, class_id, tta, roi,
                          at_centre=spacing_mm is not None)
 
     def run_networks(x, name=None):
         outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
-        return outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs), axis=0)
+        if len(outputs) == 1:
+            return outputs[0]
+        if share is None:
+            return ops.mean(ops.stack(outputs), axis=0)
+        return sum(out * w for out, w in zip(outputs, share, strict=True))
 
     def predict(raw, pixel_spacing, roi_centre_mm=None) -> dict:
         raw = ops.convert_to_tensor(raw, dtype="int16")
