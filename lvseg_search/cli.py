@@ -11,7 +11,13 @@ from pathlib import Path
 
 from lvseg_search import __version__
 from lvseg_search._tf import exit_without_teardown
-from lvseg_search.errors import UserError
+from lvseg_search.errors import (
+    Stopped,
+    UserError,
+    disk_full_message,
+    is_disk_full,
+    stop_on_signals,
+)
 
 # model.tta.TTA_MODES, spelled out: importing it would load Keras for every command.
 TTA_CHOICES = ("none", "flips", "dihedral")
@@ -371,13 +377,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with stop_on_signals():
+            return args.func(args)
     except UserError as exc:
         print(f"lvseg-search: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"lvseg-search: stopped by {exc.name}; "
+              + (exc.where or "nothing half-written was left; run the command again"),
+              file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("lvseg-search: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        print(f"lvseg-search: error: {_disk_full_line(args)}", file=sys.stderr)
+        return 2
+
+
+def _disk_full_line(args: argparse.Namespace) -> str:
+    """A full disk outside the steps that estimate their own needs: the folder written
+    to, and what to do."""
+    folder = getattr(args, "out", None) or getattr(args, "run", None) or Path.cwd()
+    then = ("run the same command to resume" if args.func is _cmd_search
+            else "run the command again (nothing half-written was left)")
+    return disk_full_message(Path(folder), None, then)
 
 
 def entry() -> None:

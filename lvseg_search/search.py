@@ -18,7 +18,7 @@ from lvseg_search.engine import run as run_mod
 from lvseg_search.engine import run_setup
 from lvseg_search.engine.lock import run_lock
 from lvseg_search.engine.trial_score import scored_epoch
-from lvseg_search.errors import UserError
+from lvseg_search.errors import Stopped, UserError
 from lvseg_search.model.describe import network_brief
 from lvseg_search.model.schedule import FINAL
 from lvseg_search.model.space import load_space
@@ -80,10 +80,14 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
         from lvseg_search.engine.recycle import SearchProcess
 
         child = SearchProcess()  # loads TensorFlow while this process prepares the run
-    with contextlib.ExitStack() as held:
-        summary, n_folds = _prepare_and_search(
-            held, child, role, data, out, space, overwrite, splits_file, verbose, strategy,
-            recycle_every, connect_timeout, given)
+    try:
+        with contextlib.ExitStack() as held:
+            summary, n_folds = _prepare_and_search(
+                held, child, role, data, out, space, overwrite, splits_file, verbose,
+                strategy, recycle_every, connect_timeout, given)
+    except Stopped as exc:
+        exc.where = stopped_where(out)
+        raise
     summary["wall_seconds"] = time.perf_counter() - start
     if role != "worker":
         print_top(summary, n_folds)
@@ -155,6 +159,21 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
         summary = search_in_process(out, sp, options, split, prepared, verbose=verbose,
                                     strategy=strategy, role=role)
     return summary, len(split["folds"])
+
+
+def stopped_where(out: Path) -> str:
+    """Where a stopped search stands, and how to go on, in words (read from the run
+    folder: keras-tuner's trial records and the folds' results)."""
+    import json
+
+    project = out / run_mod.PROJECT
+    folds = len(list(project.glob(f"trial_*/fold_*/{run_mod.RESULT}")))
+    complete = 0
+    for path in project.glob("trial_*/trial.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            complete += json.loads(path.read_text(encoding="utf-8")).get("status") == "COMPLETED"
+    return (f"{out}: {complete} trial(s) complete, {folds} fold(s) trained and kept, the "
+            "fold in progress abandoned; run the same command to resume")
 
 
 def _refuse_all_failed(out: Path, summary: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from lvseg_search.data import splits
 from lvseg_search.data.manifest import PreparedData
 from lvseg_search.engine.options import SearchOptions
 from lvseg_search.engine.run import PROJECT, summarize_trials
-from lvseg_search.errors import UserError
+from lvseg_search.errors import UserError, disk_full_message, is_disk_full
 from lvseg_search.model.space import SearchSpace
 
 
@@ -121,8 +121,14 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     gc.disable()
     try:
         tuner.search(verbose=0)
-    except RuntimeError as exc:
-        if "consecutive failures" not in str(exc):
+    except UserError:
+        raise
+    except Exception as exc:
+        # Anywhere in keras-tuner's loop: its state files, the trial records, TensorBoard.
+        if is_disk_full(exc):
+            raise UserError(disk_full_message(out, tuner.disk_needs,
+                                              "run the same command to resume")) from None
+        if not isinstance(exc, RuntimeError) or "consecutive failures" not in str(exc):
             raise
         raise UserError(f"{out}: too many trials in a row failed; check the data and the "
                         f"space (last error: {str(exc).strip().splitlines()[-1]})") from None

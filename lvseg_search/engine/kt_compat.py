@@ -1,17 +1,19 @@
 """The one module that touches keras-tuner's internals.
 
-keras-tuner's public API covers its oracles, tuners and hyperparameters, but not four
+keras-tuner's public API covers its oracles, tuners and hyperparameters, but not five
 things this package needs: Hyperband's shortest rung (fixed at 1 by its constructor),
-whether a Hyperband schedule has run out, the first draw of an oracle, and loading a
-trial from its file. Each is reached here through a private name of keras-tuner 1.4,
-the series ``pyproject.toml`` pins; ``tests/engine/test_kt_compat.py`` checks each touch
-point against the installed keras-tuner, and ``tests/test_architecture.py`` checks that
-no other module uses a private keras-tuner name or ``keras_tuner.engine``/``src``.
+whether a Hyperband schedule has run out, the first draw of an oracle, loading a trial
+from its file, and writing the oracle's and trials' state atomically. Each is reached
+here through a private name of keras-tuner 1.4, the series ``pyproject.toml`` pins;
+``tests/engine/test_kt_compat.py`` checks each touch point against the installed
+keras-tuner, and ``tests/test_architecture.py`` checks that no other module uses a
+private keras-tuner name or ``keras_tuner.engine``/``src``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,11 @@ from keras_tuner.engine.trial import Trial
 from keras_tuner.engine.tuner import maybe_distribute as _maybe_distribute
 from keras_tuner.src.distribute.oracle_client import OracleClient
 
-__all__ = ["HyperbandOracle", "LeanBuildTuner", "Trial", "default_first", "hyperband_brackets",
-           "hyperband_schedule_done", "is_remote_oracle", "load_trial", "maybe_distribute"]
+from lvseg_search import atomic
+
+__all__ = ["HyperbandOracle", "LeanBuildTuner", "Trial", "atomic_state", "default_first",
+           "hyperband_brackets", "hyperband_schedule_done", "is_remote_oracle", "load_trial",
+           "maybe_distribute"]
 
 
 def load_trial(path: Path | str) -> Trial:
@@ -52,6 +57,14 @@ def is_remote_oracle(oracle: Any) -> bool:
 def hyperband_brackets(oracle: keras_tuner.oracles.HyperbandOracle) -> int:
     """The number of brackets of a Hyperband oracle's iteration (its own count)."""
     return oracle._get_num_brackets()
+
+
+def hyperband_planned_trials(oracle: keras_tuner.oracles.HyperbandOracle) -> int:
+    """The trials a Hyperband oracle's whole schedule gives (every rung of every bracket
+    of every iteration, promotions included), by its own sizes."""
+    per_iteration = sum(oracle._get_size(b, r) for b in range(oracle._get_num_brackets())
+                        for r in range(oracle._get_num_rounds(b)))
+    return per_iteration * oracle.hyperband_iterations
 
 
 def hyperband_schedule_done(oracle: keras_tuner.oracles.HyperbandOracle) -> bool:
@@ -101,6 +114,24 @@ def default_first(oracle_class: type) -> type:
 
     DefaultFirst.__name__ = DefaultFirst.__qualname__ = f"DefaultFirst{oracle_class.__name__}"
     return DefaultFirst
+
+
+def atomic_state(oracle_class: type) -> type:
+    """``oracle_class`` writing ``oracle.json`` and each ``trial.json`` under a temporary
+    name renamed into place. keras-tuner writes them in place, so a full disk or a stop
+    signal in the middle of a write would leave a truncated file that the next run
+    cannot resume from; the contents are keras-tuner's own state, unchanged."""
+
+    class AtomicState(oracle_class):
+        def save(self):
+            atomic.write_text(Path(self._get_oracle_fname()), json.dumps(self.get_state()))
+
+        def _save_trial(self, trial):
+            atomic.write_text(Path(self._get_trial_dir(trial.trial_id)) / "trial.json",
+                              json.dumps(trial.get_state()))
+
+    AtomicState.__name__ = AtomicState.__qualname__ = f"Atomic{oracle_class.__name__}"
+    return AtomicState
 
 
 class LeanBuildTuner(keras_tuner.Tuner):

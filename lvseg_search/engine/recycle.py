@@ -25,10 +25,23 @@ from collections.abc import Callable
 from typing import Any
 
 from lvseg_search._tf import exit_without_teardown
-from lvseg_search.errors import UserError
+from lvseg_search.errors import (
+    Stopped,
+    UserError,
+    disk_full_message,
+    free_bytes,
+    is_disk_full,
+    stop_on_signals,
+)
 
 # The message a child sends as it starts the last trial of its share.
 SHARE_ENDING = {"share_ending": True}
+# Seconds a stopped child gets to leave its fold (it stops at its next batch) before it
+# is killed; a kill loses no more (the fold in progress is abandoned either way).
+STOP_GRACE_S = 30.0
+# Free space below which a child that died without a word is taken to have met a full
+# disk (a checkpoint takes at least this much).
+DISK_LOW = 1_000_000
 
 
 class SearchProcess:
@@ -66,21 +79,33 @@ class SearchProcess:
         """
         self._jobs.put(job)
         message = None
-        while message is None:
-            try:
-                message = self._reports.get(timeout=0.5)
-            except queue_mod.Empty:
-                if not self._proc.is_alive() and self._reports.empty():
-                    break
-            if message == SHARE_ENDING:
-                if on_share_ending is not None:
-                    on_share_ending()
-                message = None
+        try:
+            while message is None:
+                try:
+                    message = self._reports.get(timeout=0.5)
+                except queue_mod.Empty:
+                    if not self._proc.is_alive() and self._reports.empty():
+                        break
+                if message == SHARE_ENDING:
+                    if on_share_ending is not None:
+                        on_share_ending()
+                    message = None
+        except Stopped:
+            self.stop()
+            raise
         self._proc.join()
+        self._close()
         if message is None:
+            free = free_bytes(job["out"])
+            if free is not None and free < DISK_LOW:
+                # A library that crashed the process on a full disk (HDF5 can).
+                raise UserError(disk_full_message(job["out"], None,
+                                                  "run the same command to resume"))
             raise UserError(f"{job['out']}: the search process stopped (exit code "
                             f"{self._proc.exitcode}, out of memory?); re-run the same command "
                             "to resume")
+        if "stopped" in message:  # the child had the signal first (Ctrl-C reaches both)
+            raise Stopped(message["stopped"])
         if "user_error" in message:
             raise UserError(message["user_error"])
         if "error" in message:
@@ -92,9 +117,37 @@ class SearchProcess:
         # Not a message: a child still starting needs this process's queues to exist.
         self._proc.terminate()
         self._proc.join()
+        self._close()
+
+    def stop(self) -> None:
+        """Stops a child at work as a stop signal stops a search: it abandons the fold
+        in progress (what it has written is whole) and exits; killed after
+        :data:`STOP_GRACE_S` seconds."""
+        import signal
+
+        if self._proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGTERM)
+        self._proc.join(STOP_GRACE_S)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._close()
+
+    def _close(self) -> None:
+        """Releases the queues (their semaphores) once the child is gone."""
+        with contextlib.suppress(OSError, ValueError):
+            self._jobs.close()
+            self._reports.close()
+            self._reports.join_thread()
 
 
 def _child_main(jobs, reports, parent_pid: int) -> None:
+    with stop_on_signals():
+        _child_work(jobs, reports, parent_pid)
+
+
+def _child_work(jobs, reports, parent_pid: int) -> None:
     import traceback
 
     _die_with_parent(parent_pid)
@@ -102,22 +155,32 @@ def _child_main(jobs, reports, parent_pid: int) -> None:
         # The slow part of starting (TensorFlow, Keras, keras-tuner), done before the
         # parent has the work ready.
         from lvseg_search.engine import in_process, tuner  # noqa: F401
+        job = jobs.get()
+    except Stopped as exc:  # cancelled while loading, or stopped before any work
+        os._exit(exc.exit_code)
     except BaseException:  # noqa: BLE001 - reported by the parent, if it still waits
         jobs.get()
         reports.put({"error": traceback.format_exc()})
         _exit(reports, 1)
-    job = jobs.get()
+    code = 0
     try:
         summary = in_process.search_in_process(**job, role=None,
                                                   on_share_ending=lambda: reports.put(SHARE_ENDING))
         # The summary goes back too: reading trials in the parent would import
         # TensorFlow there (keras-tuner) only to print the table.
         reports.put(summary)
+    except Stopped as exc:
+        reports.put({"stopped": exc.signum})
+        code = exc.exit_code
     except UserError as exc:
         reports.put({"user_error": str(exc)})
-    except BaseException:  # noqa: BLE001 - reported by the parent
-        reports.put({"error": traceback.format_exc()})
-    _exit(reports, 0)
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        if is_disk_full(exc):
+            reports.put({"user_error": disk_full_message(
+                job["out"], None, "run the same command to resume")})
+        else:
+            reports.put({"error": traceback.format_exc()})
+    _exit(reports, code)
 
 
 def _exit(reports, code: int) -> None:

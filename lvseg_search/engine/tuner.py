@@ -19,16 +19,24 @@ from typing import Any
 import keras
 import keras_tuner
 import numpy as np
-from keras_tuner.errors import FailedTrialError
+from keras_tuner.errors import FailedTrialError, FatalError
 
 from lvseg_search import atomic
 from lvseg_search.engine import hparams
 from lvseg_search.engine.cv import CrossValidation
+from lvseg_search.engine.disk_space import (
+    ensure_space,
+    fold_bytes,
+    planned_trials,
+    search_bytes,
+    warn_if_short,
+)
 from lvseg_search.engine.final_stage import final_stage_done, screening_done, with_final_stage
 from lvseg_search.engine.fold_monitor import FoldMonitor
 from lvseg_search.engine.kt_compat import (
     HyperbandOracle,
     LeanBuildTuner,
+    atomic_state,
     default_first,
     is_remote_oracle,
     maybe_distribute,
@@ -51,6 +59,7 @@ from lvseg_search.engine.trial_score import (
     last_metrics,
 )
 from lvseg_search.engine.validation import FoldValidation, traced_forward
+from lvseg_search.errors import UserError, disk_full_message, is_disk_full, size_text
 from lvseg_search.evaluate.scoring import score_predictions
 from lvseg_search.model.schedule import rung_ends, scheduler
 
@@ -58,6 +67,11 @@ from lvseg_search.model.schedule import rung_ends, scheduler
 # through one traced forward pass (on 2 cores at 128 px the trace costs 0.08-0.2 s and
 # saves 0.03-0.1 s a pass); shorter trials validate eagerly.
 TRACED_VALIDATION_FROM = 3
+
+
+class DiskFullError(UserError, FatalError):
+    """The disk filled during a trial: a user's problem (one line, exit code 2), and
+    fatal to keras-tuner's loop, which passes it on without marking the trial failed."""
 
 
 def weights_seed(seed: int, trial_id: str) -> int:
@@ -103,7 +117,7 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
                "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}
     if kind in classes:
         oracle_class = default_first(classes[kind]) if include_default else classes[kind]
-        oracle_class = with_final_stage(oracle_class)
+        oracle_class = atomic_state(with_final_stage(oracle_class))
         if kind == "hyperband":
             oracle = oracle_class(max_epochs=max_epochs, factor=factor,
                                   min_epochs=min_epochs,
@@ -122,7 +136,7 @@ def make_oracle(kind: str, *, seed: int, max_epochs: int, factor: int,
         fixed = keras_tuner.HyperParameters()
         for name, value in (default or {}).items():
             fixed.Fixed(name, value)
-        return keras_tuner.oracles.RandomSearchOracle(
+        return atomic_state(keras_tuner.oracles.RandomSearchOracle)(
             max_trials=1, hyperparameters=fixed, tune_new_entries=False, **common)
     raise ValueError(f"unknown oracle {kind!r}; choose one of {', '.join(ORACLES)}")
 
@@ -181,6 +195,7 @@ class CVTuner(LeanBuildTuner):
         self.recycle = False  # stopped by the trial budget, not by the end of the search
         self.batch_seconds = 0.0  # time inside training batches, this process
         self.trial_log: list[dict[str, Any]] = []  # per finished trial: id, status, RSS
+        self.disk_needs: int | None = None  # what the rest of the search will write
 
     def pre_create_trial(self):
         super().pre_create_trial()
@@ -217,6 +232,37 @@ class CVTuner(LeanBuildTuner):
         return screening_done(oracle) and final_stage_done(oracle)
 
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+        try:
+            return self._run_trial(trial)
+        except Exception as exc:
+            # Not the trial's failure: keras-tuner would record it as failed (and write
+            # that down, on the full disk). The trial stays unfinished, as after a kill,
+            # and runs again when the search resumes.
+            if is_disk_full(exc) and not isinstance(exc, UserError):
+                raise DiskFullError(disk_full_message(
+                    self.run_dir, self.disk_needs,
+                    "run the same command to resume")) from None
+            raise
+
+    @property
+    def run_dir(self) -> Path:
+        """The search's run folder."""
+        return Path(self.project_dir).parent
+
+    def _check_space(self, trial, parameters: int) -> None:
+        """Warns once per process, before its first fold trains, when the run's file
+        system lacks the space the rest of the search will write."""
+        planned = planned_trials(self.oracle)
+        if planned is None:
+            return
+        left = max(1, planned - sum(t.status == "COMPLETED" for t in self.oracle.trials.values()))
+        self.disk_needs = search_bytes(parameters, self.cv.n_folds, left)
+        warn_if_short(self.run_dir, self.disk_needs,
+                      f"this search ({left} more trial(s) of {self.cv.n_folds} folds, "
+                      f"checkpoints of about {size_text(fold_bytes(parameters))} like "
+                      f"trial {trial.trial_id}'s)", "run the same command to resume")
+
+    def _run_trial(self, trial) -> dict[str, float]:
         hp = trial.hyperparameters
         # Hyperband says where a trial starts and ends; other oracles' trials train the
         # whole budget from scratch.
@@ -243,6 +289,8 @@ class CVTuner(LeanBuildTuner):
                 if model is None:
                     keras.utils.set_random_seed(weights_seed(self.seed, trial.trial_id))
                     model = self.build_trial_model(hp)
+                    if self.disk_needs is None:
+                        self._check_space(trial, model.count_params())
                     with maybe_distribute(self.distribution_strategy):
                         model.optimizer.build(model.trainable_variables)
                     # Variables, not weights: the dropout layers' seed states too, so
@@ -303,6 +351,9 @@ class CVTuner(LeanBuildTuner):
             history = model.fit(**fold, epochs=epochs, initial_epoch=initial,
                                 callbacks=callbacks, shuffle=False, verbose=0)
         except Exception as exc:  # noqa: BLE001 - classify, then re-raise
+            # TensorFlow reports a full disk as ResourceExhausted too.
+            if is_disk_full(exc):
+                raise
             if isinstance(exc, MemoryError) or "ResourceExhausted" in type(exc).__name__:
                 raise FailedTrialError(f"fold {k}: out of memory ({type(exc).__name__}); "
                                        "the search goes on with smaller models") from None
@@ -314,6 +365,7 @@ class CVTuner(LeanBuildTuner):
                                    f"{monitor.nan_epoch + 1}")
         fit_seconds = time.perf_counter() - start
         tmp = out / f".{os.getpid()}.{CHECKPOINT}"
+        ensure_space(out, fold_bytes(model.count_params()))
         model.save_weights(str(tmp))
         atomic.replace(tmp, out / CHECKPOINT)
         # Full-resolution scores with physical units of the saved (last-epoch) model, from

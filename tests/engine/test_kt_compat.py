@@ -128,3 +128,47 @@ def test_lean_build_is_what_keras_tuner_calls_and_builds_in_the_strategy(tmp_pat
         hypermodel=lambda hp: "not a model", directory=str(tmp_path), project_name="q")
     with pytest.raises(keras_tuner.errors.FatalTypeError):
         bad.build_trial_model(hp)
+
+
+def test_atomic_state_writes_keras_tuners_own_state_through_a_renamed_file(tmp_path,
+                                                                          monkeypatch):
+    """The oracle's and trials' files hold what keras-tuner writes and reloads, written
+    through ``atomic.write_text`` (a temporary file renamed into place)."""
+    import json
+
+    from lvseg_search import atomic
+
+    written = []
+    real = atomic.write_text
+    monkeypatch.setattr(atomic, "write_text",
+                        lambda path, text: (written.append(path.name), real(path, text)))
+    cls = kt_compat.atomic_state(keras_tuner.oracles.RandomSearchOracle)
+    oracle = _oracle(cls, tmp_path, max_trials=3)
+    trial = oracle.create_trial("t")
+    assert set(written) == {"oracle.json", "trial.json"}
+    project = tmp_path / "p"
+    oracle.save()
+    assert json.loads((project / "oracle.json").read_text()) == json.loads(
+        json.dumps(oracle.get_state()))
+    trial_file = project / f"trial_{trial.trial_id}" / "trial.json"
+    assert kt_compat.load_trial(trial_file).hyperparameters.values == trial.hyperparameters.values
+    again = _oracle(cls, tmp_path, max_trials=3)
+    again.reload()
+    assert set(again.trials) == {trial.trial_id}
+    assert not list(project.rglob(".*.tmp"))
+
+
+def test_hyperband_planned_trials_are_the_trials_its_schedule_gives(tmp_path):
+    oracle = _oracle(kt_compat.HyperbandOracle, tmp_path, max_epochs=8, factor=2,
+                     min_epochs=2, hyperband_iterations=1)
+    planned = kt_compat.hyperband_planned_trials(oracle)
+    given = 0
+    while True:
+        trial = oracle.create_trial("t")
+        if trial.status == "STOPPED":
+            break
+        given += 1
+        oracle.update_trial(trial.trial_id, {"val_dice": given % 5 / 10})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    assert planned == given
