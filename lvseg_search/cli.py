@@ -132,6 +132,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                splits_file=args.splits, verbose=not args.quiet, chief=args.chief,
                worker=args.worker, tuner_id=args.tuner_id, gpu=args.gpu,
                strategy=args.strategy, connect_timeout=args.connect_timeout,
+               worker_timeout=args.worker_timeout,
                recycle_every=args.recycle_every or None, **given)
     return 0
 
@@ -305,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mirrored: train each fold model over all visible GPUs")
     g.add_argument("--connect-timeout", type=float, default=30.0,
                    help="seconds a worker waits for its chief (default 30)")
+    g.add_argument("--worker-timeout", type=float, metavar="S",
+                   help="chief: seconds a worker may stay silent (workers beat every 2 s) "
+                        "before its trial goes to another worker, keeping its finished "
+                        "folds (default 120)")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("report", help="rank a search's trials: CSV, Markdown, HTML, HParams")

@@ -18,6 +18,7 @@ from lvseg_search.engine import run as run_mod
 from lvseg_search.engine import run_setup
 from lvseg_search.engine.lock import run_lock
 from lvseg_search.engine.trial_score import scored_epoch
+from lvseg_search.engine.worker_watch import BEAT_S, DEFAULT_TIMEOUT_S, MIN_TIMEOUT_S
 from lvseg_search.errors import Stopped, UserError
 from lvseg_search.model.describe import network_brief
 from lvseg_search.model.schedule import FINAL
@@ -29,7 +30,8 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
                chief: str | None = None, worker: str | None = None,
                tuner_id: str | None = None, gpu: str | None = None,
                strategy: str | None = None, connect_timeout: float = 30.0,
-               recycle_every: int | None = None, **given: Any) -> dict[str, Any]:
+               recycle_every: int | None = None, worker_timeout: float | None = None,
+               **given: Any) -> dict[str, Any]:
     """Runs (or resumes) a cross-validated Hyperband search.
 
     Args:
@@ -45,6 +47,8 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
         gpu: Pin this process to these GPU(s) (``CUDA_VISIBLE_DEVICES``).
         strategy: ``mirrored`` to train each fold model over all visible GPUs.
         connect_timeout: Seconds a worker waits for its chief.
+        worker_timeout: Seconds of a worker's silence after which the chief gives its
+            trial to another worker (None: ``worker_watch.DEFAULT_TIMEOUT_S``).
         recycle_every: Run the trials in a fresh child process every this many trials
             (None: all in this process). TensorFlow keeps every trained model's graphs
             for the life of the process; a new process resumes the search from disk
@@ -73,6 +77,13 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
         host, port = distribute.parse_address(worker, "--worker")
         distribute.configure("worker", host, port, tuner_id)
     role = distribute.role_from_environment()
+    if worker_timeout is not None:
+        if role != "chief":
+            raise UserError("--worker-timeout: a chief's option (it watches its workers); "
+                            "add --chief or drop it")
+        if worker_timeout < MIN_TIMEOUT_S:
+            raise UserError(f"--worker-timeout: {worker_timeout:g} s is too short (workers "
+                            f"beat every {BEAT_S:g} s); give at least {MIN_TIMEOUT_S:g}")
     if recycle_every is not None and recycle_every < 1:
         raise UserError(f"--recycle-every: {recycle_every} must be at least 1 (or 0: never)")
     child = None
@@ -84,7 +95,8 @@ def run_search(data: Path | None, out: Path, space: str = "quick", *, overwrite:
         with contextlib.ExitStack() as held:
             summary, n_folds = _prepare_and_search(
                 held, child, role, data, out, space, overwrite, splits_file, verbose,
-                strategy, recycle_every, connect_timeout, given)
+                strategy, recycle_every, connect_timeout,
+                worker_timeout or DEFAULT_TIMEOUT_S, given)
     except Stopped as exc:
         exc.where = stopped_where(out)
         raise
@@ -99,6 +111,7 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
                         data: Path | None, out: Path, space: str, overwrite: bool,
                         splits_file: Path | None, verbose: bool, strategy: str | None,
                         recycle_every: int | None, connect_timeout: float,
+                        worker_timeout: float,
                         given: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """Prepares (or attaches to) the run folder, holding its lock in ``held`` unless this
     process is a worker, and runs the search; returns its summary and fold count."""
@@ -157,7 +170,8 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
         from lvseg_search.engine.in_process import search_in_process
 
         summary = search_in_process(out, sp, options, split, prepared, verbose=verbose,
-                                    strategy=strategy, role=role)
+                                    strategy=strategy, role=role,
+                                    worker_timeout=worker_timeout)
     return summary, len(split["folds"])
 
 

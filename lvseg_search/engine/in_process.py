@@ -8,14 +8,17 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lvseg_search.data import splits
 from lvseg_search.data.manifest import PreparedData
+from lvseg_search.engine.distribute import ENV_ID
 from lvseg_search.engine.options import SearchOptions
 from lvseg_search.engine.run import PROJECT, summarize_trials
+from lvseg_search.engine.worker_watch import DEFAULT_TIMEOUT_S, Heartbeat, WorkerWatch
 from lvseg_search.errors import UserError, disk_full_message, is_disk_full
 from lvseg_search.model.space import SearchSpace
 
@@ -23,7 +26,8 @@ from lvseg_search.model.space import SearchSpace
 def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split: dict[str, Any],
                       data: PreparedData, *, verbose: bool, strategy: str | None,
                       role: str | None, trial_budget: int | None = None, header: bool = True,
-                      on_share_ending: Callable[[], None] | None = None) -> dict[str, Any]:
+                      on_share_ending: Callable[[], None] | None = None,
+                      worker_timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Runs a prepared search (or a share of its trials) in this process.
 
     Args:
@@ -38,6 +42,8 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
         trial_budget: Stop after this many trials (a recycled child's share).
         header: Print the search's first lines (the first child only).
         on_share_ending: Called as the last trial of the share begins.
+        worker_timeout: The chief's seconds of a worker's silence before its trial goes
+            to another (``engine.worker_watch``).
 
     Returns:
         The run's summary (``run.summarize_trials``) with this session's batch seconds, trial
@@ -119,6 +125,13 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     gc.collect()
     gc.freeze()
     gc.disable()
+    # A chief watches its workers' heartbeats; a worker sends them.
+    if is_chief:
+        watch = WorkerWatch(tuner.oracle, out, worker_timeout)
+    elif role == "worker":
+        watch = Heartbeat(out, os.environ[ENV_ID])
+    else:
+        watch = None
     try:
         tuner.search(verbose=0)
     except UserError:
@@ -133,6 +146,8 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
         raise UserError(f"{out}: too many trials in a row failed; check the data and the "
                         f"space (last error: {str(exc).strip().splitlines()[-1]})") from None
     finally:
+        if watch is not None:
+            watch.stop()
         keras.mixed_precision.set_dtype_policy(previous_policy)
         if automatic:
             gc.enable()

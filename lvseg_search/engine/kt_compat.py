@@ -1,9 +1,10 @@
 """The one module that touches keras-tuner's internals.
 
-keras-tuner's public API covers its oracles, tuners and hyperparameters, but not five
+keras-tuner's public API covers its oracles, tuners and hyperparameters, but not six
 things this package needs: Hyperband's shortest rung (fixed at 1 by its constructor),
 whether a Hyperband schedule has run out, the first draw of an oracle, loading a trial
-from its file, and writing the oracle's and trials' state atomically. Each is reached
+from its file, writing the oracle's and trials' state atomically, and giving a lost
+worker's trial to another. Each is reached
 here through a private name of keras-tuner 1.4, the series ``pyproject.toml`` pins;
 ``tests/engine/test_kt_compat.py`` checks each touch point against the installed
 keras-tuner, and ``tests/test_architecture.py`` checks that no other module uses a
@@ -27,8 +28,8 @@ from keras_tuner.src.distribute.oracle_client import OracleClient
 from lvseg_search import atomic
 
 __all__ = ["HyperbandOracle", "LeanBuildTuner", "Trial", "atomic_state", "default_first",
-           "hyperband_brackets", "hyperband_schedule_done", "is_remote_oracle", "load_trial",
-           "maybe_distribute"]
+           "hyperband_brackets", "hyperband_planned_trials", "hyperband_schedule_done",
+           "is_remote_oracle", "load_trial", "maybe_distribute", "requeue_lost_worker"]
 
 
 def load_trial(path: Path | str) -> Trial:
@@ -132,6 +133,25 @@ def atomic_state(oracle_class: type) -> type:
 
     AtomicState.__name__ = AtomicState.__qualname__ = f"Atomic{oracle_class.__name__}"
     return AtomicState
+
+
+@keras_tuner.synchronized
+def requeue_lost_worker(oracle: keras_tuner.Oracle, tuner_id: str) -> str | None:
+    """Forgets a worker that stopped reporting and puts the trial it held in the
+    oracle's retry queue, which the next worker to ask is given first (as keras-tuner
+    does for a chief's own unfinished trials when it resumes). Without this, the chief
+    keeps the trial running and waits for the worker forever before it exits.
+
+    Returns:
+        The trial put back, or None if the worker held none.
+    """
+    oracle.tuner_ids.discard(tuner_id)
+    trial = oracle.ongoing_trials.pop(tuner_id, None)
+    if trial is None:
+        return None
+    oracle._retry_queue.append(trial.trial_id)
+    oracle.save()
+    return trial.trial_id
 
 
 class LeanBuildTuner(keras_tuner.Tuner):

@@ -365,8 +365,13 @@ class CVTuner(LeanBuildTuner):
                                    f"{monitor.nan_epoch + 1}")
         fit_seconds = time.perf_counter() - start
         tmp = out / f".{os.getpid()}.{CHECKPOINT}"
-        ensure_space(out, fold_bytes(model.count_params()))
-        model.save_weights(str(tmp))
+        # Twice the file's size: HDF5 takes more while it writes than the file keeps.
+        ensure_space(out, 2 * fold_bytes(model.count_params()))
+        try:
+            model.save_weights(str(tmp))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         atomic.replace(tmp, out / CHECKPOINT)
         # Full-resolution scores with physical units of the saved (last-epoch) model, from
         # the last validation's probabilities resized as the deployable model does.

@@ -113,3 +113,54 @@ def test_one_search_trains_under_mirrored_strategy_on_two_logical_cpus(tiny_data
                       .read_text())
     losses = fold["history"]["loss"]
     assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_a_lost_worker_s_trial_goes_to_another_and_the_search_completes(tiny_data, tmp_path):
+    """A worker killed in the middle of a trial: after --worker-timeout the chief gives
+    its trial to the other worker, which keeps the folds already finished, and the
+    search ends with every trial complete."""
+    import os
+    import signal
+    import time
+
+    port = _free_port()
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "lvseg_search", "search", "--out", str(out)]
+    chief = subprocess.Popen(
+        base + ["--data", str(tiny_data), "--space", str(TINY), "--folds", "2",
+                "--max-epochs", "2", "--factor", "2", "--image-size", "32", "--batch-size",
+                "4", "--chief", f"127.0.0.1:{port}", "--worker-timeout", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def worker(name):
+        return subprocess.Popen(base + ["--worker", f"127.0.0.1:{port}", "--tuner-id", name,
+                                        "--connect-timeout", "120"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    # w1 first, so that it takes the first trial; w0 joins later.
+    w1 = worker("w1")
+    deadline = time.monotonic() + 300
+    held = None
+    while held is None and w1.poll() is None and time.monotonic() < deadline:
+        for first in out.glob("tuner/trial_*/fold_0/" + RESULT):
+            if not (first.parent.parent / "fold_1" / RESULT).exists():
+                held = first.parent.parent
+        time.sleep(0.02)
+    os.kill(w1.pid, signal.SIGKILL)  # in the trial's second fold
+    w1.wait()
+    assert held is not None
+    kept = (held / "fold_0" / RESULT).stat().st_mtime_ns
+    w0 = worker("w0")
+    w0_log = w0.communicate(timeout=600)[0]
+    chief_log = chief.communicate(timeout=120)[0]
+    assert chief.returncode == 0, chief_log[-3000:]
+    assert w0.returncode == 0, w0_log[-3000:]
+    trial_id = held.name.removeprefix("trial_")
+    assert ("chief: worker w1 sent no heartbeat for" in chief_log
+            and f"its trial {trial_id} goes to the next worker" in chief_log), chief_log[-3000:]
+    trials = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/trial.json")]
+    assert len(trials) == 5 and all(t["status"] == "COMPLETED" for t in trials)
+    # w0 finished the lost trial from its second fold on: the first was kept.
+    assert (held / "fold_0" / RESULT).stat().st_mtime_ns == kept
+    assert json.loads((held / "fold_1" / RESULT).read_text())["tuner_id"] == "w0"
+    assert re.search(rf"^trial {trial_id}: epochs", w0_log, re.M)
