@@ -9,7 +9,7 @@ import errno
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -125,3 +125,21 @@ def disk_full_message(folder: Path, needs: int | None, then: str) -> str:
     left = "free space unknown" if free is None else f"{size_text(free)} free"
     need = "" if needs is None else f", this step needs about {size_text(needs)}"
     return f"{folder}: disk full (no space left on device; {left}{need}); free space and {then}"
+
+
+@contextlib.contextmanager
+def disk_full_reported(folder: Path, then: str,
+                       needs: Callable[[], int | None] = lambda: None) -> Iterator[None]:
+    """Inside, a full disk becomes a :class:`UserError` with :func:`disk_full_message`.
+
+    Args:
+        folder: Where the step writes.
+        then: What to do once space is freed.
+        needs: Gives the step's estimated size when the disk fills (None: unknown).
+    """
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, UserError) or not is_disk_full(exc):
+            raise
+        raise UserError(disk_full_message(folder, needs(), then)) from None

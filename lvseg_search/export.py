@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from lvseg_search import atomic
+from lvseg_search.engine.disk_space import export_bytes, warn_if_short
 from lvseg_search.engine.lock import run_lock
 from lvseg_search.engine.model_card import CARD, model_card
 from lvseg_search.engine.retrain import retrain
 from lvseg_search.engine.run import SEARCH_FILE, Run, best_trial, find_trial, load_run
 from lvseg_search.engine.trial_score import last_metrics, scored_epoch
-from lvseg_search.errors import UserError
+from lvseg_search.errors import UserError, disk_full_reported
 from lvseg_search.model.formats import graph_runner, write_formats
 from lvseg_search.model.parity import check_parity, probe_inputs
 
@@ -170,7 +171,10 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                                          ("--epochs", epochs is not None)) if given]
     candidate = _check_delivery(run, deliver, max_members, explicit)
     keras.mixed_precision.set_dtype_policy("float32")  # exported formats are float32
-    with atomic.output_dir(out, overwrite=overwrite) as tmp:
+    needs: list[int] = []  # the model folder's size, once its networks are known
+    with (disk_full_reported(Path(out), "run the command again (nothing was written)",
+                             lambda: needs[0] if needs else None),
+          atomic.output_dir(out, overwrite=overwrite) as tmp):
         decision = _decide(run, trial.trial_id, tta, largest_region, roi, convex_hull)
         if verbose:
             print(f"export: test-time augmentation and post-processing, out-of-fold CV Dice "
@@ -206,6 +210,12 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             training = {"mode": "retrain", "epochs": n, "steps_per_epoch": steps,
                         "schedule_ends": ends}
         training["patients"] = trained_on
+        parameters = sum(int(n.count_params()) for n in networks)
+        needs.append(export_bytes(parameters))
+        warn_if_short(Path(out).parent, needs[0],
+                      f"this model folder ({len(networks)} network(s), {parameters:,} "
+                      "parameters, in every format)",
+                      "run the command again; nothing is written until it is whole")
         settings = {"tta": decision["tta"], "largest_region": decision["largest_region"],
                     "roi": decision["roi"], "convex_hull": decision["convex_hull"]}
         model = build_serving_model(networks, o.image_size, o.normalization,

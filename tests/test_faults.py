@@ -160,3 +160,26 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+def test_export_and_prepare_on_a_full_disk_say_so_in_one_line_and_write_nothing(
+        tiny_run, small_phantom, small_fs, capsys):
+    from lvseg_search.cli import main
+
+    fs = small_fs("256k")
+    assert main(["export", str(tiny_run), "--out", str(fs / "model"), "--ensemble",
+                 "--no-onnx"]) == 2
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if line.startswith("lvseg-search")]
+    assert len(said) == 1 and said[0].startswith(f"lvseg-search: error: {fs / 'model'}: "
+                                                 "disk full"), said
+    assert "needs about" in said[0] and "run the command again" in said[0]
+    assert "lvseg-search: warning:" in captured.out  # said before it wrote
+    assert not list(fs.iterdir())  # no model folder, whole or partial
+
+    small_fs("100k")
+    assert main(["prepare", str(small_phantom), "--out", str(fs / "data")]) == 2
+    said = [line for line in capsys.readouterr().err.splitlines()
+            if line.startswith("lvseg-search")]
+    assert len(said) == 1 and f"{fs / 'data'}: disk full" in said[0], said
+    assert not list(fs.iterdir())
