@@ -37,6 +37,7 @@ rules; how rungs were scored before they restarted the schedule) and its final s
 
     python benchmarks/search_value.py --out DIR [--data RAW | --phantom] [--seed 0]
         [--space quick] [--max-epochs 24] [--factor 2] [--min-epochs N] [--trials 15]
+        [--finalists N] [--final-epochs N]
         [--steps-per-epoch 20] [--batch-size 4] [--arms random,hyperband,...]
 
 The defaults are the real-subset budget of the README: Hyperband's one iteration (24
@@ -104,6 +105,11 @@ def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> li
         cmd += ["--image-size", str(args.image_size)]
     if arm in ORACLE_ARMS:
         cmd += ["--no-default", "--finalists", "0"]
+    if arm == "search":
+        for flag, value in (("--finalists", args.finalists),
+                            ("--final-epochs", args.final_epochs)):
+            if value is not None:
+                cmd += [flag, str(value)]
     if arm in ("hyperband", "search"):
         cmd += ["--factor", str(args.factor), "--iterations", "1"]
         if args.min_epochs:
@@ -418,6 +424,10 @@ def main() -> None:
     parser.add_argument("--factor", type=int, default=2)
     parser.add_argument("--min-epochs", type=int, default=None,
                         help="Hyperband's first rung (default: the search's, max / factor**2)")
+    parser.add_argument("--finalists", type=int, default=None,
+                        help="the search arm's finalists (default: the space's)")
+    parser.add_argument("--final-epochs", type=int, default=None,
+                        help="the search arm's final budget (default: the space's)")
     parser.add_argument("--trials", type=int, default=15,
                         help="trials of random search and Bayesian optimization")
     parser.add_argument("--batch-size", type=int, default=4)

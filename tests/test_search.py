@@ -543,6 +543,19 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
         for m in members for k in range(run.n_folds))
     served = saved_model_runner(tmp_path / "model" / "saved_model")(raw, spacing, centre)
     np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+    # A finalist that failed is left out of the ensemble, and the report says why.
+    from lvseg_search.engine.finalist_ensemble import finalists, left_out
+
+    record = out / "tuner" / "trial_0006" / "trial.json"
+    trial = json.loads(record.read_text())
+    record.write_text(json.dumps({**trial, "status": "FAILED",
+                                  "message": "fold 1: loss became NaN in epoch 3"}))
+    failed_run = load_run(out)
+    assert finalists(failed_run) == ["0005"]
+    assert left_out(failed_run) == [{"trial": "0006", "status": "FAILED",
+                                     "reason": "fold 1: loss became NaN in epoch 3"}]
+    _, note, _ = ensemble_section({**result, "left_out": left_out(failed_run)})
+    assert "Left out: finalist 0006, failed (fold 1: loss became NaN in epoch 3)." in note
 
 
 def test_search_command_on_the_real_subset(real_run):

@@ -20,10 +20,10 @@ import numpy as np
 from lvseg_search import atomic
 from lvseg_search.engine.final_stage import is_final
 from lvseg_search.engine.out_of_fold import out_of_fold_digest
-from lvseg_search.engine.run import Run, completed_trials
+from lvseg_search.engine.run import Run, completed_trials, trial_message
 
 FILE = "finalist_ensemble.json"
-FORMAT = 1  # bumped when the result's contents or their computation change
+FORMAT = 2  # bumped when the result's contents or their computation change (2: left_out)
 
 # Selection steps (Auto-sklearn takes 50 over hundreds of models; a few finalists need
 # fewer) and the finalists needed for an ensemble.
@@ -34,6 +34,18 @@ MIN_FINALISTS = 2
 def finalists(run: Run) -> list[str]:
     """The completed finalists' trial ids, best first."""
     return [t.trial_id for t in completed_trials(run) if is_final(t.hyperparameters.values)]
+
+
+def left_out(run: Run) -> list[dict[str, str]]:
+    """Finalists that failed (a fold that diverged, ran out of memory...): left out of
+    the ensemble, each with its reason, for the report and the model card to say so."""
+    out = []
+    for trial_id, t in sorted(run.trials.items()):
+        if is_final(t.hyperparameters.values) and t.status in ("FAILED", "INVALID"):
+            reason = trial_message(run.trial_dir(trial_id), t).strip().splitlines()
+            out.append({"trial": trial_id, "status": t.status,
+                        "reason": reason[-1] if reason else "no reason recorded"})
+    return out
 
 
 def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
@@ -57,7 +69,8 @@ def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
         fold scored by the finalist best on the other folds), ``ensemble`` (``weights``,
         ``cv_dice``, ``dice_per_fold``, ``nested_cv_dice``, ``nested_weights``) and
         ``delivers`` (``ensemble`` when it beats the single best by more than the
-        decision table's tie margin, else ``single``).
+        decision table's tie margin, else ``single``), ``left_out`` (failed finalists
+        with their reasons).
     """
     from lvseg_search.engine.out_of_fold import out_of_fold_decisions
     from lvseg_search.evaluate.decision import choose
@@ -125,7 +138,8 @@ def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
                            "nested_cv_dice": float(np.mean(nested)),
                            "nested_weights": nested_weights},
               "delivers": ("ensemble" if beats(chosen.cv_dice, single["cv_dice"])
-                           else "single")}
+                           else "single"),
+              "left_out": left_out(run)}
     # In a read-only run folder the result is right, only not kept.
     with contextlib.suppress(OSError):
         atomic.write_json(path, {"finalists": ids, "digest": digest, "result": result})

@@ -26,6 +26,7 @@ from typing import Any
 
 from lvseg_search._tf import exit_without_teardown
 from lvseg_search.errors import (
+    STOP_SIGNALS,
     Stopped,
     UserError,
     disk_full_message,
@@ -116,7 +117,10 @@ class SearchProcess:
         """Ends the child, which has nothing on disk yet (it was only loading)."""
         # Not a message: a child still starting needs this process's queues to exist.
         self._proc.terminate()
-        self._proc.join()
+        self._proc.join(STOP_GRACE_S)
+        if self._proc.is_alive():  # a library swallowed the signal's exception
+            self._proc.kill()
+            self._proc.join()
         self._close()
 
     def stop(self) -> None:
@@ -143,25 +147,32 @@ class SearchProcess:
 
 
 def _child_main(jobs, reports, parent_pid: int) -> None:
-    with stop_on_signals():
-        _child_work(jobs, reports, parent_pid)
-
-
-def _child_work(jobs, reports, parent_pid: int) -> None:
+    import signal
     import traceback
 
     _die_with_parent(parent_pid)
+    # Until its work comes, a stop (a cancelled spare child) ends it at once: there is
+    # nothing to leave in order, and an exception could be lost in a library's import.
+    for s in STOP_SIGNALS:
+        signal.signal(s, lambda signum, frame: os._exit(128 + signum))
     try:
         # The slow part of starting (TensorFlow, Keras, keras-tuner), done before the
         # parent has the work ready.
         from lvseg_search.engine import in_process, tuner  # noqa: F401
         job = jobs.get()
-    except Stopped as exc:  # cancelled while loading, or stopped before any work
-        os._exit(exc.exit_code)
     except BaseException:  # noqa: BLE001 - reported by the parent, if it still waits
         jobs.get()
         reports.put({"error": traceback.format_exc()})
         _exit(reports, 1)
+    with stop_on_signals():
+        _child_work(job, reports)
+
+
+def _child_work(job: dict[str, Any], reports) -> None:
+    import traceback
+
+    from lvseg_search.engine import in_process
+
     code = 0
     try:
         summary = in_process.search_in_process(**job, role=None,

@@ -133,5 +133,7 @@ def ensemble_section(result: dict[str, Any]) -> tuple[str, str, pd.DataFrame]:
             f"it is delivered only when it beats the best finalist by more than {TIE:g}. "
             "Both are chosen on the folds that score them, so read the nested figure "
             "too: each fold scored by the finalist, or the ensemble, chosen on the other "
-            "folds alone.")
+            "folds alone."
+            + "".join(f" Left out: finalist {f['trial']}, {f['status'].lower()} "
+                      f"({f['reason']})." for f in result.get("left_out", [])))
     return ("Ensemble of the finalists (out-of-fold)", note, pd.DataFrame(rows))
