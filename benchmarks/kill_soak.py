@@ -126,13 +126,18 @@ def run_until_killed(cmd: list[str], delay: float, how: str = "kill"
             reader.join(timeout=5)
             stop = {"code": proc.returncode, "seconds": time.monotonic() - sent,
                     "line": last[0] if last[0] != said else ""}
-            # A stopped search leaves no process of its own behind.
-            try:
-                os.killpg(proc.pid, 0)
-                stop["left_processes"] = True
+            # A stopped search leaves no process of its own behind (multiprocessing's
+            # resource tracker ends a moment after its parent: 5 s allowed).
+            stop["left_processes"] = True
+            for _ in range(50):
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    stop["left_processes"] = False
+                    break
+                time.sleep(0.1)
+            if stop["left_processes"]:
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                stop["left_processes"] = False
             last[0] = said
         else:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -273,7 +278,8 @@ def distributed(data: Path, out: Path, space: Path, seed: int, kill_after: bool 
     chief = subprocess.Popen(base + [
         "--data", str(data), "--space", str(space), "--folds", "3", "--max-epochs", "4",
         "--factor", "2", "--image-size", "32", "--batch-size", "4", "--steps-per-epoch",
-        "4", "--seed", str(seed), "--chief", f"127.0.0.1:{port}", "--worker-timeout",
+        "4", "--iterations", "2", "--seed", str(seed), "--chief", f"127.0.0.1:{port}",
+        "--worker-timeout",
         "10"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     workers = {name: subprocess.Popen(
         base + ["--worker", f"127.0.0.1:{port}", "--tuner-id", name, "--connect-timeout",
@@ -304,11 +310,11 @@ def distributed(data: Path, out: Path, space: Path, seed: int, kill_after: bool 
 
 
 def config(trial: dict) -> str:
-    """A trial's configuration and budget (its id differs between distributed runs)."""
-    values = trial["hyperparameters"]["values"]
-    return json.dumps({k: v for k, v in values.items()
-                       if k not in ("tuner/trial_id", "tuner/bracket", "tuner/round")},
-                      sort_keys=True)
+    """A trial's id, configuration and budget. Its weights' seed follows its id, and two
+    distributed runs may hand out the same configuration under different ids (the order
+    in which workers ask decides): only a trial with the same id and values in both runs
+    is expected to score the same."""
+    return json.dumps([trial["trial_id"], trial["hyperparameters"]["values"]], sort_keys=True)
 
 
 def worker_kill(tmp: Path, space: Path, seed: int) -> None:
@@ -324,8 +330,8 @@ def worker_kill(tmp: Path, space: Path, seed: int) -> None:
           f"{hit['code']}); finished folds of that trial trained again: {hit['retrained']} "
           "(target 0)")
     print(f"  the chief: {said[0] if said else '(no line: the worker held no trial?)'}")
-    print(f"  configurations in both runs: {len(common)} of {len(ref['trials'])}; largest "
-          f"score difference {gap:.2e}")
+    print(f"  trials with the same id and configuration in both runs: {len(common)} of "
+          f"{len(ref['trials'])}; largest score difference between them {gap:.2e} (target 0)")
 
 
 if __name__ == "__main__":

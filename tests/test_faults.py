@@ -127,6 +127,10 @@ def test_a_stop_signal_stops_a_search_cleanly_and_it_resumes(tiny_data, tiny_run
     assert "trial(s) complete" in said[0] and "run the same command to resume" in said[0]
     assert "leaked" not in stderr and "Traceback" not in stderr
     assert not is_locked(out)
+    # multiprocessing's resource tracker ends a moment after its parent.
+    deadline = time.monotonic() + 5
+    while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [pid for pid in children if _alive(pid)], "a child process outlived the stop"
     assert not _half_written(out)
     kept = {p: p.stat().st_mtime_ns for p in out.glob(f"tuner/trial_*/fold_*/{RESULT}")}
