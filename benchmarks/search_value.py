@@ -13,8 +13,10 @@ keras-tuner's oracles, and the space's fixed default network:
   trained only Hyperband's first rung, their learning rate decaying over it as a
   Hyperband first-rung trial's does;
 - ``search``: the search as a user runs it by default: Hyperband with the space's
-  default network in the race, then the final stage (3 finalists and the default network
-  trained on to twice ``--max-epochs``);
+  default network in the race, then the final stage (the space's finalists and the
+  default network trained on to its ``final_epochs``; ``--finalists``, ``--final-epochs``);
+- ``fixed_readme``: ``--oracle fixed`` at the README's real-data budget (60 epochs of 30
+  batches);
 - ``fixed_equal``: the fixed default trained for as many epochs as fit in the
   ``search`` arm's wall time (measured on the ``fixed`` arm's time per epoch; run both
   first).
@@ -62,8 +64,10 @@ import numpy as np
 from scipy.stats import spearmanr
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook-subset"
+# The README's real-data command for --oracle fixed: 60 epochs of 30 batches.
+README_FIXED = {"epochs": 60, "steps_per_epoch": 30}
 ARMS = ("random", "first_rung", "hyperband", "fixed", "bayesian", "fixed_x3", "search",
-        "fixed_equal")
+        "fixed_readme", "fixed_equal")
 SEARCH_ARMS = ("random", "hyperband", "fixed", "bayesian", "fixed_x3", "search",
                "fixed_equal")  # plotted
 ORACLE_ARMS = ("random", "first_rung", "hyperband", "bayesian")
@@ -94,13 +98,15 @@ def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> li
               else "hyperband" if arm == "search" else arm)
     epochs = (args.max_epochs * 3 if arm == "fixed_x3" else first_rung(args)
               if arm == "first_rung" else equal_wall_epochs(args, out)
-              if arm == "fixed_equal" else args.max_epochs)
+              if arm == "fixed_equal" else README_FIXED["epochs"]
+              if arm == "fixed_readme" else args.max_epochs)
     cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(data),
            "--space", args.space, "--out", str(out / arm), "--folds", str(args.folds),
            "--oracle", oracle, "--max-epochs", str(epochs), "--seed", str(args.seed),
            "--batch-size", str(args.batch_size), "--quiet"]
-    if args.steps_per_epoch:
-        cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
+    steps = README_FIXED["steps_per_epoch"] if arm == "fixed_readme" else args.steps_per_epoch
+    if steps:
+        cmd += ["--steps-per-epoch", str(steps)]
     if args.image_size:
         cmd += ["--image-size", str(args.image_size)]
     if arm in ORACLE_ARMS:
@@ -359,7 +365,8 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
             rho = {r["rule"]: r["spearman"] for r in signal if r["epochs"] == k}
             lines.append(f"| {k}{' (first rung)' if k == rung else ''} | "
                          + " | ".join(f"{rho[name]:.2f}" for name in RULES) + " |")
-    shown = [a for a in ("search", "fixed", "fixed_equal", "fixed_x3") if a in runs]
+    shown = [a for a in ("search", "fixed", "fixed_readme", "fixed_equal", "fixed_x3")
+             if a in runs]
     if shown:
         lines += ["", "| arm | wall | best screened CV Dice | delivered out-of-fold CV Dice "
                   "| nested |", "|---|---|---|---|---|"]

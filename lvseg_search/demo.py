@@ -21,7 +21,7 @@ from lvseg_search.search import run_search
 # twice the screening's epochs), with one finalist besides the default network to keep
 # the demo to a few minutes.
 DEMO = {"patients": 10, "phases": 2, "size": 128, "image_size": 64, "folds": 3,
-        "test_patients": 2, "max_epochs": 12, "factor": 4, "finalists": 1,
+        "test_patients": 2, "max_epochs": 12, "min_epochs": 3, "factor": 4, "finalists": 1,
         "final_epochs": 24}
 
 
@@ -60,7 +60,8 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> int:
           "network in the race, then the finalists trained longer", flush=True)
     summary = run_search(data, search, "quick", overwrite=overwrite, seed=seed,
                          folds=DEMO["folds"], test_patients=DEMO["test_patients"],
-                         max_epochs=DEMO["max_epochs"], factor=DEMO["factor"],
+                         max_epochs=DEMO["max_epochs"], min_epochs=DEMO["min_epochs"],
+                         factor=DEMO["factor"],
                          finalists=DEMO["finalists"], final_epochs=DEMO["final_epochs"],
                          image_size=DEMO["image_size"])
     lap("search")

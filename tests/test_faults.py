@@ -72,43 +72,9 @@ def _half_written(folder: Path) -> list[Path]:
     return [p for p in folder.rglob(".*") if p.is_file() and p.name != ".lock"]
 
 
-def test_a_search_on_a_full_disk_stops_in_one_line_and_resumes_once_space_is_freed(
-        tiny_data, tiny_run, small_fs):
-    fs = small_fs("1m")
-    out = fs / "run"
-    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
-           "--out", str(out), *TINY_RUN_OPTIONS]
-    full = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    said = _said(full.stderr)
-    assert full.returncode == 2, full.stderr[-3000:]
-    assert len(said) == 1 and "Traceback" not in full.stderr, said
-    line = said[0]
-    assert line.startswith(f"lvseg-search: error: {out}: disk full"), line
-    assert " free" in line and "needs about" in line and "run the same command to resume" in line
-    # The warning before the first fold said so too.
-    assert "lvseg-search: warning:" in full.stdout and "needs about" in full.stdout
-    assert not _half_written(out)
-    # No trial was marked failed for the disk's sake.
-    assert not [p for p in out.glob("tuner/trial_*/trial.json")
-                if json.loads(p.read_text())["status"] in ("FAILED", "INVALID")]
-    kept = {p: p.stat().st_mtime_ns for p in out.glob(f"tuner/trial_*/fold_*/{RESULT}")}
-
-    small_fs("16m")  # space freed
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for path, stamp in kept.items():
-        assert path.stat().st_mtime_ns == stamp, f"{path} was trained again"
-    assert _scores(out) == pytest.approx(_scores(tiny_run), abs=1e-6)
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_stops_a_search_cleanly_and_it_resumes(tiny_data, tiny_run, tmp_path,
-                                                             sig):
-    from lvseg_search.engine.lock import is_locked
-
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
-           "--out", str(out), *TINY_RUN_OPTIONS]
+def _stop(cmd: list[str], out: Path, sig: int) -> tuple[subprocess.Popen, str, set[int]]:
+    """Runs the search and sends ``sig`` once its second trial has finished a fold;
+    returns the ended process, its stderr and the child processes it had."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marker = out / "tuner" / "trial_0001" / "fold_0" / RESULT
     deadline = time.monotonic() + 300
@@ -118,7 +84,15 @@ def test_a_stop_signal_stops_a_search_cleanly_and_it_resumes(tiny_data, tiny_run
         time.sleep(0.05)
     assert marker.exists() and children, "the search never trained its second trial"
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
+    return proc, stderr, children
+
+
+def _check_stopped(proc: subprocess.Popen, stderr: str, children: set[int], out: Path,
+                   sig: int) -> None:
+    """The stop's one line and exit code; nothing left running, locked or half-written."""
+    from lvseg_search.engine.lock import is_locked
+
     said = _said(stderr)
     assert proc.returncode == 128 + sig, stderr[-3000:]
     assert len(said) == 1, said
@@ -133,11 +107,45 @@ def test_a_stop_signal_stops_a_search_cleanly_and_it_resumes(tiny_data, tiny_run
         time.sleep(0.05)
     assert not [pid for pid in children if _alive(pid)], "a child process outlived the stop"
     assert not _half_written(out)
-    kept = {p: p.stat().st_mtime_ns for p in out.glob(f"tuner/trial_*/fold_*/{RESULT}")}
-    assert marker in kept
-    if sig != signal.SIGTERM:
-        return  # the same stop as SIGTERM's from here on: resumed once, below
 
+
+def test_ctrl_c_stops_a_search_cleanly(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
+           "--out", str(out), *TINY_RUN_OPTIONS]
+    _check_stopped(*_stop(cmd, out, signal.SIGINT), out, signal.SIGINT)
+
+
+def test_stopped_by_sigterm_then_out_of_disk_a_search_resumes_to_the_undisturbed_result(
+        tiny_data, tiny_run, small_fs):
+    """SIGTERM (a batch scheduler, docker stop), then a full disk (a 1 MB tmpfs) as the
+    search resumes, then space freed: each stop says what happened in one line, keeps
+    every finished fold, and the search ends as the undisturbed tiny_run did."""
+    fs = small_fs("1m")
+    out = fs / "run"
+    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
+           "--out", str(out), *TINY_RUN_OPTIONS]
+    _check_stopped(*_stop(cmd, out, signal.SIGTERM), out, signal.SIGTERM)
+    kept = {p: p.stat().st_mtime_ns for p in out.glob(f"tuner/trial_*/fold_*/{RESULT}")}
+
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    said = _said(full.stderr)
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert len(said) == 1 and "Traceback" not in full.stderr, said
+    line = said[0]
+    assert line.startswith(f"lvseg-search: error: {out}: disk full"), line
+    assert " free" in line and "needs about" in line and "run the same command to resume" in line
+    # The warning before the first fold said so too.
+    assert "lvseg-search: warning:" in full.stdout and "needs about" in full.stdout
+    assert not _half_written(out)
+    # No trial was marked failed for the disk's sake.
+    assert not [p for p in out.glob("tuner/trial_*/trial.json")
+                if json.loads(p.read_text())["status"] in ("FAILED", "INVALID")]
+    for path, stamp in kept.items():
+        assert path.stat().st_mtime_ns == stamp, f"{path} was trained again"
+    kept = {p: p.stat().st_mtime_ns for p in out.glob(f"tuner/trial_*/fold_*/{RESULT}")}
+
+    small_fs("16m")  # space freed
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for path, stamp in kept.items():

@@ -809,13 +809,17 @@ def test_finalists_default_to_three_capped_by_the_trials_screened(tiny_data):
     from lvseg_search.model.space import load_space
 
     space = load_space(str(TINY))
-    # The test space asks for none; the package's own default is three, at twice the
-    # screening's longest trial.
+    # The test space asks for none, quick for two to 40 epochs; the package's own
+    # default (a space without them) is three, at twice the screening's longest trial.
     assert resolve_options(space, tiny_data).finalists == 0
     quick = load_space("quick")
     options = resolve_options(quick, tiny_data, max_epochs=4)
-    assert (options.finalists, options.final_epochs, options.include_default) == (3, 8, True)
-    assert resolve_options(quick, tiny_data, oracle="random", max_trials=2).finalists == 2
+    assert (options.finalists, options.final_epochs, options.include_default) == (2, 40, True)
+    lab = load_space("lab")  # no [search] finalists or final_epochs
+    assert "finalists" not in lab.search and "final_epochs" not in lab.search
+    unset = resolve_options(lab, tiny_data, max_epochs=4, oracle="random", max_trials=5)
+    assert (unset.finalists, unset.final_epochs) == (3, 8)
+    assert resolve_options(quick, tiny_data, oracle="random", max_trials=1).finalists == 1
     assert resolve_options(quick, tiny_data, max_epochs=4, final_epochs=5).final_epochs == 5
 
 

@@ -269,6 +269,15 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         # none); chosen with the data, in run_setup.
         merged["image_size"] = given.get("image_size") or 0
     _check_ranges(merged, spacing, given)
+    if given.get("max_epochs") is not None:
+        # A space's shortest rung and final budget go with its own max_epochs: under
+        # another --max-epochs each is kept where it still fits, else the rules below
+        # give it (given on the command line, a misfit is refused as usual).
+        if given.get("min_epochs") is None and (merged["min_epochs"] or 0) > merged["max_epochs"]:
+            merged["min_epochs"] = None
+        if (given.get("final_epochs") is None and merged["final_epochs"] is not None
+                and merged["final_epochs"] <= merged["max_epochs"]):
+            merged["final_epochs"] = None
     if merged["min_epochs"] is None:
         # Three brackets: the most aggressive one screens factor**2 times as many
         # trials as it trains to the end, and it runs first, so it is what makes a

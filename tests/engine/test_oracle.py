@@ -86,11 +86,10 @@ def test_the_default_first_rung_gives_three_brackets_the_aggressive_one_first(tm
                          min_epochs=options.min_epochs)
     trained: list[int] = []
     epochs = _rungs(oracle, tmp_path / "o", 100, trained)
-    # quick: 24 epochs, factor 2. Bracket 2 first: 8 trials of 6 epochs, the best 4
-    # continued to 12, the best 2 of those to 24 (96 epochs in all); then bracket 1 (6
-    # trials of 12, 3 continued to 24) and bracket 0 (6 of 24).
-    assert epochs == [6] * 8 + [12] * 4 + [24] * 2 + [12] * 6 + [24] * 3 + [24] * 6
-    assert (sum(trained[:14]), sum(trained)) == (96, 348)
+    # quick: 12 epochs, factor 2, first rung 6. Bracket 1 first: 5 trials of 6 epochs,
+    # the best 3 continued to 12 (48 epochs in all); then bracket 0 (5 trials of 12).
+    assert epochs == [6] * 5 + [12] * 3 + [12] * 5
+    assert (sum(trained[:8]), sum(trained)) == (48, 108)
 
 
 def test_the_default_first_rung_keeps_three_brackets_or_as_many_as_fit():

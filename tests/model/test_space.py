@@ -167,15 +167,21 @@ def test_min_epochs_defaults_to_the_three_least_aggressive_brackets(tmp_path):
     from lvseg_search.engine.options import resolve_options
 
     quick = resolve_options(load_space("quick"), tmp_path, image_size=64)
-    assert (quick.max_epochs, quick.factor, quick.min_epochs) == (24, 2, 6)
-    # max_epochs / factor**2 rounded down (three brackets), as many brackets as fit in
-    # smaller budgets, at least 1; given, it is kept.
+    assert (quick.max_epochs, quick.factor, quick.min_epochs) == (12, 2, 6)  # its [search]
+    # Without a space's value: max_epochs / factor**2 rounded down (three brackets), as
+    # many brackets as fit in smaller budgets, at least 1; given, it is kept.
+    plain = load_space(_write(tmp_path, f"[hyperparameters]\n{GOOD}\n"))
     for given, expected in (({"max_epochs": 60, "factor": 3}, 6),
                             ({"max_epochs": 12, "factor": 4}, 3),
                             ({"max_epochs": 2, "factor": 2}, 1),
                             ({"max_epochs": 18, "min_epochs": 6}, 6)):
-        options = resolve_options(load_space("quick"), tmp_path, image_size=64, **given)
+        options = resolve_options(plain, tmp_path, image_size=64, **given)
         assert options.min_epochs == expected
+    # A space's value holds under another --max-epochs where it fits, else the rule.
+    assert resolve_options(load_space("quick"), tmp_path, image_size=64,
+                           max_epochs=60).min_epochs == 6
+    assert resolve_options(load_space("quick"), tmp_path, image_size=64,
+                           max_epochs=4, factor=2).min_epochs == 1
     path = _write(tmp_path, f"[hyperparameters]\n{GOOD}\n[search]\nmin_epochs = 2\n")
     assert resolve_options(load_space(path), tmp_path, image_size=64).min_epochs == 2
 
