@@ -60,7 +60,8 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> int:
           "network in the race, then the finalists trained longer", flush=True)
     summary = run_search(data, search, "quick", overwrite=overwrite, seed=seed,
                          folds=DEMO["folds"], test_patients=DEMO["test_patients"],
-                         max_epochs=DEMO["max_epochs"], min_epochs=DEMO["min_epochs"],
+                         max_epochs=DEMO["max_epochs"],
+                         min_epochs=min(DEMO["min_epochs"], DEMO["max_epochs"]),
                          factor=DEMO["factor"],
                          finalists=DEMO["finalists"], final_epochs=DEMO["final_epochs"],
                          image_size=DEMO["image_size"])
