@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--connect-timeout", type=float, default=30.0,
                    help="seconds a worker waits for its chief (default 30)")
     g.add_argument("--worker-timeout", type=float, metavar="S",
-                   help="chief: seconds a worker may stay silent (workers beat every 2 s) "
+                   help="chief: seconds a worker may stay silent (workers beat every second) "
                         "before its trial goes to another worker, keeping its finished "
                         "folds (default 120)")
     p.set_defaults(func=_cmd_search)

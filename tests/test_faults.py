@@ -99,13 +99,6 @@ def _check_stopped(proc: subprocess.Popen, stderr: str, children: set[int], out:
     assert not _half_written(out)
 
 
-def test_ctrl_c_stops_a_search_cleanly(tiny_data, tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(tiny_data),
-           "--out", str(out), *TINY_RUN_OPTIONS]
-    _check_stopped(*_stop(cmd, out, signal.SIGINT), out, signal.SIGINT)
-
-
 def test_stopped_by_sigterm_then_out_of_disk_a_search_resumes_losing_nothing(
         tiny_data, small_fs):
     """SIGTERM (a batch scheduler, docker stop), then a full disk (a 1 MB tmpfs) as the

@@ -21,7 +21,7 @@ from typing import Any
 
 DIRNAME = "workers"
 DEFAULT_TIMEOUT_S = 120.0
-BEAT_S = 2.0  # a worker's heartbeat period (a touch of one file)
+BEAT_S = 1.0  # a worker's heartbeat period (a touch of one file)
 MIN_TIMEOUT_S = 5 * BEAT_S  # a late beat or two is not a lost worker
 
 

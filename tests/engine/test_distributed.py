@@ -101,7 +101,7 @@ def test_two_workers_share_the_trials_and_a_lost_one_s_trial_goes_to_the_other(
     chief = subprocess.Popen(
         base + ["--data", str(tiny_data), "--space", str(TINY), "--folds", "2",
                 "--max-epochs", "2", "--factor", "2", "--image-size", "32", "--batch-size",
-                "4", "--chief", f"127.0.0.1:{port}", "--worker-timeout", "10"],
+                "4", "--chief", f"127.0.0.1:{port}", "--worker-timeout", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def worker(name):
