@@ -177,7 +177,9 @@ def _prepare_and_search(held: contextlib.ExitStack, child, role: str | None,
 
 def stopped_where(out: Path) -> str:
     """Where a stopped search stands, and how to go on, in words (read from the run
-    folder: keras-tuner's trial records and the folds' results)."""
+    folder: keras-tuner's trial records and the folds' results). The records are read as
+    JSON, not through ``run.load_trials``: that imports keras-tuner and TensorFlow, which
+    a recycled search's parent never loads, seconds before a stopped command exits."""
     import json
 
     project = out / run_mod.PROJECT

@@ -19,7 +19,7 @@ from lvseg_search.engine.distribute import ENV_ID
 from lvseg_search.engine.options import SearchOptions
 from lvseg_search.engine.run import PROJECT, summarize_trials
 from lvseg_search.engine.worker_watch import DEFAULT_TIMEOUT_S, Heartbeat, WorkerWatch
-from lvseg_search.errors import UserError, disk_full_message, is_disk_full
+from lvseg_search.errors import UserError, disk_full_reported
 from lvseg_search.model.space import SearchSpace
 
 
@@ -133,15 +133,13 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     else:
         watch = None
     try:
-        tuner.search(verbose=0)
-    except UserError:
-        raise
-    except Exception as exc:
-        # Anywhere in keras-tuner's loop: its state files, the trial records, TensorBoard.
-        if is_disk_full(exc):
-            raise UserError(disk_full_message(out, tuner.disk_needs,
-                                              "run the same command to resume")) from None
-        if not isinstance(exc, RuntimeError) or "consecutive failures" not in str(exc):
+        # A full disk anywhere in keras-tuner's loop: its state files, the trial records,
+        # TensorBoard.
+        with disk_full_reported(out, "run the same command to resume",
+                                lambda: tuner.disk_needs):
+            tuner.search(verbose=0)
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
             raise
         raise UserError(f"{out}: too many trials in a row failed; check the data and the "
                         f"space (last error: {str(exc).strip().splitlines()[-1]})") from None

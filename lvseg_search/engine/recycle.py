@@ -30,8 +30,8 @@ from lvseg_search.errors import (
     Stopped,
     UserError,
     disk_full_message,
+    disk_full_reported,
     free_bytes,
-    is_disk_full,
     stop_on_signals,
 )
 
@@ -175,8 +175,10 @@ def _child_work(job: dict[str, Any], reports) -> None:
 
     code = 0
     try:
-        summary = in_process.search_in_process(**job, role=None,
-                                                  on_share_ending=lambda: reports.put(SHARE_ENDING))
+        # A full disk before keras-tuner's loop too (the oracle's first state, HParams).
+        with disk_full_reported(job["out"], "run the same command to resume"):
+            summary = in_process.search_in_process(
+                **job, role=None, on_share_ending=lambda: reports.put(SHARE_ENDING))
         # The summary goes back too: reading trials in the parent would import
         # TensorFlow there (keras-tuner) only to print the table.
         reports.put(summary)
@@ -185,12 +187,8 @@ def _child_work(job: dict[str, Any], reports) -> None:
         code = exc.exit_code
     except UserError as exc:
         reports.put({"user_error": str(exc)})
-    except BaseException as exc:  # noqa: BLE001 - reported by the parent
-        if is_disk_full(exc):
-            reports.put({"user_error": disk_full_message(
-                job["out"], None, "run the same command to resume")})
-        else:
-            reports.put({"error": traceback.format_exc()})
+    except BaseException:  # noqa: BLE001 - reported by the parent
+        reports.put({"error": traceback.format_exc()})
     _exit(reports, code)
 
 
