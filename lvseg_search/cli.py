@@ -55,13 +55,18 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
                 salt=args.salt or os.environ.get("LVSEG_SALT"),
                 allow_mixed_sizes=args.allow_mixed_sizes,
                 accept_image_level_split=args.accept_image_level_split,
+                skip_bad_contours=args.skip_bad_contours,
                 overwrite=args.overwrite, progress=not args.quiet)
     print(f"prepared {m['n_patients']} patients, {m['n_slices']} labelled slices "
           f"({m['source_layout']} layout) -> {args.out}")
     for p in m["patients"]:
         print(f"  {p['patient_id']}: {p['slices']} slices"
               + (f", {p['unlabelled_images_skipped']} unlabelled images skipped"
-                 if p["unlabelled_images_skipped"] else ""))
+                 if p["unlabelled_images_skipped"] else "")
+              + (f", {p['partially_labelled_slices']} with the blood pool only (no "
+                 "o-contour)" if p.get("partially_labelled_slices") else "")
+              + (f", {p['bad_contour_frames_skipped']} left out for bad contours"
+                 if p.get("bad_contour_frames_skipped") else ""))
     if m["leakage_prone"]:
         print("warning: no patient ids in this data; any split is image-level and its "
               "scores are leakage-prone")
@@ -72,7 +77,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from lvseg_search.data.phantom import synth
 
     ids = synth(args.out, args.patients, seed=args.seed, size=args.size, phases=args.phases,
-                overwrite=args.overwrite, progress=not args.quiet)
+                overwrite=args.overwrite, progress=not args.quiet, o_contours=args.o_contours)
     print(f"wrote a {len(ids)}-patient phantom (link.csv layout) -> {args.out}")
     return 0
 
@@ -190,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path,
                    help="images root of the 2009 challenge layout (default: INPUT)")
     p.add_argument("--myocardium", action="store_true",
-                   help="add class 2 (myocardium) from o-contours; keeps frames with both")
+                   help="add class 2 (myocardium) from o-contours; a frame with an "
+                        "i-contour only keeps its blood pool, the rest of it unlabelled")
+    p.add_argument("--skip-bad-contours", action="store_true",
+                   help="leave out (and count) frames whose o-contour lies inside or "
+                        "crosses the i-contour, instead of stopping")
     p.add_argument("--pseudonymize", action="store_true",
                    help="replace patient ids by salted hashes")
     p.add_argument("--salt", help="salt for --pseudonymize (or $LVSEG_SALT; default random)")
@@ -209,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--size", type=int, default=256, help="image rows and columns")
     p.add_argument("--phases", type=int, default=2, help="cardiac phases per slice (>= 2)")
+    p.add_argument("--o-contours", choices=["all", "ed"], default="all",
+                   help="o-contours (epicardium) on every frame, or at end-diastole only "
+                        "as the Sunnybrook experts mostly drew them (default all)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_synth)
@@ -256,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the epoch each finalist trains to, continuing its longest "
                         "screening trial with its learning rate restarted (default: the "
                         "space's final_epochs, else twice --max-epochs)")
+    p.add_argument("--objective", choices=["endo", "epi", "mean"],
+                   help="with a myocardium in the data: rank trials by the endocardial "
+                        "contour's Dice, the epicardial's, or their mean (default mean)")
     p.add_argument("--max-epochs", type=int,
                    help="epochs of the longest trial (Hyperband's largest budget)")
     p.add_argument("--min-epochs", type=int,

@@ -218,13 +218,16 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                       "run the command again; nothing is written until it is whole")
         settings = {"tta": decision["tta"], "largest_region": decision["largest_region"],
                     "roi": decision["roi"], "convex_hull": decision["convex_hull"]}
+        classes = run.data.classes
+        labels = classes if classes.count > 2 else None
         model = build_serving_model(networks, o.image_size, o.normalization,
-                                    o.spacing_mm or None, **settings, weights=weights)
+                                    o.spacing_mm or None, **settings, weights=weights,
+                                    classes=labels)
         # The same layers, taking where to cut each view: predict centres a study's views
         # on its LV through it (evaluate.study_roi).
         at_centre = (build_serving_model(networks, o.image_size, o.normalization,
                                          o.spacing_mm, **settings, at_centre=True,
-                                         weights=weights)
+                                         weights=weights, classes=labels)
                      if o.physical else None)
 
         # The reference of the test scores and of every format's parity: the Keras
@@ -247,7 +250,8 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             test_patients = load_patient_images(run.data, run.splits["test"])
             rows, summary = score_patients(keras_run, test_patients,
                                            largest_region=decision["largest_region"],
-                                           study_roi=decision["roi"] == "localized")
+                                           study_roi=decision["roi"] == "localized",
+                                           objective=o.objective)
             per_patient = {p: float(np.mean([r["dice"] for r in rows if r["patient_id"] == p]))
                            for p in run.splits["test"]}
             test = {"patients": run.splits["test"], **summary, "dice_per_patient": per_patient}

@@ -19,6 +19,7 @@ import pandas as pd
 from scipy.ndimage import binary_erosion
 
 from lvseg_search import atomic
+from lvseg_search.classes import Classes, regions
 from lvseg_search.data.dicom_io import DicomImage, read_image
 from lvseg_search.data.ingest import index_frames
 from lvseg_search.data.studies import find_dicoms, geometry_problems, split_series
@@ -27,6 +28,7 @@ from lvseg_search.evaluate.scoring import segment
 from lvseg_search.evaluate.volumes import stack_volumes
 
 OVERLAY_COLOUR = np.array([255, 60, 40], dtype=np.float64)
+MYOCARDIUM_COLOUR = np.array([60, 160, 255], dtype=np.float64)
 
 
 def load_model(model_dir: Path):
@@ -44,15 +46,36 @@ def load_model(model_dir: Path):
     return saved_model_runner(path)
 
 
+def _card(model_dir: Path) -> dict[str, Any]:
+    """The model card ({} where there is none readable)."""
+    try:
+        card = json.loads((Path(model_dir) / "model_card.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
 def _postprocessing(model_dir: Path) -> dict[str, Any] | None:
     """The model card's ``postprocessing``; None for models exported before the card
     recorded it (or without a readable card)."""
-    try:
-        post = json.loads((Path(model_dir) / "model_card.json").read_text())
-    except (OSError, ValueError):
-        return None
-    post = post.get("postprocessing") if isinstance(post, dict) else None
+    post = _card(model_dir).get("postprocessing")
     return post if isinstance(post, dict) else None
+
+
+def model_classes(model_dir: Path) -> Classes:
+    """The classes of a model's masks, as its card names them (cards before they did
+    name them under ``data``; models without a card segment the LV).
+
+    Raises:
+        UserError: The card's classes cannot be read.
+    """
+    card = _card(model_dir)
+    record = card.get("classes") or (card.get("data") or {})
+    try:
+        return Classes.from_json(record) if record.get("classes") else Classes()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{Path(model_dir) / 'model_card.json'}: unreadable classes; export "
+                        "the model again") from None
 
 
 def keeps_largest_region(model_dir: Path) -> bool:
@@ -72,14 +95,23 @@ def centres_on_study(model_dir: Path, serve) -> bool:
             and bool(getattr(serve, "at_centre", False)))
 
 
-def overlay_png(image: np.ndarray, mask: np.ndarray) -> bytes:
-    """The image (1st-99th percentile window) with the mask tinted and outlined, as PNG."""
+def overlay_png(image: np.ndarray, mask: np.ndarray, classes: Classes | None = None) -> bytes:
+    """The image (1st-99th percentile window) with the mask tinted and outlined, as PNG:
+    the blood pool red with its (endocardial) contour, and with a myocardium that blue
+    with the epicardial contour."""
     from lvseg_search._tf import tf
 
+    classes = classes or Classes()
     lo, hi = np.percentile(image, [1, 99])
     grey = np.clip((image.astype(np.float64) - lo) / max(hi - lo, 1e-6), 0, 1) * 255
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    inside = mask.astype(bool)
+    found = regions(mask, classes)
+    if classes.has_myocardium:
+        myo = found["myo"]
+        rgb[myo] = 0.7 * rgb[myo] + 0.3 * MYOCARDIUM_COLOUR
+        epi = found["epi"]
+        rgb[epi & ~binary_erosion(epi)] = MYOCARDIUM_COLOUR
+    inside = found["endo"]
     edge = inside & ~binary_erosion(inside)
     rgb[inside] = 0.7 * rgb[inside] + 0.3 * OVERLAY_COLOUR
     rgb[edge] = OVERLAY_COLOUR
@@ -125,11 +157,13 @@ def image_spacing(path: Path, image: DicomImage,
 def _predict_series(serve, study: str, files: list[Path], images: list[DicomImage],
                     tmp: Path, overlays: bool, batch_size: int,
                     spacings: list[tuple[float, float]], largest_region: bool = True,
-                    study_roi: bool = False
+                    study_roi: bool = False, classes: Classes | None = None
                     ) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]]:
     """Segments one series into ``tmp``: its per-image rows, volumes and summary."""
+    classes = classes or Classes()
+    labels = classes if classes.count > 2 else None
     _, masks = segment(serve, [im.pixels for im in images], spacings, batch_size,
-                       largest_region, study_roi)
+                       largest_region, study_roi, labels)
     problems = geometry_problems(images)
     indexing = index_frames(images, positions_usable=not problems)
     rows = []
@@ -140,13 +174,19 @@ def _predict_series(serve, study: str, files: list[Path], images: list[DicomImag
         if overlays:
             (tmp / "overlays" / study).mkdir(parents=True, exist_ok=True)
             (tmp / "overlays" / study / f"{path.stem}.png").write_bytes(
-                overlay_png(im.pixels, mask))
+                overlay_png(im.pixels, mask, classes))
         pixel_area = spacing[0] * spacing[1]
-        rows.append({"study": study, "file": path.name, "instance_number": im.instance_number,
-                     "slice_index": int(s), "phase_index": int(ph),
-                     "position_mm": round(im.normal_position_mm, 3),
-                     "trigger_time_ms": im.trigger_time_ms, "lv_pixels": int(mask.sum()),
-                     "area_mm2": float(mask.sum() * pixel_area)})
+        found = regions(mask, classes)
+        blood = int(found["endo"].sum())
+        row = {"study": study, "file": path.name, "instance_number": im.instance_number,
+               "slice_index": int(s), "phase_index": int(ph),
+               "position_mm": round(im.normal_position_mm, 3),
+               "trigger_time_ms": im.trigger_time_ms, "lv_pixels": blood,
+               "area_mm2": float(blood * pixel_area)}
+        if classes.has_myocardium:
+            myo = int(found["myo"].sum())
+            row.update({"myo_pixels": myo, "myo_area_mm2": float(myo * pixel_area)})
+        rows.append(row)
     volumes, summary = stack_volumes(rows, [im.normal_position_mm for im in images],
                                      problems)
     summary["geometry"] = {"problems": problems, "indices_from": indexing.source,
@@ -159,9 +199,11 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
             pixel_spacing: str | tuple[float, float] | None = None) -> dict[str, Any]:
     """Segments DICOM images with an exported model.
 
-    Writes ``masks/<study>/<name>.npy`` (uint8, 1 = LV), ``overlays/<study>/<name>.png``,
-    ``areas.csv`` (LV area per image), ``volumes.csv`` (LV volume per study and phase)
-    and ``studies.json`` (EDV, ESV and ejection fraction per whole-stack study). A folder
+    Writes ``masks/<study>/<name>.npy`` (uint8 class ids as the model card names them:
+    1 = LV blood pool, 2 = myocardium where the model segments it),
+    ``overlays/<study>/<name>.png``, ``areas.csv`` (blood-pool and myocardial area per
+    image), ``volumes.csv`` (volumes per study and phase) and ``studies.json`` (EDV, ESV,
+    SV, ejection fraction and LV mass at end-diastole per whole-stack study). A folder
     holding several DICOM series gives one study per series (see :func:`split_series`).
 
     Args:
@@ -184,6 +226,11 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
     fallback = (pixel_spacing if isinstance(pixel_spacing, tuple)
                 else parse_pixel_spacing(pixel_spacing))
     serve = load_model(model_dir)
+    classes = model_classes(model_dir)
+    if classes.count != serve.classes:
+        raise UserError(f"{Path(model_dir) / 'model_card.json'}: names {classes.count} classes "
+                        f"but the model gives {serve.classes}; the card belongs to another "
+                        "model: export it again")
     largest_region = keeps_largest_region(model_dir)
     study_roi = centres_on_study(model_dir, serve)
     studies = find_dicoms(source)
@@ -198,11 +245,12 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
                             for f, im in zip(files, series, strict=True)]
                 rows, volumes, summaries[study] = _predict_series(
                     serve, study, files, series, tmp, overlays, batch_size, spacings,
-                    largest_region, study_roi)
+                    largest_region, study_roi, classes)
                 area_rows += rows
                 volume_tables.append(volumes.assign(study=study))
         pd.DataFrame(area_rows).to_csv(tmp / "areas.csv", index=False)
-        cols = ["study", "phase_index", "slices", "volume_ml"]
+        cols = ["study", "phase_index", "slices", "volume_ml"] + (
+            ["myocardial_volume_ml"] if classes.has_myocardium else [])
         pd.concat(volume_tables)[cols].to_csv(tmp / "volumes.csv", index=False)
         (tmp / "studies.json").write_text(json.dumps(summaries, indent=2) + "\n")
     if verbose:
@@ -213,8 +261,12 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
                 print(f"{study}: {s['images']} images, {s['slices']} slices x {s['phases']} "
                       f"phases, slice spacing {s['slice_spacing_mm']:.2f} mm: EDV "
                       f"{s['edv_ml']:.1f} ml (phase {s['ed_phase']}), ESV {s['esv_ml']:.1f} ml "
-                      f"(phase {s['es_phase']}), EF {100 * s['ejection_fraction']:.1f}%")
+                      f"(phase {s['es_phase']}), SV {s['stroke_volume_ml']:.1f} ml, EF "
+                      f"{100 * s['ejection_fraction']:.1f}%"
+                      + (f", LV mass {s['lv_mass_ed_g']:.1f} g at end-diastole"
+                         if s.get("lv_mass_ed_g") is not None else ""))
             else:
-                print(f"{study}: {s['images']} images; no ejection fraction: {s['why_no_ef']}")
+                print(f"{study}: {s['images']} images; no ejection fraction: {s['why_no_ef']}"
+                      + ("; no LV mass" if "why_no_mass" in s else ""))
         print(f"masks, overlays, areas.csv, volumes.csv, studies.json -> {out}")
     return summaries

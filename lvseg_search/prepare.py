@@ -34,6 +34,7 @@ def prepare(input_path: Path, out: Path, *, layout: str | None = None,
             images: Path | None = None, myocardium: bool = False,
             pseudonymize: bool = False, salt: str | None = None,
             allow_mixed_sizes: bool = False, accept_image_level_split: bool = False,
+            skip_bad_contours: bool = False,
             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Ingests DICOM + contours (or lab TFRecords) into shards and a manifest.
 
@@ -42,11 +43,14 @@ def prepare(input_path: Path, out: Path, *, layout: str | None = None,
         out: Output data folder; written atomically.
         layout: ``linkcsv``, ``challenge`` or ``lab``; detected when None.
         images: Images root of the challenge layout (default: ``input_path``).
-        myocardium: Add class 2 (myocardium) from o-contours.
+        myocardium: Add class 2 (myocardium) from o-contours; frames with an i-contour
+            only keep their blood pool, the rest of them unlabelled.
         pseudonymize: Replace patient ids by salted hashes.
         salt: Salt for pseudonyms; random (and never stored) when None.
         allow_mixed_sizes: Accept images of different sizes.
         accept_image_level_split: Accept lab TFRecords without patient ids.
+        skip_bad_contours: Leave out (and count) frames whose o-contour lies inside or
+            crosses the i-contour, instead of refusing them.
         overwrite: Replace a non-empty ``out``.
         progress: Show a progress bar.
 
@@ -61,6 +65,7 @@ def prepare(input_path: Path, out: Path, *, layout: str | None = None,
     if not input_path.exists():
         raise UserError(f"{input_path}: input does not exist")
     unlabelled: dict[str, int] = {}
+    bad_contours: dict[str, int] = {}
     originals: dict[str, str] = {}
     if layout == "lab":
         if myocardium:
@@ -79,7 +84,9 @@ def prepare(input_path: Path, out: Path, *, layout: str | None = None,
         slices_by_patient = read_contoured_slices(patients, [p for p in (images, input_path) if p],
                                           myocardium=myocardium,
                                           allow_mixed_sizes=allow_mixed_sizes,
-                                          progress=progress)
+                                          progress=progress,
+                                          skip_bad_contours=skip_bad_contours,
+                                          skipped=bad_contours)
     # The cohort (HF-I, HF-NI, HYP, N) of a Sunnybrook case id, to stratify folds by.
     cohorts = {pid: sunnybrook_group(originals.get(pid, "")) or sunnybrook_group(pid)
                for pid in slices_by_patient}
@@ -88,10 +95,12 @@ def prepare(input_path: Path, out: Path, *, layout: str | None = None,
         renamed = _pseudonymize(slices_by_patient, originals, salt)
         unlabelled = {pseudonym(k, salt): v for k, v in unlabelled.items()}
         cohorts = {pseudonym(k, salt): v for k, v in cohorts.items()}
+        bad_contours = {pseudonym(k, salt): v for k, v in bad_contours.items()}
         slices_by_patient = renamed
     result = manifest.build(slices_by_patient, layout, myocardium=myocardium,
                             pseudonymized=pseudonymize, leakage_prone=layout == "lab",
-                            unlabelled=unlabelled, groups=cohorts)
+                            unlabelled=unlabelled, groups=cohorts,
+                            bad_contours=bad_contours if skip_bad_contours else None)
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
         for pid, slices in slices_by_patient.items():
             shards.write_shard(tmp / f"{pid}{shards.SUFFIX}", slices)

@@ -14,8 +14,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lvseg_search"
 VERBS = {"prepare", "search", "report", "export", "predict", "demo"}
-# Shared by every layer: the user-error type, atomic writes, the lazy TensorFlow import.
-UTILITIES = {"errors", "atomic", "_tf"}
+# Shared by every layer: the user-error type, atomic writes, the lazy TensorFlow import,
+# the classes of a segmentation.
+UTILITIES = {"errors", "atomic", "_tf", "classes"}
 STAGES = ("data", "model", "evaluate", "engine", "reporting")
 # What each stage may import of the others (besides itself and the utilities).
 ALLOWED = {"data": set(), "model": set(), "evaluate": {"data", "model"},

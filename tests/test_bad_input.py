@@ -186,3 +186,36 @@ def test_undecodable_pixel_data_is_one_line_without_pydicoms_traceback(phantom_c
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("lvseg-search: error: ") and str(bad) in lines[0]
     assert "unreadable DICOM image" in lines[0] and not out.exists()
+
+
+OCONTOUR = "contourfiles/SYN-1/o-contours/IM-0001-0001-ocontour-manual.txt"
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("inside", "the o-contour lies inside the i-contour"),
+    ("crossing", "the o-contour crosses the i-contour"),
+])
+def test_an_o_contour_inside_or_across_its_i_contour(phantom_copy, tmp_path, capsys, case,
+                                                     needle):
+    from lvseg_search.data.contours import read_contour
+
+    inner = read_contour(phantom_copy / ICONTOUR, (48, 48))
+    centre = inner.mean(axis=0)
+    # Inside: the i-contour shrunk to half; crossing: moved by its own radius.
+    outer = (centre + 0.5 * (inner - centre) if case == "inside"
+             else inner + np.array([np.ptp(inner[:, 0]) / 2, 0.0]))
+    outer = np.clip(outer, 0, 47)
+    (phantom_copy / OCONTOUR).write_text("".join(f"{x:.2f} {y:.2f}\n" for x, y in outer))
+    out = tmp_path / "out"
+    _assert_clean_failure(*_run(capsys, "prepare", phantom_copy, "--out", out,
+                                "--myocardium"), out,
+                          str(phantom_copy / OCONTOUR), needle, "--skip-bad-contours")
+    # Without --myocardium the o-contours are not read; with --skip-bad-contours the
+    # frame is left out and counted.
+    assert main(["prepare", str(phantom_copy), "--out", str(out), "--myocardium",
+                 "--skip-bad-contours"]) == 0
+    assert "1 left out for bad contours" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    first = next(p for p in manifest["patients"] if p["patient_id"] == "SYN0001")
+    assert first["bad_contour_frames_skipped"] == 1
+    assert main(["prepare", str(phantom_copy), "--out", str(tmp_path / "lv")]) == 0

@@ -148,7 +148,11 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
         {p for f in split["folds"] for p in f["val"]})
     assert card["test"]["patients"] == split["test"]
     assert 0 <= card["test"]["dice"] <= 1 and card["data"]["fingerprint_sha256"]
-    assert card["serving_contract"] == 2 and card["card_version"] == 5
+    assert card["serving_contract"] == 2 and card["card_version"] == 6
+    # One foreground class: the mask is the LV's, no class probabilities.
+    assert card["classes"] == {"classes": {"0": "background", "1": "lv_blood_pool"},
+                               "roles": {"blood_pool": 1}}
+    assert "class_probabilities" not in card["outputs"]
     from lvseg_search.model.describe import network_words
 
     assert card["network"] == network_words(card["hyperparameters"])

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from lvseg_search import __version__
+from lvseg_search.classes import BLOOD_POOL_NAME, IGNORE, MYOCARDIUM_NAME, Classes
 from lvseg_search.data.ingest import Slice, slice_spacing_mm
 from lvseg_search.data.shards import SCHEMA_VERSION, SUFFIX, check_shard
 from lvseg_search.errors import UserError
 
 FILENAME = "manifest.json"
-CLASS_NAMES = {0: "background", 1: "lv_blood_pool", 2: "myocardium"}
+CLASS_NAMES = {0: "background", 1: BLOOD_POOL_NAME, 2: MYOCARDIUM_NAME}
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -36,7 +37,8 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium: bool,
           pseudonymized: bool, leakage_prone: bool = False,
           unlabelled: dict[str, int] | None = None,
-          groups: dict[str, str | None] | None = None) -> dict[str, Any]:
+          groups: dict[str, str | None] | None = None,
+          bad_contours: dict[str, int] | None = None) -> dict[str, Any]:
     """Builds the manifest of a prepared data folder.
 
     Args:
@@ -48,6 +50,7 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
         unlabelled: DICOM images without contours, per patient, not written.
         groups: A cohort per patient where known (``groups.sunnybrook_group``), kept to
             stratify folds by.
+        bad_contours: Frames left out for inconsistent contour pairs, per patient.
 
     Returns:
         The manifest as a JSON-ready dict.
@@ -56,13 +59,17 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
     all_pixels = []
     class_counts = np.zeros(3 if myocardium else 2, dtype=np.int64)
     sizes = set()
+    partial_total = 0
     for pid, slices in slices_by_patient.items():
         spacing = np.array([s.pixel_spacing_mm for s in slices], dtype=np.float64)
+        partial = 0
         for s in slices:
             sizes.add(s.image.shape)
             all_pixels.append(s.image.ravel())
-            class_counts += np.bincount(s.mask.ravel(), minlength=class_counts.size)[
-                : class_counts.size]
+            counts = np.bincount(s.mask.ravel(), minlength=IGNORE + 1)
+            class_counts += counts[: class_counts.size]
+            partial += int(counts[IGNORE] > 0)
+        partial_total += partial
         patients.append({
             "patient_id": pid,
             "shard": pid + SUFFIX,
@@ -70,6 +77,9 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
             "slice_positions": len({s.slice_index for s in slices}),
             "phases": len({s.phase_index for s in slices}),
             "unlabelled_images_skipped": int((unlabelled or {}).get(pid, 0)),
+            **({"partially_labelled_slices": partial} if myocardium else {}),
+            **({"bad_contour_frames_skipped": int(bad_contours.get(pid, 0))}
+               if bad_contours else {}),
             "image_size": list(slices[0].image.shape),
             "pixel_spacing_mm": [float(x) for x in np.nanmedian(spacing, axis=0)]
             if np.isfinite(spacing).any() else None,
@@ -80,13 +90,18 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
     pixels = np.concatenate(all_pixels).astype(np.float64)
     p1, p99 = np.percentile(pixels, [1, 99])
     total = int(class_counts.sum())
+    classes = Classes(tuple(CLASS_NAMES[k] for k in range(class_counts.size)),
+                      myocardium=2 if myocardium else None,
+                      ignore=IGNORE if partial_total else None)
     return {
         "schema_version": SCHEMA_VERSION,
         "package": "lvseg-search",
         "package_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "source_layout": layout,
-        "classes": {str(k): v for k, v in CLASS_NAMES.items() if k < class_counts.size},
+        # Classes by id, their roles and the label of unlabelled pixels (``classes``).
+        **classes.to_json(),
+        "partially_labelled_slices": partial_total,
         "pseudonymized": pseudonymized,
         "leakage_prone": leakage_prone,
         "n_patients": len(patients),
@@ -161,6 +176,11 @@ class PreparedData:
     def num_classes(self) -> int:
         """Classes, background included."""
         return len(self.manifest["classes"])
+
+    @property
+    def classes(self) -> Classes:
+        """The classes, their roles and the ignore label (``lvseg_search.classes``)."""
+        return Classes.from_json(self.manifest)
 
     def patient(self, patient_id: str, hint: str = "") -> dict[str, Any]:
         """One patient's manifest entry.

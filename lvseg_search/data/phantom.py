@@ -9,6 +9,10 @@ and lungs, a smooth coil sensitivity bias and Rician noise; heart size, position
 in-plane orientation, contraction and contrast vary per patient. The LV regions are
 painted from the very polygons written as contours, so labels match the image.
 
+``truth.json`` beside the data gives what a perfect segmentation would measure, from
+the contour polygons themselves: per patient its myocardial wall thickness, EDV, ESV
+and LV mass at end-diastole (ring area x slice gap x 1.05 g/mL).
+
 No library generates cardiac MR phantoms with Sunnybrook-format contours, so this
 module is written here.
 """
@@ -26,10 +30,19 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from lvseg_search import atomic
+from lvseg_search.classes import MYOCARDIAL_DENSITY_G_PER_ML
 from lvseg_search.data.contours import rasterize, write_contour
 from lvseg_search.errors import UserError
 
 SLICE_GAP_MM = 10.0
+TRUTH = "truth.json"
+O_CONTOURS = ("all", "ed")
+
+
+def polygon_area(points: np.ndarray) -> float:
+    """A closed polygon's area (shoelace), in the square of its coordinates' unit."""
+    x, y = np.asarray(points, dtype=np.float64).T
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
 
 
 @dataclass(frozen=True)
@@ -211,7 +224,7 @@ def _write_dicom(path: Path, pixels: np.ndarray, *, patient: int, seed: int, hea
 
 
 def synth(out: Path, patients: int, *, seed: int = 0, size: int = 256, phases: int = 2,
-          overwrite: bool = False, progress: bool = True) -> list[str]:
+          overwrite: bool = False, progress: bool = True, o_contours: str = "all") -> list[str]:
     """Writes a phantom data set in the Sunnybrook link.csv layout.
 
     Args:
@@ -222,6 +235,8 @@ def synth(out: Path, patients: int, *, seed: int = 0, size: int = 256, phases: i
         phases: Cardiac phases per slice (>= 2: end diastole and end systole).
         overwrite: Replace a non-empty ``out``.
         progress: Show a progress bar.
+        o_contours: ``all``: an o-contour for every frame; ``ed``: at end-diastole
+            only, as the Sunnybrook experts mostly drew them.
 
     Returns:
         The patient ids written.
@@ -235,6 +250,10 @@ def synth(out: Path, patients: int, *, seed: int = 0, size: int = 256, phases: i
         raise UserError(f"--size: {size} is too small, use at least 32 pixels")
     if phases < 2:
         raise UserError(f"--phases: {phases} is too few, need at least 2 (ED and ES)")
+    if o_contours not in O_CONTOURS:
+        raise UserError(f"--o-contours: unknown {o_contours!r}; choose one of "
+                        f"{', '.join(O_CONTOURS)}")
+    truth: dict[str, dict[str, float]] = {}
     ids = [f"SYN{i:04d}" for i in range(1, patients + 1)]
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
         with (tmp / "link.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -251,6 +270,9 @@ def synth(out: Path, patients: int, *, seed: int = 0, size: int = 256, phases: i
             cdir = tmp / "contourfiles" / f"SYN-{i}"
             for d in (dicom_dir, cdir / "i-contours", cdir / "o-contours"):
                 d.mkdir(parents=True)
+            pixel_mm2 = heart.spacing_mm ** 2
+            blood = np.zeros(phases)
+            ring = np.zeros(phases)
             for k in range(heart.n_slices):
                 position = origin + k * SLICE_GAP_MM * normal
                 for p in range(phases):
@@ -261,6 +283,14 @@ def synth(out: Path, patients: int, *, seed: int = 0, size: int = 256, phases: i
                                  position=position, row=row, col=col)
                     write_contour(cdir / "i-contours" / f"IM-0001-{n:04d}-icontour-manual.txt",
                                   endo)
-                    write_contour(cdir / "o-contours" / f"IM-0001-{n:04d}-ocontour-manual.txt",
-                                  epi)
+                    if o_contours == "all" or p == 0:
+                        write_contour(cdir / "o-contours"
+                                      / f"IM-0001-{n:04d}-ocontour-manual.txt", epi)
+                    blood[p] += polygon_area(endo) * pixel_mm2
+                    ring[p] += (polygon_area(epi) - polygon_area(endo)) * pixel_mm2
+            ml = SLICE_GAP_MM / 1000.0
+            truth[pid] = {"wall_mm": heart.wall_mm, "edv_ml": float(blood[0] * ml),
+                          "esv_ml": float(blood.min() * ml),
+                          "lv_mass_ed_g": float(ring[0] * ml * MYOCARDIAL_DENSITY_G_PER_ML)}
+        atomic.write_json(tmp / TRUTH, {"source": "contour polygons", "patients": truth})
     return ids

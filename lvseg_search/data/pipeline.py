@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lvseg_search._tf import tf
+from lvseg_search.classes import IGNORE
 from lvseg_search.data import manifest as manifest_mod
 from lvseg_search.data import shards
 from lvseg_search.data.augmentation import (
@@ -138,12 +139,17 @@ def grid_masks(masks, pixel_spacing, size: int, spacing_mm: float, centre_mm=Non
 
     Returns:
         uint8 ``[B, size, size, 1]``; background outside an image's field of view.
+        Unlabelled pixels (``classes.IGNORE``) resample as one more class and keep
+        their label.
     """
     t = tf()
     rows, cols = _weights(t.shape(masks), pixel_spacing, size, spacing_mm, centre_mm)
-    onehot = t.one_hot(t.cast(masks[..., 0], t.int32), MAX_CLASSES, dtype=t.float32)
+    labels = t.cast(masks[..., 0], t.int32)
+    labels = t.where(t.equal(labels, IGNORE), MAX_CLASSES, labels)
+    onehot = t.one_hot(labels, MAX_CLASSES + 1, dtype=t.float32)
     fractions = t.einsum("bhs,bstc,bwt->bhwc", rows, onehot, cols)
-    return t.cast(t.argmax(fractions, axis=-1), t.uint8)[..., None]
+    out = t.cast(t.argmax(fractions, axis=-1), t.int32)
+    return t.cast(t.where(t.equal(out, MAX_CLASSES), IGNORE, out), t.uint8)[..., None]
 
 
 def grid_images(images, pixel_spacing, size: int, spacing_mm: float, centre_mm=None):

@@ -31,6 +31,15 @@ TRIAL_METRICS = (
     ("scored_epoch", "epoch", "epochs trained: every figure is at the last epoch"),
     ("parameters", "parameters", "trainable and other weights of the network"),
 )
+# Each contour's figures, declared where the data has a myocardium.
+CONTOUR_METRICS = (
+    ("endo_dice", "endo Dice", "endocardial contour (blood pool) Dice, validation"),
+    ("epi_dice", "epi Dice", "epicardial contour (blood pool + myocardium) Dice, validation "
+                             "images with an o-contour"),
+    ("myo_dice", "myo Dice", "myocardium Dice, validation images with an o-contour"),
+    ("epi_apd_mm", "epi APD (mm)", "epicardial average perpendicular distance"),
+    ("epi_good_contours_pct", "epi good contours %", "epicardial contours with APD < 5 mm"),
+)
 
 
 def _domain(param):
@@ -43,7 +52,8 @@ def _domain(param):
     return hp.RealInterval(float(param.min), float(param.max))
 
 
-def write_config(logdir: Path, space: SearchSpace, n_folds: int, max_epochs: int) -> None:
+def write_config(logdir: Path, space: SearchSpace, n_folds: int, max_epochs: int,
+                 contours: bool = False) -> None:
     """Declares the space's varying hyperparameters and the search's metrics.
 
     Args:
@@ -51,6 +61,7 @@ def write_config(logdir: Path, space: SearchSpace, n_folds: int, max_epochs: int
         space: The search space.
         n_folds: Number of cross-validation folds (one Dice metric each).
         max_epochs: Hyperband's largest epoch budget.
+        contours: Declare each contour's figures too (data with a myocardium).
     """
     from tensorboard.plugins.hparams import api as hp
 
@@ -66,7 +77,7 @@ def write_config(logdir: Path, space: SearchSpace, n_folds: int, max_epochs: int
                              description="screening, or the final stage: the top "
                                          "configurations trained again, longer"))
     metrics = [hp.Metric(tag, display_name=name, description=text)
-               for tag, name, text in TRIAL_METRICS]
+               for tag, name, text in TRIAL_METRICS + (CONTOUR_METRICS if contours else ())]
     metrics += [hp.Metric(f"dice_fold_{k}", display_name=f"Dice fold {k}",
                           description=f"validation Dice of fold {k} at the last epoch")
                 for k in range(n_folds)]

@@ -73,8 +73,10 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     config = options.pipeline(options.batch_size * replicas)
     cv = CrossValidation(data, split, config, replicas=replicas,
                          steps_per_epoch=options.steps_per_epoch)
-    hypermodel = SegmentationHyperModel(sp, options.image_size, num_classes=data.num_classes,
-                                        jit_compile=options.jit, precision=options.precision)
+    classes = data.classes
+    hypermodel = SegmentationHyperModel(sp, options.image_size, num_classes=classes.count,
+                                        jit_compile=options.jit, precision=options.precision,
+                                        ignore=classes.ignore, blood_pool=classes.blood_pool)
     # keras-tuner announces a resume with a bare print; ours below says more.
     with contextlib.redirect_stdout(io.StringIO()):
         oracle = make_oracle(options.oracle, seed=options.seed, max_epochs=options.max_epochs,
@@ -83,7 +85,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
                              max_trials=options.max_trials, default=sp.default,
                              include_default=options.include_default)
         tuner = CVTuner(cv, oracle, options.max_epochs, lr_per_rung=options.lr_per_rung,
-                        seed=options.seed, verbose=verbose,
+                        seed=options.seed, verbose=verbose, objective=options.objective,
                         hypermodel=hypermodel, distribution_strategy=dist, directory=str(out),
                         project_name=PROJECT, tensorboard_dir=out / hparams.DIRNAME,
                         trial_budget=trial_budget, on_share_ending=on_share_ending)
@@ -91,7 +93,8 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
     logdir = out / hparams.DIRNAME
     if role != "worker" and not any(logdir.glob("events.out.tfevents.*")):
         hparams.write_config(logdir, sp, cv.n_folds,
-                             max(options.max_epochs, options.final_epochs or 0))
+                             max(options.max_epochs, options.final_epochs or 0),
+                             contours=classes.has_myocardium)
     if is_chief or not is_remote_oracle(tuner.oracle):
         # A cap on Hyperband's own schedule (or the other oracles' budget), for a fixed
         # budget: a resumed oracle took it from its saved state, and the run's options may

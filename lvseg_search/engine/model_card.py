@@ -29,7 +29,7 @@ CARD = "model_card.json"
 # 4: "card_version" (was "model_card_version", 3) and the network in words.
 # 5: "finalist_ensemble" (the finalists' out-of-fold ensemble, members and weights when
 #    delivered) and "latency".
-CARD_VERSION = 5
+CARD_VERSION = 6
 
 
 def versions() -> dict[str, str]:
@@ -84,6 +84,8 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
     """
     m = run.data.manifest
     o = run.options
+    classes = run.data.classes
+    multi = classes.count > 2
     hp = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
     files = {name: {"bytes": (folder / name).stat().st_size}
              for name in (KERAS_FILE, TFLITE_FILE, TFLITE_AT_CENTRE_FILE, ONNX_FILE)
@@ -96,7 +98,12 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
         "card_version": CARD_VERSION,
         "serving_contract": CONTRACT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "task": "left-ventricle blood pool segmentation of short-axis cine cardiac MRI",
+        "task": ("left-ventricle blood pool and myocardium segmentation of short-axis cine "
+                 "cardiac MRI" if classes.has_myocardium else
+                 "left-ventricle blood pool segmentation of short-axis cine cardiac MRI"),
+        # The classes the mask's ids stand for, and which are the LV's (predict's
+        # volumes, EF and mass come from them).
+        "classes": {k: v for k, v in classes.to_json().items() if k != "ignore_label"},
         "search": {"run": run.path.name, "space": Path(o.space).stem, "trial": trial.trial_id,
                    "folds": run.n_folds, "oracle": o.oracle, "max_epochs": o.max_epochs,
                    "min_epochs": o.min_epochs, "factor": o.factor,
@@ -112,7 +119,11 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
             "dice_per_fold": [metrics.get(f"val_dice_fold_{k}") for k in range(run.n_folds)],
             "scored_epoch": scored_epoch(metrics),
             "apd_mm": metrics.get("apd_mm"), "hausdorff_mm": metrics.get("hausdorff_mm"),
-            "good_contours_pct": metrics.get("good_contours_pct")},
+            "good_contours_pct": metrics.get("good_contours_pct"),
+            **({"objective": o.objective,
+                "contours": {k: decision.get(k) for k in
+                             ("endo_dice", "epi_dice", "myo_dice", "epi_apd_mm",
+                              "epi_good_contours_pct")}} if multi else {})},
         "finalist_ensemble": finalists,
         "training": training,
         "test": test,
@@ -139,9 +150,15 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
         "preprocessing_inside": f"per-image {o.normalization} normalization, then "
                                 + (f"{o.grid_text()} (bilinear, antialiased when shrinking)"
                                    if o.physical else o.grid_text()),
-        "outputs": {"probabilities": "float32 [batch, height, width], LV probability on the "
-                                     "input grid (0 outside the field of view)",
-                    "mask": "uint8 [batch, height, width], 1 = LV blood pool"},
+        "outputs": {"probabilities": "float32 [batch, height, width], LV blood pool "
+                                     "probability on the input grid (0 outside the field "
+                                     "of view)",
+                    "mask": "uint8 [batch, height, width], " + (
+                        ", ".join(f"{k} = {v}" for k, v in enumerate(classes.names) if k)
+                        if multi else "1 = LV blood pool"),
+                    **({"class_probabilities": "float32 [batch, height, width, classes], "
+                                               "each class's probability (classes by id)"}
+                       if multi else {})},
         "postprocessing": {
             "roi": decision["roi"], "tta": decision["tta"],
             "largest_region": decision["largest_region"],
@@ -153,7 +170,11 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
                       + "; mask = "
                       + ("each image's largest 4-connected region of the arg-max"
                          if decision["largest_region"] else "the arg-max")
-                      + (", filled to its convex hull" if decision["convex_hull"] else ""),
+                      + (", filled to its convex hull" if decision["convex_hull"] else "")
+                      + ("; for the endocardial and the epicardial region each, the "
+                         "myocardium the ring between them" if multi and (
+                             decision["largest_region"] or decision["convex_hull"])
+                         else ""),
             "cv_dice": decision["cv_dice"], "decided_by": decision["decided_by"],
             "out_of_fold": decision["out_of_fold"]},
         "formats": files,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lvseg_search.classes import OBJECTIVES
 from lvseg_search.data.augmentation import Augmentation
 from lvseg_search.data.pipeline import PipelineConfig
 from lvseg_search.errors import UserError
@@ -21,7 +22,8 @@ from lvseg_search.model.space import SearchSpace, check_image_size
 # Version 1: the first versioned schema (augmentation nested; every option recorded).
 # Version 2: the final stage (finalists, final_epochs); the default network in the race
 # unless --no-default.
-SCHEMA_VERSION = 2
+# Version 3: the objective over the contours (endo, epi, mean).
+SCHEMA_VERSION = 3
 # Finalists when none are asked for (capped by the trials a capped search screens).
 DEFAULT_FINALISTS = 3
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -45,7 +47,7 @@ GIVEN = ("folds", "test_patients", "test_ids", "test_seed", "stratify", "groups_
          "group_column", "max_epochs", "min_epochs", "factor", "hyperband_iterations",
          "image_size", "spacing", "field_of_view", "batch_size", "steps_per_epoch",
          "normalization", "seed", "precision", "jit", "max_trials", "oracle",
-         "include_default", "no_default", "finalists", "final_epochs")
+         "include_default", "no_default", "finalists", "final_epochs", "objective")
 CLI_NAMES = {"hyperband_iterations": "iterations", "groups_file": "groups"}
 
 
@@ -69,6 +71,9 @@ class SearchOptions:
         lr_per_rung: Hyperband trials anneal their learning rate to their rung's end,
             restarting at each promotion (``model.schedule``).
         data_digest: ``manifest.identity`` of the data (it may move).
+        objective: What ranks trials where the data has a myocardium
+            (``classes.OBJECTIVES``): the endocardial contour's Dice, the epicardial's,
+            or their mean; the blood pool's Dice where it has none.
     """
 
     data: str
@@ -103,6 +108,7 @@ class SearchOptions:
     lr_per_rung: bool = True
     finalists: int = DEFAULT_FINALISTS
     final_epochs: int | None = None
+    objective: str = "mean"
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -301,6 +307,10 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
                         "third; drop one")
     oracle, max_trials, include_default = _oracle_options(space, given)
     _final_stage(merged, given, oracle, max_trials)
+    objective = given.get("objective") or "mean"
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective: unknown {objective!r}; choose one of "
+                        f"{', '.join(OBJECTIVES)}")
     groups_file = given.get("groups_file")
     stratify = given.get("stratify") or ("group" if groups_file else "slices")
     if stratify not in STRATIFY:
@@ -317,7 +327,7 @@ def resolve_options(space: SearchSpace, data: Path, **given: Any) -> SearchOptio
         test_ids=tuple(given.get("test_ids") or ()), seed=int(given.get("seed") or 0),
         precision=precision, jit=bool(given.get("jit")), max_trials=max_trials, oracle=oracle,
         spacing_mm=spacing, field_of_view_mm=field_of_view,
-        include_default=include_default, **merged)
+        include_default=include_default, objective=objective, **merged)
 
 
 def _check_ranges(merged: dict[str, Any], spacing: float | None,

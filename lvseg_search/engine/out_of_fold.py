@@ -37,8 +37,10 @@ def _digest(run: Run, trial_id: str, rois: Sequence[str], modes: Sequence[str]) 
     validation = [p for fold in run.splits["folds"] for p in fold["val"]]
     digest.update(run.data.fingerprint(validation).encode())
     o = run.options
-    digest.update(json.dumps([FORMAT, o.image_size, o.normalization, o.spacing_mm,
-                              list(rois), list(modes)]).encode())
+    settings = [FORMAT, o.image_size, o.normalization, o.spacing_mm, list(rois), list(modes)]
+    if run.data.classes.has_myocardium:  # what cv_dice means then
+        settings.append(o.objective)
+    digest.update(json.dumps(settings).encode())
     return digest.hexdigest()
 
 
@@ -94,7 +96,8 @@ def out_of_fold_decisions(run: Run, trial_id: str,
         (run.fold_network(trial_id, k), load_patient_images(run.data, fold["val"]))
         for k, fold in enumerate(run.splits["folds"])]
     table = out_of_fold_table(pairs, o.image_size, o.normalization, o.spacing_mm or None,
-                              modes=TTA_MODES, rois=rois)
+                              modes=TTA_MODES, rois=rois, classes=run.data.classes,
+                              objective=o.objective)
     # In a read-only run folder the table is right, only not kept.
     with contextlib.suppress(OSError):
         atomic.write_json(path, {"trial_id": trial_id, "digest": digest, "table": table})

@@ -268,8 +268,11 @@ class Run:
         """
         from lvseg_search.model.hypermodel import SegmentationHyperModel
 
+        classes = self.data.classes
         hypermodel = SegmentationHyperModel(self.space, self.options.image_size,
-                                            num_classes=self.data.num_classes, precision=precision)
+                                            num_classes=classes.count, precision=precision,
+                                            ignore=classes.ignore,
+                                            blood_pool=classes.blood_pool)
         return hypermodel.build(self.trials[trial_id].hyperparameters.copy())
 
     def fold_network_path(self, trial_id: str, k: int) -> Path:

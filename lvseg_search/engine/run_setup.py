@@ -73,7 +73,9 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         UserError: The folder holds another search or something else, or the splits file
             is bad or differs from the splits of the search being resumed.
     """
-    options = replace(options, data_digest=manifest_mod.identity(data.manifest))
+    # Without a myocardium there is one contour to score: the objective is its Dice.
+    options = replace(options, data_digest=manifest_mod.identity(data.manifest),
+                      objective=data.classes.objective(options.objective))
     counts = data.slice_counts
     given_split = None
     if splits_file is not None:
@@ -162,6 +164,9 @@ def _as_trained(options: SearchOptions, previous: dict[str, Any], filled: frozen
     if aug:
         # Written before these augmentations existed: resumed as its trials trained.
         options = replace(options, augmentation=replace(options.augmentation, **aug))
+    if "objective" in filled and "objective" not in given:
+        # Written before the contours were scored: its trials ranked by the blood pool.
+        options = replace(options, objective=previous["objective"])
     if ("spacing_mm" in filled and options.spacing_mm is None
             and options.field_of_view_mm is None):
         # Written before the physical grid: resumed as it trained (whole images),

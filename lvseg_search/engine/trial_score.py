@@ -92,7 +92,10 @@ def scored_epoch(metrics: dict[str, float]) -> int:
     return int(value) if value is not None else 0
 
 
-EVALUATION_METRICS = ("apd_mm", "hausdorff_mm", "good_contours_pct")
+EVALUATION_METRICS = ("apd_mm", "hausdorff_mm", "good_contours_pct",
+                      # Each contour's, where the data has a myocardium (``scoring``).
+                      "endo_dice", "epi_dice", "myo_dice", "epi_apd_mm", "epi_hausdorff_mm",
+                      "epi_good_contours_pct")
 
 
 def hparams_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -173,6 +173,8 @@ class CVTuner(LeanBuildTuner):
         on_share_ending: Called once, as this process starts the last trial of its
             ``trial_budget`` while more trials follow, so that the next process can load
             TensorFlow during that trial instead of after it.
+        objective: Which contours' Dice ranks the trials where the data has a
+            myocardium (``classes.OBJECTIVES``).
         **kwargs: Passed to ``keras_tuner.Tuner`` (hypermodel, directory, project_name,
             distribution_strategy, ...).
     """
@@ -180,8 +182,10 @@ class CVTuner(LeanBuildTuner):
     def __init__(self, cv: CrossValidation, oracle: keras_tuner.Oracle, max_epochs: int,
                  lr_per_rung: bool = False, seed: int = 0, verbose: bool = True,
                  tensorboard_dir: Path | None = None, trial_budget: int | None = None,
-                 on_share_ending: Callable[[], None] | None = None, **kwargs):
+                 on_share_ending: Callable[[], None] | None = None,
+                 objective: str = "mean", **kwargs):
         super().__init__(oracle=oracle, **kwargs)
+        self.objective = objective
         # Learning-rate schedules run over the search's max_epochs; a worker's oracle is
         # a remote client without Hyperband's attributes, so the tuner keeps its own.
         self.max_epochs = int(max_epochs)
@@ -338,7 +342,8 @@ class CVTuner(LeanBuildTuner):
                     f" | best CV Dice {self._best_so_far()}")
 
         monitor = FoldMonitor(describe if self.verbose else None, epochs)
-        validation = FoldValidation(self.cv.validation(k), forward=forward)
+        validation = FoldValidation(self.cv.validation(k), forward=forward,
+                                    objective=self.objective)
         start = time.perf_counter()
         try:
             # Validation first: the callbacks after it see val_dice in the epoch's logs.
@@ -376,7 +381,8 @@ class CVTuner(LeanBuildTuner):
         # Full-resolution scores with physical units of the saved (last-epoch) model, from
         # the last validation's probabilities resized as the deployable model does.
         t_eval = time.perf_counter()
-        _, evaluation = score_predictions(validation.masks(), validation.data.patients)
+        _, evaluation = score_predictions(validation.masks(), validation.data.patients,
+                                          self.objective)
         eval_seconds = time.perf_counter() - t_eval
         result = {
             "fold": k,

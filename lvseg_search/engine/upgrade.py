@@ -87,8 +87,14 @@ def _final_stage(r: Record) -> None:
     r.setdefault("final_epochs", 0)
 
 
+def _objective(r: Record) -> None:
+    # Before the contours were scored: every search scored the blood pool.
+    r.setdefault("objective", "endo")
+
+
 # version -> the steps that bring a record of that version to the next.
-STEPS: dict[int, tuple[Callable[[Record], None], ...]] = {0: V0_STEPS, 1: (_final_stage,)}
+STEPS: dict[int, tuple[Callable[[Record], None], ...]] = {
+    0: V0_STEPS, 1: (_final_stage,), 2: (_objective,)}
 
 
 def record_version(record: Record) -> int:

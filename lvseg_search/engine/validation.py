@@ -26,9 +26,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from lvseg_search.classes import Classes, fully_labelled, regions
 from lvseg_search.data.pipeline import grid_masks
 from lvseg_search.evaluate.measures import dice
-from lvseg_search.evaluate.scoring import LV, PatientImages, same_size_groups
+from lvseg_search.evaluate.scoring import LV, PatientImages, objective_dice, same_size_groups
 from lvseg_search.model.postprocess import keep_largest_regions, largest_region
 from lvseg_search.model.serving_layers import Preprocess, RestoreSize
 
@@ -54,6 +55,11 @@ class ValidationSet:
     def size(self) -> int:
         """Number of validation images."""
         return sum(len(x) for x in self.inputs)
+
+    @property
+    def classes(self) -> Classes:
+        """The classes of the patients' masks."""
+        return self.patients[0].classes if self.patients else Classes()
 
 
 def validation_set(patients: Sequence[PatientImages], image_size: int,
@@ -129,12 +135,15 @@ class FoldValidation(keras.callbacks.Callback):
             per model so that the folds of a trial share its trace); None runs the
             model eagerly. Not under a mirrored strategy: this callback does not split
             its batches over replicas.
+        objective: With a myocardium, which contours' Dice is ``val_dice``
+            (``classes.OBJECTIVES``); ``val_dice_raw`` is then the blood pool's.
     """
 
     def __init__(self, data: ValidationSet, batch_size: int = 64,
-                 forward: Callable[[np.ndarray], Any] | None = None):
+                 forward: Callable[[np.ndarray], Any] | None = None, objective: str = "mean"):
         super().__init__()
         self.data = data
+        self.objective = objective
         self.batch_size = batch_size
         self.forward = forward
         self.seconds = 0.0
@@ -149,6 +158,9 @@ class FoldValidation(keras.callbacks.Callback):
             own arg-max masks, what Keras's Dice metric gives).
         """
         start = time.perf_counter()
+        classes = self.data.classes
+        multi = classes.count > 2
+        epi_values: list[float] = []
         loss_sum, dice_sum, raw_sum, probabilities = 0.0, 0.0, 0.0, []
         for x, y in zip(self.data.inputs, self.data.labels, strict=True):
             chunks = []
@@ -161,13 +173,27 @@ class FoldValidation(keras.callbacks.Callback):
                 chunks.append(ops.convert_to_numpy(pred))
             probs = np.concatenate(chunks)
             probabilities.append(probs)
+            if multi:
+                labels = probs.argmax(axis=-1)
+                for raw, delivered, expert in zip(labels, keep_largest_regions(labels, classes),
+                                                  y[..., 0], strict=True):
+                    found, truth = regions(delivered, classes), regions(expert, classes)
+                    raw_sum += dice(raw == classes.blood_pool, truth["endo"])
+                    dice_sum += dice(found["endo"], truth["endo"])
+                    if fully_labelled(expert, classes):
+                        epi_values.append(dice(found["epi"], truth["epi"]))
+                continue
             for mask, truth in zip(probs.argmax(axis=-1) == LV, y[..., 0] == LV, strict=True):
                 raw_sum += dice(mask, truth)
                 dice_sum += dice(largest_region(mask), truth)
         self.probabilities = probabilities
         self.seconds += time.perf_counter() - start
         n = max(self.data.size, 1)
-        return {"val_loss": loss_sum / n, "val_dice": dice_sum / n, "val_dice_raw": raw_sum / n}
+        val_dice = dice_sum / n
+        if multi:
+            val_dice = objective_dice(val_dice, float(np.mean(epi_values)) if epi_values
+                                      else float("nan"), self.objective)
+        return {"val_loss": loss_sum / n, "val_dice": val_dice, "val_dice_raw": raw_sum / n}
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -183,14 +209,18 @@ class FoldValidation(keras.callbacks.Callback):
         """
         if self.probabilities is None:
             raise RuntimeError("FoldValidation.masks before any evaluation")
-        restore = RestoreSize(1, self.data.spacing_mm, dtype="float32")
+        classes = self.data.classes
+        multi = classes.count > 2
+        restore = RestoreSize(classes.blood_pool, self.data.spacing_mm, dtype="float32",
+                              labels=multi)
         out = []
         for p, probs in zip(self.data.patients, self.probabilities, strict=True):
             masks: list[np.ndarray | None] = [None] * len(p.images)
             for group in same_size_groups(p.images):
                 raw = np.stack([p.images[i] for i in group])
-                _, mask = restore(probs[group], raw, p.spacing_mm[group].astype(np.float32))
-                for i, m in zip(group, keep_largest_regions(ops.convert_to_numpy(mask)),
+                mask = restore(probs[group], raw, p.spacing_mm[group].astype(np.float32))[1]
+                for i, m in zip(group, keep_largest_regions(ops.convert_to_numpy(mask),
+                                                            classes if multi else None),
                                 strict=True):
                     masks[i] = m
             out.append(masks)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from lvseg_search.classes import Classes
 from lvseg_search.evaluate.scoring import PatientImages, score_predictions, segment
 from lvseg_search.model.contract import ROI_MODES
 from lvseg_search.model.postprocess import fill_convex_hulls, keep_largest_regions
@@ -52,7 +53,8 @@ def _cost(row: dict[str, Any]) -> tuple[int, int, bool, bool]:
 def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], image_size: int,
                       normalization: str, spacing_mm: float | None,
                       modes: Sequence[str] = TTA_MODES,
-                      rois: Sequence[str] = ("centre",)) -> list[dict[str, Any]]:
+                      rois: Sequence[str] = ("centre",), classes: Classes | None = None,
+                      objective: str = "mean") -> list[dict[str, Any]]:
     """CV figures of every test-time augmentation with each post-processing
     (:data:`POSTPROCESSING`), for each way of cutting the field of view.
 
@@ -64,37 +66,52 @@ def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], imag
         modes: Test-time augmentations to try (``tta.TTA_MODES``).
         rois: Fields of view to try (``contract.ROI_MODES``; ``localized`` needs a
             physical grid).
+        classes: The networks' classes (None: the LV); with a myocardium each step is
+            applied per contour and ``cv_dice`` is the ``objective``.
+        objective: ``classes.OBJECTIVES``.
 
     Returns:
         One row per setting, preferred first: ``roi``, ``tta``, ``largest_region``,
         ``convex_hull``, ``cv_dice``
         (mean over folds), ``cv_dice_std``, ``dice_per_fold``, ``apd_mm``,
-        ``good_contours_pct`` (means over folds).
+        ``good_contours_pct`` (means over folds); with a myocardium also ``endo_dice``,
+        ``epi_dice``, ``myo_dice``, ``epi_apd_mm`` and ``epi_good_contours_pct``.
     """
+    multi = classes is not None and classes.count > 2
+    labels = classes if multi else None
     rows = []
     for roi, mode in [(r, m) for r in rois for m in modes]:
         per_fold = []
         for network, patients in folds:
             predict = make_predictor([network], image_size, normalization, spacing_mm,
-                                     tta=mode, roi=roi)
+                                     tta=mode, roi=roi, classes=labels)
             per_fold.append([segment(predict, p.images, p.spacing_mm, largest_region=False,
-                                     study_roi=roi == "localized")[1] for p in patients])
+                                     study_roi=roi == "localized", classes=labels)[1]
+                             for p in patients])
         # Each step works on the one before: the largest regions are found once.
-        largest = [[keep_largest_regions(m) for m in masks] for masks in per_fold]
+        largest = [[keep_largest_regions(m, labels) for m in masks] for masks in per_fold]
         delivered = {(False, False): per_fold, (True, False): largest,
-                     (True, True): [[fill_convex_hulls(m) for m in masks] for masks in largest]}
+                     (True, True): [[fill_convex_hulls(m, labels) for m in masks]
+                                    for masks in largest]}
         for largest_region, hull in POSTPROCESSING:
-            summaries = [score_predictions(masks, patients)[1] for masks, (_, patients)
+            summaries = [score_predictions(masks, patients, objective)[1]
+                         for masks, (_, patients)
                          in zip(delivered[largest_region, hull], folds, strict=True)]
             dice = np.array([s["dice"] for s in summaries])
-            rows.append({"roi": roi, "tta": mode, "largest_region": largest_region,
-                         "convex_hull": hull,
-                         "cv_dice": float(dice.mean()), "cv_dice_std": float(dice.std()),
-                         "dice_per_fold": [float(d) for d in dice],
-                         "apd_mm": _mean(s["apd_mm"] for s in summaries),
-                         "good_contours_pct": _mean(s["good_contours_pct"]
-                                                    for s in summaries)})
+            row = {"roi": roi, "tta": mode, "largest_region": largest_region,
+                   "convex_hull": hull,
+                   "cv_dice": float(dice.mean()), "cv_dice_std": float(dice.std()),
+                   "dice_per_fold": [float(d) for d in dice],
+                   "apd_mm": _mean(s["apd_mm"] for s in summaries),
+                   "good_contours_pct": _mean(s["good_contours_pct"] for s in summaries)}
+            if multi:
+                row.update({k: _mean(s[k] for s in summaries) for k in CONTOUR_KEYS})
+            rows.append(row)
     return sorted(rows, key=_cost)
+
+
+# The figures of each contour in a table of a model with a myocardium.
+CONTOUR_KEYS = ("endo_dice", "epi_dice", "myo_dice", "epi_apd_mm", "epi_good_contours_pct")
 
 
 def _mean(values) -> float:
@@ -134,13 +151,17 @@ def choose(table: Sequence[dict[str, Any]], tta: str | None = None,
 
 def table_text(table: Sequence[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
     """The table as aligned text lines, the chosen row marked."""
+    contours = bool(table) and "epi_dice" in table[0]
     lines = ["roi        tta       largest region  convex hull  CV Dice          APD mm  "
-             "good contours"]
+             "good contours" + ("  endo Dice  epi Dice  myo Dice  epi APD mm" if contours
+                                else "")]
     for r in table:
         mark = "  <- chosen" if chosen is not None and same_setting(r, chosen) else ""
+        extra = (f"  {r['endo_dice']:9.4f}  {r['epi_dice']:8.4f}  {r['myo_dice']:8.4f}  "
+                 f"{r['epi_apd_mm']:10.2f}" if contours else "")
         lines.append(f"{r['roi']:<10} {r['tta']:<9} "
                      f"{'yes' if r['largest_region'] else 'no':<15} "
                      f"{'yes' if r['convex_hull'] else 'no':<12} "
                      f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}  {r['apd_mm']:6.2f}  "
-                     f"{r['good_contours_pct']:5.1f}%{mark}")
+                     f"{r['good_contours_pct']:12.1f}%{extra}{mark}")
     return "\n".join(lines)

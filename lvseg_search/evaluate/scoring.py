@@ -1,6 +1,13 @@
 """Scoring a segmenter on prepared patients at their stored resolution: per-image Dice,
 APD, Hausdorff and good contours, per-patient volume Dice, and their summary.
 
+With a myocardium in the data, each contour is scored as the Sunnybrook challenge
+scores it: the endocardial contour (the blood pool's boundary) under the plain names
+(``dice``, ``apd_mm``, ...), the epicardial contour (the boundary of blood pool and
+myocardium) as ``epi_*``, and the myocardium's own Dice as ``myo_dice``. An image whose
+expert drew no o-contour has no epicardial or myocardial score (NaN, left out of the
+means); its blood pool is scored as any other.
+
 Predictions come from the deployable model (``serving``), so a fold's validation
 scores, the export's test scores and ``predict`` all run the same preprocessing.
 """
@@ -15,9 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from lvseg_search.classes import Classes, fully_labelled, regions
 from lvseg_search.data import shards
 from lvseg_search.data.manifest import PreparedData
-from lvseg_search.evaluate.measures import Reference, reference, score_image, volume_dice
+from lvseg_search.evaluate.measures import (
+    Reference,
+    dice,
+    reference,
+    score_image,
+    volume_dice,
+)
 from lvseg_search.evaluate.study_roi import study_centre_mm
 from lvseg_search.model.postprocess import keep_largest_regions
 
@@ -34,15 +48,27 @@ class PatientImages:
     spacing_mm: np.ndarray  # float [N, 2] (row, col)
     slice_index: np.ndarray  # int [N]
     phase_index: np.ndarray  # int [N]
+    classes: Classes = field(default_factory=Classes)
     _references: list[Reference] | None = field(default=None, repr=False)
+    _epi_references: list[Reference | None] | None = field(default=None, repr=False)
 
     def references(self) -> list[Reference]:
-        """The manual LV contours, traced and indexed once (a search scores many models
-        against them)."""
+        """The manual endocardial (blood pool) contours, traced and indexed once (a
+        search scores many models against them)."""
         if self._references is None:
-            self._references = [reference(m == LV, s)
+            bp = self.classes.blood_pool
+            self._references = [reference(m == bp, s)
                                 for m, s in zip(self.masks, self.spacing_mm, strict=True)]
         return self._references
+
+    def epi_references(self) -> list[Reference | None]:
+        """The manual epicardial contours (None where the expert drew none)."""
+        if self._epi_references is None:
+            self._epi_references = [
+                reference(regions(m, self.classes)["epi"], s)
+                if fully_labelled(m, self.classes) else None
+                for m, s in zip(self.masks, self.spacing_mm, strict=True)]
+        return self._epi_references
 
 
 def load_patient_images(data: PreparedData, patients: Sequence[str]) -> list[PatientImages]:
@@ -66,6 +92,7 @@ def load_patient_images(data: PreparedData, patients: Sequence[str]) -> list[Pat
             spacing_mm=np.array([r["pixel_spacing_mm"] for r in records], dtype=np.float64),
             slice_index=np.array([int(r["slice_index"]) for r in records]),
             phase_index=np.array([int(r["phase_index"]) for r in records]),
+            classes=data.classes,
         ))
     return out
 
@@ -94,7 +121,8 @@ Predictor = Callable[..., dict[str, Any]]
 
 def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequence[Any],
             batch_size: int = 16, largest_region: bool = True,
-            study_roi: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            study_roi: bool = False, classes: Classes | None = None
+            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Runs a segmenter over 2-D images, batching those of equal size.
 
     Args:
@@ -108,6 +136,8 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
             delivers the predictor's masks as they come.
         study_roi: The images are one study: cut every image's field of view around
             the study's LV (``study_roi.study_centre_mm`` of a first pass).
+        classes: The classes of the predictor's masks (None: LV masks); the largest
+            region is kept per contour (``postprocess.per_contour``).
 
     Returns:
         Each image's LV probabilities (as the network gives them) and mask, in the
@@ -115,7 +145,7 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
     """
     centres = None
     if study_roi:
-        _, first = segment(predict, images, spacing_mm, batch_size)
+        _, first = segment(predict, images, spacing_mm, batch_size, classes=classes)
         centres = np.tile(study_centre_mm(first, spacing_mm).astype(np.float32),
                           (len(images), 1))
     probs: list[Any] = [None] * len(images)
@@ -130,7 +160,7 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
             out = predict(*args) if centres is None else predict(*args, centres[chunk])
             chunk_masks = np.asarray(out["mask"])
             if largest_region:
-                chunk_masks = keep_largest_regions(chunk_masks)
+                chunk_masks = keep_largest_regions(chunk_masks, classes)
             for i, p, m in zip(chunk, np.asarray(out["probabilities"]), chunk_masks,
                                strict=True):
                 probs[i], masks[i] = p, m
@@ -139,26 +169,52 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
 
 def score_masks(pred: Sequence[np.ndarray],
                 patient: PatientImages) -> tuple[list[dict[str, Any]], float]:
-    """Scores predicted masks of one patient's slices against its expert masks.
+    """Scores predicted masks (class ids) of one patient's slices against its expert
+    masks, per contour where the data has a myocardium (see the module's docstring).
 
     Returns:
         Per-image rows (patient, slice, phase and the scores of ``score_image``) and the
-        patient's volume Dice.
+        patient's volume Dice of the blood pool.
     """
-    truth = [m == LV for m in patient.masks]
+    classes = patient.classes
+    truth = [m == classes.blood_pool for m in patient.masks]
     refs = patient.references()
+    epi_refs = patient.epi_references() if classes.has_myocardium else None
     rows = []
+    found = []
     for i in range(len(patient.images)):
-        scores = score_image(pred[i].astype(bool), truth[i], patient.spacing_mm[i], refs[i])
-        rows.append({"patient_id": patient.patient_id,
-                     "slice_index": int(patient.slice_index[i]),
-                     "phase_index": int(patient.phase_index[i]), **scores})
-    return rows, volume_dice([m.astype(bool) for m in pred], truth)
+        predicted = regions(pred[i], classes)
+        found.append(predicted["endo"])
+        scores = score_image(predicted["endo"], truth[i], patient.spacing_mm[i], refs[i])
+        row = {"patient_id": patient.patient_id,
+               "slice_index": int(patient.slice_index[i]),
+               "phase_index": int(patient.phase_index[i]), **scores}
+        if epi_refs is not None:
+            row.update(_epicardial_scores(predicted, patient.masks[i], classes,
+                                          patient.spacing_mm[i], epi_refs[i]))
+        rows.append(row)
+    return rows, volume_dice(found, truth)
+
+
+EPI_KEYS = ("epi_dice", "epi_apd_mm", "epi_hausdorff_mm", "epi_good_contour", "myo_dice")
+
+
+def _epicardial_scores(predicted: dict[str, np.ndarray], expert: np.ndarray,
+                       classes: Classes, spacing_mm: Any,
+                       ref: Reference | None) -> dict[str, float]:
+    """The epicardial contour's scores and the myocardium's Dice of one image (NaN
+    where the expert drew no o-contour)."""
+    if ref is None:
+        return dict.fromkeys(EPI_KEYS, math.nan)
+    truth = regions(expert, classes)
+    epi = score_image(predicted["epi"], truth["epi"], spacing_mm, ref)
+    return {**{f"epi_{k}": v for k, v in epi.items()},
+            "myo_dice": dice(predicted["myo"], truth["myo"])}
 
 
 def score_patients(predict: Predictor, patients: Sequence[PatientImages],
                    batch_size: int = 16, largest_region: bool = True,
-                   study_roi: bool = False
+                   study_roi: bool = False, objective: str = "mean"
                    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Scores a segmenter on patients.
 
@@ -168,18 +224,25 @@ def score_patients(predict: Predictor, patients: Sequence[PatientImages],
         batch_size: Images per call of ``predict``.
         largest_region: See :func:`segment`.
         study_roi: Each patient's images are one study (see :func:`segment`).
+        objective: See :func:`summarize_scores`.
 
     Returns:
         Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize_scores`).
     """
     return score_predictions([segment(predict, p.images, p.spacing_mm, batch_size,
-                                      largest_region, study_roi)[1] for p in patients],
-                             patients)
+                                      largest_region, study_roi, p.classes)[1]
+                              for p in patients], patients, objective)
 
 
-def score_predictions(masks: Sequence[Sequence[np.ndarray]], patients: Sequence[PatientImages]
+def score_predictions(masks: Sequence[Sequence[np.ndarray]], patients: Sequence[PatientImages],
+                      objective: str = "mean"
                       ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Scores predicted masks, one list per patient in the order of its images.
+
+    Args:
+        masks: Class ids per image, per patient.
+        patients: The patients.
+        objective: See :func:`summarize_scores`.
 
     Returns:
         Per-image rows (see :func:`score_masks`) and a summary (see :func:`summarize_scores`).
@@ -189,23 +252,52 @@ def score_predictions(masks: Sequence[Sequence[np.ndarray]], patients: Sequence[
     for pred, p in zip(masks, patients, strict=True):
         patient_rows, volumes[p.patient_id] = score_masks(pred, p)
         rows += patient_rows
-    return rows, summarize_scores(rows, volumes)
+    return rows, summarize_scores(rows, volumes, objective)
+
+
+def _pct(value: float) -> float:
+    return value * 100 if not math.isnan(value) else math.nan
 
 
 def summarize_scores(rows: Sequence[dict[str, Any]],
-              volumes: dict[str, float] | None = None) -> dict[str, float]:
+                     volumes: dict[str, float] | None = None,
+                     objective: str = "mean") -> dict[str, float]:
     """Summary of per-image scores: mean Dice, mean APD and Hausdorff (mm, over images
     where both contours exist), good contours (% of images with a contour to judge),
-    mean per-patient volume Dice, and the number of images."""
+    mean per-patient volume Dice, and the number of images.
+
+    With epicardial scores in the rows it also gives ``endo_dice``, the ``epi_*``
+    means, ``myo_dice`` and ``epi_images`` (images with an o-contour); ``dice`` is then
+    the objective: the endocardial Dice (``endo``), the epicardial (``epi``) or their
+    mean (``mean``; the endocardial alone where no image has an o-contour).
+    """
 
     def mean(key: str) -> float:
         values = [r[key] for r in rows if not math.isnan(r[key])]
         return float(np.mean(values)) if values else math.nan
 
-    good = mean("good_contour")
     out = {"dice": mean("dice"), "apd_mm": mean("apd_mm"), "hausdorff_mm": mean("hausdorff_mm"),
-           "good_contours_pct": good * 100 if not math.isnan(good) else math.nan,
+           "good_contours_pct": _pct(mean("good_contour")),
            "images": float(len(rows))}
     if volumes:
         out["patient_dice"] = float(np.mean(list(volumes.values())))
+    if rows and "epi_dice" in rows[0]:
+        endo, epi = out["dice"], mean("epi_dice")
+        out.update({"endo_dice": endo, "epi_dice": epi, "epi_apd_mm": mean("epi_apd_mm"),
+                    "epi_hausdorff_mm": mean("epi_hausdorff_mm"),
+                    "epi_good_contours_pct": _pct(mean("epi_good_contour")),
+                    "myo_dice": mean("myo_dice"),
+                    "epi_images": float(sum(not math.isnan(r["epi_dice"]) for r in rows))})
+        out["dice"] = objective_dice(endo, epi, objective)
     return out
+
+
+def objective_dice(endo: float, epi: float, objective: str = "mean") -> float:
+    """The Dice that ranks trials (``classes.OBJECTIVES``) from the endocardial and the
+    epicardial Dice: ``mean`` takes the endocardial alone where there is no epicardial
+    (no image with an o-contour)."""
+    if objective == "epi":
+        return epi
+    if objective == "mean" and not math.isnan(epi):
+        return (endo + epi) / 2
+    return endo

@@ -122,6 +122,11 @@ def saved_model_runner(path: Path):
 
     run.contract = 2 if takes_spacing else 1
     run.at_centre = at_centre is not None
+    # Classes the model gives, background included: the depth of its class
+    # probabilities (models of the LV alone have none: 2).
+    outputs = serve.structured_outputs
+    run.classes = (int(outputs["class_probabilities"].shape[-1])
+                   if "class_probabilities" in outputs else 2)
     return run
 
 
@@ -156,12 +161,25 @@ def write_onnx(saved_model: Path, out: Path) -> tuple[Any, str]:
         raw, spacing = check_inputs(raw, pixel_spacing)
         feed = {raw_name: raw, **({spacing_name: spacing} if spacing_name else {})}
         values = session.run(None, feed)
-        named = dict(zip(names, values, strict=True))
-        return {"probabilities": next(v for k, v in named.items() if "prob" in k),
-                "mask": next(v for k, v in named.items() if "mask" in k)}
+        return _by_output(dict(zip(names, values, strict=True)))
 
     run_onnx.at_centre = False  # ONNX holds serving_default only
     return run_onnx, "written"
+
+
+OUTPUTS = ("class_probabilities", "probabilities", "mask")
+
+
+def _by_output(named: dict[str, Any]) -> dict[str, Any]:
+    """ONNX outputs under the serving contract's names: tf2onnx may decorate them
+    (``probabilities:0``); the longest contract name a tensor's name holds is its own
+    (``class_probabilities`` holds ``probabilities`` too)."""
+    out: dict[str, Any] = {}
+    for name, value in named.items():
+        key = next((k for k in OUTPUTS if k in name), None)
+        if key is not None and key not in out:
+            out[key] = value
+    return out
 
 
 def write_formats(model, folder: Path, onnx: bool = True,

@@ -34,6 +34,49 @@ def lv_mask(probabilities, class_id: int):
     return lv, mask
 
 
+def label_map(probabilities):
+    """Class ids ``uint8 [B, H, W]`` of class probabilities ``[B, H, W, C]``: the
+    arg-max (the higher class at a tie, as :func:`lv_mask` gives the LV a tie with the
+    background), by comparisons (see :func:`lv_mask`); 0 where every class is 0."""
+    top = ops.max(probabilities, axis=-1, keepdims=True)
+    winner = ops.logical_and(ops.greater_equal(probabilities, top), ops.greater(top, 0.0))
+    ids = ops.reshape(ops.arange(probabilities.shape[-1], dtype="int32"), (1, 1, 1, -1))
+    return ops.cast(ops.max(ops.where(winner, ids, 0), axis=-1), "uint8")
+
+
+def per_contour(labels, classes, step, others: bool = False):
+    """``postprocess.per_contour`` in graph ops: ``step`` (binary uint8 ``[B, H, W]`` ->
+    same) applied to the endocardial and epicardial regions of label maps ``[B, H, W]``,
+    the myocardium the ring between them.
+
+    Args:
+        labels: Class ids ``uint8 [B, H, W]``.
+        classes: ``classes.Classes``.
+        step: The binary step (:func:`largest_region`, :func:`convex_hull`).
+        others: Apply ``step`` to the other classes too.
+    """
+    labels = ops.cast(labels, "int32")
+
+    def binary(x):
+        return ops.cast(x, "uint8")
+
+    endo = ops.greater(step(binary(ops.equal(labels, classes.blood_pool))), 0)
+    inside = ops.equal(labels, classes.blood_pool)
+    if classes.has_myocardium:
+        inside = ops.logical_or(inside, ops.equal(labels, classes.myocardium))
+    epi = ops.logical_or(ops.greater(step(binary(inside)), 0), endo)
+    out = ops.zeros_like(labels)
+    for c in range(1, classes.count):
+        if c not in classes.epicardial:
+            region = ops.logical_and(ops.equal(labels, c), ops.logical_not(epi))
+            if others:
+                region = ops.greater(step(binary(region)), 0)
+            out = ops.where(region, c, out)
+    if classes.has_myocardium:
+        out = ops.where(epi, classes.myocardium, out)
+    return ops.cast(ops.where(endo, classes.blood_pool, out), "uint8")
+
+
 def interpolation_matrix(out_size, in_size: int):
     """``[out, in]`` weights of bilinear resampling with half-pixel centres (the
     convention of ``tf.image.resize`` and ``jax.image.resize``)."""

@@ -165,16 +165,23 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
         jit_compile: Compile train steps with XLA.
         precision: Keras dtype policy the networks compute in (``float32``,
             ``mixed_float16``, ``mixed_bfloat16``); their outputs are float32 either way.
+        ignore: The label of partly labelled pixels where the masks hold any
+            (``classes.Classes.ignore``); the losses then train on what is known.
+        blood_pool: The LV blood pool's class (the Dice metric's, and the one partly
+            labelled pixels are known not to be).
     """
 
     def __init__(self, space: SearchSpace, image_size: int, num_classes: int = 2,
-                 jit_compile: bool = False, precision: str = "float32"):
+                 jit_compile: bool = False, precision: str = "float32",
+                 ignore: int | None = None, blood_pool: int = 1):
         super().__init__(name=f"lvseg_{space.name}")
         self.space = space
         self.image_size = image_size
         self.num_classes = num_classes
         self.jit_compile = jit_compile
         self.precision = precision
+        self.ignore = ignore
+        self.blood_pool = blood_pool
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         values = self.space.register(hp)
@@ -188,6 +195,7 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
             if deep_supervision(values):
                 model = DeepSupervision(model, name="deep_supervision")
         model.compile(optimizer=make_optimizer(values["optimizer"], values["learning_rate"]),
-                      loss=get_loss(values["loss"]), metrics=[Dice(class_id=1)],
+                      loss=get_loss(values["loss"], self.ignore, self.blood_pool),
+                      metrics=[Dice(class_id=self.blood_pool)],
                       jit_compile=self.jit_compile)
         return model

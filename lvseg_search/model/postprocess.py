@@ -19,10 +19,12 @@ trial by the out-of-fold CV Dice (``evaluate.decision``), never assumed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy import ndimage
+
+from lvseg_search.classes import Classes
 
 
 def largest_region(mask: np.ndarray) -> np.ndarray:
@@ -42,9 +44,48 @@ def largest_region(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
 
 
-def keep_largest_regions(masks: Iterable[np.ndarray]) -> list[np.ndarray]:
-    """:func:`largest_region` of each mask, in the masks' dtype."""
-    return [largest_region(m).astype(np.asarray(m).dtype) for m in masks]
+def _binary(classes: Classes | None) -> bool:
+    return classes is None or (not classes.has_myocardium and classes.count == 2)
+
+
+def keep_largest_regions(masks: Iterable[np.ndarray],
+                         classes: Classes | None = None) -> list[np.ndarray]:
+    """:func:`largest_region` of each mask, in the masks' dtype; of label maps with
+    more classes, per contour (:func:`per_contour`)."""
+    if _binary(classes):
+        return [largest_region(m).astype(np.asarray(m).dtype) for m in masks]
+    return [per_contour(m, classes, largest_region, others=True) for m in masks]
+
+
+def per_contour(labels: np.ndarray, classes: Classes,
+                step: Callable[[np.ndarray], np.ndarray], others: bool = False) -> np.ndarray:
+    """A post-processing step applied to a label map's contours: to the blood pool
+    (the endocardial region) and to the blood pool with the myocardium (the
+    epicardial region); the myocardium is then the ring between the two, and a pixel
+    inside the endocardial region is blood pool. Other classes are kept where they lie
+    outside the epicardial region (each through ``step`` too, with ``others``).
+
+    Args:
+        labels: Class ids ``[H, W]``.
+        classes: The classes.
+        step: Binary mask -> binary mask (``largest_region``, ``convex_hull``).
+        others: Apply ``step`` to the other classes too.
+
+    Returns:
+        Class ids ``[H, W]`` in ``labels``' dtype.
+    """
+    labels = np.asarray(labels)
+    endo = step(labels == classes.blood_pool)
+    epi = step(np.isin(labels, classes.epicardial)) | endo
+    out = np.zeros_like(labels)
+    for c in range(1, classes.count):
+        if c not in classes.epicardial:
+            region = (labels == c) & ~epi
+            out[step(region) if others else region] = c
+    if classes.has_myocardium:
+        out[epi] = classes.myocardium
+    out[endo] = classes.blood_pool
+    return out
 
 
 # Directions of the half-planes whose intersection stands for the convex hull: the
@@ -90,6 +131,10 @@ def convex_hull(mask: np.ndarray) -> np.ndarray:
     return np.all((proj >= low - HULL_TOLERANCE) & (proj <= high + HULL_TOLERANCE), axis=-1)
 
 
-def fill_convex_hulls(masks: Iterable[np.ndarray]) -> list[np.ndarray]:
-    """:func:`convex_hull` of each mask, in the masks' dtype."""
-    return [convex_hull(m).astype(np.asarray(m).dtype) for m in masks]
+def fill_convex_hulls(masks: Iterable[np.ndarray],
+                      classes: Classes | None = None) -> list[np.ndarray]:
+    """:func:`convex_hull` of each mask, in the masks' dtype; of label maps with more
+    classes, of each contour (:func:`per_contour`)."""
+    if _binary(classes):
+        return [convex_hull(m).astype(np.asarray(m).dtype) for m in masks]
+    return [per_contour(m, classes, convex_hull) for m in masks]

@@ -27,10 +27,12 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from lvseg_search.classes import Classes
 from lvseg_search.model.contract import RAW, ROI_CENTRE, ROI_MODES, SPACING
 from lvseg_search.model.serving_layers import (
     LOCALIZE_PASSES,
     ChosenCentre,
+    ContourRegions,
     ConvexHull,
     LargestRegion,
     LocateLV,
@@ -38,6 +40,11 @@ from lvseg_search.model.serving_layers import (
     RestoreSize,
 )
 from lvseg_search.model.tta import AugmentedViews, AverageViews
+
+
+def multi_class(classes: Classes | None) -> bool:
+    """Whether a model of these classes delivers label maps (more than the LV)."""
+    return classes is not None and classes.count > 2
 
 
 def _check_roi(roi: str, spacing_mm: float | None) -> None:
@@ -65,12 +72,17 @@ class ServingSteps:
         at_centre: Take a given field-of-view centre (``roi_centre_mm``).
         largest_region: Keep each image's largest region of the arg-max.
         convex_hull: Fill that region to its convex hull.
+        classes: The networks' classes; with more than the LV the mask holds class ids,
+            post-processed per contour, and the class probabilities come out too.
     """
 
     def __init__(self, image_size: int, normalization: str, spacing_mm: float | None,
                  class_id: int = 1, tta: str = "none", roi: str = "centre",
                  at_centre: bool = False, largest_region: bool = False,
-                 convex_hull: bool = False):
+                 convex_hull: bool = False, classes: Classes | None = None):
+        self.multi = multi_class(classes)
+        if self.multi:
+            class_id = classes.blood_pool
         def pre(name):
             return Preprocess(image_size, normalization, spacing_mm, name=name,
                               dtype="float32")
@@ -85,13 +97,22 @@ class ServingSteps:
                       if tta != "none" else None)
         self.average = (AverageViews(tta, name="tta_average", dtype="float32")
                         if tta != "none" else None)
-        self.restore = RestoreSize(class_id, spacing_mm, name="restore_size", dtype="float32")
-        self.largest = LargestRegion(name="largest_region") if largest_region else None
-        self.hull = ConvexHull(name="convex_hull") if convex_hull else None
+        self.restore = RestoreSize(class_id, spacing_mm, name="restore_size", dtype="float32",
+                                   labels=self.multi)
+        if self.multi:
+            record = classes.to_json()
+            self.largest = (ContourRegions(record, "largest_region", name="largest_region")
+                            if largest_region else None)
+            self.hull = (ContourRegions(record, "convex_hull", name="convex_hull")
+                         if convex_hull else None)
+        else:
+            self.largest = LargestRegion(name="largest_region") if largest_region else None
+            self.hull = ConvexHull(name="convex_hull") if convex_hull else None
 
     def __call__(self, raw, spacing, networks: Callable[[Any, str], Any],
-                 given_centre=None, locate: bool = True) -> tuple[Any, Any]:
-        """The LV's probability and mask on the input grid.
+                 given_centre=None, locate: bool = True) -> tuple[Any, ...]:
+        """The LV's probability and mask on the input grid (and, with more classes, the
+        class probabilities).
 
         Args:
             raw: Stored pixel values ``[B, H, W]``.
@@ -114,12 +135,13 @@ class ServingSteps:
         probs = networks(x, "ensemble")
         if self.average is not None:
             probs = self.average(probs)
-        lv, mask = self.restore(probs, raw, spacing, centre)
+        restored = self.restore(probs, raw, spacing, centre)
+        lv, mask = restored[0], restored[1]
         if self.largest is not None:
             mask = self.largest(mask)
         if self.hull is not None:
             mask = self.hull(mask)
-        return lv, mask
+        return (lv, mask, restored[2]) if self.multi else (lv, mask)
 
 
 def _shares(weights: Sequence[float] | None, n: int) -> list[float] | None:
@@ -138,7 +160,8 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
                         class_id: int = 1, tta: str = "none",
                         largest_region: bool = True, roi: str = "centre",
                         convex_hull: bool = False, at_centre: bool = False,
-                        weights: Sequence[float] | None = None) -> keras.Model:
+                        weights: Sequence[float] | None = None,
+                        classes: Classes | None = None) -> keras.Model:
     """Wraps trained networks into the deployable model (serving contract 2).
 
     Args:
@@ -161,6 +184,9 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
         at_centre: Also take ``roi_centre_mm`` (a physical grid only).
         weights: Each network's weight in the average (None: equal weights); they are
             normalized to sum to 1.
+        classes: The networks' classes (None: the LV and background). With more, the
+            mask holds class ids, post-processed per contour, and the model also gives
+            ``class_probabilities`` float32 ``[B, H, W, C]``.
 
     Returns:
         A model from ``{"raw": int16 [B, H, W], "pixel_spacing_mm": float32 [B, 2]}`` to
@@ -205,14 +231,18 @@ def build_serving_model(networks: Sequence[keras.Model], image_size: int,
             for k, (out, w) in enumerate(zip(outputs, share, strict=True))])
 
     steps = ServingSteps(image_size, normalization, spacing_mm, class_id, tta, roi,
-                         at_centre, largest_region, convex_hull)
-    lv, mask = steps(raw, spacing, run_networks, inputs.get(ROI_CENTRE))
-    return keras.Model(inputs, {"probabilities": lv, "mask": mask}, name="lvseg")
+                         at_centre, largest_region, convex_hull, classes)
+    out = steps(raw, spacing, run_networks, inputs.get(ROI_CENTRE))
+    outputs = {"probabilities": out[0], "mask": out[1]}
+    if steps.multi:
+        outputs["class_probabilities"] = out[2]
+    return keras.Model(inputs, outputs, name="lvseg")
 
 
 def make_predictor(networks: Sequence[keras.Model], image_size: int, normalization: str,
                    spacing_mm: float | None, class_id: int = 1, tta: str = "none",
-                   roi: str = "centre", weights: Sequence[float] | None = None):
+                   roi: str = "centre", weights: Sequence[float] | None = None,
+                   classes: Classes | None = None):
     """The serving model's computation as a plain function, run eagerly.
 
     Scoring a fold model this way builds no wrapper model and traces no graph, which
@@ -229,16 +259,17 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         tta: Test-time augmentation, as for :func:`build_serving_model`.
         roi: Where the field of view is cut, as for :func:`build_serving_model`.
         weights: Each network's weight, as for :func:`build_serving_model`.
+        classes: As for :func:`build_serving_model` (the mask: arg-max class ids).
 
     Returns:
         A function from raw int16 ``[B, H, W]``, pixel spacing ``[B, 2]`` and optionally
         ``roi_centre_mm`` ``[B, 2]`` (as the serving model takes it) to numpy
-        ``{"probabilities", "mask"}``.
+        ``{"probabilities", "mask"}`` (and ``class_probabilities`` with more classes).
     """
     _check_roi(roi, spacing_mm)
     share = _shares(weights, len(networks))
     steps = ServingSteps(image_size, normalization, spacing_mm, class_id, tta, roi,
-                         at_centre=spacing_mm is not None)
+                         at_centre=spacing_mm is not None, classes=classes)
 
     def run_networks(x, name=None):
         outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
@@ -257,7 +288,11 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
                              "whole images")
         # Eagerly, a located centre that every given one replaces is not computed.
         locating = given is None or bool(np.isnan(given).any())
-        lv, mask = steps(raw, pixel_spacing, run_networks, given, locate=locating)
-        return {"probabilities": ops.convert_to_numpy(lv), "mask": ops.convert_to_numpy(mask)}
+        out = steps(raw, pixel_spacing, run_networks, given, locate=locating)
+        result = {"probabilities": ops.convert_to_numpy(out[0]),
+                  "mask": ops.convert_to_numpy(out[1])}
+        if steps.multi:
+            result["class_probabilities"] = ops.convert_to_numpy(out[2])
+        return result
 
     return predict

@@ -7,12 +7,15 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from lvseg_search.classes import Classes
 from lvseg_search.model.graph_ops import (
     EPS,
     NORMALIZATIONS,
     convex_hull,
+    label_map,
     largest_region,
     lv_mask,
+    per_contour,
     per_image_spacing,
     resize_bilinear,
 )
@@ -152,16 +155,23 @@ class RestoreSize(layers.Layer):
     input's grid ``[B, H, W]``, and its arg-max mask (uint8, 1 = LV). Outside the
     network's field of view the probability is 0 and the mask empty.
 
+    With ``labels`` it returns the arg-max class ids (``graph_ops.label_map``) instead
+    of the LV's mask, and the class probabilities on the input grid as a third output
+    (models of more than one foreground class).
+
     Args:
         class_id: The LV class (1: blood pool).
         spacing_mm: The network grid's pixel size; None: the network saw the whole image
             resized (see :class:`Preprocess`).
+        labels: Return class ids and the class probabilities too.
     """
 
-    def __init__(self, class_id: int = 1, spacing_mm: float | None = None, **kwargs):
+    def __init__(self, class_id: int = 1, spacing_mm: float | None = None,
+                 labels: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.class_id = int(class_id)
         self.spacing_mm = None if spacing_mm is None else float(spacing_mm)
+        self.labels = bool(labels)
 
     def call(self, probabilities, raw, pixel_spacing=None, centre_mm=None):
         shape = ops.shape(raw)
@@ -171,18 +181,58 @@ class RestoreSize(layers.Layer):
                              shape[2], self.spacing_mm, centre_mm)
         else:
             full = resize_bilinear(probabilities, shape[1], shape[2])
+        if self.labels:
+            return full[..., self.class_id], label_map(full), full
         return lv_mask(full, self.class_id)
 
     def compute_output_shape(self, probabilities_shape, raw_shape, pixel_spacing_shape=None,
                              centre_mm_shape=None):
         shape = (raw_shape[0], raw_shape[1], raw_shape[2])
+        if self.labels:
+            return shape, shape, (*shape, probabilities_shape[-1])
         return shape, shape
 
     def get_config(self) -> dict:
         config = {**super().get_config(), "class_id": self.class_id}
         if self.spacing_mm is not None:
             config["spacing_mm"] = self.spacing_mm
+        if self.labels:
+            config["labels"] = True
         return config
+
+
+@keras.saving.register_keras_serializable(package="lvseg_search")
+class ContourRegions(layers.Layer):
+    """Post-processing of label maps ``[B, H, W]`` (uint8 class ids) per contour:
+    ``postprocess.per_contour`` inside the graph (tested equal): the largest region
+    (``step="largest_region"``, of the other classes too) or the convex hull
+    (``step="convex_hull"``) of the endocardial and the epicardial region, the
+    myocardium the ring between them.
+
+    Args:
+        classes: ``classes.Classes.to_json()`` of the model's classes.
+        step: ``largest_region`` or ``convex_hull``.
+    """
+
+    STEPS = {"largest_region": largest_region, "convex_hull": convex_hull}
+
+    def __init__(self, classes: dict, step: str = "largest_region", **kwargs):
+        super().__init__(**kwargs)
+        if step not in self.STEPS:
+            raise ValueError(f"unknown step {step!r} (one of {tuple(self.STEPS)})")
+        self.classes = dict(classes)
+        self.step = step
+        self._classes = Classes.from_json(self.classes)
+
+    def call(self, labels):
+        return per_contour(labels, self._classes, self.STEPS[self.step],
+                           others=self.step == "largest_region")
+
+    def compute_output_shape(self, labels_shape):
+        return labels_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "classes": self.classes, "step": self.step}
 
 
 @keras.saving.register_keras_serializable(package="lvseg_search")

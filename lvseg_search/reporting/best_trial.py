@@ -23,8 +23,11 @@ def score_test(run: Run, networks: list[Any]) -> dict[str, Any] | None:
     if not run.splits["test"]:
         return None
     o = run.options
-    predict = make_predictor(networks, o.image_size, o.normalization, o.spacing_mm or None)
-    _, summary = score_patients(predict, load_patient_images(run.data, run.splits["test"]))
+    classes = run.data.classes
+    predict = make_predictor(networks, o.image_size, o.normalization, o.spacing_mm or None,
+                             classes=classes if classes.count > 2 else None)
+    _, summary = score_patients(predict, load_patient_images(run.data, run.splits["test"]),
+                                objective=o.objective)
     return summary
 
 
@@ -49,14 +52,17 @@ def out_of_fold_overlays(run: Run, trial_id: str, networks: list[Any] | None = N
     from lvseg_search.model.serving import make_predictor
 
     panels, scores = [], []
+    classes = run.data.classes
+    labels = classes if classes.count > 2 else None
     for k in range(run.n_folds):
         model = networks[k] if networks is not None else run.fold_network(trial_id, k)
         o = run.options
-        predict = make_predictor([model], o.image_size, o.normalization, o.spacing_mm or None)
+        predict = make_predictor([model], o.image_size, o.normalization, o.spacing_mm or None,
+                                 classes=labels)
         patients = (validation[k] if validation is not None
                     else load_patient_images(run.data, run.splits["folds"][k]["val"]))
         for patient in patients:
-            _, pred = segment(predict, patient.images, patient.spacing_mm)
+            _, pred = segment(predict, patient.images, patient.spacing_mm, classes=labels)
             rows, _ = score_masks(pred, patient)
             where = slice_positions(patient.slice_index, patient.masks, patient.spacing_mm)
             scores += [{"fold": k, **r, "position": w} for r, w in zip(rows, where,
@@ -65,10 +71,10 @@ def out_of_fold_overlays(run: Run, trial_id: str, networks: list[Any] | None = N
                                           min(OVERLAYS_PER_PATIENT, len(patient.images)))
                               .round().astype(int))
             for i in picks:
-                panels.append((patient.images[i], patient.masks[i] == 1, pred[i].astype(bool),
+                panels.append((patient.images[i], patient.masks[i], pred[i],
                                f"{patient.patient_id} s{patient.slice_index[i]} "
                                f"p{patient.phase_index[i]}", rows[i]))
-    return draw_overlays(panels), scores
+    return draw_overlays(panels, classes), scores
 
 
 def best_trial_details(run: Run, trial_id: str, networks: list[Any],

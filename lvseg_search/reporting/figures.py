@@ -135,19 +135,24 @@ def plot_brackets(run: Run) -> str | None:
     return png(fig)
 
 
-def draw_overlays(panels: list[tuple[Any, ...]]) -> str | None:
-    """Image, expert contour (green) and predicted contour (red), one panel per image.
+def draw_overlays(panels: list[tuple[Any, ...]], classes: Any = None) -> str | None:
+    """Image, expert contours (green) and predicted contours (red), one panel per image:
+    the endocardial contour solid and, with a myocardium, the epicardial one dashed.
 
     Args:
-        panels: (image, expert mask, predicted mask, title, scores with ``dice`` and
-            ``apd_mm``) per panel.
+        panels: (image, expert mask, predicted mask (class ids), title, scores with
+            ``dice`` and ``apd_mm``, and ``epi_dice`` with a myocardium) per panel.
+        classes: ``classes.Classes`` of the masks (None: the LV only).
 
     Returns:
         The figure as base64 PNG; None without panels.
     """
     import matplotlib.pyplot as plt
 
+    from lvseg_search.classes import Classes, fully_labelled, regions
     from lvseg_search.evaluate.measures import contour_mm
+
+    classes = classes or Classes()
 
     if not panels:
         return None
@@ -158,14 +163,23 @@ def draw_overlays(panels: list[tuple[Any, ...]]) -> str | None:
         lo, hi = np.percentile(image, [1, 99])
         ax.imshow(np.clip(image, lo, hi), cmap="gray")
         for mask, colour in ((truth, "lime"), (pred, "red")):
-            line = contour_mm(mask, (1.0, 1.0))
-            if len(line):
-                ax.plot(line[:, 1], line[:, 0], color=colour, lw=1)
-        ax.set_title(f"{title}\nDice {row['dice']:.2f}  APD {row['apd_mm']:.1f} mm", fontsize=7)
+            found = regions(mask, classes)
+            drawn = [(found["endo"], "-")]
+            if classes.has_myocardium and fully_labelled(mask, classes):
+                drawn.append((found["epi"], "--"))
+            for region, style in drawn:
+                line = contour_mm(region, (1.0, 1.0))
+                if len(line):
+                    ax.plot(line[:, 1], line[:, 0], color=colour, lw=1, ls=style)
+        text = f"Dice {row['dice']:.2f}  APD {row['apd_mm']:.1f} mm"
+        if classes.has_myocardium and not math.isnan(row.get("epi_dice", math.nan)):
+            text = f"endo {row['dice']:.2f}  epi {row['epi_dice']:.2f}  myo {row['myo_dice']:.2f}"
+        ax.set_title(f"{title}\n{text}", fontsize=7)
         ax.axis("off")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle("green: expert contour, red: predicted (fold model that did not train on "
-                 "the patient)", fontsize=8)
+                 "the patient)" + ("; solid: endocardium, dashed: epicardium"
+                                  if classes.has_myocardium else ""), fontsize=8)
     fig.tight_layout()
     return png(fig)

@@ -102,6 +102,18 @@ COLUMNS = (("rank", "#", 0), ("trial", "trial", None), ("stage", "stage", None),
             ("good_contours_pct", "good %", 0), ("hausdorff_mm", "HD mm", 1),
             ("parameters", "params", None), ("scored_epoch", "epochs", 0),
             ("train_seconds", "time", None))
+# Shown after the CV Dice where the data has a myocardium (the CV Dice is then the
+# search's objective over the contours).
+CONTOUR_COLUMNS = (("endo_dice", "endo", 3), ("epi_dice", "epi", 3), ("myo_dice", "myo", 3),
+                   ("epi_apd_mm", "epi APD", 1))
+
+
+def _columns(table: pd.DataFrame) -> tuple[tuple[str, str, int | None], ...]:
+    """The trial table's columns: with each contour's figures where it has them."""
+    if "epi_dice" not in table:
+        return COLUMNS
+    at = [k for k, _, _ in COLUMNS].index("cv_dice_std") + 1
+    return COLUMNS[:at] + CONTOUR_COLUMNS + COLUMNS[at:]
 
 
 def trial_rows(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
@@ -115,9 +127,10 @@ def trial_rows(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
                  **{k: v for k, v in hparams.session_values(
                      run.trials[p["trial"]].hyperparameters.values).items()}}
                 for p in pending if p["trial"] in run.trials]
+    visible = _columns(table)
     for r in records:
         data, cells = {}, []
-        for key, _, digits in COLUMNS:
+        for key, _, digits in visible:
             value = r.get(key)
             data[key] = "" if value is None or (isinstance(value, float) and math.isnan(value)) \
                 else str(value)
@@ -150,7 +163,7 @@ def trial_rows(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
                            f"done): {e(str(r['reason']))}")
         values = ", ".join(f"{n} = {e(str(r[n]))}" for n in run.space.params if n in r)
         details.append(f"hyperparameters: {values}")
-        rows.append(f"<tr class='more'><td colspan='{len(COLUMNS) + 1}'>"
+        rows.append(f"<tr class='more'><td colspan='{len(visible) + 1}'>"
                     + "<br>".join(details) + "</td></tr>")
     return "".join(rows)
 
@@ -202,7 +215,7 @@ def render_html(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
                      " · click a heading to sort · \u25b8 for a trial's details</div>")
         heads = "".join(f"<th data-key='{k.replace('_', '-')}'"
                         f"{' class=l' if k == 'trial' else ''}>{e(h)}</th>"
-                        for k, h, _ in COLUMNS)
+                        for k, h, _ in _columns(table))
         parts.append(f"<table id='trials'><thead><tr>{heads}<th class='l'>network "
                      "(what varied)</th></tr></thead><tbody>"
                      + trial_rows(run, table, pending, varied) + "</tbody></table>")

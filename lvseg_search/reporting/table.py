@@ -25,6 +25,11 @@ EPOCH_RULE = ("Every figure of a row is at one epoch, the trial's last (`scored_
               "at the network's input size.)")
 
 
+# Each contour's figures (data with a myocardium; ``evaluate.scoring``).
+CONTOUR_COLUMNS = ("endo_dice", "epi_dice", "myo_dice", "epi_apd_mm", "epi_hausdorff_mm",
+                   "epi_good_contours_pct")
+
+
 def trial_table(run: Run) -> pd.DataFrame:
     """One row per completed trial, best first: scores, per-fold Dice, contour
     metrics, size, epochs, time and hyperparameter values."""
@@ -40,6 +45,7 @@ def trial_table(run: Run) -> pd.DataFrame:
         row.update({"apd_mm": m.get("apd_mm", math.nan),
                     "hausdorff_mm": m.get("hausdorff_mm", math.nan),
                     "good_contours_pct": m.get("good_contours_pct", math.nan),
+                    **{k: m.get(k, math.nan) for k in CONTOUR_COLUMNS if k in m},
                     "parameters": int(m.get("parameters") or
                                       (folds[0].get("parameters", 0) if folds else 0)),
                     "scored_epoch": scored_epoch(m),
@@ -132,6 +138,9 @@ def decision_frame(table: list[dict[str, Any]], chosen: dict[str, Any]) -> pd.Da
         "convex hull": "yes" if r["convex_hull"] else "no",
         "CV Dice": f"{r['cv_dice']:.4f} +- {r['cv_dice_std']:.3f}",
         "APD mm": number(r["apd_mm"], 2), "good contours %": number(r["good_contours_pct"], 0),
+        **({"endo Dice": number(r["endo_dice"], 3), "epi Dice": number(r["epi_dice"], 3),
+            "myo Dice": number(r["myo_dice"], 3), "epi APD mm": number(r["epi_apd_mm"], 2),
+            "epi good %": number(r["epi_good_contours_pct"], 0)} if "epi_dice" in r else {}),
         "export": "chosen" if same_setting(r, chosen) else ""}
         for r in table])
 
@@ -140,7 +149,8 @@ def columns(table: pd.DataFrame, n_folds: int) -> list[str]:
     """The trial table's columns shown in Markdown, in order."""
     shown = ["rank", "trial", "stage", "cv_dice", "cv_dice_std",
              *[f"dice_fold_{k}" for k in range(n_folds)], "apd_mm", "hausdorff_mm",
-             "good_contours_pct", "parameters", "scored_epoch", "train_seconds"]
+             "good_contours_pct", *CONTOUR_COLUMNS, "parameters", "scored_epoch",
+             "train_seconds"]
     return [c for c in shown if c in table]
 
 

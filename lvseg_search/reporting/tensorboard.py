@@ -17,7 +17,8 @@ def sync_tensorboard(run: Run) -> int:
     """
     logdir = run.path / hparams.DIRNAME
     if not any(logdir.glob("events.out.tfevents.*")):
-        hparams.write_config(logdir, run.space, run.n_folds, run.options.max_epochs)
+        hparams.write_config(logdir, run.space, run.n_folds, run.options.max_epochs,
+                             contours=run.data.classes.has_myocardium)
     written = 0
     for t in completed_trials(run):
         if (logdir / f"trial_{t.trial_id}").is_dir():

@@ -47,8 +47,8 @@ def test_a_last_unversioned_record_keeps_every_value_it_holds():
             "spacing_mm": 1.5, "field_of_view_mm": 200.0, "include_default": True,
             "min_epochs": 3, "lr_per_rung": True, "max_trials": 5}
     record, filled = upgrade.upgrade(flat)
-    # Only what version 2 added: no final stage, as it ran.
-    assert filled == {"finalists", "final_epochs"}
+    # Only what versions 2 and 3 added: no final stage, the blood pool scored, as it ran.
+    assert filled == {"finalists", "final_epochs", "objective"}
     options = SearchOptions.from_record(record, "search.json")
     assert options.augmentation == Augmentation(gamma=0.5)
     assert (options.steps_per_epoch, options.spacing_mm, options.min_epochs, options.oracle,
@@ -60,13 +60,15 @@ def test_a_version_1_record_gets_no_final_stage_and_keeps_its_default_choice():
     options = SearchOptions(data="/d", space="/s", space_digest="x", min_epochs=2,
                             spacing_mm=1.0, field_of_view_mm=128.0, include_default=False)
     record = json.loads(json.dumps(asdict(options)))
-    del record["finalists"], record["final_epochs"]
+    del record["finalists"], record["final_epochs"], record["objective"]
     record["schema_version"] = 1
     again, filled = upgrade.upgrade(record)
-    assert filled == {"finalists", "final_epochs"}
+    assert filled == {"finalists", "final_epochs", "objective"}
     upgraded = SearchOptions.from_record(again, "search.json")
     assert (upgraded.finalists, upgraded.final_epochs, upgraded.include_default) == (0, 0, False)
-    assert upgraded.schema_version == SCHEMA_VERSION == 2
+    assert upgraded.schema_version == SCHEMA_VERSION == 3
+    # Before the contours were scored, trials ranked by the blood pool.
+    assert upgraded.objective == "endo"
 
 
 def test_each_step_fills_only_what_it_added_in_order():
@@ -80,7 +82,8 @@ def test_each_step_fills_only_what_it_added_in_order():
             "group_column": "group", "test_seed": 0, "stratify": "slices",
             "steps_per_epoch": 0, "data_digest": ""}
     record, filled = upgrade.upgrade(flat)
-    assert filled == {"augment_offset_mm", "lr_per_rung", "finalists", "final_epochs"}
+    assert filled == {"augment_offset_mm", "lr_per_rung", "finalists", "final_epochs",
+                      "objective"}
     assert record["augmentation"]["offset_mm"] == 0.0 and record["spacing_mm"] == 1.2
 
 
