@@ -73,6 +73,17 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """The system's Chromium (installed by .ci/run from Debian's packages)."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no Chromium on this machine (apt-get install chromium): the report is not "
+                "checked in a browser here")
+
+
+@pytest.fixture(scope="session")
 def small_phantom(tmp_path_factory) -> Path:
     """A 3-patient, 48x48 phantom in the link.csv layout (do not modify; copy it)."""
     from lvseg_search.data.phantom import synth
@@ -106,7 +117,8 @@ def tiny_data(tmp_path_factory) -> Path:
 # over processes (pytest-xdist, --dist loadgroup), their tests run in one process, so
 # each finished run (or module fixture) is built once.
 _SHARED = ("tiny_run", "real_run")
-_MODULE_SHARED = {"test_physical_grid.py", "test_target_grid.py", "test_reliability.py"}
+_MODULE_SHARED = {"test_physical_grid.py", "test_target_grid.py", "test_reliability.py",
+                  "test_myocardium.py"}
 
 
 @pytest.hookimpl(tryfirst=True)

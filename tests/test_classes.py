@@ -101,17 +101,25 @@ def test_postprocessing_per_contour_in_numpy_and_in_the_graph_agree():
     rng = np.random.default_rng(1)
     speckled = np.where(rng.random(labels.shape) < 0.05, rng.integers(0, 3, labels.shape),
                         labels).astype(np.uint8)
-    for case in (labels, speckled):
-        largest = keep_largest_regions([case], MYO)[0]
-        hull = fill_convex_hulls([largest], MYO)[0]
+    # A fourth class (a data set's right ventricle): its largest region, outside the
+    # epicardial one.
+    rv = Classes(("background", "lv_blood_pool", "myocardium", "rv"), myocardium=2)
+    with_rv = labels.copy()
+    with_rv[10:20, 34:44] = 3
+    with_rv[44:46, 44:46] = 3
+    for case, classes in ((labels, MYO), (speckled, MYO), (with_rv, rv)):
+        largest = keep_largest_regions([case], classes)[0]
+        hull = fill_convex_hulls([largest], classes)[0]
         assert (largest[2:5, 2:5] == 0).all() and (largest[40:44, 2:6] == 0).all()
         # The myocardium is the ring between the two contours: nothing of it inside
         # the blood pool's region, and the blood pool inside the epicardial region.
         assert hull[24, 20] == 1
         for step, expected in (("largest_region", largest), ("convex_hull", hull)):
             source = case if step == "largest_region" else largest
-            graph = ops.convert_to_numpy(ContourRegions(MYO.to_json(), step)(source[None]))[0]
-            np.testing.assert_array_equal(graph, expected)
+            graph = ops.convert_to_numpy(ContourRegions(classes.to_json(), step)(
+                np.stack([source, source[::-1]])))
+            np.testing.assert_array_equal(graph[0], expected)
+    assert (largest[10:20, 34:44] == 3).all() and (largest[44:46, 44:46] == 0).all()
 
 
 def test_each_contour_is_scored_and_a_frame_without_o_contour_only_for_its_blood_pool():

@@ -5,7 +5,8 @@ predicted, with each contour scored and the LV mass delivered."""
 from __future__ import annotations
 
 import json
-import math
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +17,36 @@ from lvseg_search.cli import main
 TINY_SPACE = Path(__file__).parent / "spaces" / "tiny.toml"
 
 
-def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
-        tmp_path, capsys):
+@pytest.fixture(scope="module")
+def myocardium_run(tmp_path_factory) -> Path:
+    """A phantom with o-contours at end-diastole only, prepared with --myocardium and
+    searched (one trial, two folds), in a folder of its own: ``phantom``, ``data``,
+    ``run``."""
     from lvseg_search.data.phantom import synth
+    from lvseg_search.prepare import prepare
+    from lvseg_search.search import run_search
+
+    root = tmp_path_factory.mktemp("myocardium")
+    synth(root / "phantom", 4, seed=3, size=48, progress=False, o_contours="ed")
+    prepare(root / "phantom", root / "data", myocardium=True, progress=False)
+    run_search(root / "data", root / "run", str(TINY_SPACE), folds=2, max_epochs=2, factor=2,
+               max_trials=1, image_size=32, batch_size=4, steps_per_epoch=2, finalists=0,
+               seed=1, oracle="random", verbose=False)
+    return root
+
+
+def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
+        myocardium_run, tmp_path, capsys):
     from lvseg_search.engine.run import load_run
     from lvseg_search.engine.trial_score import last_metrics
     from lvseg_search.report import write_report
-    from lvseg_search.search import run_search
 
-    synth(tmp_path / "phantom", 4, seed=3, size=48, progress=False, o_contours="ed")
-    data = tmp_path / "data"
-    assert main(["prepare", str(tmp_path / "phantom"), "--out", str(data), "--myocardium"]) == 0
-    assert "with the blood pool only (no o-contour)" in capsys.readouterr().out
-    out = tmp_path / "run"
-    run_search(data, out, str(TINY_SPACE), folds=2, max_epochs=2, factor=2, max_trials=2,
-               image_size=32, batch_size=4, steps_per_epoch=2, finalists=0, seed=1,
-               oracle="random", verbose=False)
+    root = myocardium_run
+    # Prepared as a user does: the frames without o-contour keep their blood pool.
+    assert main(["prepare", str(root / "phantom"), "--out", str(tmp_path / "data"),
+                 "--myocardium"]) == 0
+    assert "8 with the blood pool only (no o-contour)" in capsys.readouterr().out
+    out = root / "run"
     run = load_run(out)
     assert run.options.objective == "mean"
     for trial_id in run.trials:
@@ -43,7 +58,7 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
             # Only end-diastole has an o-contour: half of the images.
             assert fold["epi_images"] == pytest.approx(fold["images"] / 2)
         assert {"endo_dice", "epi_dice", "myo_dice", "epi_apd_mm"} <= set(m)
-    paths = write_report(out, verbose=False)["files"]
+    paths = write_report(out, tmp_path / "report", verbose=False)["files"]
     html = Path(paths["html"]).read_text()
     assert "epi APD" in html and "solid: endocardium" not in html  # the figure is a PNG
     csv = Path(paths["csv"]).read_text().splitlines()[0]
@@ -61,7 +76,7 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
     assert set(card["cross_validation"]["contours"]) >= {"endo_dice", "epi_dice", "myo_dice"}
 
     pred = tmp_path / "pred"
-    assert main(["predict", str(model), str(tmp_path / "phantom" / "dicoms" / "SYN0001"),
+    assert main(["predict", str(model), str(root / "phantom" / "dicoms" / "SYN0001"),
                  "--out", str(pred)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((pred / "studies.json").read_text())["SYN0001"]
@@ -76,14 +91,74 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
     masks = [np.load(f) for f in (pred / "masks" / "SYN0001").glob("*.npy")]
     assert set(np.unique(np.concatenate([m.ravel() for m in masks]))) <= {0, 1, 2}
 
-    # A model card naming other classes than the model gives: one line, exit 2.
-    for names in ({"0": "background", "1": "lv_blood_pool"},
-                  {"0": "background", "1": "lv_blood_pool", "2": "myocardium", "3": "rv"}):
-        card["classes"] = {"classes": names, "roles": {"blood_pool": 1}}
-        (model / "model_card.json").write_text(json.dumps(card))
-        assert main(["predict", str(model), str(tmp_path / "phantom" / "dicoms" / "SYN0001"),
-                     "--out", str(tmp_path / "again")]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "model_card.json" in err and "classes" in err
-        assert not (tmp_path / "again").exists()
-    assert not math.isnan(run.data.classes.count)
+    # A model card naming fewer classes than the model gives: one line, exit 2.
+    card["classes"] = {"classes": {"0": "background", "1": "lv_blood_pool"},
+                       "roles": {"blood_pool": 1}}
+    (model / "model_card.json").write_text(json.dumps(card))
+    assert main(["predict", str(model), str(root / "phantom" / "dicoms" / "SYN0001"),
+                 "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "names 2 classes but the model gives 3" in err
+    assert not (tmp_path / "again").exists()
+
+
+
+def test_the_report_of_a_myocardium_search_in_chromium(myocardium_run, tmp_path, chromium):
+    from lvseg_search.report import write_report
+
+    paths = write_report(myocardium_run / "run", tmp_path / "report", verbose=False)["files"]
+    html = Path(paths["html"]).read_text()
+    probe = Path(paths["html"]).with_name("probe.html")
+    probe.write_text(html.replace("</body>", PROBE + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800"]
+    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    seen = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom).group(1)
+                      .replace("&quot;", '"'))
+    # Every plot shows, the contours' overlays drawn at their size, and the trial table
+    # has each contour's columns.
+    assert seen["loaded"] == seen["images"] and "overlays" in seen["shown"]
+    assert seen["overlay_width"] > 600
+    assert {"endo-dice", "epi-dice", "myo-dice"} <= set(seen["columns"])
+
+
+PROBE = """<script>window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var overlay = document.querySelector("img[alt='overlays']");
+  var r = {images: imgs.length,
+           loaded: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+           shown: imgs.map(function (i) { return i.alt; }),
+           overlay_width: overlay ? overlay.getBoundingClientRect().width : 0,
+           columns: Array.prototype.slice.call(document.querySelectorAll('#trials th'))
+             .map(function (th) { return th.getAttribute('data-key'); })};
+  var pre = document.createElement('pre'); pre.id = 'probe';
+  pre.textContent = JSON.stringify(r); document.body.appendChild(pre);
+});</script>"""
+
+
+def test_overlays_draw_both_contours_of_each_mask():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from lvseg_search.classes import Classes
+    from lvseg_search.reporting.figures import draw_overlays
+
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32)
+    labels = np.where(r <= 10, 1, np.where(r <= 15, 2, 0)).astype(np.uint8)
+    row = {"dice": 1.0, "apd_mm": 0.0, "epi_dice": 1.0, "myo_dice": 1.0}
+    classes = Classes(("background", "lv_blood_pool", "myocardium"), myocardium=2)
+
+    def green(figure):
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(figure))).convert("RGB"))
+        return int(((pixels[..., 1] > 200) & (pixels[..., 0] < 80)).sum())
+
+    # The prediction beside the truth, so that the expert's contours are not hidden.
+    pred = np.roll(labels, 20, axis=1)
+    both = green(draw_overlays([(np.zeros((64, 64)), labels, pred, "p", row)], classes))
+    endo = green(draw_overlays([(np.zeros((64, 64)), labels == 1, pred == 1, "p", row)]))
+    # The dashed epicardial contour (1.5 times the radius, dashed) adds green.
+    assert both > 1.3 * endo

@@ -326,6 +326,17 @@ def test_export_and_predict(tiny_run, tiny_data, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
         assert not (tmp_path / f"out-{source}").exists()
+    # A card naming more classes than the model gives (a blood-pool model's card edited
+    # to a myocardium's): one line, exit 2, nothing written.
+    card = json.loads((model_dir / "model_card.json").read_text())
+    card["classes"] = {"classes": {"0": "background", "1": "lv_blood_pool",
+                                   "2": "myocardium"},
+                       "roles": {"blood_pool": 1, "myocardium": 2}}
+    (model_dir / "model_card.json").write_text(json.dumps(card))
+    assert main(["predict", str(model_dir), str(phantom), "--out", str(tmp_path / "p3")]) == 2
+    err = capsys.readouterr().err
+    assert "names 3 classes but the model gives 2" in err and err.count("\n") == 1
+    assert not (tmp_path / "p3").exists()
 
 
 @pytest.fixture
@@ -616,18 +627,6 @@ def test_a_folder_is_split_into_its_dicom_series():
     assert split_series("p", files[:4] * 2, sax)[0][0] == "p"
 
 
-def _chromium() -> str:
-    """The system's Chromium (installed by .ci/run from Debian's packages)."""
-    import shutil
-
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("no Chromium on this machine (apt-get install chromium): the report is not "
-                "checked in a browser here")
-
-
 # Runs in the page once it has loaded, as a person would look at it, and writes what it
 # saw into the page for --dump-dom to return.
 PROBE = """<script>window.addEventListener('load', function () {
@@ -659,12 +658,12 @@ PROBE = """<script>window.addEventListener('load', function () {
 });</script>"""
 
 
-def test_report_as_a_person_sees_it_in_chromium(tiny_run, tmp_path):
+def test_report_as_a_person_sees_it_in_chromium(tiny_run, tmp_path, chromium):
     import subprocess
 
     from lvseg_search.report import write_report
 
-    browser = _chromium()
+    browser = chromium
     files = write_report(tiny_run, tmp_path / "report", verbose=False)["files"]
     page = files["html"].read_text()
     probe = tmp_path / "report" / "probe.html"

@@ -49,6 +49,10 @@ def per_contour(labels, classes, step, others: bool = False):
     same) applied to the endocardial and epicardial regions of label maps ``[B, H, W]``,
     the myocardium the ring between them.
 
+    The regions are stacked along the batch axis and stepped at once: one labelling
+    loop in the graph instead of one per region, which halves what every exported
+    format converts and runs.
+
     Args:
         labels: Class ids ``uint8 [B, H, W]``.
         classes: ``classes.Classes``.
@@ -56,22 +60,22 @@ def per_contour(labels, classes, step, others: bool = False):
         others: Apply ``step`` to the other classes too.
     """
     labels = ops.cast(labels, "int32")
-
-    def binary(x):
-        return ops.cast(x, "uint8")
-
-    endo = ops.greater(step(binary(ops.equal(labels, classes.blood_pool))), 0)
-    inside = ops.equal(labels, classes.blood_pool)
+    endo = ops.equal(labels, classes.blood_pool)
+    inside = endo
     if classes.has_myocardium:
         inside = ops.logical_or(inside, ops.equal(labels, classes.myocardium))
-    epi = ops.logical_or(ops.greater(step(binary(inside)), 0), endo)
+    rest = [c for c in range(1, classes.count) if c not in classes.epicardial]
+    regions = [endo, inside] + ([ops.equal(labels, c) for c in rest] if others else [])
+    shape = ops.shape(labels)
+    stacked = ops.concatenate([ops.cast(r, "uint8") for r in regions], axis=0)
+    stepped = ops.reshape(ops.greater(step(stacked), 0),
+                          (len(regions), shape[0], shape[1], shape[2]))
+    endo = stepped[0]
+    epi = ops.logical_or(stepped[1], endo)
     out = ops.zeros_like(labels)
-    for c in range(1, classes.count):
-        if c not in classes.epicardial:
-            region = ops.logical_and(ops.equal(labels, c), ops.logical_not(epi))
-            if others:
-                region = ops.greater(step(binary(region)), 0)
-            out = ops.where(region, c, out)
+    for k, c in enumerate(rest):
+        region = stepped[2 + k] if others else ops.equal(labels, c)
+        out = ops.where(ops.logical_and(region, ops.logical_not(epi)), c, out)
     if classes.has_myocardium:
         out = ops.where(epi, classes.myocardium, out)
     return ops.cast(ops.where(endo, classes.blood_pool, out), "uint8")

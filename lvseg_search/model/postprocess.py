@@ -80,8 +80,8 @@ def per_contour(labels: np.ndarray, classes: Classes,
     out = np.zeros_like(labels)
     for c in range(1, classes.count):
         if c not in classes.epicardial:
-            region = (labels == c) & ~epi
-            out[step(region) if others else region] = c
+            region = labels == c
+            out[(step(region) if others else region) & ~epi] = c
     if classes.has_myocardium:
         out[epi] = classes.myocardium
     out[endo] = classes.blood_pool
