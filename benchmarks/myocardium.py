@@ -19,6 +19,14 @@ every patient (in-sample: an upper bound, not an estimate).
     python benchmarks/myocardium.py --out DIR [--input RAW] [--seed 0]
         [--epochs 60] [--steps-per-epoch 30] [--batch-size 4] [--folds 3]
 
+With ``--phantom`` it checks the LV mass against a known one instead: a 10-patient
+phantom (128 x 128, o-contours at end-diastole only) with 3 held-out test patients,
+searched with the same fixed command, exported (the fold models averaged), and each
+test patient's study predicted by ``predict``; its LV mass at end-diastole next to the
+phantom's own (``truth.json``, from the contour polygons).
+
+    python benchmarks/myocardium.py --phantom --out DIR [--seed 0] [--epochs 60]
+
 An interrupted run resumes (each search in its own folder under DIR).
 """
 
@@ -111,6 +119,61 @@ def _study_mass(serve, dicom_dir: Path, decision: dict, slices: set[int] | None)
     return out
 
 
+def phantom_mass(args: argparse.Namespace) -> None:
+    """The LV mass of held-out phantom patients, predicted against the known mass."""
+    from lvseg_search.data.phantom import TRUTH, synth
+    from lvseg_search.predict import predict
+
+    phantom = args.out / "phantom"
+    if not (phantom / TRUTH).is_file():
+        synth(phantom, 10, seed=args.seed, size=128, phases=2, progress=False,
+              o_contours="ed")
+    data = args.out / "data"
+    _prepare(phantom, data, True)
+    run_dir = args.out / "run"
+    wall = run_dir / "wall_seconds.txt"
+    if not wall.is_file():
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lvseg_search", "search", "--data", str(data),
+                        "--space", "quick", "--oracle", "fixed", "--out", str(run_dir),
+                        "--folds", str(args.folds), "--test-patients", "3",
+                        "--max-epochs", str(args.epochs), "--batch-size",
+                        str(args.batch_size), "--steps-per-epoch", str(args.steps_per_epoch),
+                        "--seed", str(args.seed), "--quiet"], check=True)
+        wall.write_text(f"{time.perf_counter() - start:.1f}\n")
+    model = args.out / "model"
+    if not (model / "model_card.json").is_file():
+        subprocess.run([sys.executable, "-m", "lvseg_search", "export", str(run_dir),
+                        "--out", str(model), "--ensemble", "--no-onnx"], check=True,
+                       stdout=subprocess.DEVNULL)
+    card = json.loads((model / "model_card.json").read_text())
+    truth = json.loads((phantom / TRUTH).read_text())["patients"]
+    test = card["test"]
+    print(f"\nphantom, --myocardium (o-contours at end-diastole only), --oracle fixed, "
+          f"{args.epochs} epochs of {args.steps_per_epoch} batches, seed {args.seed}; "
+          f"held-out test patients {', '.join(test['patients'])}: blood-pool Dice "
+          f"{test['endo_dice']:.3f}, epicardial Dice {test['epi_dice']:.3f}, myocardium "
+          f"Dice {test['myo_dice']:.3f}")
+    print("patient   wall mm  known mass g  predicted g  error    known EF  predicted EF")
+    errors = []
+    for pid in test["patients"]:
+        out = args.out / f"pred_{pid}"
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        summary = predict(model, phantom / "dicoms" / pid, out, overlays=False,
+                          verbose=False)[pid]
+        known = truth[pid]
+        error = summary["lv_mass_ed_g"] / known["lv_mass_ed_g"] - 1
+        errors.append(error)
+        known_ef = 1 - known["esv_ml"] / known["edv_ml"]
+        print(f"{pid}  {known['wall_mm']:7.1f}  {known['lv_mass_ed_g']:12.1f}  "
+              f"{summary['lv_mass_ed_g']:11.1f}  {100 * error:+5.1f}%  {100 * known_ef:7.1f}%"
+              f"  {100 * summary['ejection_fraction']:11.1f}%")
+    print(f"largest mass error {100 * max(abs(e) for e in errors):.1f}% (target: within 5%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -120,7 +183,13 @@ def main() -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--phantom", action="store_true",
+                        help="the LV mass of held-out phantom patients against the known")
     args = parser.parse_args()
+    if args.phantom:
+        args.out.mkdir(parents=True, exist_ok=True)
+        phantom_mass(args)
+        return
 
     from lvseg_search.classes import MYOCARDIAL_DENSITY_G_PER_ML
     from lvseg_search.data.ingest import spacing_along_normal

@@ -170,6 +170,12 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                                          ("--ensemble", ensemble),
                                          ("--epochs", epochs is not None)) if given]
     candidate = _check_delivery(run, deliver, max_members, explicit)
+    from lvseg_search.engine.finalist_ensemble import MIN_FINALISTS, finalists
+
+    if (verbose and not candidate and not explicit and deliver == "auto"
+            and run.data.num_classes > 2 and len(finalists(run)) >= MIN_FINALISTS):
+        print("export: the finalists' ensemble averages blood-pool models only so far; "
+              "delivering the best finalist", flush=True)
     keras.mixed_precision.set_dtype_policy("float32")  # exported formats are float32
     needs: list[int] = []  # the model folder's size, once its networks are known
     with (disk_full_reported(Path(out), "run the command again (nothing was written)",

@@ -250,7 +250,7 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
                 volume_tables.append(volumes.assign(study=study))
         pd.DataFrame(area_rows).to_csv(tmp / "areas.csv", index=False)
         cols = ["study", "phase_index", "slices", "volume_ml"] + (
-            ["myocardial_volume_ml"] if classes.has_myocardium else [])
+            ["myocardial_volume_ml", "lv_mass_g"] if classes.has_myocardium else [])
         pd.concat(volume_tables)[cols].to_csv(tmp / "volumes.csv", index=False)
         (tmp / "studies.json").write_text(json.dumps(summaries, indent=2) + "\n")
     if verbose:

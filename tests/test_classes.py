@@ -65,8 +65,9 @@ def test_partial_losses_equal_the_plain_ones_without_ignored_pixels_and_train_wh
     p = np.array([[[[0.2, 0.5, 0.3]]]], np.float32)
     assert float(PartialCrossentropy(IGNORE)(partial, p)) == pytest.approx(-math.log(0.5),
                                                                            rel=1e-5)
-    # The myocardium's Dice term leaves ignored pixels out: predicting myocardium there
-    # costs nothing, predicting blood pool there costs.
+    # On a partly labelled image only the blood pool's Dice term counts: the
+    # myocardium is there but unlabelled, so predicting it beside the blood pool costs
+    # nothing, while predicting blood pool outside the expert's costs.
     labels = np.full((1, 4, 4, 1), IGNORE, np.uint8)
     labels[0, :2, :2] = 1
     as_myo = np.zeros((1, 4, 4, 3), np.float32)
@@ -75,7 +76,13 @@ def test_partial_losses_equal_the_plain_ones_without_ignored_pixels_and_train_wh
     as_blood = as_myo.copy()
     as_blood[0, 2:, 2:] = [0.0, 1.0, 0.0]
     dice = SoftDiceLoss(ignore=IGNORE)
-    assert float(dice(labels, as_myo)) < float(dice(labels, as_blood))
+    assert float(dice(labels, as_myo)) == pytest.approx(0.0, abs=1e-6)
+    assert float(dice(labels, as_blood)) > 0.2
+    # ...and no myocardium at all costs nothing either (the expert did not say).
+    as_background = as_myo.copy()
+    as_background[..., 2] = 0.0
+    as_background[..., 0] = 1.0 - as_background[..., 1]
+    assert float(dice(labels, as_background)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_ignored_pixels_keep_their_label_on_the_network_grid():

@@ -35,7 +35,7 @@ def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float],
 
     Returns:
         Volumes per phase (``phase_index``, ``slices``, ``volume_ml``, and
-        ``myocardial_volume_ml`` with the myocardium) and the study summary (slice
+        ``myocardial_volume_ml`` and ``lv_mass_g`` with the myocardium) and the study summary (slice
         spacing, ED/ES phases and volumes, ejection fraction, or why there is none; with
         the myocardium ``myocardial_volume_ed_ml`` and ``lv_mass_ed_g``, or
         ``why_no_mass``).
@@ -54,13 +54,14 @@ def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float],
     volumes["volume_ml"] = volumes["area_mm2"] * spacing / 1000.0
     if myocardium:
         volumes["myocardial_volume_ml"] = volumes["myo_area_mm2"] * spacing / 1000.0
+        volumes["lv_mass_g"] = volumes["myocardial_volume_ml"] * MYOCARDIAL_DENSITY_G_PER_ML
     areas = [c for c in ("area_mm2", "myo_area_mm2") if c in volumes]
     summary: dict[str, Any] = {"images": len(frame), "slices": int(slices),
                                "phases": int(phases), "slice_spacing_mm": spacing}
     if geometry_problems:
         volumes["volume_ml"] = float("nan")
         if myocardium:
-            volumes["myocardial_volume_ml"] = float("nan")
+            volumes[["myocardial_volume_ml", "lv_mass_g"]] = float("nan")
         summary.update({"slice_spacing_mm": None, "ejection_fraction": None,
                         "why_no_ef": "no volumes: " + "; ".join(geometry_problems)})
         if myocardium:

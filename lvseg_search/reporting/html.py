@@ -84,6 +84,14 @@ def summary_card(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]],
             ("good contours", f"{number(best['good_contours_pct'], 0)} <small>%</small>",
              "APD < 5 mm"),
             ("Hausdorff", f"{number(best['hausdorff_mm'], 1)} <small>mm</small>", "")]
+    if "epi_dice" in best:
+        # The CV Dice ranks by the objective over the contours; the distances above are
+        # the endocardium's.
+        figs[0] = (f"CV Dice ({run.options.objective})", *figs[0][1:])
+        figs[1:1] = [("endo Dice", number(best["endo_dice"], 3), "blood pool"),
+                     ("epi Dice", number(best["epi_dice"], 3),
+                      f"APD {number(best['epi_apd_mm'], 1)} mm"),
+                     ("myo Dice", number(best["myo_dice"], 3), "")]
     cells = "".join(f"<div class='fig'><b>{v}</b><span>{e(k)}{' · ' + e(s) if s else ''}"
                     "</span></div>" for k, v, s in figs)
     return ("<section class='summary'><div class='card'>"

@@ -47,6 +47,14 @@ def render_markdown(run: Run, table: pd.DataFrame, pending: list[dict[str, Any]]
                   f"{number(best['good_contours_pct'], 0)}%, Hausdorff "
                   f"{number(best['hausdorff_mm'], 1)} mm; {count(best['parameters'])} "
                   f"parameters, {int(best['scored_epoch'])} epochs.", ""]
+        if "epi_dice" in best:
+            lines += [f"Each contour ({run.options.objective} of the endocardial and "
+                      "epicardial Dice ranks the trials; APD and good contours above are "
+                      f"the endocardium's): endocardial Dice {number(best['endo_dice'], 3)}, "
+                      f"epicardial Dice {number(best['epi_dice'], 3)} (APD "
+                      f"{number(best['epi_apd_mm'], 1)} mm, good contours "
+                      f"{number(best['epi_good_contours_pct'], 0)}%), myocardium Dice "
+                      f"{number(best['myo_dice'], 3)}.", ""]
         baseline = table[table["stage"].str.endswith(", default")]
         if not baseline.empty:
             b = baseline.iloc[0]  # its finalist where it has one (ranked first)
