@@ -219,3 +219,10 @@ def test_an_o_contour_inside_or_across_its_i_contour(phantom_copy, tmp_path, cap
     first = next(p for p in manifest["patients"] if p["patient_id"] == "SYN0001")
     assert first["bad_contour_frames_skipped"] == 1
     assert main(["prepare", str(phantom_copy), "--out", str(tmp_path / "lv")]) == 0
+
+
+def test_an_epicardial_objective_without_a_myocardium(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    _assert_clean_failure(*_run(capsys, "search", "--data", tiny_data, "--out", out,
+                                "--objective", "epi", "--max-trials", "1"), out,
+                          "--objective epi", "has no myocardium", "--myocardium")

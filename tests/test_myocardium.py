@@ -65,13 +65,14 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
     assert "epi_dice" in csv and "myo_dice" in csv
 
     model = tmp_path / "model"
-    assert main(["export", str(out), "--out", str(model)]) == 0
+    # ONNX is converted and checked for such models in test_postprocess (the same graph
+    # of per-contour post-processing, on speckled masks).
+    assert main(["export", str(out), "--out", str(model), "--no-onnx"]) == 0
     printed = capsys.readouterr().out
     assert "endo Dice" in printed and "0 mask pixel(s) differ" in printed
     card = json.loads((model / "model_card.json").read_text())
     assert card["classes"]["roles"] == {"blood_pool": 1, "myocardium": 2}
     assert "class_probabilities" in card["outputs"]
-    assert card["onnx"] == "written"
     assert all(p["mask_mismatch_pixels"] == 0 for p in card["parity_max_abs_diff"].values())
     assert set(card["cross_validation"]["contours"]) >= {"endo_dice", "epi_dice", "myo_dice"}
 

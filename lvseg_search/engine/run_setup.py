@@ -73,6 +73,11 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         UserError: The folder holds another search or something else, or the splits file
             is bad or differs from the splits of the search being resumed.
     """
+    if ("objective" in given and options.objective != "endo"
+            and not data.classes.has_myocardium):
+        raise UserError(f"--objective {options.objective}: {data.root} has no myocardium, "
+                        "so no epicardial contour to score; prepare it with --myocardium, "
+                        "or drop the option")
     # Without a myocardium there is one contour to score: the objective is its Dice.
     options = replace(options, data_digest=manifest_mod.identity(data.manifest),
                       objective=data.classes.objective(options.objective))

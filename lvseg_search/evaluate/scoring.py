@@ -146,6 +146,8 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
     centres = None
     if study_roi:
         _, first = segment(predict, images, spacing_mm, batch_size, classes=classes)
+        if classes is not None:  # the study's LV is its blood pool
+            first = [m == classes.blood_pool for m in first]
         centres = np.tile(study_centre_mm(first, spacing_mm).astype(np.float32),
                           (len(images), 1))
     probs: list[Any] = [None] * len(images)

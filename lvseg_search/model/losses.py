@@ -8,7 +8,8 @@ Masks of partly labelled frames (an i-contour without an o-contour) hold
 myocardium. With ``ignore`` set, such a pixel's cross-entropy is that of the set of
 classes it may be (``-log(1 - p_blood_pool)``: the likelihood of what the expert said,
 nothing more), and the Dice terms of every class but the blood pool leave out the
-images that hold such pixels; for the blood pool it is a known negative. Without ``ignore`` the losses are the plain ones.
+images that hold such pixels; for the blood pool it is a known negative. Without
+``ignore`` the losses are the plain ones.
 """
 
 from __future__ import annotations

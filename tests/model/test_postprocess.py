@@ -192,36 +192,49 @@ def test_serving_model_fills_the_hull_of_its_largest_region_only_when_asked():
 
 
 def test_largest_region_runs_in_every_format_on_full_size_speckled_masks(tmp_path):
-    """Four 256 x 256 images whose untrained network gives dozens of regions each: the
-    exported formats keep the same largest region as the Keras model. In ONNX without
-    a table of segments x largest segment (a segment sum converts to one, through
-    Unique: it asked 134 GB for the real subset's images)."""
+    """Four 256 x 256 images whose untrained network gives dozens of regions of each
+    class: the exported formats keep the same regions as the Keras model, per contour
+    (the blood pool's and the epicardial region's largest, each filled to its hull, the
+    myocardium the ring between them; ``graph_ops.per_contour``, which runs the binary
+    largest-region step on both regions at once), and deliver the class probabilities
+    too. In ONNX without a table of segments x largest segment (a segment sum converts
+    to one, through Unique: it asked 134 GB for the real subset's images)."""
     import keras
 
+    from lvseg_search.classes import Classes
     from lvseg_search.model.formats import write_formats
     from lvseg_search.model.parity import check_parity
     from lvseg_search.model.serving import build_serving_model
 
+    classes = Classes(("background", "lv_blood_pool", "myocardium"), myocardium=2)
     keras.utils.set_random_seed(5)
     inp = keras.Input((64, 64, 1))
-    net = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same",
+    net = keras.Model(inp, keras.layers.Conv2D(3, 3, padding="same",
                                                activation="softmax")(inp))
-    model = build_serving_model([net], 64, "zscore", 4.0)
+    model = build_serving_model([net], 64, "zscore", 4.0, convex_hull=True, classes=classes)
     raw = np.random.default_rng(2).integers(0, 1000, (4, 256, 256)).astype(np.int16)
     spacing = np.full((4, 2), 1.0, np.float32)
     raw_mask = keras.Model(model.input, model.get_layer("restore_size").output[1])
     before = np.asarray(raw_mask.predict_on_batch({"raw": raw, "pixel_spacing_mm": spacing}))
-    assert min(_label(m).max() for m in before) > 30
+    assert min(_label(m == 1).max() for m in before) > 30
+    assert min(_label(m > 0).max() for m in before) > 10
 
     def keras_run(r, s):
         return {k: np.asarray(v) for k, v in model({"raw": r, "pixel_spacing_mm": s}).items()}
 
-    np.testing.assert_array_equal(keras_run(raw, spacing)["mask"],
-                                  np.stack(keep_largest_regions(before)))
+    expected = fill_convex_hulls(keep_largest_regions(before, classes), classes)
+    delivered = keras_run(raw, spacing)
+    np.testing.assert_array_equal(delivered["mask"], np.stack(expected))
+    assert delivered["class_probabilities"].shape == (4, 256, 256, 3)
+    assert (delivered["mask"] == 2).any()
     runners, onnx_status = write_formats(model, tmp_path)
     assert onnx_status == "written"
-    report = check_parity(keras_run, runners, [(raw, spacing)])
+    report = check_parity(keras_run, runners, [(raw, spacing)], classes=3)
     assert set(report) == {"saved_model", "keras_file", "tflite", "onnx"}
+    for runner in runners.values():  # every format gives the class probabilities
+        out = runner(raw[:1], spacing[:1])
+        np.testing.assert_allclose(out["class_probabilities"],
+                                   delivered["class_probabilities"][:1], atol=1e-4)
     import onnx
 
     ops_used = {node.op_type for node in onnx.load(tmp_path / "model.onnx").graph.node}

@@ -31,3 +31,11 @@ print("same")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("same")
     assert np.load(FIXTURES / "serving_v1_expected.npz")["raw"].shape == (2, 20, 24)
+
+
+def test_onnx_outputs_are_named_as_the_contract_names_them():
+    from lvseg_search.model.formats import _by_output
+
+    named = {"class_probabilities:0": 3, "probabilities:0": 1, "mask": 2}
+    assert _by_output(named) == {"class_probabilities": 3, "probabilities": 1, "mask": 2}
+    assert _by_output({"probabilities": 1, "mask": 2}) == {"probabilities": 1, "mask": 2}
