@@ -55,7 +55,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
                 salt=args.salt or os.environ.get("LVSEG_SALT"),
                 allow_mixed_sizes=args.allow_mixed_sizes,
                 accept_image_level_split=args.accept_image_level_split,
-                skip_bad_contours=args.skip_bad_contours,
+                skip_bad_contours=args.skip_bad_contours, classes=args.classes,
                 overwrite=args.overwrite, progress=not args.quiet)
     print(f"prepared {m['n_patients']} patients, {m['n_slices']} labelled slices "
           f"({m['source_layout']} layout) -> {args.out}")
@@ -77,8 +77,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from lvseg_search.data.phantom import synth
 
     ids = synth(args.out, args.patients, seed=args.seed, size=args.size, phases=args.phases,
-                overwrite=args.overwrite, progress=not args.quiet, o_contours=args.o_contours)
-    print(f"wrote a {len(ids)}-patient phantom (link.csv layout) -> {args.out}")
+                overwrite=args.overwrite, progress=not args.quiet, o_contours=args.o_contours,
+                format=args.format)
+    layout = {"linkcsv": "link.csv", "nifti": "ACDC NIfTI", "nnunet": "nnU-Net"}[args.format]
+    print(f"wrote a {len(ids)}-patient phantom ({layout} layout) -> {args.out}")
     return 0
 
 
@@ -190,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="DICOM + contours -> per-patient TFRecord shards")
     p.add_argument("input", type=Path, help="data folder (or a lab .tfrecords file)")
     p.add_argument("--out", type=Path, required=True, help="output data folder")
-    p.add_argument("--layout", choices=["linkcsv", "challenge", "lab"],
+    p.add_argument("--layout", choices=["linkcsv", "challenge", "lab", "acdc", "nnunet"],
                    help="input layout (default: detected)")
+    p.add_argument("--classes", metavar="lv=ID,myo=ID",
+                   help="NIfTI data sets: the label values of the LV blood pool and the "
+                        "myocardium (default: from the labels' names)")
     p.add_argument("--images", type=Path,
                    help="images root of the 2009 challenge layout (default: INPUT)")
     p.add_argument("--myocardium", action="store_true",
@@ -218,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--size", type=int, default=256, help="image rows and columns")
     p.add_argument("--phases", type=int, default=2, help="cardiac phases per slice (>= 2)")
+    p.add_argument("--format", choices=["linkcsv", "nifti", "nnunet"], default="linkcsv",
+                   help="DICOM with Sunnybrook contours (default), or NIfTI volumes with "
+                        "label maps in ACDC's layout, or in nnU-Net's")
     p.add_argument("--o-contours", choices=["all", "ed"], default="all",
                    help="o-contours (epicardium) on every frame, or at end-diastole only "
                         "as the Sunnybrook experts mostly drew them (default all)")

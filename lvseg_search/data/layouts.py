@@ -7,6 +7,7 @@
   ``<case>/contours-manual/IRCCI-expert/IM-0001-<nnnn>-icontour-manual.txt`` with images in
   ``<images root>/<case>/IM-<series>-<nnnn>.dcm`` (SAX series differs per case).
 * ``lab``: the seed lab's TFRecords (``*.tfrecords`` with ``img_raw``/``label_raw``).
+* ``acdc`` and ``nnunet``: NIfTI data sets with label maps (``nifti_layouts``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from lvseg_search.errors import UserError
 
-LAYOUTS = ("linkcsv", "challenge", "lab")
+LAYOUTS = ("linkcsv", "challenge", "lab", "acdc", "nnunet")
 
 _CONTOUR_RE = re.compile(r"^IM-\d{4}-(\d{4})-([io])contour-manual\.txt$")
 
@@ -77,8 +78,13 @@ def detect_layout(root: Path) -> str:
         return "challenge"
     if next(root.glob("*.tfrecords"), None) is not None:
         return "lab"
+    if (root / "dataset.json").is_file() and (root / "labelsTr").is_dir():
+        return "nnunet"
+    if next(root.glob("*/*_frame*_gt.nii*"), None) is not None:
+        return "acdc"
     raise UserError(f"{root}: no known layout found (no link.csv, no "
-                    "<case>/contours-manual/IRCCI-expert, no *.tfrecords); pass --layout "
+                    "<case>/contours-manual/IRCCI-expert, no *.tfrecords, no nnU-Net "
+                    "dataset.json with labelsTr/, no ACDC patient folders); pass --layout "
                     "or check the folder")
 
 

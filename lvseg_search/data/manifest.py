@@ -38,7 +38,8 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
           pseudonymized: bool, leakage_prone: bool = False,
           unlabelled: dict[str, int] | None = None,
           groups: dict[str, str | None] | None = None,
-          bad_contours: dict[str, int] | None = None) -> dict[str, Any]:
+          bad_contours: dict[str, int] | None = None, classes: Classes | None = None,
+          extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Builds the manifest of a prepared data folder.
 
     Args:
@@ -51,13 +52,18 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
         groups: A cohort per patient where known (``groups.sunnybrook_group``), kept to
             stratify folds by.
         bad_contours: Frames left out for inconsistent contour pairs, per patient.
+        classes: The data set's classes (NIfTI label maps); None: the contours' (the
+            blood pool, and the myocardium with ``myocardium``).
+        extra: More per-patient fields (the data set's ED and ES frames, an intensity
+            scale).
 
     Returns:
         The manifest as a JSON-ready dict.
     """
     patients = []
     all_pixels = []
-    class_counts = np.zeros(3 if myocardium else 2, dtype=np.int64)
+    n_classes = classes.count if classes is not None else (3 if myocardium else 2)
+    class_counts = np.zeros(n_classes, dtype=np.int64)
     sizes = set()
     partial_total = 0
     for pid, slices in slices_by_patient.items():
@@ -86,13 +92,15 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
             "slice_thickness_mm": _finite_or_none(float(slices[0].slice_thickness_mm)),
             "slice_spacing_mm": _finite_or_none(slice_spacing_mm(slices)),
             "group": (groups or {}).get(pid),
+            **(extra or {}).get(pid, {}),
         })
     pixels = np.concatenate(all_pixels).astype(np.float64)
     p1, p99 = np.percentile(pixels, [1, 99])
     total = int(class_counts.sum())
-    classes = Classes(tuple(CLASS_NAMES[k] for k in range(class_counts.size)),
-                      myocardium=2 if myocardium else None,
-                      ignore=IGNORE if partial_total else None)
+    if classes is None:
+        classes = Classes(tuple(CLASS_NAMES[k] for k in range(class_counts.size)),
+                          myocardium=2 if myocardium else None,
+                          ignore=IGNORE if partial_total else None)
     return {
         "schema_version": SCHEMA_VERSION,
         "package": "lvseg-search",
@@ -108,7 +116,7 @@ def build(slices_by_patient: dict[str, list[Slice]], layout: str, *, myocardium:
         "n_slices": int(sum(p["slices"] for p in patients)),
         "image_sizes": sorted([list(s) for s in sizes]),
         "intensity": {**_stats(pixels), "p1": float(p1), "p99": float(p99)},
-        "class_balance": {CLASS_NAMES[k]: (float(c) / total if total else 0.0)
+        "class_balance": {classes.names[k]: (float(c) / total if total else 0.0)
                           for k, c in enumerate(class_counts)},
         "patients": patients,
     }

@@ -37,6 +37,11 @@ from lvseg_search.errors import UserError
 SLICE_GAP_MM = 10.0
 TRUTH = "truth.json"
 O_CONTOURS = ("all", "ed")
+# ``linkcsv``: DICOM and Sunnybrook contours; ``nifti``: ACDC's layout (volumes, label
+# maps, Info.cfg); ``nnunet``: nnU-Net's raw layout.
+FORMATS = ("linkcsv", "nifti", "nnunet")
+# nnU-Net's labels as its ACDC data set names them (Dataset027_ACDC).
+NNUNET_LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 
 
 def polygon_area(points: np.ndarray) -> float:
@@ -224,8 +229,11 @@ def _write_dicom(path: Path, pixels: np.ndarray, *, patient: int, seed: int, hea
 
 
 def synth(out: Path, patients: int, *, seed: int = 0, size: int = 256, phases: int = 2,
-          overwrite: bool = False, progress: bool = True, o_contours: str = "all") -> list[str]:
-    """Writes a phantom data set in the Sunnybrook link.csv layout.
+          overwrite: bool = False, progress: bool = True, o_contours: str = "all",
+          format: str = "linkcsv") -> list[str]:
+    """Writes a phantom data set in the Sunnybrook link.csv layout (or as NIfTI volumes
+    with label maps: ACDC's layout, or nnU-Net's; the same images and labels, the
+    geometry in the affine).
 
     Args:
         out: Output folder (written atomically).
@@ -236,7 +244,8 @@ def synth(out: Path, patients: int, *, seed: int = 0, size: int = 256, phases: i
         overwrite: Replace a non-empty ``out``.
         progress: Show a progress bar.
         o_contours: ``all``: an o-contour for every frame; ``ed``: at end-diastole
-            only, as the Sunnybrook experts mostly drew them.
+            only, as the Sunnybrook experts mostly drew them (``linkcsv`` only).
+        format: One of :data:`FORMATS`.
 
     Returns:
         The patient ids written.
@@ -250,47 +259,98 @@ def synth(out: Path, patients: int, *, seed: int = 0, size: int = 256, phases: i
         raise UserError(f"--size: {size} is too small, use at least 32 pixels")
     if phases < 2:
         raise UserError(f"--phases: {phases} is too few, need at least 2 (ED and ES)")
+    if format not in FORMATS:
+        raise UserError(f"--format: unknown {format!r}; choose one of {', '.join(FORMATS)}")
     if o_contours not in O_CONTOURS:
         raise UserError(f"--o-contours: unknown {o_contours!r}; choose one of "
                         f"{', '.join(O_CONTOURS)}")
     truth: dict[str, dict[str, float]] = {}
-    ids = [f"SYN{i:04d}" for i in range(1, patients + 1)]
+    ids = [f"SYN{i:04d}" if format == "linkcsv" else f"patient{i:03d}"
+           for i in range(1, patients + 1)]
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
-        with (tmp / "link.csv").open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["patient_id", "original_id"])
-            w.writerows([pid, f"SYN-{i}"] for i, pid in enumerate(ids, start=1))
+        if format == "linkcsv":
+            with (tmp / "link.csv").open("w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(["patient_id", "original_id"])
+                w.writerows([pid, f"SYN-{i}"] for i, pid in enumerate(ids, start=1))
         for i, pid in enumerate(tqdm(ids, desc="synth", unit="patient",
                                      disable=not progress or None, leave=False), start=1):
             rng = np.random.default_rng([seed, i])
             heart = _heart(rng, size)
             row, col, normal = _orientation(rng)
             origin = rng.uniform(-50, 50, 3) - (size / 2) * heart.spacing_mm * (row + col)
-            dicom_dir = tmp / "dicoms" / pid
-            cdir = tmp / "contourfiles" / f"SYN-{i}"
-            for d in (dicom_dir, cdir / "i-contours", cdir / "o-contours"):
-                d.mkdir(parents=True)
+            if format == "linkcsv":
+                dicom_dir = tmp / "dicoms" / pid
+                cdir = tmp / "contourfiles" / f"SYN-{i}"
+                for d in (dicom_dir, cdir / "i-contours", cdir / "o-contours"):
+                    d.mkdir(parents=True)
             pixel_mm2 = heart.spacing_mm ** 2
             blood = np.zeros(phases)
             ring = np.zeros(phases)
+            volumes = np.zeros((phases, heart.n_slices, size, size), np.int16)
+            labels = np.zeros((phases, heart.n_slices, size, size), np.uint8)
             for k in range(heart.n_slices):
                 position = origin + k * SLICE_GAP_MM * normal
                 for p in range(phases):
                     n = k * phases + p + 1
                     pixels, endo, epi = render_frame(heart, size, k, p, phases, rng)
-                    _write_dicom(dicom_dir / f"{n}.dcm", pixels, patient=i, seed=seed,
-                                 heart=heart, instance=n, phases=phases, phase=p,
-                                 position=position, row=row, col=col)
-                    write_contour(cdir / "i-contours" / f"IM-0001-{n:04d}-icontour-manual.txt",
-                                  endo)
-                    if o_contours == "all" or p == 0:
-                        write_contour(cdir / "o-contours"
-                                      / f"IM-0001-{n:04d}-ocontour-manual.txt", epi)
+                    if format == "linkcsv":
+                        _write_dicom(dicom_dir / f"{n}.dcm", pixels, patient=i, seed=seed,
+                                     heart=heart, instance=n, phases=phases, phase=p,
+                                     position=position, row=row, col=col)
+                        write_contour(cdir / "i-contours"
+                                      / f"IM-0001-{n:04d}-icontour-manual.txt", endo)
+                        if o_contours == "all" or p == 0:
+                            write_contour(cdir / "o-contours"
+                                          / f"IM-0001-{n:04d}-ocontour-manual.txt", epi)
+                    else:
+                        volumes[p, k] = pixels
+                        inner = rasterize(endo, (size, size))
+                        labels[p, k][rasterize(epi, (size, size))] = 2  # ACDC's myocardium
+                        labels[p, k][inner] = 3  # ACDC's LV
                     blood[p] += polygon_area(endo) * pixel_mm2
                     ring[p] += (polygon_area(epi) - polygon_area(endo)) * pixel_mm2
+            if format != "linkcsv":
+                _write_nifti(tmp, format, pid, volumes, labels, heart, origin, row, col,
+                             normal)
             ml = SLICE_GAP_MM / 1000.0
             truth[pid] = {"wall_mm": heart.wall_mm, "edv_ml": float(blood[0] * ml),
                           "esv_ml": float(blood.min() * ml),
                           "lv_mass_ed_g": float(ring[0] * ml * MYOCARDIAL_DENSITY_G_PER_ML)}
+        if format == "nnunet":
+            atomic.write_json(tmp / "dataset.json", {
+                "channel_names": {"0": "cineMRI"}, "labels": NNUNET_LABELS,
+                "numTraining": len(ids) * phases, "file_ending": ".nii.gz",
+                "name": "lvseg-search phantom"})
         atomic.write_json(tmp / TRUTH, {"source": "contour polygons", "patients": truth})
     return ids
+
+
+def _write_nifti(root: Path, format: str, pid: str, volumes: np.ndarray, labels: np.ndarray,
+                 heart: Heart, origin, row, col, normal) -> None:
+    """One patient's frames as NIfTI volumes and label maps (ACDC's values), slices along
+    the third axis, in the ACDC or nnU-Net layout."""
+    from lvseg_search.data import nifti
+
+    affine = nifti.affine_of((heart.spacing_mm, heart.spacing_mm), (*row, *col), origin,
+                             SLICE_GAP_MM * normal)
+    phases = volumes.shape[0]
+    folder = root / pid
+    if format == "nifti":
+        folder.mkdir()
+        (folder / "Info.cfg").write_text(
+            f"ED: 1\nES: {phases // 2 + 1}\nGroup: NOR\nHeight: 170.0\nNbFrame: {phases}\n"
+            "Weight: 70.0\n", encoding="utf-8")
+    else:
+        for sub in ("imagesTr", "labelsTr"):
+            (root / sub).mkdir(exist_ok=True)
+    for p in range(phases):
+        case = f"{pid}_frame{p + 1:02d}"
+        image = np.ascontiguousarray(volumes[p].transpose(2, 1, 0))  # [x, y, slice]
+        label = np.ascontiguousarray(labels[p].transpose(2, 1, 0))
+        if format == "nifti":
+            nifti.write(folder / f"{case}.nii.gz", image, affine)
+            nifti.write(folder / f"{case}_gt.nii.gz", label, affine)
+        else:
+            nifti.write(root / "imagesTr" / f"{case}_0000.nii.gz", image, affine)
+            nifti.write(root / "labelsTr" / f"{case}.nii.gz", label, affine)

@@ -35,8 +35,9 @@ from lvseg_search.data.manifest import PreparedData
 from lvseg_search.errors import UserError
 
 NORMALIZATIONS = ("zscore", "minmax", "percentile")
-# Classes a mask may hold (background, blood pool, myocardium): the depth of its one-hot map.
-MAX_CLASSES = 3
+# Classes a mask may hold (background, blood pool, myocardium, a data set's others): the
+# depth of its one-hot map (``prepare`` refuses more).
+MAX_CLASSES = 8
 
 
 @dataclass(frozen=True)
