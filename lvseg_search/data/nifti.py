@@ -104,6 +104,19 @@ def load(path: Path):
                         "check the file") from None
 
 
+def read_data(path: Path, img) -> np.ndarray:
+    """A loaded NIfTI file's values (nibabel reads them only now).
+
+    Raises:
+        UserError: The file is truncated or damaged.
+    """
+    try:
+        return np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises OSError, EOFError, zlib errors...
+        raise UserError(f"{path}: its data cannot be read ({exc.__class__.__name__}: the "
+                        "file is truncated or damaged); restore it") from None
+
+
 def check_stack(path: Path, img) -> None:
     """A volume whose third axis is its short-axis slice axis, or a one-line refusal.
 

@@ -301,13 +301,13 @@ def frame_slices(patient_id: str, frame: NiftiFrame, plan: LabelPlan, root: Path
     """
     img, lab = nifti.load(frame.image), nifti.load(frame.label)
     nifti.check_stack(frame.image, img)
-    data = np.asanyarray(img.dataobj)
+    data = nifti.read_data(frame.image, img)
     if data.ndim == 4:
         if data.shape[3] != 1:
             raise UserError(f"{frame.image}: a 4-D image beside a 3-D label map; give the "
                             "frame's own 3-D image")
         data = data[..., 0]
-    labels = nifti.label_values(frame.label, np.asanyarray(lab.dataobj), declared)
+    labels = nifti.label_values(frame.label, nifti.read_data(frame.label, lab), declared)
     if data.ndim == 2:
         data, labels = data[..., None], labels[..., None] if labels.ndim == 2 else labels
     if data.shape != labels.shape:
