@@ -172,7 +172,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from lvseg_search.predict import predict
 
     predict(args.model, args.dicom, args.out, overlays=not args.no_overlays,
-            overwrite=args.overwrite, pixel_spacing=args.pixel_spacing)
+            overwrite=args.overwrite, pixel_spacing=args.pixel_spacing,
+            outputs=args.outputs, pseudonymize=args.pseudonymize,
+            salt=args.salt or os.environ.get("LVSEG_SALT"))
     return 0
 
 
@@ -381,9 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment DICOM images: masks, areas, volumes, EF")
     p.add_argument("model", type=Path, help="model folder written by 'lvseg-search export'")
-    p.add_argument("dicom", type=Path, help="a DICOM file, or a folder (one study per folder)")
+    p.add_argument("dicom", type=Path, metavar="input",
+                   help="a DICOM file, or a folder (one study per folder); or a NIfTI stack "
+                        "or cine, or a folder of them")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
+    p.add_argument("--outputs", metavar="LIST",
+                   help="which files to write, of masks (.npy), overlays (.png), nifti "
+                        "(label maps) and seg (DICOM SEG, from DICOM input): comma-separated "
+                        "(default all); the CSV and JSON always")
+    p.add_argument("--pseudonymize", action="store_true",
+                   help="salted hashes for study names in every output, and for the "
+                        "patient's name and id in the DICOM SEG")
+    p.add_argument("--salt", help="salt for --pseudonymize (or $LVSEG_SALT; default random)")
     p.add_argument("--pixel-spacing", metavar="R,C",
                    help="pixel size (row, column) in mm for images whose DICOM has no valid "
                         "PixelSpacing (never overrides one that has)")

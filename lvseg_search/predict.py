@@ -154,12 +154,58 @@ def image_spacing(path: Path, image: DicomImage,
                     "image's pixel size: pass --pixel-spacing R,C in mm")
 
 
+OUTPUTS = ("masks", "overlays", "nifti", "seg")
+
+
+def _row(study: str, mask: np.ndarray, spacing, classes: Classes, **fields) -> dict[str, Any]:
+    """One image's row of ``areas.csv``: its blood pool (and myocardium) area."""
+    pixel_area = spacing[0] * spacing[1]
+    found = regions(mask, classes)
+    blood = int(found["endo"].sum())
+    row = {"study": study, **fields, "lv_pixels": blood, "area_mm2": float(blood * pixel_area)}
+    if classes.has_myocardium:
+        myo = int(found["myo"].sum())
+        row.update({"myo_pixels": myo, "myo_area_mm2": float(myo * pixel_area)})
+    return row
+
+
+def _stack_of(images: list[DicomImage], masks: list[np.ndarray],
+              indices: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray] | str:
+    """A DICOM series' masks as a NIfTI volume ``[columns, rows, slices, phases]`` and its
+    affine, or why its geometry gives none."""
+    from lvseg_search.data import nifti
+
+    slices = sorted({s for s, _ in indices})
+    phases = sorted({p for _, p in indices})
+    if len(indices) != len(slices) * len(phases):
+        return "the series is not every slice at every phase"
+    if len({m.shape for m in masks}) > 1:
+        return "its images differ in size"
+    first = {s: im for im, (s, p) in zip(images, indices, strict=True) if p == phases[0]}
+    positions = np.array([first[s].image_position for s in slices], np.float64)
+    step = (np.diff(positions, axis=0).mean(axis=0) if len(slices) > 1
+            else np.cross(*np.reshape(first[slices[0]].image_orientation, (2, 3)))
+            * first[slices[0]].slice_thickness_mm)
+    if len(slices) > 1 and not np.allclose(np.diff(positions, axis=0), step, atol=0.1):
+        return "its slices are not evenly spaced"
+    rows, cols = masks[0].shape
+    volume = np.zeros((cols, rows, len(slices), len(phases)), np.uint8)
+    for m, (s, p) in zip(masks, indices, strict=True):
+        volume[:, :, slices.index(s), phases.index(p)] = np.asarray(m).T
+    im = first[slices[0]]
+    return volume, nifti.affine_of(im.pixel_spacing_mm, im.image_orientation,
+                                   positions[0], step)
+
+
 def _predict_series(serve, study: str, files: list[Path], images: list[DicomImage],
-                    tmp: Path, overlays: bool, batch_size: int,
+                    tmp: Path, outputs: set[str], batch_size: int,
                     spacings: list[tuple[float, float]], largest_region: bool = True,
-                    study_roi: bool = False, classes: Classes | None = None
+                    study_roi: bool = False, classes: Classes | None = None,
+                    pseudonym: str | None = None
                     ) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]]:
     """Segments one series into ``tmp``: its per-image rows, volumes and summary."""
+    from lvseg_search.data import nifti
+
     classes = classes or Classes()
     labels = classes if classes.count > 2 else None
     _, masks = segment(serve, [im.pixels for im in images], spacings, batch_size,
@@ -169,35 +215,157 @@ def _predict_series(serve, study: str, files: list[Path], images: list[DicomImag
     rows = []
     for path, im, mask, (s, ph), spacing in zip(files, images, masks, indexing.indices,
                                                 spacings, strict=True):
-        (tmp / "masks" / study).mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "masks" / study / f"{path.stem}.npy", mask)
-        if overlays:
+        if "masks" in outputs:
+            (tmp / "masks" / study).mkdir(parents=True, exist_ok=True)
+            np.save(tmp / "masks" / study / f"{path.stem}.npy", mask)
+        if "overlays" in outputs:
             (tmp / "overlays" / study).mkdir(parents=True, exist_ok=True)
             (tmp / "overlays" / study / f"{path.stem}.png").write_bytes(
                 overlay_png(im.pixels, mask, classes))
-        pixel_area = spacing[0] * spacing[1]
-        found = regions(mask, classes)
-        blood = int(found["endo"].sum())
-        row = {"study": study, "file": path.name, "instance_number": im.instance_number,
-               "slice_index": int(s), "phase_index": int(ph),
-               "position_mm": round(im.normal_position_mm, 3),
-               "trigger_time_ms": im.trigger_time_ms, "lv_pixels": blood,
-               "area_mm2": float(blood * pixel_area)}
-        if classes.has_myocardium:
-            myo = int(found["myo"].sum())
-            row.update({"myo_pixels": myo, "myo_area_mm2": float(myo * pixel_area)})
-        rows.append(row)
+        rows.append(_row(study, mask, spacing, classes, file=path.name,
+                         instance_number=im.instance_number, slice_index=int(s),
+                         phase_index=int(ph), position_mm=round(im.normal_position_mm, 3),
+                         trigger_time_ms=im.trigger_time_ms))
     volumes, summary = stack_volumes(rows, [im.normal_position_mm for im in images],
                                      problems)
     summary["geometry"] = {"problems": problems, "indices_from": indexing.source,
                            "notes": list(indexing.notes)}
+    files_written: dict[str, str] = {}
+    if "nifti" in outputs:
+        stack = _stack_of(images, masks, indexing.indices) if not problems else \
+            "; ".join(problems)
+        if isinstance(stack, str):
+            summary["why_no_nifti"] = stack
+        else:
+            target = tmp / "nifti" / f"{study.replace('/', '_')}.nii.gz"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            volume, affine = stack
+            nifti.write(target, volume if volume.shape[3] > 1 else volume[..., 0], affine)
+            files_written["nifti"] = target.relative_to(tmp).as_posix()
+    if "seg" in outputs:
+        from lvseg_search.data.dicom_seg import write_seg
+
+        # One SEG per phase: a SEG's frames of one segment may not share a position, and
+        # a cine's phases do.
+        (tmp / "seg").mkdir(exist_ok=True)
+        written = []
+        for phase in sorted({p for _, p in indexing.indices}):
+            at = [i for i, (_, p) in enumerate(indexing.indices) if p == phase]
+            target = tmp / "seg" / f"{study.replace('/', '_')}_phase{phase:02d}.dcm"
+            write_seg(target, [files[i] for i in at], [masks[i] for i in at], classes,
+                      pseudonym)
+            written.append(target.relative_to(tmp).as_posix())
+        files_written["seg"] = written
+    if files_written:
+        summary["files"] = files_written
     return rows, volumes, summary
+
+
+def _nifti_studies(source: Path) -> dict[str, Path] | None:
+    """NIfTI images under ``source`` (a file, or a folder's files other than label
+    maps), one study each; None where ``source`` is no NIfTI."""
+    from lvseg_search.data import nifti
+
+    source = Path(source)
+    if source.is_file():
+        return {nifti.stem(source): source} if nifti.is_nifti(source) else None
+    if not source.is_dir():
+        return None
+    found = sorted(p for p in source.rglob("*") if p.is_file() and nifti.is_nifti(p)
+                   and not nifti.stem(p).endswith("_gt"))
+    if not found or any(source.rglob("*.dcm")):
+        return None
+    return {nifti.stem(p): p for p in found}
+
+
+def _info_phases(path: Path) -> tuple[int, int] | None:
+    """ED and ES frames (0-based) from an ACDC ``Info.cfg`` beside a cine, if any."""
+    from lvseg_search.data.nifti_layouts import read_info
+
+    info_path = Path(path).parent / "Info.cfg"
+    if not info_path.is_file():
+        return None
+    info = read_info(info_path)
+    try:
+        return int(info["ED"]) - 1, int(info["ES"]) - 1
+    except (KeyError, ValueError):
+        return None
+
+
+def _predict_nifti(serve, study: str, path: Path, tmp: Path, outputs: set[str],
+                   batch_size: int, largest_region: bool, study_roi: bool,
+                   classes: Classes) -> tuple[list[dict[str, Any]], pd.DataFrame,
+                                              dict[str, Any]]:
+    """Segments one NIfTI stack (3-D) or cine (4-D, time last) into ``tmp``: a label map
+    with the input's affine and header, and its rows, volumes and summary."""
+    from lvseg_search.data import nifti
+    from lvseg_search.data.dicom_io import normal_position_mm
+
+    img = nifti.load(path)
+    nifti.check_stack(path, img)
+    data = nifti.read_data(path, img)
+    volume = data.reshape(*data.shape[:2], -1, data.shape[3] if data.ndim == 4 else 1) \
+        if data.ndim >= 3 else data[..., None, None]
+    raw, _ = nifti.raw_values(path, volume)
+    n_slices, n_phases = raw.shape[2], raw.shape[3]
+    geo = nifti.geometry(img.affine, n_slices)
+    keys = [(k, t) for t in range(n_phases) for k in range(n_slices)]
+    images = [np.ascontiguousarray(raw[:, :, k, t].T) for k, t in keys]
+    spacings = [geo.pixel_spacing_mm] * len(images)
+    labels = classes if classes.count > 2 else None
+    # One cine's views are cut around one LV, found over all of its frames.
+    _, masks = segment(serve, images, spacings, batch_size, largest_region, study_roi, labels)
+    rows, positions = [], []
+    for (k, t), image, mask in zip(keys, images, masks, strict=True):
+        position = normal_position_mm(geo.positions[k], geo.orientation)
+        positions.append(position)
+        if "overlays" in outputs:
+            (tmp / "overlays" / study).mkdir(parents=True, exist_ok=True)
+            (tmp / "overlays" / study / f"slice{k:02d}_frame{t:02d}.png").write_bytes(
+                overlay_png(image, mask, classes))
+        rows.append(_row(study, mask, geo.pixel_spacing_mm, classes, file=path.name,
+                         slice_index=k, phase_index=t, position_mm=round(position, 3)))
+    phases = _info_phases(path) if n_phases > 1 else None
+    volumes, summary = stack_volumes(rows, positions, ed_es=phases)
+    summary["geometry"] = {"problems": [], "indices_from": "NIfTI axes (slices third, "
+                           "time fourth)", "notes": []}
+    if phases is not None:
+        summary["geometry"]["notes"].append("ED and ES frames from Info.cfg")
+    if "nifti" in outputs or "masks" in outputs:
+        label_map = np.zeros(raw.shape, np.uint8)
+        for (k, t), mask in zip(keys, masks, strict=True):
+            label_map[:, :, k, t] = np.asarray(mask).T
+        label_map = label_map.reshape(data.shape) if data.ndim >= 3 else label_map[..., 0, 0]
+        target = tmp / "nifti" / f"{study}.nii.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nifti.write(target, label_map, img.affine, img.header)
+        summary["files"] = {"nifti": target.relative_to(tmp).as_posix()}
+    return rows, volumes, summary
+
+
+def parse_outputs(text: str | None, overlays: bool = True) -> set[str]:
+    """``--outputs masks,overlays,nifti,seg`` as a set (None: all of them; without
+    ``overlays``, all but the overlays).
+
+    Raises:
+        UserError: An unknown output.
+    """
+    if text is None:
+        return set(OUTPUTS) - (set() if overlays else {"overlays"})
+    chosen = {p.strip() for p in str(text).split(",") if p.strip()}
+    unknown = sorted(chosen - set(OUTPUTS))
+    if unknown or not chosen:
+        raise UserError(f"--outputs: {', '.join(unknown) or 'nothing'} is not a choice; give "
+                        f"some of {', '.join(OUTPUTS)}, comma-separated")
+    return chosen
 
 
 def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
             batch_size: int = 16, overwrite: bool = False, verbose: bool = True,
-            pixel_spacing: str | tuple[float, float] | None = None) -> dict[str, Any]:
-    """Segments DICOM images with an exported model.
+            pixel_spacing: str | tuple[float, float] | None = None,
+            outputs: str | set[str] | None = None,
+            pseudonymize: bool = False, salt: str | None = None) -> dict[str, Any]:
+    """Segments DICOM images (or NIfTI stacks and cines) with an exported model.
 
     Writes ``masks/<study>/<name>.npy`` (uint8 class ids as the model card names them:
     1 = LV blood pool, 2 = myocardium where the model segments it),
@@ -205,6 +373,11 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
     image), ``volumes.csv`` (volumes per study and phase) and ``studies.json`` (EDV, ESV,
     SV, ejection fraction and LV mass at end-diastole per whole-stack study). A folder
     holding several DICOM series gives one study per series (see :func:`split_series`).
+    Per DICOM series also a NIfTI label map of the stack (``nifti/<study>.nii.gz``,
+    ``[columns, rows, slices, phases]``, its affine from the DICOM geometry) and a DICOM
+    SEG referencing the source images (``seg/<study>.dcm``). A NIfTI input (a 3-D stack
+    or a 4-D cine, slices along the third axis) gives its label map with the input's
+    affine and header; ED and ES come from an ACDC ``Info.cfg`` beside a cine.
 
     Args:
         model_dir: A folder written by ``export``.
@@ -215,6 +388,10 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
         overwrite: Replace an existing output folder.
         verbose: Print a summary.
         pixel_spacing: ``R,C`` mm for images whose DICOM has no usable PixelSpacing.
+        outputs: Which of :data:`OUTPUTS` to write (``--outputs``; default all).
+        pseudonymize: Replace study names by salted hashes in every output and the
+            patient's name and id in the DICOM SEG.
+        salt: Salt of the pseudonyms (random when None).
 
     Returns:
         Per study: its summary (see :func:`stack_volumes`).
@@ -225,6 +402,19 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
     """
     fallback = (pixel_spacing if isinstance(pixel_spacing, tuple)
                 else parse_pixel_spacing(pixel_spacing))
+    chosen = outputs if isinstance(outputs, set) else parse_outputs(outputs, overlays)
+    if pseudonymize:
+        import secrets
+
+        from lvseg_search.data.ingest import pseudonym
+
+        salt = salt or secrets.token_hex(16)
+
+        def named(study: str) -> str:
+            return "/".join(pseudonym(part, salt) for part in study.split("/"))
+    else:
+        def named(study: str) -> str:
+            return study
     serve = load_model(model_dir)
     classes = model_classes(model_dir)
     if classes.count != serve.classes:
@@ -233,19 +423,31 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
                         "model: export it again")
     largest_region = keeps_largest_region(model_dir)
     study_roi = centres_on_study(model_dir, serve)
-    studies = find_dicoms(source)
+    nifti_studies = _nifti_studies(source)
+    studies = find_dicoms(source) if nifti_studies is None else {}
     area_rows: list[dict[str, Any]] = []
     volume_tables = []
     summaries: dict[str, Any] = {}
     with atomic.output_dir(out, overwrite=overwrite) as tmp:
+        for name, path in (nifti_studies or {}).items():
+            study = named(name)
+            rows, volumes, summaries[study] = _predict_nifti(
+                serve, study, path, tmp, chosen, batch_size, largest_region, study_roi,
+                classes)
+            for row in rows:  # a NIfTI file is named after its study
+                row["file"] = row["file"].replace(name, study)
+            area_rows += rows
+            volume_tables.append(volumes.assign(study=study))
         for folder, folder_files in studies.items():
             images = [read_image(f) for f in folder_files]
-            for study, files, series in split_series(folder, folder_files, images):
+            for series_name, files, series in split_series(folder, folder_files, images):
+                study = named(series_name)
                 spacings = [image_spacing(f, im, fallback)
                             for f, im in zip(files, series, strict=True)]
                 rows, volumes, summaries[study] = _predict_series(
-                    serve, study, files, series, tmp, overlays, batch_size, spacings,
-                    largest_region, study_roi, classes)
+                    serve, study, files, series, tmp, chosen, batch_size, spacings,
+                    largest_region, study_roi, classes,
+                    pseudonym=named(folder) if pseudonymize else None)
                 area_rows += rows
                 volume_tables.append(volumes.assign(study=study))
         pd.DataFrame(area_rows).to_csv(tmp / "areas.csv", index=False)
@@ -268,5 +470,7 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
             else:
                 print(f"{study}: {s['images']} images; no ejection fraction: {s['why_no_ef']}"
                       + ("; no LV mass" if "why_no_mass" in s else ""))
-        print(f"masks, overlays, areas.csv, volumes.csv, studies.json -> {out}")
+        written = [name for name in ("masks", "overlays", "nifti", "seg")
+                   if (Path(out) / name).exists()]
+        print(", ".join([*written, "areas.csv", "volumes.csv", "studies.json"]) + f" -> {out}")
     return summaries

@@ -89,8 +89,27 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
     header = (pred / "areas.csv").read_text().splitlines()[0]
     assert "myo_area_mm2" in header
     assert "myocardial_volume_ml" in (pred / "volumes.csv").read_text()
-    masks = [np.load(f) for f in (pred / "masks" / "SYN0001").glob("*.npy")]
-    assert set(np.unique(np.concatenate([m.ravel() for m in masks]))) <= {0, 1, 2}
+    masks = {int(f.stem): np.load(f) for f in (pred / "masks" / "SYN0001").glob("*.npy")}
+    assert set(np.unique(np.concatenate([m.ravel() for m in masks.values()]))) <= {0, 1, 2}
+    _check_viewer_files(pred, root / "phantom" / "dicoms" / "SYN0001", masks, summary)
+
+    # The same phantom written as NIfTI volumes: its label maps, on the input's grid, are
+    # the masks predicted from its DICOM.
+    from lvseg_search.data.phantom import synth
+
+    synth(tmp_path / "nifti_phantom", 1, seed=3, size=48, progress=False, format="nifti")
+    frame = tmp_path / "nifti_phantom" / "patient001" / "patient001_frame01.nii.gz"
+    assert main(["predict", str(model), str(frame), "--out", str(tmp_path / "pred_nii"),
+                 "--outputs", "nifti"]) == 0
+    import nibabel as nib
+
+    label_map = nib.load(tmp_path / "pred_nii" / "nifti" / "patient001_frame01.nii.gz")
+    np.testing.assert_allclose(label_map.affine, nib.load(frame).affine)
+    assert label_map.shape == nib.load(frame).shape
+    by_instance = [masks[n] for n in sorted(masks) if (n - 1) % 2 == 0]  # phase 0 (ED)
+    np.testing.assert_array_equal(np.asarray(label_map.dataobj).transpose(2, 1, 0),
+                                  np.stack(by_instance))
+    assert not (tmp_path / "pred_nii" / "overlays").exists()
 
     # A model card naming fewer classes than the model gives: one line, exit 2.
     card["classes"] = {"classes": {"0": "background", "1": "lv_blood_pool"},
@@ -122,6 +141,44 @@ def test_the_report_of_a_myocardium_search_in_chromium(myocardium_run, tmp_path,
     assert seen["loaded"] == seen["images"] and "overlays" in seen["shown"]
     assert seen["overlay_width"] > 600
     assert {"endo-dice", "epi-dice", "myo-dice"} <= set(seen["columns"])
+
+
+def _check_viewer_files(pred: Path, dicoms: Path, masks: dict[int, np.ndarray],
+                       summary: dict) -> None:
+    """The DICOM SEG of each phase and the NIfTI label map of the stack, read back."""
+    import highdicom as hd
+    import nibabel as nib
+    import pydicom
+
+    sources = {int(f.stem): pydicom.dcmread(f) for f in dicoms.glob("*.dcm")}
+    assert len(summary["files"]["seg"]) == 2  # one per phase
+    for name in summary["files"]["seg"]:
+        seg = hd.seg.segread(pred / name)
+        assert [d.SegmentLabel for d in seg.SegmentSequence] == [
+            "Left ventricle blood pool", "Left ventricle myocardium"]
+        assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == \
+            "49848007"  # SNOMED CT: left ventricle myocardium
+        referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                      for r in s.ReferencedInstanceSequence}
+        numbers = [n for n, ds in sources.items() if ds.SOPInstanceUID in referenced]
+        assert len(numbers) == len(sources) // 2  # the phase's slices, each referenced
+        for n in numbers:
+            uid = sources[n].SOPInstanceUID
+            for segment, cls in ((1, 1), (2, 2)):
+                got = seg.get_pixels_by_source_instance(
+                    source_sop_instance_uids=[uid], segment_numbers=[segment],
+                    combine_segments=False)[0, ..., 0]
+                np.testing.assert_array_equal(got.astype(bool), masks[n] == cls)
+        # Read by plain pydicom too: a SEG of the source's patient and study.
+        plain = pydicom.dcmread(pred / name)
+        assert plain.Modality == "SEG" and plain.StudyInstanceUID == sources[1].StudyInstanceUID
+    stack = nib.load(pred / summary["files"]["nifti"])
+    assert stack.shape == (48, 48, len(sources) // 2, 2)  # columns, rows, slices, phases
+    volume = np.asarray(stack.dataobj)
+    for n, mask in masks.items():
+        k, p = divmod(n - 1, 2)
+        np.testing.assert_array_equal(volume[:, :, k, p].T, mask)
+    assert set(np.unique(volume)) <= {0, 1, 2}
 
 
 PROBE = """<script>window.addEventListener('load', function () {

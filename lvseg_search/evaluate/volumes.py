@@ -19,7 +19,8 @@ from lvseg_search.data.ingest import distinct_positions, spacing_along_normal
 
 
 def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float],
-                  geometry_problems: Sequence[str] = ()
+                  geometry_problems: Sequence[str] = (),
+                  ed_es: tuple[int, int] | None = None
                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-phase LV volumes of one study and, for a whole stack, EDV, ESV and EF, and
     with the myocardium segmented, its volume and the LV mass at end-diastole
@@ -32,6 +33,8 @@ def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float],
         geometry_problems: What makes the stack's positions unusable
             (``studies.geometry_problems``): volumes need the spacing between slices,
             so with any problem there are none (NaN) and no EF, and the summary says why.
+        ed_es: The end-diastolic and end-systolic phase where the data says (ACDC's
+            Info.cfg); None: the phases of largest and smallest blood-pool volume.
 
     Returns:
         Volumes per phase (``phase_index``, ``slices``, ``volume_ml``, and
@@ -76,8 +79,13 @@ def stack_volumes(rows: list[dict[str, Any]], normal_positions: list[float],
         if myocardium:
             summary.update({"lv_mass_ed_g": None, "why_no_mass": summary["why_no_ef"]})
         return volumes.drop(columns=areas), summary
-    ed = volumes.loc[volumes["volume_ml"].idxmax()]
-    es = volumes.loc[volumes["volume_ml"].idxmin()]
+    by_phase = volumes.set_index("phase_index", drop=False)
+    if ed_es is not None and all(p in by_phase.index for p in ed_es):
+        ed, es = by_phase.loc[ed_es[0]], by_phase.loc[ed_es[1]]
+        summary["phases_from"] = "the data"
+    else:
+        ed = volumes.loc[volumes["volume_ml"].idxmax()]
+        es = volumes.loc[volumes["volume_ml"].idxmin()]
     edv, esv = float(ed["volume_ml"]), float(es["volume_ml"])
     summary.update({"ed_phase": int(ed["phase_index"]), "es_phase": int(es["phase_index"]),
                     "edv_ml": edv, "esv_ml": esv, "stroke_volume_ml": edv - esv,

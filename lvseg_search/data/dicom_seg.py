@@ -1,0 +1,94 @@
+"""Predicted masks as a DICOM Segmentation object (highdicom), which PACS viewers, 3D
+Slicer and OHIF open over the source series.
+
+One SEG per series: one frame per segment and source image, each referencing its source
+instance; one segment per foreground class, named and coded in SNOMED CT. The SEG
+belongs to its patient, so highdicom copies the patient and study modules from the
+source images, as the standard requires; nothing of them goes anywhere else. With a
+pseudonym the SEG's patient name and id are replaced by it and the birth date left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lvseg_search import __version__
+from lvseg_search.classes import Classes
+from lvseg_search.errors import UserError
+
+# (category, type) per role; other classes take the generic anatomical structure.
+_CODES = {"blood_pool": ("LeftVentricle", "Left ventricle blood pool"),
+          "myocardium": ("LeftVentricleMyocardium", "Left ventricle myocardium"),
+          "rv": ("RightVentricle", "Right ventricle")}
+
+
+_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+           "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _segment(number: int, name: str, role: str | None):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    code_name, label = _CODES.get(role or name, ("Heart", name.replace("_", " ")))
+    return hd.seg.SegmentDescription(
+        segment_number=number, segment_label=label,
+        segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=getattr(codes.SCT, code_name),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="lvseg-search", version=__version__,
+            family=codes.DCM.ArtificialIntelligence))
+
+
+def write_seg(path: Path, sources: Sequence[Path], masks: Sequence[np.ndarray],
+              classes: Classes, pseudonym: str | None = None) -> None:
+    """Writes the masks of one series as a DICOM SEG referencing its source images.
+
+    Args:
+        path: The SEG file.
+        sources: The series' DICOM files.
+        masks: Each source image's class ids ``[rows, cols]``, in the order of ``sources``.
+        classes: What the ids stand for.
+        pseudonym: Replaces the patient's name and id (and drops the birth date).
+
+    Raises:
+        UserError: The source images cannot carry a SEG (highdicom says why).
+    """
+    import highdicom as hd
+    import pydicom
+
+    datasets = [pydicom.dcmread(str(p)) for p in sources]
+    for ds in datasets:
+        # Type 2 attributes of the modules a SEG copies: present, empty where unknown
+        # (exports and anonymizers often drop them; the phantom writes none).
+        for keyword in _TYPE_2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    roles = {classes.blood_pool: "blood_pool"}
+    if classes.myocardium is not None:
+        roles[classes.myocardium] = "myocardium"
+    present = [c for c in range(1, classes.count)]
+    segments = [_segment(k, classes.names[c], roles.get(c))
+                for k, c in enumerate(present, start=1)]
+    # One binary frame per segment and image: [images, rows, cols, segments].
+    stack = np.stack([np.stack([np.asarray(m) == c for c in present], -1) for m in masks])
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=datasets, pixel_array=stack.astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=900,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="lvseg-search",
+            manufacturer_model_name="lvseg-search", software_versions=__version__,
+            device_serial_number="none", omit_empty_frames=False)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"{sources[0].parent}: no DICOM SEG for this series ({exc}); pass "
+                        "--outputs without seg") from None
+    if pseudonym is not None:
+        seg.PatientName = pseudonym
+        seg.PatientID = pseudonym
+        seg.PatientBirthDate = ""
+    seg.save_as(str(path))
