@@ -201,9 +201,11 @@ def _predict_series(serve, study: str, files: list[Path], images: list[DicomImag
                     tmp: Path, outputs: set[str], batch_size: int,
                     spacings: list[tuple[float, float]], largest_region: bool = True,
                     study_roi: bool = False, classes: Classes | None = None,
-                    pseudonym: str | None = None
+                    pseudonym: str | None = None, required: frozenset[str] = frozenset()
                     ) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]]:
-    """Segments one series into ``tmp``: its per-image rows, volumes and summary."""
+    """Segments one series into ``tmp``: its per-image rows, volumes and summary. A
+    viewer file the series cannot give is left out with the reason in the summary,
+    unless it is in ``required`` (asked for by name: the command fails)."""
     from lvseg_search.data import nifti
 
     classes = classes or Classes()
@@ -235,7 +237,10 @@ def _predict_series(serve, study: str, files: list[Path], images: list[DicomImag
         stack = _stack_of(images, masks, indexing.indices) if not problems else \
             "; ".join(problems)
         if isinstance(stack, str):
-            summary["why_no_nifti"] = stack
+            if "nifti" in required:
+                raise UserError(f"{study}: no NIfTI label map: {stack}; pass --outputs "
+                                "without nifti")
+            summary["why_no_nifti"] = f"no NIfTI label map: {stack}"
         else:
             target = tmp / "nifti" / f"{study.replace('/', '_')}.nii.gz"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -243,19 +248,31 @@ def _predict_series(serve, study: str, files: list[Path], images: list[DicomImag
             nifti.write(target, volume if volume.shape[3] > 1 else volume[..., 0], affine)
             files_written["nifti"] = target.relative_to(tmp).as_posix()
     if "seg" in outputs:
-        from lvseg_search.data.dicom_seg import write_seg
+        from lvseg_search.data.dicom_seg import SegUnavailable, write_seg
 
         # One SEG per phase: a SEG's frames of one segment may not share a position, and
         # a cine's phases do.
         (tmp / "seg").mkdir(exist_ok=True)
         written = []
-        for phase in sorted({p for _, p in indexing.indices}):
-            at = [i for i, (_, p) in enumerate(indexing.indices) if p == phase]
-            target = tmp / "seg" / f"{study.replace('/', '_')}_phase{phase:02d}.dcm"
-            write_seg(target, [files[i] for i in at], [masks[i] for i in at], classes,
-                      pseudonym)
-            written.append(target.relative_to(tmp).as_posix())
-        files_written["seg"] = written
+        try:
+            if problems:
+                raise SegUnavailable("; ".join(problems))
+            for phase in sorted({p for _, p in indexing.indices}):
+                at = [i for i, (_, p) in enumerate(indexing.indices) if p == phase]
+                target = tmp / "seg" / f"{study.replace('/', '_')}_phase{phase:02d}.dcm"
+                write_seg(target, [files[i] for i in at], [masks[i] for i in at], classes,
+                          pseudonym)
+                written.append(target.relative_to(tmp).as_posix())
+        except SegUnavailable as exc:
+            if "seg" in required:  # asked for by name: the command fails
+                raise UserError(f"{files[0].parent}: no DICOM SEG for series {study} "
+                                f"({exc}); pass --outputs without seg") from None
+            for name in written:
+                (tmp / name).unlink()
+            written = []
+            summary["why_no_seg"] = f"no DICOM SEG: {exc}"
+        if written:
+            files_written["seg"] = written
     if files_written:
         summary["files"] = files_written
     return rows, volumes, summary
@@ -447,7 +464,8 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
                 rows, volumes, summaries[study] = _predict_series(
                     serve, study, files, series, tmp, chosen, batch_size, spacings,
                     largest_region, study_roi, classes,
-                    pseudonym=named(folder) if pseudonymize else None)
+                    pseudonym=named(folder) if pseudonymize else None,
+                    required=frozenset(chosen) if outputs is not None else frozenset())
                 area_rows += rows
                 volume_tables.append(volumes.assign(study=study))
         pd.DataFrame(area_rows).to_csv(tmp / "areas.csv", index=False)
@@ -459,6 +477,9 @@ def predict(model_dir: Path, source: Path, out: Path, *, overlays: bool = True,
         for study, s in summaries.items():
             for line in s["geometry"]["problems"] + s["geometry"]["notes"]:
                 print(f"{study}: geometry: {line}")
+            for key in ("why_no_seg", "why_no_nifti"):
+                if key in s:
+                    print(f"{study}: {s[key]}")
             if s.get("ejection_fraction") is not None:
                 print(f"{study}: {s['images']} images, {s['slices']} slices x {s['phases']} "
                       f"phases, slice spacing {s['slice_spacing_mm']:.2f} mm: EDV "

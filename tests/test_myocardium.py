@@ -103,6 +103,8 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
                  "--outputs", "nifti"]) == 0
     import nibabel as nib
 
+    from lvseg_search.data import nifti
+
     label_map = nib.load(tmp_path / "pred_nii" / "nifti" / "patient001_frame01.nii.gz")
     np.testing.assert_allclose(label_map.affine, nib.load(frame).affine)
     assert label_map.shape == nib.load(frame).shape
@@ -110,6 +112,30 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
     np.testing.assert_array_equal(np.asarray(label_map.dataobj).transpose(2, 1, 0),
                                   np.stack(by_instance))
     assert not (tmp_path / "pred_nii" / "overlays").exists()
+    # A 4-D cine of its frames, an ACDC Info.cfg beside it naming ED and ES (here the
+    # opposite of what the volumes would say), pseudonymized.
+    folder = tmp_path / "nifti_phantom" / "patient001"
+    frames = [nib.load(folder / f"patient001_frame{t:02d}.nii.gz") for t in (1, 2)]
+    cine = np.stack([np.asarray(f.dataobj) for f in frames], -1)
+    (tmp_path / "cine").mkdir()
+    nifti.write(tmp_path / "cine" / "patient001_4d.nii.gz", cine, frames[0].affine)
+    (tmp_path / "cine" / "Info.cfg").write_text("ED: 2\nES: 1\nGroup: NOR\n")
+    capsys.readouterr()
+    out = tmp_path / "pred_cine"
+    assert main(["predict", str(model), str(tmp_path / "cine"), "--out", str(out),
+                 "--pseudonymize", "--salt", "s"]) == 0
+    assert "patient001" not in capsys.readouterr().out
+    (study, cine_summary), = json.loads((out / "studies.json").read_text()).items()
+    assert study.startswith("P") and "patient001" not in (out / "areas.csv").read_text()
+    assert cine_summary["phases_from"] == "the data"
+    assert (cine_summary["ed_phase"], cine_summary["es_phase"]) == (1, 0)
+    assert "ED and ES frames from Info.cfg" in cine_summary["geometry"]["notes"]
+    label_map = nib.load(out / cine_summary["files"]["nifti"])
+    assert label_map.shape == cine.shape
+    np.testing.assert_allclose(label_map.affine, frames[0].affine)
+    np.testing.assert_array_equal(np.asarray(label_map.dataobj)[..., 1].transpose(2, 1, 0),
+                                  np.stack([masks[n] for n in sorted(masks) if n % 2 == 0]))
+    assert len(list((out / "overlays" / study).glob("*.png"))) == cine.shape[2] * 2
 
     # A model card naming fewer classes than the model gives: one line, exit 2.
     card["classes"] = {"classes": {"0": "background", "1": "lv_blood_pool"},

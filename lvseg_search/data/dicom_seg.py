@@ -17,7 +17,10 @@ import numpy as np
 
 from lvseg_search import __version__
 from lvseg_search.classes import Classes
-from lvseg_search.errors import UserError
+
+
+class SegUnavailable(ValueError):
+    """Source images that cannot carry a DICOM SEG; the message says why."""
 
 # (category, type) per role; other classes take the generic anatomical structure.
 _CODES = {"blood_pool": ("LeftVentricle", "Left ventricle blood pool"),
@@ -27,6 +30,23 @@ _CODES = {"blood_pool": ("LeftVentricle", "Left ventricle blood pool"),
 
 _TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
            "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _valid(keyword: str, value) -> bool:
+    """Whether a date or time attribute's value parses (any other attribute: yes)."""
+    import datetime
+
+    text = str(value or "").strip()
+    if not text or not keyword.endswith(("Date", "Time")):
+        return True
+    try:
+        if keyword.endswith("Date"):
+            datetime.datetime.strptime(text[:8], "%Y%m%d")
+        else:
+            datetime.datetime.strptime(text.split(".")[0][:6].ljust(6, "0"), "%H%M%S")
+    except ValueError:
+        return False
+    return True
 
 
 def _segment(number: int, name: str, role: str | None):
@@ -56,7 +76,7 @@ def write_seg(path: Path, sources: Sequence[Path], masks: Sequence[np.ndarray],
         pseudonym: Replaces the patient's name and id (and drops the birth date).
 
     Raises:
-        UserError: The source images cannot carry a SEG (highdicom says why).
+        SegUnavailable: The source images cannot carry a SEG (highdicom says why).
     """
     import highdicom as hd
     import pydicom
@@ -64,9 +84,10 @@ def write_seg(path: Path, sources: Sequence[Path], masks: Sequence[np.ndarray],
     datasets = [pydicom.dcmread(str(p)) for p in sources]
     for ds in datasets:
         # Type 2 attributes of the modules a SEG copies: present, empty where unknown
-        # (exports and anonymizers often drop them; the phantom writes none).
+        # (exports and anonymizers often drop them; the phantom writes none) or not a
+        # valid date or time (anonymizers write 00000000).
         for keyword in _TYPE_2:
-            if keyword not in ds:
+            if keyword not in ds or not _valid(keyword, ds.get(keyword)):
                 setattr(ds, keyword, "")
     roles = {classes.blood_pool: "blood_pool"}
     if classes.myocardium is not None:
@@ -85,8 +106,7 @@ def write_seg(path: Path, sources: Sequence[Path], masks: Sequence[np.ndarray],
             manufacturer_model_name="lvseg-search", software_versions=__version__,
             device_serial_number="none", omit_empty_frames=False)
     except (ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"{sources[0].parent}: no DICOM SEG for this series ({exc}); pass "
-                        "--outputs without seg") from None
+        raise SegUnavailable(str(exc)) from None
     if pseudonym is not None:
         seg.PatientName = pseudonym
         seg.PatientID = pseudonym

@@ -35,8 +35,8 @@ from lvseg_search.data.manifest import PreparedData
 from lvseg_search.errors import UserError
 
 NORMALIZATIONS = ("zscore", "minmax", "percentile")
-# Classes a mask may hold (background, blood pool, myocardium, a data set's others): the
-# depth of its one-hot map (``prepare`` refuses more).
+# Classes a mask may hold (background, blood pool, myocardium, a data set's others;
+# ``prepare`` refuses more).
 MAX_CLASSES = 8
 
 
@@ -146,11 +146,14 @@ def grid_masks(masks, pixel_spacing, size: int, spacing_mm: float, centre_mm=Non
     t = tf()
     rows, cols = _weights(t.shape(masks), pixel_spacing, size, spacing_mm, centre_mm)
     labels = t.cast(masks[..., 0], t.int32)
-    labels = t.where(t.equal(labels, IGNORE), MAX_CLASSES, labels)
-    onehot = t.one_hot(labels, MAX_CLASSES + 1, dtype=t.float32)
+    ignored = t.equal(labels, IGNORE)
+    # As many maps as the classes the masks hold, and one more for unlabelled pixels:
+    # the resampling's cost grows with them.
+    slot = t.reduce_max(t.where(ignored, 0, labels)) + 1
+    onehot = t.one_hot(t.where(ignored, slot, labels), slot + 1, dtype=t.float32)
     fractions = t.einsum("bhs,bstc,bwt->bhwc", rows, onehot, cols)
     out = t.cast(t.argmax(fractions, axis=-1), t.int32)
-    return t.cast(t.where(t.equal(out, MAX_CLASSES), IGNORE, out), t.uint8)[..., None]
+    return t.cast(t.where(t.equal(out, slot), IGNORE, out), t.uint8)[..., None]
 
 
 def grid_images(images, pixel_spacing, size: int, spacing_mm: float, centre_mm=None):
