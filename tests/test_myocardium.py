@@ -20,8 +20,8 @@ TINY_SPACE = Path(__file__).parent / "spaces" / "tiny.toml"
 @pytest.fixture(scope="module")
 def myocardium_run(tmp_path_factory) -> Path:
     """A phantom with o-contours at end-diastole only, prepared with --myocardium and
-    searched (one trial, two folds), in a folder of its own: ``phantom``, ``data``,
-    ``run``."""
+    searched (one trial, two folds) and reported, in a folder of its own: ``phantom``,
+    ``data``, ``run``, ``report``."""
     from lvseg_search.data.phantom import synth
     from lvseg_search.prepare import prepare
     from lvseg_search.search import run_search
@@ -29,9 +29,12 @@ def myocardium_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("myocardium")
     synth(root / "phantom", 4, seed=3, size=48, progress=False, o_contours="ed")
     prepare(root / "phantom", root / "data", myocardium=True, progress=False)
+    from lvseg_search.report import write_report
+
     run_search(root / "data", root / "run", str(TINY_SPACE), folds=2, max_epochs=2, factor=2,
                max_trials=1, image_size=32, batch_size=4, steps_per_epoch=2, finalists=0,
                seed=1, oracle="random", verbose=False)
+    write_report(root / "run", root / "report", verbose=False)
     return root
 
 
@@ -39,7 +42,6 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
         myocardium_run, tmp_path, capsys):
     from lvseg_search.engine.run import load_run
     from lvseg_search.engine.trial_score import last_metrics
-    from lvseg_search.report import write_report
 
     root = myocardium_run
     # Prepared as a user does: the frames without o-contour keep their blood pool.
@@ -58,10 +60,9 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
             # Only end-diastole has an o-contour: half of the images.
             assert fold["epi_images"] == pytest.approx(fold["images"] / 2)
         assert {"endo_dice", "epi_dice", "myo_dice", "epi_apd_mm"} <= set(m)
-    paths = write_report(out, tmp_path / "report", verbose=False)["files"]
-    html = Path(paths["html"]).read_text()
+    html = (root / "report" / "report.html").read_text()
     assert "epi APD" in html and "solid: endocardium" not in html  # the figure is a PNG
-    csv = Path(paths["csv"]).read_text().splitlines()[0]
+    csv = (root / "report" / "report.csv").read_text().splitlines()[0]
     assert "epi_dice" in csv and "myo_dice" in csv
 
     model = tmp_path / "model"
@@ -150,11 +151,8 @@ def test_a_myocardium_search_scores_each_contour_and_its_model_delivers_lv_mass(
 
 
 def test_the_report_of_a_myocardium_search_in_chromium(myocardium_run, tmp_path, chromium):
-    from lvseg_search.report import write_report
-
-    paths = write_report(myocardium_run / "run", tmp_path / "report", verbose=False)["files"]
-    html = Path(paths["html"]).read_text()
-    probe = Path(paths["html"]).with_name("probe.html")
+    html = (myocardium_run / "report" / "report.html").read_text()
+    probe = tmp_path / "probe.html"
     probe.write_text(html.replace("</body>", PROBE + "</body>"))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800"]

@@ -544,6 +544,12 @@ def test_real_subset_search_report_export_predict(real_run, real_subset, tmp_pat
     study = studies["SCD0000101"]
     assert (study["images"], study["slices"], study["phases"]) == (240, 12, 20)
     assert study["slice_spacing_mm"] == pytest.approx(10.0, abs=0.01)
+    # The real DICOM carries viewer files: a SEG per phase, a NIfTI label map of the
+    # stack (read back and checked against the masks in test_myocardium.py).
+    assert len(study["files"]["seg"]) == 20 and "why_no_seg" not in study
+    seg = pydicom.dcmread(tmp_path / "pred" / study["files"]["seg"][0])
+    assert seg.Modality == "SEG" and int(seg.NumberOfFrames) == 12
+    assert study["files"]["nifti"] == "nifti/SCD0000101.nii.gz"
 
     # The series checks below take the stack's first two phases at every slice (24
     # images: a whole stack, with an ED and an ES), predicted as they are first.
@@ -557,7 +563,8 @@ def test_real_subset_search_report_export_predict(real_run, real_subset, tmp_pat
     subset.mkdir()
     for path in source:
         (subset / path.name).write_bytes(path.read_bytes())
-    study = predict(tmp_path / "model", subset, tmp_path / "pred-subset", overlays=False,
+    # Masks alone from here: the viewer files are checked above.
+    study = predict(tmp_path / "model", subset, tmp_path / "pred-subset", outputs="masks",
                     verbose=False)["SCD0000101"]
     assert (study["images"], study["slices"], study["phases"]) == (24, 12, 2)
     assert study["ejection_fraction"] is not None
@@ -575,7 +582,7 @@ def test_real_subset_search_report_export_predict(real_run, real_subset, tmp_pat
         ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
         ds.InstanceNumber = k + 1
         ds.save_as(mixed / f"loc{k}.dcm")
-    both = predict(tmp_path / "model", mixed, tmp_path / "pred-mixed", overlays=False,
+    both = predict(tmp_path / "model", mixed, tmp_path / "pred-mixed", outputs="masks",
                    verbose=False)
     assert set(both) == {"study/series_0001", "study/series_0300"}
     def figures(summary):  # the files are named after their study
@@ -597,7 +604,7 @@ def test_real_subset_search_report_export_predict(real_run, real_subset, tmp_pat
         ds.InstanceNumber = phase + 1
         ds.save_as(per_slice / path.name)
     joined = predict(tmp_path / "model", per_slice, tmp_path / "pred-per-slice",
-                     overlays=False, verbose=False)
+                     outputs="masks", verbose=False)
     assert list(joined) == ["per-slice"]
     again = joined["per-slice"]
     assert {k: again[k] for k in ("images", "slices", "phases", "ed_phase", "es_phase")} == {
