@@ -260,8 +260,10 @@ def _predict_series(serve, study: str, files: list[Path], images: list[DicomImag
             for phase in sorted({p for _, p in indexing.indices}):
                 at = [i for i, (_, p) in enumerate(indexing.indices) if p == phase]
                 target = tmp / "seg" / f"{study.replace('/', '_')}_phase{phase:02d}.dcm"
-                write_seg(target, [files[i] for i in at], [masks[i] for i in at], classes,
-                          pseudonym)
+                for note in write_seg(target, [files[i] for i in at],
+                                      [masks[i] for i in at], classes, pseudonym):
+                    if note not in summary["geometry"]["notes"]:
+                        summary["geometry"]["notes"].append(note)
                 written.append(target.relative_to(tmp).as_posix())
         except SegUnavailable as exc:
             if "seg" in required:  # asked for by name: the command fails

@@ -546,7 +546,10 @@ def test_real_subset_search_report_export_predict(real_run, real_subset, tmp_pat
     assert study["slice_spacing_mm"] == pytest.approx(10.0, abs=0.01)
     # The real DICOM carries viewer files: a SEG per phase, a NIfTI label map of the
     # stack (read back and checked against the masks in test_myocardium.py).
-    assert len(study["files"]["seg"]) == 20 and "why_no_seg" not in study
+    assert "why_no_seg" not in study and len(study["files"]["seg"]) == 20
+    # The Sunnybrook anonymization gave each image its own frame of reference: the SEG
+    # takes the most common one, and says so.
+    assert any("FrameOfReferenceUIDs" in n for n in study["geometry"]["notes"])
     seg = pydicom.dcmread(tmp_path / "pred" / study["files"]["seg"][0])
     assert seg.Modality == "SEG" and int(seg.NumberOfFrames) == 12
     assert study["files"]["nifti"] == "nifti/SCD0000101.nii.gz"

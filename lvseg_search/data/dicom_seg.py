@@ -65,7 +65,7 @@ def _segment(number: int, name: str, role: str | None):
 
 
 def write_seg(path: Path, sources: Sequence[Path], masks: Sequence[np.ndarray],
-              classes: Classes, pseudonym: str | None = None) -> None:
+              classes: Classes, pseudonym: str | None = None) -> list[str]:
     """Writes the masks of one series as a DICOM SEG referencing its source images.
 
     Args:
@@ -75,6 +75,9 @@ def write_seg(path: Path, sources: Sequence[Path], masks: Sequence[np.ndarray],
         classes: What the ids stand for.
         pseudonym: Replaces the patient's name and id (and drops the birth date).
 
+    Returns:
+        What was done to the sources' attributes to make them one SEG's (empty: none).
+
     Raises:
         SegUnavailable: The source images cannot carry a SEG (highdicom says why).
     """
@@ -82,6 +85,17 @@ def write_seg(path: Path, sources: Sequence[Path], masks: Sequence[np.ndarray],
     import pydicom
 
     datasets = [pydicom.dcmread(str(p)) for p in sources]
+    notes = []
+    frames = [ds.get("FrameOfReferenceUID") for ds in datasets]
+    if len(set(frames)) > 1:
+        # One stack (one orientation, positions along one normal: the series was checked
+        # before) that an anonymizer gave a frame of reference per image, as the
+        # Sunnybrook data's was: a SEG has one, so it takes the most common.
+        common = max(set(frames), key=frames.count)
+        for ds in datasets:
+            ds.FrameOfReferenceUID = common
+        notes.append(f"the source images carry {len(set(frames))} FrameOfReferenceUIDs for "
+                     "one stack; the DICOM SEG uses the most common")
     for ds in datasets:
         # Type 2 attributes of the modules a SEG copies: present, empty where unknown
         # (exports and anonymizers often drop them; the phantom writes none) or not a
@@ -112,3 +126,4 @@ def write_seg(path: Path, sources: Sequence[Path], masks: Sequence[np.ndarray],
         seg.PatientID = pseudonym
         seg.PatientBirthDate = ""
     seg.save_as(str(path))
+    return notes
