@@ -31,8 +31,8 @@ def main() -> None:
     import nibabel as nib
     import pydicom
 
-    from lvseg_search.data.ingest import index_frames
     from lvseg_search.data.dicom_io import read_image
+    from lvseg_search.data.ingest import index_frames
     from lvseg_search.predict import predict
 
     summary = next(iter(predict(args.model, args.dicoms, args.out, overlays=False,
@@ -79,8 +79,8 @@ def main() -> None:
     phases = sorted({p for _, p in indices})
     differ, worst = 0, 0.0
     for f, im, (s, p) in zip(files, images, indices, strict=True):
-        differ += int((volume[:, :, slices.index(s), phases.index(p)].T
-                       != masks[f.stem]).sum())
+        differ += int((masks[f.stem]
+                       != volume[:, :, slices.index(s), phases.index(p)].T).sum())
         k = slices.index(s)
         ras = label_map.affine @ np.array([0.0, 0.0, k, 1.0])
         lps = np.array([-ras[0], -ras[1], ras[2]])

@@ -194,7 +194,7 @@ def test_the_real_subset_round_trips_dicom_nifti_prepare_and_searches_alike(
         # An affine steps evenly from slice to slice; the scanner's positions vary by a
         # few thousandths of a millimetre.
         np.testing.assert_allclose(a["slice_position_mm"], b["slice_position_mm"], atol=1e-2)
-    options = dict(folds=3, max_epochs=1, max_trials=1, oracle="random", finalists=0,
+    options = dict(folds=2, max_epochs=1, max_trials=1, oracle="random", finalists=0,
                    image_size=32, batch_size=8, steps_per_epoch=2, seed=0, verbose=False,
                    recycle_every=None)
     space = str(Path(__file__).parents[1] / "spaces" / "tiny.toml")
