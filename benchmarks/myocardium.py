@@ -79,7 +79,9 @@ def _decided(run) -> dict:
     return {"trial": trial.trial_id, **choose(out_of_fold_decisions(run, trial.trial_id))}
 
 
-def _mass_of(patient, ignore, density, spacing_along_normal):
+def _mass_of(patient, ignore: int) -> tuple[float, set[int]]:
+    """The experts' myocardial area (mm^2) summed over every frame with both contours,
+    and the slices they contoured there."""
     full = [i for i, m in enumerate(patient.masks) if not (m == ignore).any()]
     ring = sum(float((patient.masks[i] == 2).sum()) * float(np.prod(patient.spacing_mm[i]))
                for i in full)
@@ -215,7 +217,6 @@ def main() -> None:
         return
 
     from lvseg_search.classes import MYOCARDIAL_DENSITY_G_PER_ML
-    from lvseg_search.data.ingest import spacing_along_normal
     from lvseg_search.engine.run import load_run
     from lvseg_search.evaluate.scoring import load_patient_images
     from lvseg_search.model.serving import make_predictor
@@ -260,8 +261,7 @@ def main() -> None:
                                       o.spacing_mm or None, tta=decision["tta"],
                                       roi=decision["roi"], classes=classes)
         for patient in load_patient_images(run.data, fold["val"]):
-            ring, slices = _mass_of(patient, classes.ignore, MYOCARDIAL_DENSITY_G_PER_ML,
-                                    spacing_along_normal)
+            ring, slices = _mass_of(patient, classes.ignore)
             spacing = run.data.patient(patient.patient_id)["slice_spacing_mm"]
             expert = ring * spacing / 1000 * MYOCARDIAL_DENSITY_G_PER_ML
             oof = _study_mass(fold_predict, args.input / "dicoms" / patient.patient_id,
@@ -280,8 +280,7 @@ def main() -> None:
                 "roi": card["postprocessing"]["roi"]}
     for pid, r in sorted(results.items()):
         patient = load_patient_images(run.data, [pid])[0]
-        _, slices = _mass_of(patient, classes.ignore, MYOCARDIAL_DENSITY_G_PER_ML,
-                             spacing_along_normal)
+        _, slices = _mass_of(patient, classes.ignore)
         r["exported"] = _study_mass(serve, args.input / "dicoms" / pid, exported, slices)
         oof, ex = r["out_of_fold"], r["exported"]
         print(f"{pid}  {r['expert_g']:7.1f}  {oof['mass_g']:7.1f} "

@@ -144,7 +144,9 @@ def frame_indices(images: Sequence[DicomImage]) -> list[tuple[int, int]]:
     return index_frames(images).indices
 
 
-def _relative(path: Path, roots: Sequence[Path]) -> str:
+def relative_source(path: Path, roots: Sequence[Path]) -> str:
+    """A source path as the shards record it: relative to the first root that holds it
+    (its name where none does)."""
     path = Path(path).resolve()
     for root in roots:
         if path.is_relative_to(root.resolve()):
@@ -242,7 +244,7 @@ def read_contoured_slices(patients: Iterable[PatientSource], roots: Sequence[Pat
                 image_position=image.image_position,
                 image_orientation=image.image_orientation,
                 trigger_time_ms=image.trigger_time_ms,
-                source=_relative(path, roots),
+                source=relative_source(path, roots),
             ))
         slices.sort(key=lambda s: (s.slice_index, s.phase_index))
         result[patient.patient_id] = slices

@@ -28,7 +28,7 @@ import numpy as np
 
 from lvseg_search.classes import BLOOD_POOL_NAME, MYOCARDIUM_NAME, Classes
 from lvseg_search.data import nifti
-from lvseg_search.data.ingest import Slice
+from lvseg_search.data.ingest import Slice, relative_source
 from lvseg_search.data.pipeline import MAX_CLASSES
 from lvseg_search.errors import UserError
 
@@ -284,13 +284,6 @@ def discover_nnunet(root: Path) -> list[NiftiPatient]:
     return list(patients.values())
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        return Path(path).name
-
-
 def frame_slices(patient_id: str, frame: NiftiFrame, plan: LabelPlan, root: Path,
                  declared: set[int]) -> tuple[list[Slice], float]:
     """Every slice of one labelled frame, and the factor its values were scaled by.
@@ -326,7 +319,7 @@ def frame_slices(patient_id: str, frame: NiftiFrame, plan: LabelPlan, root: Path
         phase_index=frame.phase_index, instance_number=frame.phase_index * n + k + 1,
         pixel_spacing_mm=geo.pixel_spacing_mm, slice_thickness_mm=geo.slice_thickness_mm,
         image_position=geo.positions[k], image_orientation=geo.orientation,
-        trigger_time_ms=float("nan"), source=_relative(frame.image, root))
+        trigger_time_ms=float("nan"), source=relative_source(frame.image, [Path(root)]))
         for k in range(n)]
     return slices, factor
 
