@@ -164,7 +164,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
            trial_id=args.trial, onnx=not args.no_onnx, overwrite=args.overwrite,
            data=args.data, tta=args.tta,
            largest_region=False if args.no_largest_region else None, roi=args.roi,
-           convex_hull=args.convex_hull, deliver=args.deliver, max_members=args.max_members)
+           convex_hull=args.convex_hull, deliver=args.deliver, max_members=args.max_members,
+           members=args.members)
     return 0
 
 
@@ -377,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-members", type=int, metavar="N",
                    help="at most N distinct finalists in the ensemble, for latency "
                         "(default: as many as the selection picks)")
+    p.add_argument("--members", choices=("folds", "retrained"), default="folds",
+                   help="the finalists' ensemble's networks: each member's fold models "
+                        "(default: the networks its out-of-fold figure scored) or each "
+                        "member retrained on all non-test patients (a fold count times "
+                        "faster to run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--data", type=Path, help=MOVED_DATA)
     p.set_defaults(func=_cmd_export)

@@ -39,7 +39,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
            verbose: bool = True, data: Path | None = None, tta: str | None = None,
            largest_region: bool | None = None, roi: str | None = None,
            convex_hull: bool | None = None, deliver: str = "auto",
-           max_members: int | None = None) -> dict[str, Any]:
+           max_members: int | None = None, members: str = "folds") -> dict[str, Any]:
     """Exports the best (or a chosen) trial of a search.
 
     Args:
@@ -64,6 +64,9 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
             finalist by more than the decision's tie margin, else the best trial;
             ``single``: the best trial; ``ensemble``: the finalists' ensemble.
         max_members: The finalists' ensemble's distinct members at most (None: any).
+        members: How the finalists' ensemble delivers each member: ``folds``, its fold
+            models (the networks the out-of-fold selection scored); ``retrained``, one
+            network retrained on every non-test patient (a fold count times faster).
 
     Returns:
         The model card.
@@ -80,13 +83,14 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
         return _export(run_dir, out, ensemble=ensemble, epochs=epochs, trial_id=trial_id,
                        onnx=onnx, overwrite=overwrite, verbose=verbose, data=data, tta=tta,
                        largest_region=largest_region, roi=roi, convex_hull=convex_hull,
-                       deliver=deliver, max_members=max_members)
+                       deliver=deliver, max_members=max_members, members=members)
 
 
 DELIVER = ("auto", "single", "ensemble")
+MEMBERS = ("folds", "retrained")
 
 
-def _check_delivery(run: Run, deliver: str, max_members: int | None,
+def _check_delivery(run: Run, deliver: str, max_members: int | None, members: str,
                     explicit: list[str]) -> bool:
     """Whether the finalists' ensemble is a candidate, after checking the options that
     choose it.
@@ -100,21 +104,26 @@ def _check_delivery(run: Run, deliver: str, max_members: int | None,
 
     if deliver not in DELIVER:
         raise UserError(f"--deliver: {deliver!r} is not one of {', '.join(DELIVER)}")
+    if members not in MEMBERS:
+        raise UserError(f"--members: {members!r} is not one of {', '.join(MEMBERS)}")
     if max_members is not None and max_members < 1:
         raise UserError(f"--max-members: {max_members} must be at least 1 (1 delivers the "
                         "best finalist alone)")
-    if explicit and (deliver == "ensemble" or max_members is not None):
-        option = "--deliver ensemble" if deliver == "ensemble" else "--max-members"
-        raise UserError(f"{option}: is for the finalists' ensemble, and "
-                        f"{' and '.join(explicit)} export(s) one trial instead; drop one "
-                        "of them")
+    for_ensemble = [option for option, given in (
+        ("--deliver ensemble", deliver == "ensemble"),
+        ("--max-members", max_members is not None),
+        ("--members retrained", members != "folds")) if given]
+    if for_ensemble and (explicit or deliver == "single"):
+        others = " and ".join(explicit or ["--deliver single"])
+        raise UserError(f"{for_ensemble[0]}: is for the finalists' ensemble, and "
+                        f"{others} export(s) one trial instead; drop one of them")
     if deliver == "single" or explicit:
         return False
     n = len(finalists(run))
     if n >= MIN_FINALISTS and run.data.num_classes <= 2:
         return True
-    if deliver == "ensemble" or max_members is not None:
-        option = "--deliver ensemble" if deliver == "ensemble" else "--max-members"
+    if for_ensemble:
+        option = for_ensemble[0]
         why = (f"{n} completed finalist(s), and an ensemble needs {MIN_FINALISTS}; search "
                "again with --finalists 2 or more to add them"
                if n < MIN_FINALISTS else "more than two classes, which it does not "
@@ -128,7 +137,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             data: Path | None, tta: str | None,
             largest_region: bool | None, roi: str | None,
             convex_hull: bool | None, deliver: str,
-            max_members: int | None) -> dict[str, Any]:
+            max_members: int | None, members: str) -> dict[str, Any]:
     import keras
 
     from lvseg_search.evaluate.decision import table_text
@@ -169,7 +178,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
     explicit = [name for name, given in (("--trial", trial_id is not None),
                                          ("--ensemble", ensemble),
                                          ("--epochs", epochs is not None)) if given]
-    candidate = _check_delivery(run, deliver, max_members, explicit)
+    candidate = _check_delivery(run, deliver, max_members, members, explicit)
     from lvseg_search.engine.finalist_ensemble import MIN_FINALISTS, finalists
 
     if (verbose and not candidate and not explicit and deliver == "auto"
@@ -190,13 +199,16 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                      else None)
         weights = None
         if finalists is not None and finalists["delivered"]:
-            networks, weights, training = _ensemble_networks(run, finalists)
+            networks, weights, training = _ensemble_networks(run, finalists, members,
+                                                             verbose)
             trained_on = sorted({p for f in run.splits["folds"] for p in f["train"]})
             if verbose:
-                members = ", ".join(f"trial {m['trial']} x {m['weight']:.3f}"
-                                    for m in training["members"])
-                print(f"export: the finalists' ensemble, {members}: their "
-                      f"{len(networks)} fold models averaged", flush=True)
+                names = ", ".join(f"trial {m['trial']} x {m['weight']:.3f}"
+                                  for m in training["members"])
+                what = ("fold models" if members == "folds"
+                        else "networks retrained on all non-test patients")
+                print(f"export: the finalists' ensemble, {names}: their "
+                      f"{len(networks)} {what} averaged", flush=True)
         elif ensemble:
             networks = [run.fold_network(trial.trial_id, k) for k in range(run.n_folds)]
             trained_on = sorted({p for f in run.splits["folds"] for p in f["train"]})
@@ -345,28 +357,39 @@ def _finalists(run: Run, decision: dict[str, Any], max_members: int | None, deli
                              "margin")}
 
 
-def _ensemble_networks(run: Run, finalists: dict[str, Any]
+def _ensemble_networks(run: Run, finalists: dict[str, Any], members: str, verbose: bool
                        ) -> tuple[list[Any], list[float], dict[str, Any]]:
-    """The ensemble's members as their fold models, each fold model weighted by its
-    member's share over the folds: exactly the networks whose out-of-fold predictions
-    chose the members and weights."""
+    """The ensemble's networks and their weights: each member's fold models, each
+    weighted by its member's share over the folds (exactly the networks whose
+    out-of-fold predictions chose the members and weights), or each member retrained on
+    every non-test patient for the epochs it was scored at, weighted by its share."""
     from lvseg_search.model.describe import network_words
 
     counts = finalists["ensemble"]["weights"]
     total = sum(counts.values())
-    networks, weights, members = [], [], []
+    networks, weights, described = [], [], []
     for trial_id, count in counts.items():
         trial = find_trial(run, trial_id)
         share = count / total
-        members.append({"trial": trial_id, "weight": share,
-                        "epochs": scored_epoch(last_metrics(trial)),
-                        "network": network_words(
-                            {k: v for k, v in trial.hyperparameters.values.items()
-                             if not k.startswith("tuner/")})})
-        for k in range(run.n_folds):
-            networks.append(run.fold_network(trial_id, k))
-            weights.append(share / run.n_folds)
-    training = {"mode": "finalist_ensemble", "models": len(networks), "members": members}
+        epochs = scored_epoch(last_metrics(trial))
+        described.append({"trial": trial_id, "weight": share, "epochs": epochs,
+                          "network": network_words(
+                              {k: v for k, v in trial.hyperparameters.values.items()
+                               if not k.startswith("tuner/")})})
+        if members == "folds":
+            for k in range(run.n_folds):
+                networks.append(run.fold_network(trial_id, k))
+                weights.append(share / run.n_folds)
+            continue
+        if verbose:
+            print(f"export: retraining member trial {trial_id} on all non-test patients "
+                  f"for {epochs} epochs", flush=True)
+        network, _, steps, ends = retrain(run, trial, epochs, verbose)
+        described[-1].update(steps_per_epoch=steps, schedule_ends=ends)
+        networks.append(network)
+        weights.append(share)
+    training = {"mode": "finalist_ensemble", "members_from": members,
+                "models": len(networks), "members": described}
     return networks, weights, training
 
 

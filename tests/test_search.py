@@ -545,6 +545,19 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
         for m in members for k in range(run.n_folds))
     served = saved_model_runner(tmp_path / "model" / "saved_model")(raw, spacing, centre)
     np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+    assert card["training"]["members_from"] == "folds"
+    # --members retrained: the same members and weights, each one network retrained on
+    # every non-test patient for the epochs it was scored at.
+    retrained = export(out, tmp_path / "retrained", deliver="ensemble", members="retrained",
+                       verbose=False, onnx=False)
+    training = retrained["training"]
+    assert training["members_from"] == "retrained" and training["models"] == len(members)
+    assert [(m["trial"], m["weight"], m["epochs"]) for m in training["members"]] == [
+        (m["trial"], m["weight"], m["epochs"]) for m in members]
+    assert all(m["steps_per_epoch"] >= 1 for m in training["members"])
+    assert retrained["finalist_ensemble"]["ensemble"] == result["ensemble"]
+    assert all(r["mask_mismatch_pixels"] == 0
+               for r in retrained["parity_max_abs_diff"].values())
     # A finalist that failed is left out of the ensemble, and the report says why.
     from lvseg_search.engine.finalist_ensemble import finalists, left_out
 
@@ -811,12 +824,12 @@ def test_finalists_default_to_three_capped_by_the_trials_screened(tiny_data):
     from lvseg_search.model.space import load_space
 
     space = load_space(str(TINY))
-    # The test space asks for none, quick for two to 40 epochs; the package's own
+    # The test space asks for none, quick for one to 90 epochs; the package's own
     # default (a space without them) is three, at twice the screening's longest trial.
     assert resolve_options(space, tiny_data).finalists == 0
     quick = load_space("quick")
     options = resolve_options(quick, tiny_data, max_epochs=4)
-    assert (options.finalists, options.final_epochs, options.include_default) == (2, 40, True)
+    assert (options.finalists, options.final_epochs, options.include_default) == (1, 90, True)
     lab = load_space("lab")  # no [search] finalists or final_epochs
     assert "finalists" not in lab.search and "final_epochs" not in lab.search
     unset = resolve_options(lab, tiny_data, max_epochs=4, oracle="random", max_trials=5)
