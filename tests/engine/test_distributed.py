@@ -90,7 +90,8 @@ def test_two_workers_share_the_trials_and_a_lost_one_s_trial_goes_to_the_other(
     """A chief and two workers on loopback. Worker w1 is killed in the middle of a
     trial: after --worker-timeout the chief gives that trial to w0, which keeps the fold
     already finished, and the search ends with every trial complete, each other trial
-    run once, by one worker."""
+    run once, by one worker, the final stage's finalists included (they are handed out
+    once screening has ended, and continue the screening trials' weights)."""
     import os
     import signal
     import time
@@ -101,7 +102,8 @@ def test_two_workers_share_the_trials_and_a_lost_one_s_trial_goes_to_the_other(
     chief = subprocess.Popen(
         base + ["--data", str(tiny_data), "--space", str(TINY), "--folds", "2",
                 "--max-epochs", "2", "--factor", "2", "--image-size", "32", "--batch-size",
-                "4", "--chief", f"127.0.0.1:{port}", "--worker-timeout", "5"],
+                "4", "--chief", f"127.0.0.1:{port}", "--worker-timeout", "5",
+                "--finalists", "1", "--final-epochs", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def worker(name):
@@ -132,9 +134,21 @@ def test_two_workers_share_the_trials_and_a_lost_one_s_trial_goes_to_the_other(
     lost = held.name.removeprefix("trial_")
     assert ("chief: worker w1 sent no heartbeat for" in chief_log
             and f"its trial {lost} goes to the next worker" in chief_log), chief_log[-3000:]
-    trials = {json.loads(p.read_text())["trial_id"]: json.loads(p.read_text())["status"]
-              for p in out.glob("tuner/trial_*/trial.json")}
-    assert len(trials) == 5 and set(trials.values()) == {"COMPLETED"}
+    stored = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/trial.json")]
+    trials = {t["trial_id"]: t["status"] for t in stored}
+    finals = [t for t in stored if t["hyperparameters"]["values"].get("tuner/final")]
+    # Hyperband's 5 screening trials, then the best configuration (the test space has no
+    # default network) trained on to 3 epochs, going on from its screening trial's weights.
+    assert len(finals) == 1 and len(trials) == 6
+    assert set(trials.values()) == {"COMPLETED"}
+    values = finals[0]["hyperparameters"]["values"]
+    parent = values["tuner/trial_id"]
+    assert values["tuner/epochs"] == 3 and values["tuner/initial_epoch"] in (1, 2)
+    for k in range(2):
+        result = json.loads((out / "tuner" / f"trial_{finals[0]['trial_id']}" / f"fold_{k}"
+                             / RESULT).read_text())
+        assert result["resumed_from"].startswith(f"trial_{parent}/fold_{k}/")
+        assert len(result["history"]["val_dice"]) == 3 - values["tuner/initial_epoch"]
     # Each trial started once, by one worker, but the lost one: by both.
     started = [re.findall(r"^trial (\d+): epochs", log, re.M) for log in (w0_log, w1_log)]
     assert lost in started[0] and lost in started[1]
