@@ -18,8 +18,8 @@ keras-tuner's oracles, and the space's fixed default network:
 - ``fixed_readme``: ``--oracle fixed`` at the README's real-data budget (60 epochs of 30
   batches);
 - ``fixed_equal``: the fixed default trained for as many epochs as fit in the
-  ``search`` arm's wall time (measured on the ``fixed`` arm's time per epoch; run both
-  first).
+  ``search`` arm's wall time (measured on the ``fixed_readme`` arm's time per batch, else
+  the ``fixed`` arm's per epoch; run them first).
 
 The oracle arms (``hyperband``, ``random``, ``bayesian``, ``first_rung``) run the oracle
 alone (``--no-default --finalists 0``), as they were measured before the final stage.
@@ -127,17 +127,26 @@ def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> li
 
 def equal_wall_epochs(args: argparse.Namespace, out: Path) -> int:
     """Epochs of the fixed default that take the ``search`` arm's wall time, from the
-    ``fixed`` arm's seconds per epoch.
+    ``fixed_readme`` arm's seconds per batch (its 1800 batches amortize start-up and the
+    final scoring; the 12-epoch ``fixed`` arm's seconds per epoch, used where
+    ``fixed_readme`` has not run, overstate them and give the fixed default less time).
 
     Raises:
-        RuntimeError: The ``search`` or ``fixed`` arm has not run yet.
+        RuntimeError: The ``search`` arm, or both fixed arms, have not run yet.
     """
-    walls = {arm: out / arm / "wall_seconds.txt" for arm in ("search", "fixed")}
-    missing = [arm for arm, path in walls.items() if not path.is_file()]
-    if missing:
-        raise RuntimeError(f"fixed_equal: run the {' and '.join(missing)} arm(s) first")
-    per_epoch = float(walls["fixed"].read_text()) / args.max_epochs
-    return max(1, round(float(walls["search"].read_text()) / per_epoch))
+    search = out / "search" / "wall_seconds.txt"
+    if not search.is_file():
+        raise RuntimeError("fixed_equal: run the search arm first")
+    readme, fixed = (out / arm / "wall_seconds.txt" for arm in ("fixed_readme", "fixed"))
+    if readme.is_file():
+        per_batch = float(readme.read_text()) / (README_FIXED["epochs"]
+                                                 * README_FIXED["steps_per_epoch"])
+        per_epoch = per_batch * args.steps_per_epoch
+    elif fixed.is_file():
+        per_epoch = float(fixed.read_text()) / args.max_epochs
+    else:
+        raise RuntimeError("fixed_equal: run the fixed_readme (or fixed) arm first")
+    return max(1, round(float(search.read_text()) / per_epoch))
 
 
 def delivered(run) -> dict:
@@ -379,10 +388,39 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
             lines.append(f"| {arm} | {wall} | {d['screened_best']:.3f} | {d['oof']:.3f}"
                          f"{' (' + d['delivers'] + ')' if 'delivers' in d else ''} | "
                          f"{nested} |")
+    lines += continued_against_retrained(runs)
     text = "\n".join(lines)
     plot(curves, out / "search_value.png")
     (out / "search_value.md").write_text(text + "\n")
     return text
+
+
+def continued_against_retrained(runs: dict) -> list[str]:
+    """The default network as a finalist (continued from its screening trial's weights,
+    its learning rate restarted and annealed) against the same network trained from
+    scratch with one long decay (``fixed_readme``), each with the batches it trained."""
+    from lvseg_search.engine.final_stage import configuration
+    from lvseg_search.engine.trial_score import last_metrics, scored_epoch
+
+    if "search" not in runs or "fixed_readme" not in runs:
+        return []
+    search, fixed = runs["search"], runs["fixed_readme"]
+    default = configuration(search.space.default) if search.space.default else None
+    finals = [t for t in search.trials.values() if t.status == "COMPLETED"
+              and t.hyperparameters.values.get("tuner/final")
+              and configuration(t.hyperparameters.values) == default]
+    if not finals:
+        return ["", "Continued against retrained: the default network was not a finalist."]
+    final = finals[0]
+    (reference,) = [t for t in fixed.trials.values() if t.status == "COMPLETED"]
+
+    def batches(run, trial):
+        return scored_epoch(last_metrics(trial)) * run.options.steps_per_epoch
+
+    return ["", "Continued against retrained (the default network, the same batches): "
+            f"finalist {final.trial_id}, continued, {batches(search, final)} batches, CV Dice "
+            f"{final.score:.3f}; fixed_readme, one decay from scratch, "
+            f"{batches(fixed, reference)} batches, CV Dice {reference.score:.3f}."]
 
 
 def plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
