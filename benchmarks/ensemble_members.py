@@ -14,16 +14,19 @@ post-processing:
 - ``single_folds``: the best finalist's fold models averaged (``--ensemble``).
 
 Prints, per export, the test patients' Dice, APD and good contours (the masks as
-delivered), the networks in the graph and the SavedModel's single-image latency.
+delivered), the networks in the graph and one image's latency through the SavedModel
+and TFLite (median; run it with ``TF_NUM_INTRAOP_THREADS=1`` and nothing else on the CPU
+for the figures of ``benchmarks/export_predict.py``).
 
     python benchmarks/ensemble_members.py --out DIR [--seed 0] [--patients 14]
-        [--test-patients 4] [--size 128]
+        [--test-patients 4] [--size 128] [--search-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -33,6 +36,18 @@ EXPORTS = {
     "single_retrained": {"deliver": "single"},
     "single_folds": {"ensemble": True},
 }
+
+
+def median_ms(run, image, spacing, repeats: int) -> float:
+    """One image's median time (ms) through a format, after warm-up calls."""
+    for _ in range(3):
+        run(image, spacing)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(image, spacing)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -47,6 +62,12 @@ def main() -> None:
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--finalists", type=int, default=2)
     parser.add_argument("--final-epochs", type=int, default=24)
+    parser.add_argument("--no-latency", action="store_true",
+                        help="skip the latency figures (something else is on the CPU)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--search-only", action="store_true",
+                        help="run (or resume) the search and stop: export later, with "
+                             "nothing else on the CPU, for the latency figures")
     args = parser.parse_args()
 
     from lvseg_search.data.phantom import synth
@@ -66,7 +87,17 @@ def main() -> None:
                min_epochs=args.min_epochs, factor=args.factor, finalists=args.finalists,
                final_epochs=args.final_epochs, image_size=64, verbose=False)
     print(f"search: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    if args.search_only:
+        return
 
+    from lvseg_search.engine.run import load_run
+    from lvseg_search.evaluate.scoring import load_patient_images
+    from lvseg_search.model.formats import saved_model_runner, tflite_runner
+
+    run = load_run(out / "search")
+    probe = load_patient_images(run.data, run.splits["test"][:1])[0]
+    image = probe.images[:1]
+    spacing = probe.spacing_mm[:1].astype("float32")
     rows = {}
     for name, options in EXPORTS.items():
         card_path = out / name / "model_card.json"
@@ -82,17 +113,28 @@ def main() -> None:
             "good_pct": card["test"]["good_contours_pct"],
             "networks": training.get("models", 1),
             "members": [m["trial"] for m in training.get("members", [])],
-            "savedmodel_ms": card["latency"]["single_image_ms"].get("saved_model")}
-    ensemble = card["finalist_ensemble"]
+            "savedmodel_ms": None, "tflite_ms": None}
+        if not args.no_latency:
+            rows[name]["savedmodel_ms"] = median_ms(
+                saved_model_runner(out / name / "saved_model"), image, spacing, args.repeats)
+            rows[name]["tflite_ms"] = median_ms(
+                tflite_runner(out / name / "model.tflite"), image, spacing, args.repeats)
+    ensemble = json.loads((out / "ensemble_folds" / "model_card.json").read_text())[
+        "finalist_ensemble"]
     lines = [f"phantom: {args.patients} patients ({args.test_patients} held out), seed "
              f"{args.seed}; out-of-fold CV Dice: ensemble "
              f"{ensemble['ensemble']['cv_dice']:.4f}, best finalist "
              f"{ensemble['single']['cv_dice']:.4f}", "",
-             "| export | networks | test Dice | APD mm | good % | SavedModel ms |",
-             "|---|---|---|---|---|---|"]
+             "| export | networks | test Dice | APD mm | good % | SavedModel ms | TFLite ms |",
+             "|---|---|---|---|---|---|---|"]
+
+    def ms(value):
+        return "-" if value is None else f"{value:.0f}"
+
     for name, r in rows.items():
         lines.append(f"| {name} | {r['networks']} | {r['test_dice']:.4f} | {r['apd_mm']:.2f} "
-                     f"| {r['good_pct']:.0f} | {r['savedmodel_ms']:.0f} |")
+                     f"| {r['good_pct']:.0f} | {ms(r['savedmodel_ms'])} | "
+                     f"{ms(r['tflite_ms'])} |")
     text = "\n".join(lines)
     (out / "ensemble_members.md").write_text(text + "\n")
     (out / "ensemble_members.json").write_text(json.dumps(rows, indent=1))

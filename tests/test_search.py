@@ -327,7 +327,7 @@ def test_a_moved_data_folder_is_found_again_with_data(tiny_data, tmp_path, capsy
     synth(tmp_path / "other_phantom", 5, seed=12, size=32, progress=False)
     other = tmp_path / "other"
     prepare(tmp_path / "other_phantom", other, progress=False)
-    assert main(["report", str(out), "--data", str(other)]) == 2
+    assert main(["report", str(out), "--no-overlays", "--data", str(other)]) == 2
     assert "holds other data" in capsys.readouterr().err
     # With --data both run.
     assert main(["report", str(out), "--data", str(moved)]) == 0

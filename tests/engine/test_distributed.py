@@ -31,7 +31,7 @@ def test_a_trial_that_fails_on_a_worker_keeps_its_reason(tiny_data, tmp_path):
     chief = subprocess.Popen(
         base + ["--data", str(tiny_data), "--space", str(TINY.with_name("diverging.toml")),
                 "--folds", "2", "--max-epochs", "2", "--factor", "2", "--image-size", "32",
-                "--batch-size", "4", "--chief", f"127.0.0.1:{port}"],
+                "--batch-size", "4", "--steps-per-epoch", "2", "--chief", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     worker = subprocess.run(base + ["--worker", f"127.0.0.1:{port}", "--connect-timeout", "120"],
                             capture_output=True, text=True, timeout=600)
