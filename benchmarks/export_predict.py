@@ -6,11 +6,11 @@ SCD0000101 (predicted on its whole short-axis stack, and from the expert contour
     lvseg-search prepare ../shared/data/sunnybrook-subset --out DATA
     lvseg-search search --data DATA --space quick --out results/real --folds 3
     python benchmarks/export_predict.py results/real [--model MODEL_DIR] [--repeats 100]
-        [--deliver auto|single|ensemble]
+        [--deliver auto|single|ensemble] [--members retrained|folds]
 
 With ``--deliver ensemble`` on a search with finalists, the figures are the finalists'
-ensemble's (every member's fold models in one graph); run it with ``single`` too to put
-the two side by side.
+ensemble's (its members retrained, or with ``--members folds`` every member's fold
+models, in one graph); run it with ``single`` too to put them side by side.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--deliver", default="auto", choices=("auto", "single", "ensemble"),
                         help="export's --deliver (without --model)")
+    parser.add_argument("--members", default=None, choices=("retrained", "folds"),
+                        help="export's --members (with --deliver ensemble)")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -85,13 +87,14 @@ def main() -> None:
     model_dir = args.model
     if model_dir is None:
         model_dir = tmp / "model"
-        export(args.run, model_dir, deliver=args.deliver)
+        export(args.run, model_dir, deliver=args.deliver, members=args.members)
     card = json.loads((model_dir / "model_card.json").read_text())
     training = card["training"]
     print(f"\ndelivered: {training['mode']}"
           + (", " + ", ".join(f"trial {m['trial']} x {m['weight']:.3f}"
                               for m in training["members"])
-             + f" ({training['models']} fold models)" if "members" in training else ""))
+             + f" ({training['models']} networks: "
+             f"{training.get('members_from', 'folds')})" if "members" in training else ""))
     print("\nparity with the Keras model (max |probability difference|, mask pixels differing):")
     for name, r in card["parity_max_abs_diff"].items():
         print(f"  {name:12s} {r['max_abs_diff']:.2e}  {r['mask_mismatch_pixels']}")

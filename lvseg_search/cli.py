@@ -371,18 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "papillary muscles leave (default: when that raises the "
                         "out-of-fold CV Dice)")
     p.add_argument("--deliver", choices=("auto", "single", "ensemble"), default="auto",
-                   help="auto (default): the finalists' out-of-fold ensemble (their fold "
-                        "models, weighted) when it beats the best finalist by more than "
-                        "the decision's tie margin, else the best trial retrained; single: "
+                   help="auto (default): the finalists' out-of-fold ensemble (weighted; "
+                        "--members) when it beats the best finalist by more than the "
+                        "decision's tie margin, else the best trial retrained; single: "
                         "the best trial; ensemble: the finalists' ensemble")
     p.add_argument("--max-members", type=int, metavar="N",
                    help="at most N distinct finalists in the ensemble, for latency "
                         "(default: as many as the selection picks)")
-    p.add_argument("--members", choices=("folds", "retrained"), default="folds",
-                   help="the finalists' ensemble's networks: each member's fold models "
-                        "(default: the networks its out-of-fold figure scored) or each "
-                        "member retrained on all non-test patients (a fold count times "
-                        "faster to run)")
+    p.add_argument("--members", choices=("retrained", "folds"),
+                   help="the finalists' ensemble's networks: each member retrained on all "
+                        "non-test patients (default, as a single trial is) or each "
+                        "member's fold models (the networks its out-of-fold figure "
+                        "scored; a fold count times more to run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--data", type=Path, help=MOVED_DATA)
     p.set_defaults(func=_cmd_export)

@@ -4,7 +4,8 @@ search as a deployable model.
 The best trial is retrained on every non-test patient for as many epochs as it was scored at (or its
 fold models are averaged, ``--ensemble``), or, where the search trained finalists and
 their out-of-fold ensemble beats the best of them (``engine.finalist_ensemble``), the
-ensemble's members' fold models are averaged with its weights; with the test-time
+ensemble's members, each retrained so (or as its fold models, ``--members folds``), are
+averaged with its weights; with the test-time
 augmentation and
 largest-region post-processing that its out-of-fold predictions favour
 (``evaluate.decision``), scored on the held-out test patients, and
@@ -39,7 +40,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
            verbose: bool = True, data: Path | None = None, tta: str | None = None,
            largest_region: bool | None = None, roi: str | None = None,
            convex_hull: bool | None = None, deliver: str = "auto",
-           max_members: int | None = None, members: str = "folds") -> dict[str, Any]:
+           max_members: int | None = None, members: str | None = None) -> dict[str, Any]:
     """Exports the best (or a chosen) trial of a search.
 
     Args:
@@ -64,9 +65,11 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
             finalist by more than the decision's tie margin, else the best trial;
             ``single``: the best trial; ``ensemble``: the finalists' ensemble.
         max_members: The finalists' ensemble's distinct members at most (None: any).
-        members: How the finalists' ensemble delivers each member: ``folds``, its fold
-            models (the networks the out-of-fold selection scored); ``retrained``, one
-            network retrained on every non-test patient (a fold count times faster).
+        members: How the finalists' ensemble delivers each member: ``retrained``
+            (None: the default), one network retrained on every non-test patient, as a
+            single trial is; ``folds``, its fold models (the networks the out-of-fold
+            selection scored; a fold count times more networks to run). On held-out
+            phantom patients both scored alike (docs/benchmarks.md).
 
     Returns:
         The model card.
@@ -87,11 +90,11 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
 
 
 DELIVER = ("auto", "single", "ensemble")
-MEMBERS = ("folds", "retrained")
+MEMBERS = ("retrained", "folds")
 
 
-def _check_delivery(run: Run, deliver: str, max_members: int | None, members: str,
-                    explicit: list[str]) -> bool:
+def _check_delivery(run: Run, deliver: str, max_members: int | None,
+                    members: str | None, explicit: list[str]) -> bool:
     """Whether the finalists' ensemble is a candidate, after checking the options that
     choose it.
 
@@ -104,7 +107,7 @@ def _check_delivery(run: Run, deliver: str, max_members: int | None, members: st
 
     if deliver not in DELIVER:
         raise UserError(f"--deliver: {deliver!r} is not one of {', '.join(DELIVER)}")
-    if members not in MEMBERS:
+    if members is not None and members not in MEMBERS:
         raise UserError(f"--members: {members!r} is not one of {', '.join(MEMBERS)}")
     if max_members is not None and max_members < 1:
         raise UserError(f"--max-members: {max_members} must be at least 1 (1 delivers the "
@@ -112,7 +115,7 @@ def _check_delivery(run: Run, deliver: str, max_members: int | None, members: st
     for_ensemble = [option for option, given in (
         ("--deliver ensemble", deliver == "ensemble"),
         ("--max-members", max_members is not None),
-        ("--members retrained", members != "folds")) if given]
+        (f"--members {members}", members is not None)) if given]
     if for_ensemble and (explicit or deliver == "single"):
         others = " and ".join(explicit or ["--deliver single"])
         raise UserError(f"{for_ensemble[0]}: is for the finalists' ensemble, and "
@@ -137,7 +140,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
             data: Path | None, tta: str | None,
             largest_region: bool | None, roi: str | None,
             convex_hull: bool | None, deliver: str,
-            max_members: int | None, members: str) -> dict[str, Any]:
+            max_members: int | None, members: str | None) -> dict[str, Any]:
     import keras
 
     from lvseg_search.evaluate.decision import table_text
@@ -179,6 +182,7 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
                                          ("--ensemble", ensemble),
                                          ("--epochs", epochs is not None)) if given]
     candidate = _check_delivery(run, deliver, max_members, members, explicit)
+    members = members or MEMBERS[0]
     from lvseg_search.engine.finalist_ensemble import MIN_FINALISTS, finalists
 
     if (verbose and not candidate and not explicit and deliver == "auto"

@@ -461,10 +461,10 @@ def test_export_refuses_an_unknown_trial_and_writes_nothing(tiny_run, tmp_path, 
     (["--max-members", "2"], ["--max-members", "0 completed finalist"]),
     (["--deliver", "ensemble", "--trial", "0001"], ["--deliver ensemble", "--trial"]),
     (["--max-members", "2", "--ensemble"], ["--max-members", "--ensemble"]),
-    (["--members", "retrained"], ["--members retrained", "0 completed finalist"]),
+    (["--members", "folds"], ["--members folds", "0 completed finalist"]),
     (["--members", "retrained", "--deliver", "single"], ["--members retrained",
                                                           "--deliver single"]),
-    (["--members", "retrained", "--epochs", "2"], ["--members retrained", "--epochs"]),
+    (["--members", "folds", "--epochs", "2"], ["--members folds", "--epochs"]),
 ])
 def test_export_refuses_a_finalists_ensemble_it_cannot_deliver(tiny_run, tmp_path, capsys,
                                                                argv, words):

@@ -517,7 +517,8 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
 
     # (ONNX, the slowest format to write, is checked on the real subset's ensemble by
     # benchmarks/export_predict.py.)
-    card = export(out, tmp_path / "model", deliver="ensemble", verbose=False, onnx=False)
+    card = export(out, tmp_path / "model", deliver="ensemble", members="folds", verbose=False,
+                  onnx=False)
     delivered = card["finalist_ensemble"]
     assert delivered["delivered"] and delivered["delivered_by"] == "--deliver ensemble"
     assert delivered["ensemble"] == result["ensemble"]  # the report's figures
@@ -546,10 +547,10 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
     served = saved_model_runner(tmp_path / "model" / "saved_model")(raw, spacing, centre)
     np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
     assert card["training"]["members_from"] == "folds"
-    # --members retrained: the same members and weights, each one network retrained on
-    # every non-test patient for the epochs it was scored at.
-    retrained = export(out, tmp_path / "retrained", deliver="ensemble", members="retrained",
-                       verbose=False, onnx=False)
+    # By default (--members retrained) the same members and weights, each one network
+    # retrained on every non-test patient for the epochs it was scored at.
+    retrained = export(out, tmp_path / "retrained", deliver="ensemble", verbose=False,
+                       onnx=False)
     training = retrained["training"]
     assert training["members_from"] == "retrained" and training["models"] == len(members)
     assert [(m["trial"], m["weight"], m["epochs"]) for m in training["members"]] == [
