@@ -99,9 +99,11 @@ def _check_delivery(run: Run, deliver: str, max_members: int | None,
     choose it.
 
     Raises:
-        UserError: An unknown ``deliver``, ``max_members`` below 1, an ensemble asked
-            for together with options that choose another model, or asked of a search
-            without two completed finalists of two classes.
+        UserError: An unknown ``deliver`` or ``members``, ``max_members`` below 1, an
+            ensemble option (``deliver`` ensemble, ``max_members``, ``members``) given
+            together with options that choose one trial (``explicit``, ``deliver``
+            single), or given for a search without two completed finalists of two
+            classes.
     """
     from lvseg_search.engine.finalist_ensemble import MIN_FINALISTS, finalists
 
