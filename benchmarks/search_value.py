@@ -14,7 +14,7 @@ keras-tuner's oracles, and the space's fixed default network:
   Hyperband first-rung trial's does;
 - ``search``: the search as a user runs it by default: Hyperband with the space's
   default network in the race, then the final stage (the space's finalists and the
-  default network trained on to its ``final_epochs``; ``--finalists``, ``--final-epochs``);
+  default network trained to its ``final_epochs``; ``--finalists``, ``--final-epochs``);
 - ``fixed_readme``: ``--oracle fixed`` at the README's real-data budget (60 epochs of 30
   batches);
 - ``fixed_equal``: the fixed default trained for as many epochs as fit in the
@@ -399,8 +399,9 @@ def report(out: Path, max_epochs: int, factor: int = 3) -> str:
 
 def continued_against_retrained(runs: dict) -> list[str]:
     """The default network as a finalist (continued from its screening trial's weights,
-    its learning rate restarted and annealed) against the same network trained from
-    scratch with one long decay (``fixed_readme``), each with the batches it trained."""
+    its learning rate restarted and annealed, or trained from scratch as the run's
+    ``final_from`` says) against the same network trained from scratch with one long
+    decay (``fixed_readme``), each with the batches it trained."""
     from lvseg_search.engine.final_stage import configuration
     from lvseg_search.engine.trial_score import last_metrics, scored_epoch
 
@@ -419,8 +420,10 @@ def continued_against_retrained(runs: dict) -> list[str]:
     def batches(run, trial):
         return scored_epoch(last_metrics(trial)) * run.options.steps_per_epoch
 
-    return ["", "Continued against retrained (the default network, the same batches): "
-            f"finalist {final.trial_id}, continued, {batches(search, final)} batches, CV Dice "
+    start = ("continued" if "tuner/trial_id" in final.hyperparameters.values
+             else "one decay from scratch")
+    return ["", "The default network as a finalist and as the fixed run: "
+            f"finalist {final.trial_id}, {start}, {batches(search, final)} batches, CV Dice "
             f"{final.score:.3f}; fixed_readme, one decay from scratch, "
             f"{batches(fixed, reference)} batches, CV Dice {reference.score:.3f}."]
 

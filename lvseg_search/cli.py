@@ -276,9 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "--final-epochs (default 3; 0: no final stage); re-run with more "
                         "to extend a search")
     p.add_argument("--final-epochs", type=int,
-                   help="the epoch each finalist trains to, continuing its longest "
-                        "screening trial with its learning rate restarted (default: the "
-                        "space's final_epochs, else twice --max-epochs)")
+                   help="the epoch each finalist trains to (default: the space's "
+                        "final_epochs, else twice --max-epochs)")
+    p.add_argument("--final-from", choices=["screening", "scratch"],
+                   help="where a finalist starts: its configuration's longest screening "
+                        "trial, continued with the learning rate restarted, or a new "
+                        "initialization with one decay to --final-epochs (default: the "
+                        "space's final_from, else screening)")
     p.add_argument("--objective", choices=["endo", "epi", "mean"],
                    help="with a myocardium in the data: rank trials by the endocardial "
                         "contour's Dice, the epicardial's, or their mean (default mean)")

@@ -825,16 +825,21 @@ def test_finalists_default_to_three_capped_by_the_trials_screened(tiny_data):
     from lvseg_search.model.space import load_space
 
     space = load_space(str(TINY))
-    # The test space asks for none, quick for one to 90 epochs; the package's own
-    # default (a space without them) is three, at twice the screening's longest trial.
+    # The test space asks for none, quick for one from scratch to 90 epochs after eight
+    # screening trials; the package's own default (a space without them) is three, at
+    # twice the screening's longest trial, continuing their screening trials.
     assert resolve_options(space, tiny_data).finalists == 0
     quick = load_space("quick")
     options = resolve_options(quick, tiny_data, max_epochs=4)
-    assert (options.finalists, options.final_epochs, options.include_default) == (1, 90, True)
+    assert (options.finalists, options.final_epochs, options.include_default,
+            options.final_from, options.max_trials) == (1, 90, True, "scratch", 8)
+    assert resolve_options(quick, tiny_data, max_trials=3).max_trials == 3
+    assert resolve_options(quick, tiny_data, oracle="fixed").max_trials == 1
+    assert resolve_options(quick, tiny_data, final_from="screening").final_from == "screening"
     lab = load_space("lab")  # no [search] finalists or final_epochs
     assert "finalists" not in lab.search and "final_epochs" not in lab.search
     unset = resolve_options(lab, tiny_data, max_epochs=4, oracle="random", max_trials=5)
-    assert (unset.finalists, unset.final_epochs) == (3, 8)
+    assert (unset.finalists, unset.final_epochs, unset.final_from) == (3, 8, "screening")
     assert resolve_options(quick, tiny_data, oracle="random", max_trials=1).finalists == 1
     assert resolve_options(quick, tiny_data, max_epochs=4, final_epochs=5).final_epochs == 5
 
@@ -872,3 +877,30 @@ def test_a_capped_search_screens_its_budget_then_its_finalists_and_more_extend_i
     assert new["hyperparameters"]["values"]["tuner/trial_id"] == screened[0][1]
     assert {tid: (_trial_dirs(out)[tid] / "trial.json").read_text() for tid in kept} == kept
     assert json.loads((out / "search.json").read_text())["finalists"] == 2
+
+
+def test_finalists_from_scratch_train_a_new_network_with_one_decay(tiny_data, tmp_path):
+    from lvseg_search.engine.final_stage import configuration
+    from lvseg_search.model.schedule import rung_ends
+
+    out = tmp_path / "run"
+    run_search(tiny_data, out, str(TINY), folds=2, max_epochs=1, image_size=32,
+               batch_size=4, steps_per_epoch=1, oracle="random", max_trials=1,
+               finalists=1, final_epochs=3, final_from="scratch", seed=2, verbose=False,
+               recycle_every=None)
+    dirs = _trial_dirs(out)
+    values = {tid: json.loads((d / "trial.json").read_text())["hyperparameters"]["values"]
+              for tid, d in dirs.items()}
+    final = [tid for tid, v in values.items() if v.get("tuner/final")]
+    screened = [tid for tid in values if tid not in final]
+    assert len(final) == 1 and len(screened) == 1
+    finalist = values[final[0]]
+    # No parent: a new initialization, every epoch trained, the schedule one decay to 3.
+    assert "tuner/trial_id" not in finalist and finalist["tuner/initial_epoch"] == 0
+    assert configuration(finalist) == configuration(values[screened[0]])
+    for k in range(2):
+        fold = json.loads((dirs[final[0]] / f"fold_{k}" / "result.json").read_text())
+        assert (fold["initial_epoch"], fold["epochs"], fold["resumed_from"]) == (0, 3, None)
+        assert len(fold["history"]["loss"]) == 3
+    assert rung_ends(finalist, values.__getitem__, 1, per_rung=True) == [3]
+    assert json.loads((out / "search.json").read_text())["final_from"] == "scratch"

@@ -6,13 +6,19 @@ Screening ranks configurations on short training; a single run's CV Dice on a fe
 patients moves by a few hundredths with initialization alone, and a fixed network
 trained long beat every short-trained search in our measurements. So the finalists are
 trained on to a final budget as long as a fixed run's, and the search's result is read
-from them. A finalist continues its configuration's longest-trained screening trial
-(its fold checkpoints) with the learning rate restarted and annealed to the final
-epoch, as Hyperband's promotions do: on the demo's phantom a 12-epoch trial so promoted
-scored CV Dice 0.968 and 0.955 where the same configurations trained 12 epochs from
-scratch with one decay scored 0.882 and 0.946 (a new initialization moves a few
-patients' CV Dice by more than training it longer), and continuing costs only the
-epochs added.
+from them. Where a finalist starts is the run's ``final_from``:
+
+- ``screening`` continues its configuration's longest-trained screening trial (its fold
+  checkpoints) with the learning rate restarted and annealed to the final epoch, as
+  Hyperband's promotions do. It costs only the epochs added, and keeps the
+  initialization that ranked the configuration: on the demo's phantom a 12-epoch trial
+  so promoted scored CV Dice 0.968 and 0.955 where the same configurations trained 12
+  epochs from scratch with one decay scored 0.882 and 0.946.
+- ``scratch`` trains a new initialization with one learning-rate decay to the final
+  epoch. Where the final budget is many times the screening's, the saving is small and
+  one long decay trains better: on the real subset, the default network's 1800 batches
+  continued from a 12-epoch rung scored CV Dice 0.858, 0.868 and 0.841 (seeds 0-2), and
+  from scratch with one decay 0.870, 0.867 and 0.870 (docs/benchmarks.md).
 
 Finalists are keras-tuner trials like the others (their values carry ``tuner/final``,
 ``tuner/epochs`` and ``tuner/initial_epoch``): the oracle gives them out through its
@@ -87,6 +93,7 @@ def with_final_stage(oracle_class: type) -> type:
     class FinalStage(oracle_class):
         finalists: int = 0
         final_epochs: int = 0
+        final_from: str = "screening"
         screening_epochs: int = 0  # what a trial without Hyperband's tuner/epochs trained
         screening_trials: int | None = None
         default_values: dict[str, Any] = {}
@@ -127,19 +134,22 @@ def with_final_stage(oracle_class: type) -> type:
             pending = self.pending()
             if not pending:
                 return {"status": _STOPPED}
-            parent = longest_trial(screened, pending[0], self.screening_epochs)
-            return {"status": _RUNNING,
-                    "values": {**dict(pending[0]), "tuner/epochs": self.final_epochs,
-                               "tuner/initial_epoch": trained_epochs(
-                                   parent.hyperparameters.values, self.screening_epochs),
-                               "tuner/trial_id": parent.trial_id, FINAL: 1}}
+            values = {**dict(pending[0]), "tuner/epochs": self.final_epochs,
+                      "tuner/initial_epoch": 0, FINAL: 1}
+            if self.final_from != "scratch":
+                parent = longest_trial(screened, pending[0], self.screening_epochs)
+                values.update({"tuner/initial_epoch": trained_epochs(
+                    parent.hyperparameters.values, self.screening_epochs),
+                    "tuner/trial_id": parent.trial_id})
+            return {"status": _RUNNING, "values": values}
 
     FinalStage.__name__ = FinalStage.__qualname__ = f"FinalStage{oracle_class.__name__}"
     return FinalStage
 
 
 def configure(oracle: Any, *, max_trials: int | None, finalists: int, final_epochs: int,
-              max_epochs: int, default: dict[str, Any] | None) -> None:
+              max_epochs: int, default: dict[str, Any] | None,
+              final_from: str = "screening") -> None:
     """Sets a (perhaps resumed) oracle's screening budget and final stage from the run's
     options: a new budget extends or caps the screening, and the finalists come after it.
 
@@ -151,9 +161,12 @@ def configure(oracle: Any, *, max_trials: int | None, finalists: int, final_epoc
         max_epochs: The screening's longest trial (what a random or Bayesian trial
             trained).
         default: The space's default network (a finalist too when screened).
+        final_from: Where a finalist starts: ``screening`` (its configuration's longest
+            screening trial, continued) or ``scratch`` (a new initialization).
     """
     oracle.finalists = int(finalists)
     oracle.final_epochs = int(final_epochs)
+    oracle.final_from = final_from
     oracle.screening_epochs = int(max_epochs)
     oracle.default_values = dict(default or {})
     oracle.screening_trials = max_trials

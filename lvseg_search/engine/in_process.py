@@ -105,6 +105,7 @@ def search_in_process(out: Path, sp: SearchSpace, options: SearchOptions, split:
             final_stage.configure(tuner.oracle, max_trials=options.max_trials,
                                   finalists=options.finalists,
                                   final_epochs=options.final_epochs,
+                                  final_from=options.final_from,
                                   max_epochs=options.max_epochs, default=sp.default)
         if options.oracle == "hyperband":
             # Likewise its iterations, to extend a finished schedule.

@@ -107,7 +107,7 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
         "search": {"run": run.path.name, "space": Path(o.space).stem, "trial": trial.trial_id,
                    "folds": run.n_folds, "oracle": o.oracle, "max_epochs": o.max_epochs,
                    "min_epochs": o.min_epochs, "factor": o.factor,
-                   "lr_per_rung": o.lr_per_rung,
+                   "lr_per_rung": o.lr_per_rung, "final_from": o.final_from,
                    "seed": o.seed, "precision_in_search": o.precision,
                    "steps_per_epoch": o.steps_per_epoch,  # 0: one pass over the training
                    "augmentation": o.augmentation.card(o.physical)},

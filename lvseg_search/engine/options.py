@@ -17,13 +17,14 @@ from lvseg_search.classes import OBJECTIVES
 from lvseg_search.data.augmentation import Augmentation
 from lvseg_search.data.pipeline import PipelineConfig
 from lvseg_search.errors import UserError
-from lvseg_search.model.space import SearchSpace, check_image_size
+from lvseg_search.model.space import FINAL_FROM, SearchSpace, check_image_size
 
 # Version 1: the first versioned schema (augmentation nested; every option recorded).
 # Version 2: the final stage (finalists, final_epochs); the default network in the race
 # unless --no-default.
 # Version 3: the objective over the contours (endo, epi, mean).
-SCHEMA_VERSION = 3
+# Version 4: where finalists start (final_from).
+SCHEMA_VERSION = 4
 # Finalists when none are asked for (capped by the trials a capped search screens).
 DEFAULT_FINALISTS = 3
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -40,14 +41,15 @@ BUDGET_OPTIONS = ("max_trials", "hyperband_iterations", "finalists")
 # Options a space's [search] table may set (and the augment_* keys, see Augmentation).
 SPACE_OPTIONS = ("max_epochs", "min_epochs", "factor", "hyperband_iterations", "image_size",
                  "batch_size", "folds", "normalization", "steps_per_epoch", "finalists",
-                 "final_epochs")
+                 "final_epochs", "final_from")
 # The options given on the command line (None: not given), by the option's name; the
 # command-line destinations that differ from it, and the two that are no option field.
 GIVEN = ("folds", "test_patients", "test_ids", "test_seed", "stratify", "groups_file",
          "group_column", "max_epochs", "min_epochs", "factor", "hyperband_iterations",
          "image_size", "spacing", "field_of_view", "batch_size", "steps_per_epoch",
          "normalization", "seed", "precision", "jit", "max_trials", "oracle",
-         "include_default", "no_default", "finalists", "final_epochs", "objective")
+         "include_default", "no_default", "finalists", "final_epochs", "final_from",
+         "objective")
 CLI_NAMES = {"hyperband_iterations": "iterations", "groups_file": "groups"}
 
 
@@ -68,6 +70,9 @@ class SearchOptions:
         finalists: Distinct configurations the final stage trains again after
             screening (``engine.final_stage``; 0: none).
         final_epochs: Their epochs (None: twice ``max_epochs`` unless the space says).
+        final_from: Where a finalist starts (``model.space.FINAL_FROM``): its
+            configuration's longest screening trial (continued, the learning rate
+            restarted) or a new initialization with one decay to ``final_epochs``.
         lr_per_rung: Hyperband trials anneal their learning rate to their rung's end,
             restarting at each promotion (``model.schedule``).
         data_digest: ``manifest.identity`` of the data (it may move).
@@ -108,6 +113,7 @@ class SearchOptions:
     lr_per_rung: bool = True
     finalists: int = DEFAULT_FINALISTS
     final_epochs: int | None = None
+    final_from: str = "screening"
     objective: str = "mean"
     schema_version: int = SCHEMA_VERSION
 
@@ -155,8 +161,9 @@ class SearchOptions:
         default = "; the space's default network first" if self.include_default else ""
         top = ("the best configuration" if self.finalists == 1
                else f"the top {self.finalists} configurations")
+        how = ("trained from scratch" if self.final_from == "scratch" else "trained on")
         final = (f"; then {top}"
-                 f"{' and the default network' if self.include_default else ''} trained on "
+                 f"{' and the default network' if self.include_default else ''} {how} "
                  f"to {self.final_epochs} epochs (final stage)"
                  if self.finalists and self.oracle != "fixed" else "")
         return self._screening_text() + default + final
@@ -365,6 +372,9 @@ def _final_stage(merged: dict[str, Any], given: Mapping[str, Any], oracle: str,
         # As long as a fixed network trained long (the README's real-data command gives
         # --oracle fixed twice the quick space's max_epochs).
         merged["final_epochs"] = 2 * merged["max_epochs"]
+    if merged["final_from"] not in FINAL_FROM:
+        raise UserError(f"--final-from: unknown {merged['final_from']!r}; choose "
+                        f"{' or '.join(FINAL_FROM)}")
     if merged["finalists"] and merged["final_epochs"] <= merged["max_epochs"]:
         raise UserError(f"--final-epochs: {merged['final_epochs']} is not above the "
                         f"screening's --max-epochs ({merged['max_epochs']}); finalists "
@@ -378,6 +388,8 @@ def _oracle_options(space: SearchSpace, given: Mapping[str, Any]
     if oracle not in ORACLES:
         raise UserError(f"--oracle: unknown {oracle!r}; choose one of {', '.join(ORACLES)}")
     max_trials = given.get("max_trials")
+    if max_trials is None and oracle != "fixed":
+        max_trials = space.search.get("max_trials")  # checked when the space was read
     if given.get("include_default") and given.get("no_default"):
         raise UserError("--include-default and --no-default: choose one")
     asked = bool(given.get("include_default"))

@@ -104,7 +104,7 @@ def prepare_run(out: Path, options: SearchOptions, data: PreparedData, overwrite
         # contents where the run recorded them, so it may move. A new budget extends or
         # caps the search.
         # The final epochs too where no finalist has trained: a final stage may be added.
-        extend = ("final_epochs",) if not previous["finalists"] else ()
+        extend = ("final_epochs", "final_from") if not previous["finalists"] else ()
         skip = ("space", "data", "data_digest", *BUDGET_OPTIONS, *extend,
                 *(SPLIT_OPTIONS if given_split is not None else ()))
         changed = [k for k, v in asdict(options).items() if k not in skip
@@ -197,6 +197,8 @@ def _as_trained(options: SearchOptions, previous: dict[str, Any], filled: frozen
         # No finalist has trained yet where the run had no final stage: the final
         # epochs asked for now apply; otherwise those the finalists trained with.
         options = replace(options, final_epochs=previous["final_epochs"])
+    if "final_from" not in given and (previous["finalists"] or not options.finalists):
+        options = replace(options, final_from=previous["final_from"])
     if "lr_per_rung" in filled:
         # Written before rungs restarted the schedule: resumes decaying over max_epochs.
         options = replace(options, lr_per_rung=False)

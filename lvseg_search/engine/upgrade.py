@@ -92,9 +92,14 @@ def _objective(r: Record) -> None:
     r.setdefault("objective", "endo")
 
 
+def _final_from(r: Record) -> None:
+    # Before finalists could start from scratch: each continued its screening trial.
+    r.setdefault("final_from", "screening")
+
+
 # version -> the steps that bring a record of that version to the next.
 STEPS: dict[int, tuple[Callable[[Record], None], ...]] = {
-    0: V0_STEPS, 1: (_final_stage,), 2: (_objective,)}
+    0: V0_STEPS, 1: (_final_stage,), 2: (_objective,), 3: (_final_from,)}
 
 
 def record_version(record: Record) -> int:

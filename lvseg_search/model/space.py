@@ -66,10 +66,15 @@ AUGMENT_LIMITS = {"augment_rotation_deg": 180.0, "augment_scale": 0.9, "augment_
                   "augment_brightness": 1.0, "augment_noise": 1.0, "augment_blur": 1.0,
                   "augment_low_resolution": 1.0}
 
+# Where a finalist starts (engine.final_stage): its configuration's longest screening
+# trial's weights, or a new initialization trained with one decay to the final epoch.
+FINAL_FROM = ("screening", "scratch")
+
 SEARCH_OPTIONS: dict[str, type] = {
     "max_epochs": int, "min_epochs": int, "factor": int, "hyperband_iterations": int,
     "image_size": int, "batch_size": int, "folds": int, "normalization": str,
-    "steps_per_epoch": int, "finalists": int, "final_epochs": int,
+    "steps_per_epoch": int, "finalists": int, "final_epochs": int, "final_from": str,
+    "max_trials": int,
     **dict.fromkeys(AUGMENT_LIMITS, float),
 }
 
@@ -240,6 +245,11 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         if key == "steps_per_epoch" and value < 0:
             raise UserError(f"{path}: [search] steps_per_epoch = {value} must be 0 (one pass "
                             "over each fold's training slices) or more")
+        if key == "max_trials" and value < 1:
+            raise UserError(f"{path}: [search] max_trials = {value} must be at least 1")
+        if key == "final_from" and value not in FINAL_FROM:
+            raise UserError(f"{path}: [search] final_from = {value!r} is unknown; choose "
+                            f"{' or '.join(FINAL_FROM)}")
         if key in AUGMENT_LIMITS and not 0 <= value <= AUGMENT_LIMITS[key]:
             raise UserError(f"{path}: [search] {key} = {value} is out of range; use 0 "
                             f"(none) to {AUGMENT_LIMITS[key]:g}")

@@ -47,8 +47,8 @@ def test_a_last_unversioned_record_keeps_every_value_it_holds():
             "spacing_mm": 1.5, "field_of_view_mm": 200.0, "include_default": True,
             "min_epochs": 3, "lr_per_rung": True, "max_trials": 5}
     record, filled = upgrade.upgrade(flat)
-    # Only what versions 2 and 3 added: no final stage, the blood pool scored, as it ran.
-    assert filled == {"finalists", "final_epochs", "objective"}
+    # Only what versions 2 to 4 added: no final stage, the blood pool scored, as it ran.
+    assert filled == {"finalists", "final_epochs", "objective", "final_from"}
     options = SearchOptions.from_record(record, "search.json")
     assert options.augmentation == Augmentation(gamma=0.5)
     assert (options.steps_per_epoch, options.spacing_mm, options.min_epochs, options.oracle,
@@ -60,15 +60,27 @@ def test_a_version_1_record_gets_no_final_stage_and_keeps_its_default_choice():
     options = SearchOptions(data="/d", space="/s", space_digest="x", min_epochs=2,
                             spacing_mm=1.0, field_of_view_mm=128.0, include_default=False)
     record = json.loads(json.dumps(asdict(options)))
-    del record["finalists"], record["final_epochs"], record["objective"]
+    del record["finalists"], record["final_epochs"], record["objective"], record["final_from"]
     record["schema_version"] = 1
     again, filled = upgrade.upgrade(record)
-    assert filled == {"finalists", "final_epochs", "objective"}
+    assert filled == {"finalists", "final_epochs", "objective", "final_from"}
     upgraded = SearchOptions.from_record(again, "search.json")
     assert (upgraded.finalists, upgraded.final_epochs, upgraded.include_default) == (0, 0, False)
-    assert upgraded.schema_version == SCHEMA_VERSION == 3
-    # Before the contours were scored, trials ranked by the blood pool.
-    assert upgraded.objective == "endo"
+    assert upgraded.schema_version == SCHEMA_VERSION == 4
+    # Before the contours were scored, trials ranked by the blood pool; before finalists
+    # could start from scratch, they continued their screening trial.
+    assert (upgraded.objective, upgraded.final_from) == ("endo", "screening")
+
+
+def test_a_version_3_record_with_finalists_keeps_continuing_them():
+    options = SearchOptions(data="/d", space="/s", space_digest="x", finalists=2,
+                            final_epochs=20, final_from="scratch")
+    record = json.loads(json.dumps(asdict(options)))
+    del record["final_from"]
+    record["schema_version"] = 3
+    again, filled = upgrade.upgrade(record)
+    assert filled == {"final_from"}
+    assert SearchOptions.from_record(again, "search.json").final_from == "screening"
 
 
 def test_each_step_fills_only_what_it_added_in_order():
@@ -83,7 +95,7 @@ def test_each_step_fills_only_what_it_added_in_order():
             "steps_per_epoch": 0, "data_digest": ""}
     record, filled = upgrade.upgrade(flat)
     assert filled == {"augment_offset_mm", "lr_per_rung", "finalists", "final_epochs",
-                      "objective"}
+                      "objective", "final_from"}
     assert record["augmentation"]["offset_mm"] == 0.0 and record["spacing_mm"] == 1.2
 
 
