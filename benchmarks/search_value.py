@@ -14,7 +14,8 @@ keras-tuner's oracles, and the space's fixed default network:
   Hyperband first-rung trial's does;
 - ``search``: the search as a user runs it by default: Hyperband with the space's
   default network in the race, then the final stage (the space's finalists and the
-  default network trained to its ``final_epochs``; ``--finalists``, ``--final-epochs``);
+  default network trained to its ``final_epochs``; ``--finalists``, ``--final-epochs``,
+  ``--final-from``);
 - ``fixed_readme``: ``--oracle fixed`` at the README's real-data budget (60 epochs of 30
   batches);
 - ``fixed_equal``: the fixed default trained for as many epochs as fit in the
@@ -39,7 +40,7 @@ rules; how rungs were scored before they restarted the schedule) and its final s
 
     python benchmarks/search_value.py --out DIR [--data RAW | --phantom] [--seed 0]
         [--space quick] [--max-epochs 24] [--factor 2] [--min-epochs N] [--trials 15]
-        [--finalists N] [--final-epochs N]
+        [--finalists N] [--final-epochs N] [--final-from screening|scratch]
         [--steps-per-epoch 20] [--batch-size 4] [--arms random,hyperband,...]
 
 The defaults are the real-subset budget of the README: Hyperband's one iteration (24
@@ -113,7 +114,8 @@ def arm_command(arm: str, args: argparse.Namespace, data: Path, out: Path) -> li
         cmd += ["--no-default", "--finalists", "0"]
     if arm == "search":
         for flag, value in (("--finalists", args.finalists),
-                            ("--final-epochs", args.final_epochs)):
+                            ("--final-epochs", args.final_epochs),
+                            ("--final-from", args.final_from)):
             if value is not None:
                 cmd += [flag, str(value)]
     if arm in ("hyperband", "search"):
@@ -226,7 +228,7 @@ def arm_trials(run) -> list[dict]:
 # What an arm is and how much it runs: the only options in which arms may differ.
 ARM_OPTIONS = {"oracle", "max_trials", "max_epochs", "min_epochs", "factor",
                "hyperband_iterations", "include_default", "finalists", "final_epochs",
-               "space", "space_digest", "data"}
+               "final_from", "space", "space_digest", "data"}
 
 
 def unlike_arms(runs: dict) -> list[str]:
@@ -478,6 +480,8 @@ def main() -> None:
                         help="the search arm's finalists (default: the space's)")
     parser.add_argument("--final-epochs", type=int, default=None,
                         help="the search arm's final budget (default: the space's)")
+    parser.add_argument("--final-from", choices=["screening", "scratch"], default=None,
+                        help="where the search arm's finalists start (default: the space's)")
     parser.add_argument("--trials", type=int, default=15,
                         help="trials of random search and Bayesian optimization")
     parser.add_argument("--batch-size", type=int, default=4)
