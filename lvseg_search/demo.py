@@ -19,10 +19,8 @@ from lvseg_search.search import run_search
 # on each of 3 folds; 2 phases per patient, not 4, halve the search.
 # The search as a user runs it (the default network in the race, then a final stage to
 # twice the screening's epochs), with one finalist besides the default network to keep
-# the demo to a few minutes. Hyperband's whole schedule (11 trials; the quick space caps
-# its own, longer one at 8), and finalists continuing their screening trials: at a final
-# budget twice the screening's that costs half, and on this phantom it scored higher
-# than finalists trained from scratch (engine.final_stage).
+# the demo to a few minutes, and Hyperband's whole schedule (11 trials; the quick space
+# caps its own, longer one at 8).
 DEMO = {"patients": 10, "phases": 2, "size": 128, "image_size": 64, "folds": 3,
         "test_patients": 2, "max_epochs": 12, "min_epochs": 3, "factor": 4, "finalists": 1,
         "final_epochs": 24, "max_trials": 11, "final_from": "screening"}

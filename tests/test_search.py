@@ -825,17 +825,17 @@ def test_finalists_default_to_three_capped_by_the_trials_screened(tiny_data):
     from lvseg_search.model.space import load_space
 
     space = load_space(str(TINY))
-    # The test space asks for none, quick for one from scratch to 90 epochs after eight
+    # The test space asks for none, quick for one continued to 90 epochs after eight
     # screening trials; the package's own default (a space without them) is three, at
     # twice the screening's longest trial, continuing their screening trials.
     assert resolve_options(space, tiny_data).finalists == 0
     quick = load_space("quick")
     options = resolve_options(quick, tiny_data, max_epochs=4)
     assert (options.finalists, options.final_epochs, options.include_default,
-            options.final_from, options.max_trials) == (1, 90, True, "scratch", 8)
+            options.final_from, options.max_trials) == (1, 90, True, "screening", 8)
     assert resolve_options(quick, tiny_data, max_trials=3).max_trials == 3
     assert resolve_options(quick, tiny_data, oracle="fixed").max_trials == 1
-    assert resolve_options(quick, tiny_data, final_from="screening").final_from == "screening"
+    assert resolve_options(quick, tiny_data, final_from="scratch").final_from == "scratch"
     lab = load_space("lab")  # no [search] finalists or final_epochs
     assert "finalists" not in lab.search and "final_epochs" not in lab.search
     unset = resolve_options(lab, tiny_data, max_epochs=4, oracle="random", max_trials=5)
