@@ -822,6 +822,7 @@ def test_final_stage_options_out_of_range_are_one_line(tiny_data, tmp_path, caps
 
 def test_finalists_default_to_three_capped_by_the_trials_screened(tiny_data):
     from lvseg_search.engine.options import resolve_options
+    from lvseg_search.errors import UserError
     from lvseg_search.model.space import load_space
 
     space = load_space(str(TINY))
@@ -836,6 +837,9 @@ def test_finalists_default_to_three_capped_by_the_trials_screened(tiny_data):
     assert resolve_options(quick, tiny_data, max_trials=3).max_trials == 3
     assert resolve_options(quick, tiny_data, oracle="fixed").max_trials == 1
     assert resolve_options(quick, tiny_data, final_from="scratch").final_from == "scratch"
+    with pytest.raises(UserError, match="--final-from: unknown 'rung'; choose screening or "
+                       "scratch"):
+        resolve_options(quick, tiny_data, final_from="rung")
     lab = load_space("lab")  # no [search] finalists or final_epochs
     assert "finalists" not in lab.search and "final_epochs" not in lab.search
     unset = resolve_options(lab, tiny_data, max_epochs=4, oracle="random", max_trials=5)

@@ -15,10 +15,10 @@ from them. Where a finalist starts is the run's ``final_from``:
   so promoted scored CV Dice 0.968 and 0.955 where the same configurations trained 12
   epochs from scratch with one decay scored 0.882 and 0.946.
 - ``scratch`` trains a new initialization with one learning-rate decay to the final
-  epoch. Where the final budget is many times the screening's, the saving is small and
-  one long decay trains better: on the real subset, the default network's 1800 batches
-  continued from a 12-epoch rung scored CV Dice 0.858, 0.868 and 0.841 (seeds 0-2), and
-  from scratch with one decay 0.870, 0.867 and 0.870 (docs/benchmarks.md).
+  epoch. On the real subset (``quick``'s 1800-batch finalists, seeds 0-2) it delivered
+  what continuing did (searches: 0.879 against 0.880 out of fold; the default network
+  as a finalist: 0.854 against 0.858) and took 9% longer, so continuing is the default
+  (docs/benchmarks.md).
 
 Finalists are keras-tuner trials like the others (their values carry ``tuner/final``,
 ``tuner/epochs`` and ``tuner/initial_epoch``): the oracle gives them out through its
