@@ -135,3 +135,19 @@ def pytest_collection_modifyitems(config, items):
     # the suite is not one long group running while the other process idles.
     order = {name: rank for rank, name in enumerate(_SHARED)}
     items.sort(key=lambda item: order.get(groups.get(item.nodeid), len(order)))
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """Stops the suite where pytest-xdist lost the groups: it groups a test by a suffix
+    it writes into the test's id, which pytest 9.2 ignores (pytest-xdist#1386), and each
+    process would then build the shared runs again. Every test of a module-grouped file
+    carries the suffix wherever it works."""
+    if node.config.getoption("dist", "no") != "loadgroup":
+        return
+    lost = [i for i in ids if i.split("::")[0].rsplit("/", 1)[-1] in _MODULE_SHARED
+            and "@" not in i]
+    if lost:
+        pytest.exit("pytest-xdist did not group the tests that share a finished run "
+                    f"({lost[0]}; pytest-xdist#1386, pytest 9.2): install the test extra "
+                    "(pip install -e '.[test]'), which pins a pytest it works with",
+                    returncode=4)
