@@ -10,8 +10,8 @@ augmentation and
 largest-region post-processing that its out-of-fold predictions favour
 (``evaluate.decision``), scored on the held-out test patients, and
 written as a SavedModel with a serving signature, a ``.keras`` file, a TFLite model
-(and ONNX when tf2onnx is installed), each checked against the Keras model on the same
-inputs, plus ``model_card.json``.
+(unless not asked for) and ONNX (when tf2onnx is installed), each checked against the
+Keras model on the same inputs, plus ``model_card.json``.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ from lvseg_search.engine.retrain import retrain
 from lvseg_search.engine.run import SEARCH_FILE, Run, best_trial, find_trial, load_run
 from lvseg_search.engine.trial_score import last_metrics, scored_epoch
 from lvseg_search.errors import UserError, disk_full_reported
+from lvseg_search.model.contract import AT_CENTRE
 from lvseg_search.model.formats import graph_runner, write_formats
 from lvseg_search.model.parity import check_parity, probe_inputs
 
 
 def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | None = None,
-           trial_id: str | None = None, onnx: bool = True, overwrite: bool = False,
+           trial_id: str | None = None, onnx: bool = True, tflite: bool = True,
+           overwrite: bool = False,
            verbose: bool = True, data: Path | None = None, tta: str | None = None,
            largest_region: bool | None = None, roi: str | None = None,
            convex_hull: bool | None = None, deliver: str = "auto",
@@ -50,6 +52,7 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
         epochs: Retrain for this many epochs (default: the epochs the trial was scored at).
         trial_id: Export this trial instead of the best.
         onnx: Also write ONNX when tf2onnx is installed.
+        tflite: Also write TFLite.
         overwrite: Replace an existing model folder.
         verbose: Print progress.
         data: The prepared data folder, if it moved since the search.
@@ -84,7 +87,8 @@ def export(run_dir: Path, out: Path, *, ensemble: bool = False, epochs: int | No
     with (run_lock(run_dir, "export", "export from it", create=False) if holds_search
           else contextlib.nullcontext()):
         return _export(run_dir, out, ensemble=ensemble, epochs=epochs, trial_id=trial_id,
-                       onnx=onnx, overwrite=overwrite, verbose=verbose, data=data, tta=tta,
+                       onnx=onnx, tflite=tflite, overwrite=overwrite, verbose=verbose,
+                       data=data, tta=tta,
                        largest_region=largest_region, roi=roi, convex_hull=convex_hull,
                        deliver=deliver, max_members=max_members, members=members)
 
@@ -138,7 +142,8 @@ def _check_delivery(run: Run, deliver: str, max_members: int | None,
 
 
 def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
-            trial_id: str | None, onnx: bool, overwrite: bool, verbose: bool,
+            trial_id: str | None, onnx: bool, tflite: bool, overwrite: bool,
+            verbose: bool,
             data: Path | None, tta: str | None,
             largest_region: bool | None, roi: str | None,
             convex_hull: bool | None, deliver: str,
@@ -287,7 +292,9 @@ def _export(run_dir: Path, out: Path, *, ensemble: bool, epochs: int | None,
         else:
             probe_patients = load_patient_images(run.data, run.splits["folds"][0]["val"][:1])
 
-        candidates, onnx_status = write_formats(model, tmp, onnx, at_centre)
+        candidates, onnx_status = write_formats(
+            model, tmp, onnx, at_centre, tflite=tflite,
+            traced={"serve": reference, AT_CENTRE: reference_at_centre})
         parity = check_parity(keras_run, candidates,
                               probe_inputs(probe_patients, at_centre is not None),
                               classes=int(networks[0].output_shape[-1]))

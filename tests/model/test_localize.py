@@ -208,6 +208,24 @@ def test_a_study_centre_saves_the_image_whose_own_localization_follows_a_decoy(t
     serve = saved_model_runner(tmp_path / "saved_model")
     _, served = segment(serve, raw, spacing, study_roi=True)
     assert min(dice(m) for m in served) > 0.9
+    # The SavedModel holds its signatures, named inputs and outputs, each graph once (a
+    # function kept beside its signature was traced and saved a second time).
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    loaded = tf.saved_model.load(str(tmp_path / "saved_model"))
+    assert set(loaded.signatures) == {"serving_default", "serve", "serve_at_centre"}
+    assert set(loaded.signatures["serve_at_centre"].structured_input_signature[1]) == {
+        "raw", "pixel_spacing_mm", "roi_centre_mm"}
+    assert set(loaded.signatures["serving_default"].structured_outputs) == {
+        "probabilities", "mask"}
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((tmp_path / "saved_model" / "saved_model.pb").read_bytes())
+    graphs = [f.signature.name for f in saved.meta_graphs[0].graph_def.library.function
+              if f.signature.name.startswith("__inference_")
+              and "signature_wrapper" not in f.signature.name
+              and "_traced_" not in f.signature.name]
+    assert len(graphs) == 2, graphs
 
     # predict centres a study's views when the card says the model locates the LV.
     card = tmp_path / "model_card.json"
