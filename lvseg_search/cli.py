@@ -161,7 +161,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from lvseg_search.export import export
 
     export(args.run, args.out, ensemble=args.ensemble, epochs=args.epochs,
-           trial_id=args.trial, onnx=not args.no_onnx, overwrite=args.overwrite,
+           trial_id=args.trial, onnx=not args.no_onnx, tflite=not args.no_tflite,
+           overwrite=args.overwrite,
            data=args.data, tta=args.tta,
            largest_region=False if args.no_largest_region else None, roi=args.roi,
            convex_hull=args.convex_hull, deliver=args.deliver, max_members=args.max_members,
@@ -360,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "scored at)")
     p.add_argument("--trial", help="export this trial id instead of the best")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX even if tf2onnx is here")
+    p.add_argument("--no-tflite", action="store_true",
+                   help="skip TFLite (its conversion is the slowest format after ONNX)")
     p.add_argument("--tta", choices=TTA_CHOICES,
                    help="test-time augmentation inside the model (default: the one with "
                         "the best out-of-fold CV Dice)")

@@ -746,7 +746,7 @@ def test_deep_supervision_searches_reports_and_exports_one_output(tiny_data, tmp
     assert trial["hyperparameters"]["values"]["deep_supervision"] == "on"
     write_report(out, verbose=False)
     assert "deep supervision" in (out / "report.md").read_text()  # said in its network
-    card = export(out, tmp_path / "model", onnx=False, verbose=False)
+    card = export(out, tmp_path / "model", onnx=False, tflite=False, verbose=False)
     import zipfile
 
     # The auxiliary outputs served training only: the exported model has none.

@@ -332,8 +332,14 @@ def test_a_moved_data_folder_is_found_again_with_data(tiny_data, tmp_path, capsy
     # With --data both run.
     assert main(["report", str(out), "--data", str(moved)]) == 0
     assert main(["export", str(out), "--out", str(model), "--no-onnx", "--ensemble",
-                 "--data", str(moved)]) == 0
+                 "--data", str(moved), "--no-tflite"]) == 0
     assert (out / "report.html").is_file() and (model / "model_card.json").is_file()
+    # --no-tflite: no TFLite file, and none in the card's formats, parity or latency.
+    card = json.loads((model / "model_card.json").read_text())
+    assert not list(model.glob("*.tflite")) and (model / "model.keras").is_file()
+    assert not any(name.endswith(".tflite") for name in card["formats"])
+    assert set(card["parity_max_abs_diff"]) == {"saved_model", "keras_file"}
+    assert set(card["latency"]["single_image_ms"]) == {"saved_model"}
     # The search resumes from the new place and records it; other data is refused.
     run_search(moved, out, str(TINY), **common)
     assert json.loads((out / "search.json").read_text())["data"] == str(moved.resolve())
@@ -550,7 +556,7 @@ def test_killed_search_resumes_losing_at_most_the_fold_in_progress(tiny_data, tm
     # By default (--members retrained) the same members and weights, each one network
     # retrained on every non-test patient for the epochs it was scored at.
     retrained = export(out, tmp_path / "retrained", deliver="ensemble", verbose=False,
-                       onnx=False)
+                       onnx=False, tflite=False)
     training = retrained["training"]
     assert training["members_from"] == "retrained" and training["models"] == len(members)
     assert [(m["trial"], m["weight"], m["epochs"]) for m in training["members"]] == [

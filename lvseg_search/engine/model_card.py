@@ -93,7 +93,8 @@ def model_card(run: Run, trial: Any, metrics: dict[str, float], training: dict[s
     files[SAVED_MODEL + "/"] = {"signature": "serving_default"}
     if o.physical:
         files[SAVED_MODEL + "/"]["also"] = AT_CENTRE
-        files[TFLITE_AT_CENTRE_FILE]["signature"] = AT_CENTRE
+        if TFLITE_AT_CENTRE_FILE in files:
+            files[TFLITE_AT_CENTRE_FILE]["signature"] = AT_CENTRE
     return {
         "card_version": CARD_VERSION,
         "serving_contract": CONTRACT_VERSION,

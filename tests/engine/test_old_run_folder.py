@@ -41,7 +41,7 @@ def test_an_unversioned_run_folder_reports_resumes_and_exports(tiny_data, tmp_pa
     assert json.loads((run / "search.json").read_text()) == {
         **json.loads(written), "data": str(Path(tiny_data).resolve())}
     # Exported (its fold models averaged): the card says how it trained.
-    card = export(run, tmp_path / "model", ensemble=True, onnx=False, verbose=False,
-                  data=tiny_data)
+    card = export(run, tmp_path / "model", ensemble=True, onnx=False, tflite=False,
+                  verbose=False, data=tiny_data)
     assert card["search"]["augmentation"]["rotation_deg"] == 10.0
     assert card["cross_validation"]["dice_mean"] == max(scores.values())
