@@ -70,8 +70,18 @@ def delivered_dice(probabilities: Sequence[Sequence[Sequence[np.ndarray]]],
     return dice
 
 
-def _average(candidates: Mapping[str, FoldProbabilities], weights: Mapping[str, int],
-             folds: Sequence[int]) -> list[list[list[np.ndarray]]]:
+def average(candidates: Mapping[str, FoldProbabilities], weights: Mapping[str, int],
+            folds: Sequence[int]) -> list[list[list[np.ndarray]]]:
+    """The weighted mean of candidates' probabilities on the given folds.
+
+    Args:
+        candidates: Trial id -> per fold, per patient, per image LV probabilities.
+        weights: Trial id -> its weight (members only).
+        folds: The folds' indices, in the order returned.
+
+    Returns:
+        Per fold (of ``folds``), per patient, per image: the averaged probabilities.
+    """
     total = sum(weights.values())
     out = []
     for k in folds:
@@ -166,7 +176,7 @@ def nested_selection(candidates: Mapping[str, FoldProbabilities],
         inner = select(candidates, patients, largest_region=largest_region,
                        convex_hull=convex_hull, rounds=rounds, max_members=max_members,
                        folds=[j for j in range(n) if j != k])
-        dice += delivered_dice(_average(candidates, inner.weights, [k]), [patients[k]],
+        dice += delivered_dice(average(candidates, inner.weights, [k]), [patients[k]],
                                largest_region, convex_hull)
         chosen.append(inner.weights)
     return dice, chosen
