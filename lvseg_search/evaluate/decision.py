@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from lvseg_search.classes import Classes
-from lvseg_search.evaluate.scoring import PatientImages, score_predictions, segment
+from lvseg_search.evaluate.scoring import PatientImages, score_predictions, segment_modes
 from lvseg_search.model.contract import ROI_MODES
 from lvseg_search.model.postprocess import fill_convex_hulls, keep_largest_regions
-from lvseg_search.model.serving import make_predictor
+from lvseg_search.model.serving import make_modes_predictor
 from lvseg_search.model.tta import TTA_MODES
 
 # A CV Dice gain smaller than this is within the noise of a few patients' folds: the
@@ -79,15 +79,25 @@ def out_of_fold_table(folds: Sequence[tuple[Any, Sequence[PatientImages]]], imag
     """
     multi = classes is not None and classes.count > 2
     labels = classes if multi else None
+    # The modes of a field of view from one network call per batch: the dihedral views
+    # hold the flips' and the image's own, and the locating passes are the modes' alike
+    # (measured on the real subset's three folds: every setting's masks in 8.5 s instead
+    # of 12.1, the same to the pixel).
+    masks = {}
+    for roi in rois:
+        by_fold = []
+        for network, patients in folds:
+            predict = make_modes_predictor([network], image_size, normalization,
+                                           spacing_mm, modes, roi=roi, classes=labels)
+            by_fold.append([segment_modes(predict, p.images, p.spacing_mm, modes,
+                                          study_roi=roi == "localized", classes=labels)
+                            for p in patients])
+        for mode in modes:
+            masks[roi, mode] = [[segmented[mode][1] for segmented in fold]
+                                for fold in by_fold]
     rows = []
     for roi, mode in [(r, m) for r in rois for m in modes]:
-        per_fold = []
-        for network, patients in folds:
-            predict = make_predictor([network], image_size, normalization, spacing_mm,
-                                     tta=mode, roi=roi, classes=labels)
-            per_fold.append([segment(predict, p.images, p.spacing_mm, largest_region=False,
-                                     study_roi=roi == "localized", classes=labels)[1]
-                             for p in patients])
+        per_fold = masks[roi, mode]
         # Each step works on the one before: the largest regions are found once.
         largest = [[keep_largest_regions(m, labels) for m in masks] for masks in per_fold]
         delivered = {(False, False): per_fold, (True, False): largest,

@@ -169,6 +169,70 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
     return probs, masks
 
 
+def segment_modes(predict: Callable[..., dict[str, dict[str, Any]]],
+                  images: Sequence[np.ndarray], spacing_mm: Sequence[Any],
+                  modes: Sequence[str], batch_size: int = 16, study_roi: bool = False,
+                  classes: Classes | None = None
+                  ) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
+    """:func:`segment` (masks as the predictor gives them, no largest region kept) for
+    several test-time augmentations, from one predictor call per batch where the modes
+    cut the same field of view (``serving.make_modes_predictor``).
+
+    With ``study_roi`` each mode's first pass finds its own study centre, as
+    :func:`segment` would with that mode's predictor; the modes whose centres agree
+    share the second pass.
+
+    Args:
+        predict: ``serving.make_modes_predictor``'s function.
+        images: As for :func:`segment`.
+        spacing_mm: As for :func:`segment`.
+        modes: The test-time augmentations.
+        batch_size: As for :func:`segment`.
+        study_roi: As for :func:`segment`.
+        classes: As for :func:`segment`.
+
+    Returns:
+        Per mode, each image's LV probabilities and mask, in the order of ``images``.
+    """
+    def run(subset: list[str], centres: np.ndarray | None, largest: bool):
+        probs = {m: [None] * len(images) for m in subset}
+        masks = {m: [None] * len(images) for m in subset}
+        for indices in same_size_groups(images):
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                args = (np.stack([images[i] for i in chunk]),
+                        np.asarray([spacing_mm[i] for i in chunk], np.float32))
+                out = predict(*args, None if centres is None else centres[chunk],
+                              modes=subset)
+                for m in subset:
+                    chunk_masks = np.asarray(out[m]["mask"])
+                    if largest:
+                        chunk_masks = keep_largest_regions(chunk_masks, classes)
+                    for i, p, k in zip(chunk, np.asarray(out[m]["probabilities"]),
+                                       chunk_masks, strict=True):
+                        probs[m][i], masks[m][i] = p, k
+        return {m: (probs[m], masks[m]) for m in subset}
+
+    modes = list(modes)
+    if not study_roi:
+        return run(modes, None, largest=False)
+    # The first pass as segment's: largest regions kept, the study's LV its blood pool.
+    first = run(modes, None, largest=True)
+    centres = {}
+    for m in modes:
+        found = first[m][1] if classes is None else [x == classes.blood_pool
+                                                     for x in first[m][1]]
+        centres[m] = np.tile(study_centre_mm(found, spacing_mm).astype(np.float32),
+                             (len(images), 1))
+    alike: dict[bytes, list[str]] = {}
+    for m in modes:
+        alike.setdefault(centres[m].tobytes(), []).append(m)
+    out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for subset in alike.values():
+        out.update(run(subset, centres[subset[0]], largest=False))
+    return {m: out[m] for m in modes}
+
+
 def score_masks(pred: Sequence[np.ndarray],
                 patient: PatientImages) -> tuple[list[dict[str, Any]], float]:
     """Scores predicted masks (class ids) of one patient's slices against its expert

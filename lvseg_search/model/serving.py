@@ -40,6 +40,7 @@ from lvseg_search.model.serving_layers import (
     RestoreSize,
 )
 from lvseg_search.model.tta import AugmentedViews, AverageViews
+from lvseg_search.model.tta import views as tta_views
 
 
 def multi_class(classes: Classes | None) -> bool:
@@ -123,12 +124,7 @@ class ServingSteps:
             locate: Run the locating passes (skipped eagerly where every given centre
                 replaces the one they would find).
         """
-        centre = None
-        for step, (view, find) in enumerate(self.locate if locate else ()):
-            centre = find(networks(view(raw, spacing, centre), f"ensemble_locate_{step}"),
-                          centre)
-        if self.chosen is not None and given_centre is not None:
-            centre = self.chosen(raw, given_centre, centre)
+        centre = self._centre(raw, spacing, networks, given_centre, locate)
         x = self.preprocess(raw, spacing, centre)
         if self.views is not None:
             x = self.views(x)
@@ -142,6 +138,52 @@ class ServingSteps:
         if self.hull is not None:
             mask = self.hull(mask)
         return (lv, mask, restored[2]) if self.multi else (lv, mask)
+
+    def _centre(self, raw, spacing, networks, given_centre, locate: bool):
+        """Where the field of view is cut (None: the image centre)."""
+        centre = None
+        for step, (view, find) in enumerate(self.locate if locate else ()):
+            centre = find(networks(view(raw, spacing, centre), f"ensemble_locate_{step}"),
+                          centre)
+        if self.chosen is not None and given_centre is not None:
+            centre = self.chosen(raw, given_centre, centre)
+        return centre
+
+    def modes(self, raw, spacing, networks: Callable[[Any, str], Any],
+              modes: Sequence[str], given_centre=None,
+              locate: bool = True) -> dict[str, tuple[Any, ...]]:
+        """Eagerly, :meth:`__call__`'s outputs for several test-time augmentations from
+        one network call on the views of the widest (the steps' own ``tta``): a mode's
+        views are the first of the widest's (``tta.views``), so its average is over the
+        first rows of that call. Without post-processing (the steps must have none).
+
+        Args:
+            raw: As for :meth:`__call__`.
+            spacing: As for :meth:`__call__`.
+            networks: As for :meth:`__call__`.
+            modes: Test-time augmentations, none wider than the steps' own.
+            given_centre: As for :meth:`__call__`.
+            locate: As for :meth:`__call__`.
+
+        Returns:
+            Per mode, what :meth:`__call__` returns.
+        """
+        centre = self._centre(raw, spacing, networks, given_centre, locate)
+        x = self.preprocess(raw, spacing, centre)
+        batch = int(ops.shape(x)[0])
+        probs = networks(self.views(x) if self.views is not None else x, "ensemble")
+        out = {}
+        for mode in modes:
+            n = len(tta_views(mode))
+            if n * batch > int(ops.shape(probs)[0]):
+                raise ValueError(f"test-time augmentation {mode!r} is wider than the "
+                                 "steps' own")
+            mode_probs = probs[:n * batch]
+            if n > 1:
+                mode_probs = AverageViews(mode, dtype="float32")(mode_probs)
+            restored = self.restore(mode_probs, raw, spacing, centre)
+            out[mode] = tuple(restored) if self.multi else (restored[0], restored[1])
+        return out
 
 
 def _shares(weights: Sequence[float] | None, n: int) -> list[float] | None:
@@ -267,9 +309,62 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
         ``{"probabilities", "mask"}`` (and ``class_probabilities`` with more classes).
     """
     _check_roi(roi, spacing_mm)
-    share = _shares(weights, len(networks))
     steps = ServingSteps(image_size, normalization, spacing_mm, class_id, tta, roi,
                          at_centre=spacing_mm is not None, classes=classes)
+    run_networks = _eager_networks(networks, weights)
+
+    def predict(raw, pixel_spacing, roi_centre_mm=None) -> dict:
+        raw, pixel_spacing, given, locating = _eager_inputs(raw, pixel_spacing,
+                                                            roi_centre_mm, spacing_mm)
+        return _numpy(steps(raw, pixel_spacing, run_networks, given, locate=locating))
+
+    return predict
+
+
+def make_modes_predictor(networks: Sequence[keras.Model], image_size: int,
+                         normalization: str, spacing_mm: float | None,
+                         modes: Sequence[str], class_id: int = 1, roi: str = "centre",
+                         classes: Classes | None = None):
+    """:func:`make_predictor` for several test-time augmentations at once, from one
+    network call per batch on the views of the widest (the locating passes are the same
+    for every mode too): the out-of-fold decision table scores every mode, and the
+    dihedral views hold the flips' and the image's own (``tta.views``).
+
+    Args:
+        networks: As for :func:`make_predictor` (equal weights).
+        image_size: As for :func:`make_predictor`.
+        normalization: As for :func:`make_predictor`.
+        spacing_mm: As for :func:`make_predictor`.
+        modes: The test-time augmentations (``tta.TTA_MODES``).
+        class_id: As for :func:`make_predictor`.
+        roi: As for :func:`make_predictor`.
+        classes: As for :func:`make_predictor`.
+
+    Returns:
+        A function as :func:`make_predictor`'s, which also takes ``modes`` (a subset;
+        None: all) and returns each mode's result by its name.
+    """
+    _check_roi(roi, spacing_mm)
+    widest = max(modes, key=lambda mode: len(tta_views(mode)))
+    steps = ServingSteps(image_size, normalization, spacing_mm, class_id, widest, roi,
+                         at_centre=spacing_mm is not None, classes=classes)
+    run_networks = _eager_networks(networks, None)
+
+    def predict(raw, pixel_spacing, roi_centre_mm=None,
+                modes: Sequence[str] | None = None) -> dict[str, dict]:
+        asked = list(modes) if modes is not None else list(predict.modes)
+        raw, pixel_spacing, given, locating = _eager_inputs(raw, pixel_spacing,
+                                                            roi_centre_mm, spacing_mm)
+        out = steps.modes(raw, pixel_spacing, run_networks, asked, given, locate=locating)
+        return {mode: _numpy(result) for mode, result in out.items()}
+
+    predict.modes = tuple(modes)
+    return predict
+
+
+def _eager_networks(networks: Sequence[keras.Model], weights: Sequence[float] | None):
+    """The networks' (weighted) mean probabilities of a batch, run eagerly."""
+    share = _shares(weights, len(networks))
 
     def run_networks(x, name=None):
         outputs = [ops.cast(net(x, training=False), "float32") for net in networks]
@@ -279,20 +374,30 @@ def make_predictor(networks: Sequence[keras.Model], image_size: int, normalizati
             return ops.mean(ops.stack(outputs), axis=0)
         return sum(out * w for out, w in zip(outputs, share, strict=True))
 
-    def predict(raw, pixel_spacing, roi_centre_mm=None) -> dict:
-        raw = ops.convert_to_tensor(raw, dtype="int16")
-        pixel_spacing = ops.convert_to_tensor(pixel_spacing, dtype="float32")
-        given = None if roi_centre_mm is None else np.asarray(roi_centre_mm, np.float32)
-        if given is not None and spacing_mm is None:
-            raise ValueError("roi_centre_mm needs a physical grid; this model resizes "
-                             "whole images")
-        # Eagerly, a located centre that every given one replaces is not computed.
-        locating = given is None or bool(np.isnan(given).any())
-        out = steps(raw, pixel_spacing, run_networks, given, locate=locating)
-        result = {"probabilities": ops.convert_to_numpy(out[0]),
-                  "mask": ops.convert_to_numpy(out[1])}
-        if steps.multi:
-            result["class_probabilities"] = ops.convert_to_numpy(out[2])
-        return result
+    return run_networks
 
-    return predict
+
+def _eager_inputs(raw, pixel_spacing, roi_centre_mm, spacing_mm: float | None):
+    """The inputs as tensors, the given centre (or None) and whether the locating
+    passes run: eagerly, a located centre that every given one replaces is not
+    computed.
+
+    Raises:
+        ValueError: A centre given to a model without a physical grid.
+    """
+    raw = ops.convert_to_tensor(raw, dtype="int16")
+    pixel_spacing = ops.convert_to_tensor(pixel_spacing, dtype="float32")
+    given = None if roi_centre_mm is None else np.asarray(roi_centre_mm, np.float32)
+    if given is not None and spacing_mm is None:
+        raise ValueError("roi_centre_mm needs a physical grid; this model resizes "
+                         "whole images")
+    return raw, pixel_spacing, given, given is None or bool(np.isnan(given).any())
+
+
+def _numpy(out: tuple[Any, ...]) -> dict[str, np.ndarray]:
+    """The steps' outputs as the predictor's dict of numpy arrays."""
+    result = {"probabilities": ops.convert_to_numpy(out[0]),
+              "mask": ops.convert_to_numpy(out[1])}
+    if len(out) > 2:
+        result["class_probabilities"] = ops.convert_to_numpy(out[2])
+    return result

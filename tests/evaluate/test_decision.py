@@ -113,3 +113,49 @@ def test_a_localized_field_of_view_wins_a_tie_and_loses_to_a_real_gain():
     rows[1]["cv_dice"] = 0.845
     assert choose(rows)["roi"] == "centre"
     assert choose(rows, roi="localized")["cv_dice"] == 0.845
+
+
+def _shifting_network():
+    """LV where the pixel one up and to the left is bright: its answers differ between
+    flips and turns, so each test-time augmentation gives its own probabilities."""
+    import keras
+
+    x = keras.Input((40, 40, 1))
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[0, 0] = 1.0
+    shift = keras.layers.Conv2D(1, 3, padding="same", use_bias=False,
+                                kernel_initializer=keras.initializers.Constant(kernel))
+    near = shift(x)
+    logits = keras.layers.Concatenate()([keras.ops.zeros_like(x), 4.0 * near - 2.0 + 0.3 * x,
+                                         keras.ops.zeros_like(x) - 10.0])
+    return keras.Model(x, keras.layers.Softmax()(logits))
+
+
+@pytest.mark.parametrize("roi", ["centre", "localized"])
+def test_every_mode_from_one_pass_is_what_its_own_predictor_gives(roi):
+    """The table's modes come from one network call on the dihedral views (and, for a
+    localized field of view, shared locating passes): each mode's probabilities and
+    masks are those of a predictor of that mode alone, study centre included."""
+    from lvseg_search.evaluate.scoring import segment, segment_modes
+    from lvseg_search.model.serving import make_modes_predictor, make_predictor
+    from lvseg_search.model.tta import TTA_MODES
+
+    net = _shifting_network()
+    patient = _patient("A", 3, n=4)
+    shared = make_modes_predictor([net], 40, "zscore", 1.0, TTA_MODES, roi=roi)
+    together = segment_modes(shared, patient.images, patient.spacing_mm, TTA_MODES,
+                             batch_size=3, study_roi=roi == "localized")
+    probabilities = []
+    for mode in TTA_MODES:
+        alone = segment(make_predictor([net], 40, "zscore", 1.0, tta=mode, roi=roi),
+                        patient.images, patient.spacing_mm, batch_size=3,
+                        largest_region=False, study_roi=roi == "localized")
+        np.testing.assert_allclose(np.stack(together[mode][0]), np.stack(alone[0]),
+                                   atol=1e-5)
+        assert all((a == b).all() for a, b in zip(together[mode][1], alone[1], strict=True))
+        probabilities.append(np.stack(alone[0]))
+    # The modes do differ here, so the shared pass is not one mode copied.
+    assert np.abs(probabilities[0] - probabilities[2]).max() > 1e-3
+    with pytest.raises(ValueError, match="wider than"):
+        make_modes_predictor([net], 40, "zscore", 1.0, ("none", "flips"))(
+            patient.images, patient.spacing_mm, modes=["dihedral"])
