@@ -53,11 +53,11 @@ def main() -> None:
 
     import numpy as np
 
+    from lvseg_search.engine.finalist_ensemble import out_of_fold_probabilities
     from lvseg_search.engine.out_of_fold import out_of_fold_decisions
     from lvseg_search.evaluate.decision import choose
     from lvseg_search.evaluate.ensemble import average, delivered_dice
-    from lvseg_search.evaluate.scoring import load_patient_images, segment
-    from lvseg_search.model.serving import make_predictor
+    from lvseg_search.evaluate.scoring import load_patient_images
 
     pool = candidates(args.folders)
     splits = {json.dumps(run.splits, sort_keys=True) for run, _, _ in pool.values()}
@@ -72,15 +72,7 @@ def main() -> None:
     validation = [load_patient_images(base.data, f["val"]) for f in base.splits["folds"]]
     probabilities, dice = {}, {}
     for label, (run, trial_id, _) in pool.items():
-        o = run.options
-        per_fold = []
-        for k, patients in enumerate(validation):
-            predict = make_predictor([run.fold_network(trial_id, k)], o.image_size,
-                                     o.normalization, o.spacing_mm or None,
-                                     tta=setting["tta"], roi=setting["roi"])
-            per_fold.append([segment(predict, p.images, p.spacing_mm, largest_region=False,
-                                     study_roi=setting["roi"] == "localized")[0]
-                             for p in patients])
+        per_fold = out_of_fold_probabilities(run, trial_id, validation, setting)
         probabilities[label] = per_fold
         dice[label] = float(np.mean(delivered_dice(per_fold, validation, **post)))
 

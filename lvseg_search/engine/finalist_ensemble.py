@@ -48,6 +48,37 @@ def left_out(run: Run) -> list[dict[str, str]]:
     return out
 
 
+def out_of_fold_probabilities(run: Run, trial_id: str,
+                              validation: Sequence[Sequence[Any]],
+                              setting: dict[str, Any]) -> list[list[list[np.ndarray]]]:
+    """A trial's LV probabilities of each fold's validation patients from the fold model
+    that never saw them, with a setting's field of view and test-time augmentation.
+
+    Args:
+        run: The search.
+        trial_id: A completed trial.
+        validation: Per fold, its validation patients
+            (``evaluate.scoring.load_patient_images``).
+        setting: ``roi`` and ``tta`` (a row of the out-of-fold table).
+
+    Returns:
+        Per fold, per patient, per image.
+    """
+    from lvseg_search.evaluate.scoring import segment
+    from lvseg_search.model.serving import make_predictor
+
+    o = run.options
+    per_fold = []
+    for k, patients in enumerate(validation):
+        predict = make_predictor([run.fold_network(trial_id, k)], o.image_size,
+                                 o.normalization, o.spacing_mm or None,
+                                 tta=setting["tta"], roi=setting["roi"])
+        per_fold.append([segment(predict, p.images, p.spacing_mm, largest_region=False,
+                                 study_roi=setting["roi"] == "localized")[0]
+                         for p in patients])
+    return per_fold
+
+
 def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
                       max_members: int | None = None,
                       setting: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -80,13 +111,9 @@ def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
         nested_selection,
         select,
     )
-    from lvseg_search.evaluate.scoring import segment
-    from lvseg_search.model.serving import make_predictor
-
     ids = finalists(run)
     if len(ids) < MIN_FINALISTS or run.data.num_classes > 2:
         return None
-    o = run.options
     if setting is None:
         setting = choose(out_of_fold_decisions(run, ids[0]))
     # Kept in the run folder while the finalists' checkpoints, the validation data, the
@@ -104,17 +131,8 @@ def finalist_ensemble(run: Run, validation: Sequence[Sequence[Any]],
         pass  # none kept, or unreadable: derived data, computed again below
     post = {"largest_region": bool(setting["largest_region"]),
             "convex_hull": bool(setting["convex_hull"])}
-    candidates = {}
-    for trial_id in ids:
-        per_fold = []
-        for k, patients in enumerate(validation):
-            predict = make_predictor([run.fold_network(trial_id, k)], o.image_size,
-                                     o.normalization, o.spacing_mm or None,
-                                     tta=setting["tta"], roi=setting["roi"])
-            per_fold.append([segment(predict, p.images, p.spacing_mm, largest_region=False,
-                                     study_roi=setting["roi"] == "localized")[0]
-                             for p in patients])
-        candidates[trial_id] = per_fold
+    candidates = {trial_id: out_of_fold_probabilities(run, trial_id, validation, setting)
+                  for trial_id in ids}
     single_dice = {t: delivered_dice(c, validation, **post) for t, c in candidates.items()}
     best = ids[0]
     n = len(validation)
