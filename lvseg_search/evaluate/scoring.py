@@ -146,27 +146,44 @@ def segment(predict: Predictor, images: Sequence[np.ndarray], spacing_mm: Sequen
     centres = None
     if study_roi:
         _, first = segment(predict, images, spacing_mm, batch_size, classes=classes)
-        if classes is not None:  # the study's LV is its blood pool
-            first = [m == classes.blood_pool for m in first]
-        centres = np.tile(study_centre_mm(first, spacing_mm).astype(np.float32),
-                          (len(images), 1))
+        centres = _study_centres(first, spacing_mm, classes)
     probs: list[Any] = [None] * len(images)
     masks: list[Any] = [None] * len(images)
     # Serving models keep the largest region themselves (then this changes nothing);
     # models exported before they did, and plain predictors, deliver the arg-max.
+    for chunk, raw, spacing in _batches(images, spacing_mm, batch_size):
+        out = predict(raw, spacing) if centres is None else predict(raw, spacing,
+                                                                      centres[chunk])
+        _scatter(out, chunk, probs, masks, largest_region, classes)
+    return probs, masks
+
+
+def _batches(images: Sequence[np.ndarray], spacing_mm: Sequence[Any], batch_size: int):
+    """Batches of equally sized images: their indices, stacked pixels and spacings."""
     for indices in same_size_groups(images):
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            args = (np.stack([images[i] for i in chunk]),
-                    np.asarray([spacing_mm[i] for i in chunk], np.float32))
-            out = predict(*args) if centres is None else predict(*args, centres[chunk])
-            chunk_masks = np.asarray(out["mask"])
-            if largest_region:
-                chunk_masks = keep_largest_regions(chunk_masks, classes)
-            for i, p, m in zip(chunk, np.asarray(out["probabilities"]), chunk_masks,
-                               strict=True):
-                probs[i], masks[i] = p, m
-    return probs, masks
+            yield (chunk, np.stack([images[i] for i in chunk]),
+                   np.asarray([spacing_mm[i] for i in chunk], np.float32))
+
+
+def _scatter(out: dict[str, Any], chunk: Sequence[int], probs: list[Any],
+             masks: list[Any], largest_region: bool, classes: Classes | None) -> None:
+    """A batch's probabilities and masks put back at their images' places."""
+    chunk_masks = np.asarray(out["mask"])
+    if largest_region:
+        chunk_masks = keep_largest_regions(chunk_masks, classes)
+    for i, p, m in zip(chunk, np.asarray(out["probabilities"]), chunk_masks, strict=True):
+        probs[i], masks[i] = p, m
+
+
+def _study_centres(first: Sequence[np.ndarray], spacing_mm: Sequence[Any],
+                   classes: Classes | None) -> np.ndarray:
+    """Every image's field-of-view centre: the study's LV found in a first pass's masks
+    (with classes, the study's LV is its blood pool)."""
+    if classes is not None:
+        first = [m == classes.blood_pool for m in first]
+    return np.tile(study_centre_mm(first, spacing_mm).astype(np.float32), (len(first), 1))
 
 
 def segment_modes(predict: Callable[..., dict[str, dict[str, Any]]],
@@ -197,33 +214,19 @@ def segment_modes(predict: Callable[..., dict[str, dict[str, Any]]],
     def run(subset: list[str], centres: np.ndarray | None, largest: bool):
         probs = {m: [None] * len(images) for m in subset}
         masks = {m: [None] * len(images) for m in subset}
-        for indices in same_size_groups(images):
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
-                args = (np.stack([images[i] for i in chunk]),
-                        np.asarray([spacing_mm[i] for i in chunk], np.float32))
-                out = predict(*args, None if centres is None else centres[chunk],
-                              modes=subset)
-                for m in subset:
-                    chunk_masks = np.asarray(out[m]["mask"])
-                    if largest:
-                        chunk_masks = keep_largest_regions(chunk_masks, classes)
-                    for i, p, k in zip(chunk, np.asarray(out[m]["probabilities"]),
-                                       chunk_masks, strict=True):
-                        probs[m][i], masks[m][i] = p, k
+        for chunk, raw, spacing in _batches(images, spacing_mm, batch_size):
+            out = predict(raw, spacing, None if centres is None else centres[chunk],
+                          modes=subset)
+            for m in subset:
+                _scatter(out[m], chunk, probs[m], masks[m], largest, classes)
         return {m: (probs[m], masks[m]) for m in subset}
 
     modes = list(modes)
     if not study_roi:
         return run(modes, None, largest=False)
-    # The first pass as segment's: largest regions kept, the study's LV its blood pool.
+    # The first pass as segment's: largest regions kept.
     first = run(modes, None, largest=True)
-    centres = {}
-    for m in modes:
-        found = first[m][1] if classes is None else [x == classes.blood_pool
-                                                     for x in first[m][1]]
-        centres[m] = np.tile(study_centre_mm(found, spacing_mm).astype(np.float32),
-                             (len(images), 1))
+    centres = {m: _study_centres(first[m][1], spacing_mm, classes) for m in modes}
     alike: dict[bytes, list[str]] = {}
     for m in modes:
         alike.setdefault(centres[m].tobytes(), []).append(m)

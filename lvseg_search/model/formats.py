@@ -243,13 +243,11 @@ def write_formats(model, folder: Path, onnx: bool = True, at_centre=None,
 
     model.save(folder / KERAS_FILE)
     t = tf()
-    functions = {k: v for k, v in (traced or {}).items() if v is not None}
-    functions.setdefault("serve", graph_runner(model))
+    traced = traced or {}
+    functions = {"serve": traced.get("serve") or graph_runner(model)}
     if at_centre is not None:
-        functions.setdefault(AT_CENTRE, graph_runner(at_centre))
-    else:
-        functions.pop(AT_CENTRE, None)
-    write_saved_model({"serve": functions.pop("serve"), **functions}, folder / SAVED_MODEL)
+        functions[AT_CENTRE] = traced.get(AT_CENTRE) or graph_runner(at_centre)
+    write_saved_model(functions, folder / SAVED_MODEL)
 
     # TFLite, one file per signature: converted together, the two signatures keep the
     # shared weights as resource variables, which the interpreter reads as NaN unless

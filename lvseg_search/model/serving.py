@@ -350,15 +350,16 @@ def make_modes_predictor(networks: Sequence[keras.Model], image_size: int,
                          at_centre=spacing_mm is not None, classes=classes)
     run_networks = _eager_networks(networks, None)
 
+    every = tuple(modes)
+
     def predict(raw, pixel_spacing, roi_centre_mm=None,
                 modes: Sequence[str] | None = None) -> dict[str, dict]:
-        asked = list(modes) if modes is not None else list(predict.modes)
         raw, pixel_spacing, given, locating = _eager_inputs(raw, pixel_spacing,
                                                             roi_centre_mm, spacing_mm)
-        out = steps.modes(raw, pixel_spacing, run_networks, asked, given, locate=locating)
+        out = steps.modes(raw, pixel_spacing, run_networks,
+                          every if modes is None else modes, given, locate=locating)
         return {mode: _numpy(result) for mode, result in out.items()}
 
-    predict.modes = tuple(modes)
     return predict
 
 
