@@ -29,6 +29,9 @@ from pathlib import Path
 
 from search_value import DEFAULT_DATA, README_FIXED, delivered
 
+from lvseg_search.errors import UserError
+from lvseg_search.model.space import load_space
+
 CHANGES = ("block=residual", "deep_supervision=on", "normalization=instance", "depth=4",
            "kernel_size=5")
 
@@ -73,6 +76,12 @@ def neighbour_space(space, change: dict[str, object], path: Path) -> Path:
     lines += ["", "[default]"] + [f"{k} = {toml_value(v)}" for k, v in point.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+    try:  # refused here, before anything trains, as `search` would refuse it
+        load_space(str(path))
+    except UserError as err:
+        path.unlink()
+        text = ",".join(f"{k}={v}" for k, v in change.items())
+        raise SystemExit(f"--change {text}: {err}") from None
     return path
 
 
@@ -148,7 +157,6 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
 
-    from lvseg_search.model.space import load_space
     from lvseg_search.prepare import prepare
 
     space = load_space(args.space)
