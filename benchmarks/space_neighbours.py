@@ -12,8 +12,8 @@ search's extra time; this measures the first half.
     python benchmarks/space_neighbours.py --out DIR [--data RAW] [--space quick]
         [--seeds 0,1,2] [--change block=residual] [--change deep_supervision=on,...]
 
-Each network and seed is a search in ``DIR/NETWORK/seedS`` (``default`` and one folder a
-``--change``); a finished one is kept, so an interrupted run resumes. With
+Each network and seed is a search in ``DIR/NETWORK/seedS/fixed_readme`` (``default`` and
+one folder a ``--change``); a finished one is kept, so an interrupted run resumes. With
 ``--report-only``, only the table from what DIR holds.
 """
 
@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from search_value import DEFAULT_DATA, README_FIXED, delivered
+from search_value import DEFAULT_DATA, delivered, run_arm
 
 from lvseg_search.errors import UserError
 from lvseg_search.model.space import load_space
 
+ARM = "fixed_readme"  # each network and seed is this arm of search_value.py
 CHANGES = ("block=residual", "deep_supervision=on", "normalization=instance", "depth=4",
            "kernel_size=5")
 
@@ -55,7 +53,8 @@ def parse_change(text: str) -> dict[str, object]:
 
 
 def toml_value(value: object) -> str:
-    """A scalar as TOML (the values spaces hold: strings, numbers, booleans)."""
+    """A scalar as TOML (the values spaces hold: strings, numbers, booleans). By hand:
+    the standard library reads TOML only, and a writer is not worth a dependency here."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -86,22 +85,17 @@ def neighbour_space(space, change: dict[str, object], path: Path) -> Path:
 
 
 def train(space: str, data: Path, out: Path, seed: int, args: argparse.Namespace) -> None:
-    """``--oracle fixed`` at the README's budget into ``out`` (kept if finished)."""
-    if (out / "wall_seconds.txt").is_file():
+    """``search_value.py``'s ``fixed_readme`` arm (``--oracle fixed`` at the README's
+    budget) with ``space`` and ``seed``, into ``out/fixed_readme`` (kept if finished)."""
+    if (out / ARM / "wall_seconds.txt").is_file():
         return
-    cmd = [sys.executable, "-m", "lvseg_search", "search", "--data", str(data),
-           "--space", space, "--out", str(out), "--folds", str(args.folds),
-           "--oracle", "fixed", "--max-epochs", str(README_FIXED["epochs"]),
-           "--steps-per-epoch", str(README_FIXED["steps_per_epoch"]),
-           "--batch-size", str(args.batch_size), "--seed", str(seed),
-           "--no-default", "--finalists", "0", "--quiet"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(out.parent / f"seed{seed}.log", "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        raise SystemExit(f"{out}: the search exited with {code}; see {log.name}")
-    (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
+    out.mkdir(parents=True, exist_ok=True)
+    arm_args = argparse.Namespace(space=space, seed=seed, folds=args.folds,
+                                  batch_size=args.batch_size, image_size=None)
+    try:
+        run_arm(ARM, arm_args, data, out)
+    except RuntimeError as err:
+        raise SystemExit(f"{out}: {err}") from None
 
 
 def table(out: Path, names: list[str], seeds: list[int]) -> str:
@@ -112,7 +106,7 @@ def table(out: Path, names: list[str], seeds: list[int]) -> str:
     for name in names:
         cells, cv, walls = [], [], []
         for seed in seeds:
-            folder = out / name / f"seed{seed}"
+            folder = out / name / f"seed{seed}" / ARM
             if not (folder / "wall_seconds.txt").is_file():
                 cells.append(None)
                 continue
