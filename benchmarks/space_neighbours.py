@@ -20,8 +20,10 @@ one folder a ``--change``); a finished one is kept, so an interrupted run resume
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from search_value import DEFAULT_DATA, delivered, run_arm
@@ -34,13 +36,19 @@ CHANGES = ("block=residual", "deep_supervision=on", "normalization=instance", "d
            "kernel_size=5")
 
 
+def refuse(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2 (as the package's own commands)."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_change(text: str) -> dict[str, object]:
     """``name=value[,name=value]`` -> {name: value}, numbers as numbers."""
     out: dict[str, object] = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise SystemExit(f"--change: {item!r} is not name=value (e.g. block=residual)")
+            refuse(f"--change: {item!r} is not name=value (e.g. block=residual)")
         for kind in (int, float):
             try:
                 out[name] = kind(value)
@@ -66,7 +74,7 @@ def neighbour_space(space, change: dict[str, object], path: Path) -> Path:
     """Writes a one-point space: ``space``'s default network with ``change`` applied, and
     its ``[search]`` table; returns its path."""
     if not space.default:
-        raise SystemExit(f"{space.path}: the space has no [default] network to compare with")
+        refuse(f"{space.path}: the space has no [default] network to compare with")
     point = {**space.default, **change}
     lines = [f"description = {json.dumps(f'{space.name} default with {change}')}", "",
              "[hyperparameters]"]
@@ -79,8 +87,11 @@ def neighbour_space(space, change: dict[str, object], path: Path) -> Path:
         load_space(str(path))
     except UserError as err:
         path.unlink()
+        for folder in (path.parent, path.parent.parent):  # what this call created, if empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         text = ",".join(f"{k}={v}" for k, v in change.items())
-        raise SystemExit(f"--change {text}: {err}") from None
+        refuse(f"--change {text}: {err}")
     return path
 
 
@@ -158,13 +169,13 @@ def main() -> None:
     changes = args.change or list(CHANGES)
     names = ["default", *changes]
     if not args.report_only:
-        prepared = args.out / "prepared"
-        if not (prepared / "manifest.json").is_file():
-            prepare(args.data, prepared, progress=False)
-        spaces = {"default": args.space}
+        spaces = {"default": args.space}  # refused before the data is prepared
         for text in changes:
             spaces[text] = str(neighbour_space(space, parse_change(text),
                                                args.out / "spaces" / f"{text}.toml"))
+        prepared = args.out / "prepared"
+        if not (prepared / "manifest.json").is_file():
+            prepare(args.data, prepared, progress=False)
         for seed in seeds:
             for name in names:
                 train(spaces[name], prepared, args.out / name / f"seed{seed}", seed, args)
